@@ -1,0 +1,174 @@
+"""The ``secondreader`` command (contract 1).
+
+``screen`` prints results on stdout (JSON Lines with ``--format json``) and logs on stderr; it
+exits 0 when every study got a result object, 2 on a usage error, 1 when it cannot run at all
+(no model, for example).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from . import __version__
+from .config import Settings
+from .errors import ModelError, SecondReaderError
+from .logsafe import configure_logging, set_secret
+
+__all__ = ["main"]
+
+logger = logging.getLogger("secondreader.cli")
+
+#: Sample studies shipped by the pydicom-data package (MIT): a real adult chest CR (RG1) in two
+#: encodings, a CR of an extremity (RG3) and a CT slice, to show screened and ineligible results.
+SAMPLE_FILES = ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG3_UNCR.dcm", "CT_small.dcm")
+
+
+def _sample_paths() -> list[Path]:
+    try:
+        from pydicom.data import get_testdata_file
+    except ImportError:  # pragma: no cover - pydicom is a dependency
+        return []
+    paths = []
+    for name in SAMPLE_FILES:
+        found = get_testdata_file(name)
+        if found:
+            paths.append(Path(str(found)))
+    return paths
+
+
+def _model_dirs(models_dir: Path, names: Sequence[str]) -> list[Path]:
+    if names:
+        return [models_dir / name for name in names]
+    found = sorted(p.parent.parent for p in models_dir.glob("*/configs/metadata.json"))
+    if not found:
+        raise ModelError(f"no model bundles under {models_dir.name}/ (set SECONDREADER_MODELS_DIR)")
+    return found
+
+
+def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
+    from .model.predictor import TorchPredictor
+    from .pipeline import ScreeningOptions, screen_paths
+
+    paths = list(args.paths)
+    if args.samples:
+        samples = _sample_paths()
+        if not samples:
+            logger.error("sample studies need the pydicom-data package: pip install pydicom-data")
+            return 2
+        paths.extend(samples)
+    if not paths:
+        logger.error("nothing to screen: give files, folders or zips, or --samples")
+        return 2
+    models_dir = args.models_dir or settings.models_dir
+    predictors = [TorchPredictor.from_bundle(d, device=args.device or settings.device)
+                  for d in _model_dirs(models_dir, args.model)]
+    options = ScreeningOptions(predictors=predictors, max_pixels=settings.max_image_pixels, out_dir=args.out)
+    count = 0
+    for result in screen_paths(paths, options):
+        count += 1
+        data = result.to_json()
+        if args.out is not None and result.study_instance_uid:
+            target = args.out / result.study_instance_uid / "result.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(data, indent=2) + "\n")
+        if args.format == "json":
+            sys.stdout.write(json.dumps(data) + "\n")
+        else:
+            sys.stdout.write(_text_line(data) + "\n")
+        sys.stdout.flush()
+    logger.info("screened %d result(s)", count)
+    return 0
+
+
+def _text_line(data: dict[str, object]) -> str:
+    findings = ", ".join(
+        f"{f['code']} {f['probability']:.2f}{' +' if f['positive'] else ''}" for f in data["findings"]  # type: ignore[index, union-attr]
+    )
+    priority = data["priority"]
+    uid = data["study_instance_uid"] or f"(no study UID: {data.get('source')})"
+    status = data["status"]
+    reason = f" - {data['reason']}" if data["reason"] else ""
+    return (f"{uid}  {status:<10} score {priority['score']:>3} route {priority['route']:<6} "  # type: ignore[index]
+            f"[{findings}]{reason}")
+
+
+def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from .training.config import load_config
+    from .training.train import train
+
+    cfg = load_config(args.config)
+    meta = train(cfg, config_path=args.config)
+    test = meta["secondreader"]["metrics"]["test"]
+    sys.stdout.write(json.dumps({"model": f"{meta['name']}@{meta['version']}", "test": test}) + "\n")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from .training.evaluate import evaluate_bundle
+
+    report = evaluate_bundle(args.bundle, args.data, split=args.split, device=args.device or settings.device)
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="secondreader", description="AI second reader for chest radiographs")
+    parser.add_argument("--version", action="version", version=f"secondreader {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    screen = sub.add_parser("screen", help="screen DICOM files, folders or zips")
+    screen.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    screen.add_argument("--format", choices=["text", "json"], default="text",
+                        help="json: one JSON object per study per line (JSON Lines)")
+    screen.add_argument("--out", type=Path, help="write heatmap overlays (PNG) and result.json per study here")
+    screen.add_argument("--model", action="append", default=[], metavar="NAME",
+                        help="model bundle under the models folder (repeatable; default all)")
+    screen.add_argument("--models-dir", type=Path, help="models folder (default SECONDREADER_MODELS_DIR)")
+    screen.add_argument("--device", help="auto, cpu, cuda or cuda:N (default SECONDREADER_DEVICE)")
+    screen.add_argument("--samples", action="store_true",
+                        help="also screen the sample studies of the pydicom-data package")
+    screen.set_defaults(func=_cmd_screen)
+
+    train = sub.add_parser("train", help="train a model from a YAML config and write its bundle")
+    train.add_argument("config", type=Path, metavar="CONFIG")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="recompute a bundle's metrics on a data split")
+    evaluate.add_argument("bundle", type=Path, metavar="BUNDLE")
+    evaluate.add_argument("--data", type=Path, required=True, help="MedMNIST .npz file")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    evaluate.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        logger.error("invalid settings: %s", errors)
+        return 2
+    set_secret(settings.resolved_secret())
+    try:
+        code: int = args.func(args, settings)
+        return code
+    except SecondReaderError as exc:
+        logger.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

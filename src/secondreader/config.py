@@ -1,0 +1,76 @@
+"""Settings (contract 5): environment variables with the ``SECONDREADER_`` prefix.
+
+Built once at each entry point; components receive typed values, never this object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "default_models_dir"]
+
+
+def default_models_dir() -> Path:
+    """The ``models/`` folder of the repository (or of an installed copy that ships one)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "models"
+        if (candidate / "cxr-pneumonia" / "configs" / "metadata.json").is_file():
+            return candidate
+    return Path.cwd() / "models"
+
+
+class Settings(BaseSettings):
+    """Runtime settings; every default makes the single-machine setup work unconfigured."""
+
+    model_config = SettingsConfigDict(env_prefix="SECONDREADER_", extra="ignore")
+
+    home: Path = Field(Path(".secondreader"), description="State folder: spool, store, artefacts, quarantine")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite under home")
+    api_keys: str | None = Field(None, description="Comma-separated API keys (Authorization: Bearer KEY)")
+    dicom_port: int = Field(11112, description="DICOM receiver port")
+    dicom_ae_title: str = Field("SECONDREADER", description="DICOM receiver AE title")
+    dicom_allowed_aes: str = Field("*", description="Calling AE titles accepted; * = any (loopback only)")
+    pacs_destination: str | None = Field(None, description="AE@host:port or DICOMweb base URL")
+    study_stable_seconds: float = Field(5.0, description="A study is complete after this long without news")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    models_dir: Path = Field(default_factory=default_models_dir, description="MONAI bundles folder")
+    host: str = Field("127.0.0.1", description="HTTP bind address")
+    http_port: int = Field(3000, description="HTTP port")
+    hl7_port: int = Field(2575, description="HL7 v2 MLLP port")
+    secret: str | None = Field(None, description="Key for pseudonymous study keys in logs")
+    max_upload_mb: int = Field(512, description="Upload size limit in MiB")
+    max_image_pixels: int = Field(
+        64_000_000, description="Largest Rows x Columns x Frames decoded; larger images fail before allocation"
+    )
+    routing_rules: Path | None = Field(None, description="Routing rules file; default: packaged rules")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            raise ValueError(f"SECONDREADER_DEVICE must be auto, cpu, cuda or cuda:N, not {value!r}")
+        return value
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'secondreader.db'}"
+
+    def resolved_secret(self) -> bytes:
+        """The log-pseudonym key: the setting, else a random key kept in ``home``."""
+        if self.secret:
+            return self.secret.encode()
+        import secrets
+
+        path = self.home / "secret.key"
+        if path.is_file():
+            return path.read_bytes()
+        self.home.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32).encode()
+        path.write_bytes(key)
+        path.chmod(0o600)
+        return key

@@ -1,0 +1,1 @@
+"""Reading DICOM inputs, deciding eligibility from the header, and decoding pixels."""

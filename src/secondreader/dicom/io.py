@@ -1,0 +1,165 @@
+"""Finding inputs (files, folders, zips) and reading DICOM Part 10 headers safely.
+
+Nothing here puts a path, a patient attribute or a library's exception text into an error message:
+messages say what is wrong with the *file* (``source`` is its name only and travels separately).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import struct
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import FileDataset
+from pydicom.errors import InvalidDicomError
+
+from ..errors import InvalidInputError, NotDicomError
+
+__all__ = ["InputFile", "InputProblem", "iter_inputs", "read_dataset", "sniff_non_dicom"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest single input read into memory (bytes); larger files fail without being read.
+MAX_FILE_BYTES = 2 * 1024**3
+#: Zip safety limits: total uncompressed size and compression ratio of any member.
+MAX_ZIP_TOTAL_BYTES = 8 * 1024**3
+MAX_ZIP_RATIO = 200
+MAX_ZIP_MEMBERS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """One input: its display name and how to get its bytes.
+
+    ``source`` is the file name only (never a folder path); for zip members it is the member's
+    base name. ``data`` is read lazily by :meth:`read`.
+    """
+
+    source: str
+    path: Path
+    member: str | None = None
+    size: int = 0
+
+    def read(self) -> bytes:
+        if self.size > MAX_FILE_BYTES:
+            raise InvalidInputError(
+                f"file is {self.size / 1024**2:.0f} MiB, over the {MAX_FILE_BYTES // 1024**2} MiB limit"
+            )
+        if self.member is None:
+            return self.path.read_bytes()
+        with zipfile.ZipFile(self.path) as archive:
+            return archive.read(self.member)
+
+
+@dataclass(frozen=True, slots=True)
+class InputProblem:
+    """An input that could not even be listed (unreadable zip, zip bomb, missing path)."""
+
+    source: str
+    reason: str
+
+
+def _zip_members(path: Path) -> Iterator[InputFile | InputProblem]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        yield InputProblem(path.name, "zip archive is corrupt or truncated")
+        return
+    with archive:
+        infos = [info for info in archive.infolist() if not info.is_dir()]
+        if len(infos) > MAX_ZIP_MEMBERS:
+            yield InputProblem(path.name, f"zip archive has over {MAX_ZIP_MEMBERS} members")
+            return
+        total = sum(info.file_size for info in infos)
+        if total > MAX_ZIP_TOTAL_BYTES:
+            yield InputProblem(
+                path.name, f"zip archive unpacks to {total / 1024**3:.1f} GiB, over the limit"
+            )
+            return
+        for info in sorted(infos, key=lambda i: i.filename):
+            name = os.path.basename(info.filename.replace("\\", "/")) or "unnamed"
+            if name.startswith(".") or info.filename.startswith("__MACOSX/"):
+                continue
+            if info.compress_size and info.file_size / max(info.compress_size, 1) > MAX_ZIP_RATIO:
+                yield InputProblem(name, "zip member is compressed suspiciously well (zip bomb?)")
+                continue
+            if info.flag_bits & 0x1:
+                yield InputProblem(name, "zip member is encrypted")
+                continue
+            yield InputFile(source=name, path=path, member=info.filename, size=info.file_size)
+
+
+def iter_inputs(paths: list[Path]) -> Iterator[InputFile | InputProblem]:
+    """Expand files, folders (recursively, sorted) and zips into inputs, in a stable order."""
+    for root in paths:
+        if not root.exists():
+            yield InputProblem(root.name, "no such file or folder")
+            continue
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            if path.name.startswith("."):
+                continue
+            if zipfile.is_zipfile(path):
+                yield from _zip_members(path)
+            else:
+                yield InputFile(source=path.name, path=path, size=path.stat().st_size)
+
+
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a zip archive",
+    b"GIF8": "a GIF image",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"\x1f\x8b": "a gzip archive",
+}
+
+
+def sniff_non_dicom(data: bytes) -> str | None:
+    """Name the kind of a well-known non-DICOM file from its first bytes, else ``None``."""
+    for magic, kind in _MAGIC.items():
+        if data.startswith(magic):
+            return kind
+    return None
+
+
+def read_dataset(data: bytes) -> FileDataset:
+    """Parse a DICOM Part 10 file held in memory (pixel data kept encoded, not decoded).
+
+    Raises
+    ------
+    NotDicomError
+        With a reason a PACS administrator understands: not DICOM (and what it looks like
+        instead), no File Meta Information, header truncated or malformed.
+    """
+    if len(data) == 0:
+        raise NotDicomError("file is empty")
+    if len(data) < 132 or data[128:132] != b"DICM":
+        kind = sniff_non_dicom(data)
+        if kind:
+            raise NotDicomError(f"not a DICOM file: it is {kind}")
+        raise NotDicomError(
+            "not a DICOM Part 10 file: no 'DICM' marker after the 128-byte preamble "
+            "(File Meta Information missing, or not DICOM at all)"
+        )
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+    except InvalidDicomError:
+        raise NotDicomError("DICOM File Meta Information is malformed") from None
+    except (EOFError, struct.error, ValueError, TypeError, KeyError, IndexError, OverflowError,
+            NotImplementedError, AttributeError, UnicodeDecodeError, MemoryError):
+        raise NotDicomError("DICOM header is truncated or malformed") from None
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        raise NotDicomError("DICOM File Meta Information has no Transfer Syntax UID")
+    if "SOPClassUID" not in ds and "MediaStorageSOPClassUID" not in meta:
+        raise NotDicomError("DICOM header has no SOP Class UID: not a DICOM object")
+    return ds

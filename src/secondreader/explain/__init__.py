@@ -1,0 +1,1 @@
+"""Saliency heatmaps on the source pixel grid and the regions drawn from them."""

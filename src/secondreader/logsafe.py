@@ -1,0 +1,85 @@
+"""Logging without patient data.
+
+``configure_logging`` is called by entry points only. ``study_key`` turns a Study Instance UID into
+a pseudonym (HMAC-SHA256 with the site secret, 16 hex characters) that can be logged.
+``PhiRedactingFilter`` is a last line of defence: it masks anything that looks like a DICOM UID,
+a DICOM person name (``A^B``) or a file path in log records, in case a library logs one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import logging.config
+import re
+
+__all__ = ["PhiRedactingFilter", "configure_logging", "set_secret", "study_key"]
+
+_secret: bytes = b"secondreader-unset-secret"
+
+_UID = re.compile(r"\b[0-2](?:\.\d+){3,}\b")
+_PERSON_NAME = re.compile(r"[^\s^=]+\^[^\s=]*")
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/:'\"]+){2,}")
+
+
+def set_secret(secret: bytes) -> None:
+    """Set the key used by :func:`study_key` (entry points call this once)."""
+    global _secret
+    _secret = secret
+
+
+def study_key(study_instance_uid: str | None) -> str:
+    """Pseudonym of a study for logs: ``HMAC-SHA256(secret, uid)[:16]``, or ``"-"`` when unknown."""
+    if not study_instance_uid:
+        return "-"
+    return hmac.new(_secret, study_instance_uid.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def redact(text: str) -> str:
+    """Mask UIDs, person names and paths in ``text``."""
+    text = _UID.sub("<uid>", text)
+    text = _PERSON_NAME.sub("<name>", text)
+    return _PATH.sub("<path>", text)
+
+
+class PhiRedactingFilter(logging.Filter):
+    """Rewrites every record's message with :func:`redact` (args are merged first)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            # Tracebacks carry paths and exception texts from libraries: keep the type only.
+            exc = record.exc_info[1]
+            record.msg = f"{record.msg} [{type(exc).__name__}]"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Log to stderr through the redacting filter (stdout is reserved for results)."""
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "filters": {"phi": {"()": PhiRedactingFilter}},
+            "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "stream": "ext://sys.stderr",
+                    "formatter": "plain",
+                    "filters": ["phi"],
+                }
+            },
+            "root": {"level": level, "handlers": ["stderr"]},
+            "loggers": {"pydicom": {"level": "ERROR"}},
+        }
+    )
+    logging.captureWarnings(True)

@@ -1,0 +1,1 @@
+"""Model cards (MONAI bundle metadata), networks built from them, and predictors."""

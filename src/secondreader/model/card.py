@@ -1,0 +1,135 @@
+"""``ModelCard``: a MONAI bundle's ``configs/metadata.json``, validated on load.
+
+The bundle keeps MONAI's ``network_data_format`` and adds a ``secondreader`` section with what the
+pipeline needs, as *named* maps: the network (a MONAI class and its arguments), per-finding labels
+with their output channel, calibration and operating points, the input specification, the layer
+used for saliency, and the Device UID that changes with every version.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from ..preprocessing import InputSpec
+
+__all__ = ["FindingSpec", "ModelCard", "load_card"]
+
+
+@dataclass(frozen=True, slots=True)
+class FindingSpec:
+    """One output of a model: a finding code, its channel, calibration and operating points."""
+
+    code: str
+    channel: int
+    display_name: str
+    calibration_a: float
+    calibration_b: float
+    operating_point: float
+    urgent_point: float
+
+    def __post_init__(self) -> None:
+        if not self.code or not self.code.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"finding code must be a simple identifier, not {self.code!r}")
+        if self.channel < 0:
+            raise ValueError(f"channel of {self.code} must be >= 0")
+        if not 0.0 < self.operating_point < 1.0:
+            raise ValueError(f"operating_point of {self.code} must be in (0, 1), not {self.operating_point}")
+        if not self.operating_point <= self.urgent_point < 1.0:
+            raise ValueError(f"urgent_point of {self.code} must be in [operating_point, 1)")
+        if self.calibration_a <= 0:
+            raise ValueError(f"calibration slope of {self.code} must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """A validated model bundle (always-valid: the constructor checks everything)."""
+
+    name: str
+    version: str
+    device_uid: str
+    bundle_dir: Path
+    network_class: str
+    network_args: dict[str, Any]
+    input_spec: InputSpec
+    findings: tuple[FindingSpec, ...]
+    saliency_layer: str
+    weights_file: str
+    metadata: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"model name must be a plain name, not {self.name!r}")
+        if not self.findings:
+            raise ValueError(f"model {self.name} declares no findings")
+        channels = [f.channel for f in self.findings]
+        if len(set(channels)) != len(channels):
+            raise ValueError(f"model {self.name} maps two findings to one channel")
+        if not self.device_uid or not all(part.isdigit() for part in self.device_uid.split(".")):
+            raise ValueError(f"model {self.name} has no valid Device UID")
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, the model reference used in results."""
+        return f"{self.name}@{self.version}"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.bundle_dir / "models" / self.weights_file
+
+
+def _finding(code: str, spec: dict[str, Any]) -> FindingSpec:
+    cal = spec.get("calibration", {})
+    if cal.get("method", "platt") != "platt":
+        raise ValueError(f"finding {code}: unknown calibration method {cal.get('method')!r}")
+    return FindingSpec(
+        code=code,
+        channel=int(spec["channel"]),
+        display_name=str(spec.get("display_name", code)),
+        calibration_a=float(cal.get("a", 1.0)),
+        calibration_b=float(cal.get("b", 0.0)),
+        operating_point=float(spec["operating_point"]),
+        urgent_point=float(spec.get("urgent_point", spec["operating_point"])),
+    )
+
+
+def load_card(bundle_dir: Path) -> ModelCard:
+    """Read and validate ``bundle_dir/configs/metadata.json``.
+
+    Raises
+    ------
+    ModelError
+        When the file is missing, not JSON, or fails validation (the message names the field).
+    """
+    path = bundle_dir / "configs" / "metadata.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"model bundle {bundle_dir.name} has no configs/metadata.json") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"model bundle {bundle_dir.name}: metadata.json is not JSON ({exc.msg})") from None
+    try:
+        sr = meta["secondreader"]
+        inp = sr["input"]
+        card = ModelCard(
+            name=str(meta["name"]),
+            version=str(meta["version"]),
+            device_uid=str(sr["device_uid"]),
+            bundle_dir=bundle_dir,
+            network_class=str(sr["network"]["class"]),
+            network_args=dict(sr["network"]["args"]),
+            input_spec=InputSpec(size=tuple(inp["spatial_shape"]), mean=float(inp["mean"]), std=float(inp["std"])),  # type: ignore[arg-type]
+            findings=tuple(sorted((_finding(code, spec) for code, spec in sr["findings"].items()),
+                                  key=lambda f: f.channel)),
+            saliency_layer=str(sr["saliency_layer"]),
+            weights_file=str(sr.get("weights_file", "model.pt")),
+            metadata=meta,
+        )
+    except KeyError as exc:
+        raise ModelError(f"model bundle {bundle_dir.name}: metadata.json lacks {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model bundle {bundle_dir.name}: {exc}") from None
+    return card

@@ -1,0 +1,1 @@
+"""Artefacts written for people and PACS: PNG overlays (DICOM outputs come later)."""

@@ -1,0 +1,72 @@
+"""PNG overlays for people: the radiograph with the heatmap blended in and regions outlined.
+
+Every overlay carries the banner "AI result - second reader - not for primary diagnosis", so a
+screenshot of it cannot pass for the original image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from skimage.transform import resize as sk_resize
+
+from ..errors import OutputEncodingError
+from ..explain.regions import Region
+
+__all__ = ["BANNER", "heat_colormap", "render_overlay", "write_png"]
+
+BANNER = "AI result - second reader - not for primary diagnosis"
+MAX_SIDE = 1024
+
+# Control points of a perceptually ordered black-red-yellow-white map (like 'inferno').
+_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+_COLOURS = np.array(
+    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32
+)
+
+
+def heat_colormap(heat: np.ndarray) -> np.ndarray:
+    """float (H, W) in [0, 1] → uint8 RGB (H, W, 3)."""
+    h = np.clip(heat, 0.0, 1.0)
+    channels = [np.interp(h, _STOPS, _COLOURS[:, c]) for c in range(3)]
+    return np.stack(channels, axis=-1).astype(np.uint8)
+
+
+def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Region], *, title: str) -> Image.Image:
+    """``display``: float32 (rows, cols) in [0, 1], bright bone; ``heat`` the same shape in [0, 1].
+
+    Returns an RGB image at most ``MAX_SIDE`` pixels a side, with the banner and region boxes.
+    """
+    if display.shape != heat.shape:
+        raise ValueError(f"display {display.shape} and heat {heat.shape} must have the same shape")
+    rows, cols = display.shape
+    scale = min(1.0, MAX_SIDE / max(rows, cols))
+    size = (max(1, round(rows * scale)), max(1, round(cols * scale)))
+    if scale < 1.0:
+        display = sk_resize(display, size, order=1, anti_aliasing=True, preserve_range=True)
+        heat = sk_resize(heat, size, order=1, anti_aliasing=False, preserve_range=True)
+    grey = np.repeat((np.clip(display, 0, 1) * 255)[..., None], 3, axis=-1)
+    alpha = np.clip((heat - 0.2) / 0.6, 0.0, 1.0)[..., None] * 0.55
+    rgb = (grey * (1 - alpha) + heat_colormap(heat).astype(np.float32) * alpha).astype(np.uint8)
+    image = Image.fromarray(rgb, mode="RGB")
+    draw = ImageDraw.Draw(image)
+    for region in regions:
+        r0, c0, r1, c1 = (v * scale for v in region.bbox)
+        draw.rectangle([c0, r0, c1 - 1, r1 - 1], outline=(0, 255, 255), width=max(1, round(3 * size[0] / 1024)))
+    banner_h = 16
+    draw.rectangle([0, 0, size[1], banner_h], fill=(0, 0, 0))
+    draw.text((4, 2), f"{BANNER} | {title}", fill=(255, 255, 0))
+    return image
+
+
+def write_png(image: Image.Image, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".png.tmp")
+        image.save(tmp, format="PNG", optimize=False)
+        tmp.replace(path)
+    except OSError as exc:
+        raise OutputEncodingError(f"could not write overlay PNG ({exc.strerror or type(exc).__name__})") from None

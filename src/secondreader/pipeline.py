@@ -1,0 +1,329 @@
+"""The one code path from DICOM inputs to study results; the CLI (and later the service, the
+receiver and the audit) call it. This is the only module that knows the order of the steps:
+
+read header → eligibility → decode (Modality LUT, VOI) → window/invert → crop/resize/normalise →
+predict (+ GradCAM) → calibrate → heatmap on the source grid → regions → priority → overlays.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .dicom.eligibility import Eligibility, evaluate
+from .dicom.instance import CxrInstance
+from .dicom.io import InputFile, InputProblem, iter_inputs, read_dataset
+from .dicom.pixels import decode_display
+from .errors import ProcessingError, SecondReaderError
+from .explain.heatmap import heatmap_on_source
+from .explain.regions import Region, extract_regions
+from .logsafe import study_key
+from .model.predictor import Predictor
+from .outputs.overlay import render_overlay, write_png
+from .preprocessing import GeometryRecord, prepare_frame, window_frame
+from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult
+from .scoring.calibration import calibrated_probability
+from .scoring.priority import FindingResult, StudyStatus, prioritise
+
+__all__ = ["ParsedInput", "ScreeningOptions", "parse_input", "run_study", "screen_inputs", "screen_paths"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningOptions:
+    """What a screening run needs, as typed values (entry points build it from Settings)."""
+
+    predictors: Sequence[Predictor]
+    max_pixels: int = 64_000_000
+    out_dir: Path | None = None
+    explain: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.predictors:
+            raise ValueError("at least one predictor is needed")
+
+
+@dataclass(slots=True)
+class ParsedInput:
+    """Pass 1 over one input: its header facts and eligibility, or why it could not be read."""
+
+    source: str
+    input: InputFile | None
+    instance: CxrInstance | None = None
+    eligibility: Eligibility | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Frame:
+    sop_instance_uid: str
+    frame: int
+    display: np.ndarray
+    spacing_mm: tuple[float, float] | None
+    windowed: bool
+    invert: bool
+    probabilities: dict[str, float] = field(default_factory=dict)
+    heat: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def parse_input(item: InputFile | InputProblem) -> ParsedInput:
+    """Read one input's header and decide its eligibility (no pixel is decoded)."""
+    if isinstance(item, InputProblem):
+        return ParsedInput(source=item.source, input=None, error=item.reason)
+    try:
+        ds = read_dataset(item.read())
+        instance = CxrInstance.from_dataset(ds)
+    except SecondReaderError as exc:
+        return ParsedInput(source=item.source, input=item, error=str(exc))
+    except OSError as exc:
+        return ParsedInput(source=item.source, input=item, error=f"file cannot be read ({exc.strerror or 'I/O error'})")
+    return ParsedInput(source=item.source, input=item, instance=instance, eligibility=evaluate(instance))
+
+
+def _unreadable_result(parsed: ParsedInput) -> StudyResult:
+    reason = parsed.error or "file has no Study Instance UID"
+    sop = parsed.instance.sop_instance_uid if parsed.instance else None
+    return StudyResult(
+        study_instance_uid=None,
+        status=StudyStatus.FAILED,
+        reason=reason,
+        instances=[InstanceResult(parsed.source, sop, InstanceStatus.FAILED, reason)],
+        priority=prioritise(StudyStatus.FAILED, []),
+        source=parsed.source,
+    )
+
+
+def _decode_frames(parsed: ParsedInput, max_pixels: int) -> list[_Frame]:
+    """Decode one instance to its frames in display units (not yet windowed)."""
+    assert parsed.input is not None and parsed.instance is not None
+    ds = read_dataset(parsed.input.read())
+    image = decode_display(ds, parsed.instance, max_pixels=max_pixels)
+    sop = parsed.instance.sop_instance_uid or ""
+    return [
+        _Frame(sop, index + 1, frame, parsed.instance.pixel_spacing_mm, windowed=image.windowed, invert=image.invert)
+        for index, frame in enumerate(image.frames)
+    ]
+
+
+def _prepare(frames: list[_Frame], predictors: Sequence[Predictor]) -> list[tuple[torch.Tensor, list[GeometryRecord]]]:
+    """Window/invert each frame in place, then build each model's input batch."""
+    for frame in frames:
+        frame.display = window_frame(frame.display, windowed=frame.windowed, invert=frame.invert)
+    batches = []
+    for predictor in predictors:
+        prepared = [prepare_frame(f.display, predictor.card.input_spec) for f in frames]
+        batches.append((torch.stack([t for t, _ in prepared]), [g for _, g in prepared]))
+    return batches
+
+
+def _predict(
+    frames: list[_Frame],
+    predictors: Sequence[Predictor],
+    batches: list[tuple[torch.Tensor, list[GeometryRecord]]],
+    explain: bool,
+) -> list[FindingResult]:
+    """Run every model over every frame; fill per-frame probabilities/heat; return study findings."""
+    findings: list[FindingResult] = []
+    for predictor, (batch, geometries) in zip(predictors, batches, strict=True):
+        card = predictor.card
+        predictions = predictor.predict(batch, explain=explain)
+        for k, spec in enumerate(card.findings):
+            probs = []
+            for frame, geometry, prediction in zip(frames, geometries, predictions, strict=True):
+                p = float(calibrated_probability(prediction.logits[k], spec.calibration_a, spec.calibration_b))
+                frame.probabilities[spec.code] = p
+                probs.append(p)
+                if prediction.saliency is not None:
+                    frame.heat[spec.code] = heatmap_on_source(prediction.saliency[k], geometry)
+            findings.append(
+                FindingResult(spec.code, max(probs), spec.operating_point, spec.urgent_point, card.ref)
+            )
+    return findings
+
+
+def _regions(frames: list[_Frame], findings: list[FindingResult]) -> list[RegionResult]:
+    """Regions of every positive finding, on each frame where that finding is positive."""
+    scored: list[tuple[float, Region, str]] = []
+    for finding in findings:
+        if not finding.positive:
+            continue
+        for frame in frames:
+            p = frame.probabilities.get(finding.code, 0.0)
+            heat = frame.heat.get(finding.code)
+            if heat is None or p < finding.operating_point:
+                continue
+            for region in extract_regions(heat, finding=finding.code, frame=frame.frame,
+                                          spacing_mm=frame.spacing_mm):
+                scored.append((p * region.peak, region, frame.sop_instance_uid))
+    scored.sort(key=lambda item: (-item[0], item[1].finding, item[2], item[1].frame, item[1].bbox))
+    counters: dict[str, int] = {}
+    out = []
+    for score, region, sop in scored:
+        counters[region.finding] = counters.get(region.finding, 0) + 1
+        out.append(RegionResult(f"{region.finding}-{counters[region.finding]}", region, score, sop))
+    return out
+
+
+def _write_overlays(study_uid: str, frames: list[_Frame], regions: list[RegionResult], out_dir: Path) -> list[str]:
+    written = []
+    for frame in frames:
+        for code, heat in frame.heat.items():
+            mine = [r.region for r in regions
+                    if r.sop_instance_uid == frame.sop_instance_uid and r.region.frame == frame.frame
+                    and r.region.finding == code]
+            name = f"{code}.png" if frame.frame == 1 else f"{code}-frame{frame.frame}.png"
+            relative = Path(study_uid) / frame.sop_instance_uid / name
+            title = f"{code} p={frame.probabilities.get(code, 0.0):.2f}"
+            write_png(render_overlay(frame.display, heat, mine, title=title), out_dir / relative)
+            written.append(relative.as_posix())
+    return written
+
+
+def run_study(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:
+    """Screen one study's instances (already parsed, in arrival order)."""
+    t_start = time.perf_counter()
+    timing = {"load": 0.0, "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+    instances: list[InstanceResult] = []
+    frames: list[_Frame] = []
+    handled: set[str] = set()  # SOP Instance UIDs already screened or refused
+    for parsed in members:
+        inst = parsed.instance
+        assert inst is not None and parsed.eligibility is not None
+        sop = inst.sop_instance_uid
+        if sop is not None and sop in handled:
+            instances.append(InstanceResult(parsed.source, sop, InstanceStatus.DUPLICATE,
+                                            "SOP Instance UID already seen in this study"))
+            continue
+        if not parsed.eligibility.ok:
+            instances.append(InstanceResult(parsed.source, sop, InstanceStatus.INELIGIBLE,
+                                            parsed.eligibility.reason, parsed.eligibility.rule_ids))
+            if sop:
+                handled.add(sop)
+            continue
+        if sop is None:
+            instances.append(InstanceResult(parsed.source, None, InstanceStatus.FAILED, "SOP Instance UID missing"))
+            continue
+        t0 = time.perf_counter()
+        try:
+            decoded = _decode_frames(parsed, options.max_pixels)
+        except SecondReaderError as exc:
+            instances.append(InstanceResult(parsed.source, sop, InstanceStatus.FAILED, str(exc)))
+            continue
+        except OSError as exc:
+            instances.append(InstanceResult(parsed.source, sop, InstanceStatus.FAILED,
+                                            f"file cannot be read ({exc.strerror or 'I/O error'})"))
+            continue
+        finally:
+            timing["load"] += time.perf_counter() - t0
+        frames.extend(decoded)
+        handled.add(sop)
+        instances.append(InstanceResult(parsed.source, sop, InstanceStatus.SCREENED))
+
+    findings: list[FindingResult] = []
+    regions: list[RegionResult] = []
+    heatmaps: list[str] = []
+    status_reason: str | None = None
+    if frames:
+        t0 = time.perf_counter()
+        batches = _prepare(frames, options.predictors)
+        timing["preprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:
+            findings = _predict(frames, options.predictors, batches, options.explain)
+        except (ProcessingError, RuntimeError) as exc:
+            logger.error("study %s: inference failed (%s)", study_key(study_uid), type(exc).__name__)
+            for i, result in enumerate(instances):
+                if result.status is InstanceStatus.SCREENED:
+                    instances[i] = InstanceResult(result.source, result.sop_instance_uid, InstanceStatus.FAILED,
+                                                  "the model could not process this image")
+            frames = []
+        timing["inference"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        regions = _regions(frames, findings) if frames else []
+        if frames and options.out_dir is not None:
+            heatmaps = _write_overlays(study_uid, frames, regions, options.out_dir)
+        timing["postprocess"] = time.perf_counter() - t0
+
+    statuses = {i.status for i in instances}
+    if InstanceStatus.SCREENED in statuses:
+        status = StudyStatus.SCREENED
+    elif InstanceStatus.FAILED in statuses:
+        status = StudyStatus.FAILED
+        status_reason = _join_reasons(i.reason for i in instances if i.status is InstanceStatus.FAILED)
+    else:
+        status = StudyStatus.INELIGIBLE
+        status_reason = _join_reasons(i.reason for i in instances if i.status is InstanceStatus.INELIGIBLE)
+    if status is not StudyStatus.SCREENED:
+        findings, regions, heatmaps = [], [], []
+    timing["total"] = (time.perf_counter() - t_start) * 1000.0
+    for key in ("load", "preprocess", "inference", "postprocess"):
+        timing[key] *= 1000.0
+    result = StudyResult(
+        study_instance_uid=study_uid,
+        status=status,
+        reason=status_reason,
+        instances=instances,
+        priority=prioritise(status, findings),
+        findings=findings,
+        regions=regions,
+        models=[{"name": p.card.name, "version": p.card.version, "device_uid": p.card.device_uid}
+                for p in options.predictors],
+        heatmaps=heatmaps,
+        timing_ms=timing,
+    )
+    logger.info("study %s %s score=%d route=%s rule=%s instances=%d total_ms=%.0f",
+                study_key(study_uid), status.value, result.priority.score, result.priority.route.value,
+                result.priority.rule, len(instances), timing["total"])
+    return result
+
+
+def _join_reasons(reasons: Iterable[str | None]) -> str:
+    unique = list(dict.fromkeys(r for r in reasons if r))
+    return "; ".join(unique) if unique else "no instance could be screened"
+
+
+def screen_inputs(items: Iterable[InputFile | InputProblem], options: ScreeningOptions) -> Iterator[StudyResult]:
+    """Group inputs into studies by Study Instance UID and screen each one.
+
+    Files without a readable Study Instance UID are yielded at once as their own failed results;
+    studies follow in order of first appearance.
+    """
+    studies: dict[str, list[ParsedInput]] = {}
+    for item in items:
+        parsed = parse_input(item)
+        if parsed.instance is None or parsed.instance.study_instance_uid is None:
+            logger.warning("input without a readable study: %s", parsed.error or "no Study Instance UID")
+            yield _unreadable_result(parsed)
+            continue
+        studies.setdefault(parsed.instance.study_instance_uid, []).append(parsed)
+    for study_uid, members in studies.items():
+        yield _run_study_safely(study_uid, members, options)
+
+
+def _run_study_safely(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:
+    """The boundary: an unexpected error in one study becomes that study's failed result."""
+    try:
+        return run_study(study_uid, members, options)
+    except Exception as exc:  # noqa: BLE001 - boundary: one bad study must not stop the run
+        logger.error("study %s: unexpected %s while screening", study_key(study_uid), type(exc).__name__)
+        reason = f"internal error while screening ({type(exc).__name__}); the input was kept"
+        return StudyResult(
+            study_instance_uid=study_uid,
+            status=StudyStatus.FAILED,
+            reason=reason,
+            instances=[InstanceResult(m.source, m.instance.sop_instance_uid if m.instance else None,
+                                      InstanceStatus.FAILED, reason) for m in members],
+            priority=prioritise(StudyStatus.FAILED, []),
+        )
+
+
+def screen_paths(paths: Sequence[Path], options: ScreeningOptions) -> Iterator[StudyResult]:
+    """Screen files, folders (recursive) and zips."""
+    return screen_inputs(iter_inputs(list(paths)), options)

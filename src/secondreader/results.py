@@ -1,0 +1,114 @@
+"""The study result (contract 2) as value objects, and their JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .explain.regions import Region
+from .scoring.priority import FindingResult, Priority, StudyStatus
+
+__all__ = ["InstanceResult", "InstanceStatus", "RegionResult", "StudyResult"]
+
+
+class InstanceStatus(str, Enum):
+    SCREENED = "screened"
+    INELIGIBLE = "ineligible"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceResult:
+    source: str
+    sop_instance_uid: str | None
+    status: InstanceStatus
+    reason: str | None = None
+    rule_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", InstanceStatus(self.status))
+        if "/" in self.source or "\\" in self.source:
+            raise ValueError("source must be a file name, never a path")
+        if self.status in (InstanceStatus.INELIGIBLE, InstanceStatus.FAILED) and not self.reason:
+            raise ValueError(f"a {self.status.value} instance needs a reason")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "source": self.source,
+            "sop_instance_uid": self.sop_instance_uid,
+            "status": self.status.value,
+            "reason": self.reason,
+        }
+        if self.rule_ids:
+            out["rules"] = list(self.rule_ids)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RegionResult:
+    region_id: str
+    region: Region
+    score: float
+    sop_instance_uid: str
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.region
+        return {
+            "id": self.region_id,
+            "finding": r.finding,
+            "score": round(self.score, 4),
+            "sop_instance_uid": self.sop_instance_uid,
+            "frame": r.frame,
+            "bbox": list(r.bbox),
+            "centroid": list(r.centroid),
+            "area_mm2": r.area_mm2,
+            "area_px": r.area_px,
+        }
+
+
+@dataclass(slots=True)
+class StudyResult:
+    study_instance_uid: str | None
+    status: StudyStatus
+    reason: str | None
+    instances: list[InstanceResult]
+    priority: Priority
+    findings: list[FindingResult] = field(default_factory=list)
+    regions: list[RegionResult] = field(default_factory=list)
+    models: list[dict[str, str]] = field(default_factory=list)
+    heatmaps: list[str] = field(default_factory=list)
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    source: str | None = None  # only for results without a study UID
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "study_instance_uid": self.study_instance_uid,
+            "status": StudyStatus(self.status).value,
+            "reason": self.reason,
+            "instances": [i.to_json() for i in self.instances],
+            "priority": {
+                "score": self.priority.score,
+                "route": self.priority.route.value,
+                "rule": self.priority.rule,
+            },
+            "findings": [
+                {
+                    "code": f.code,
+                    "probability": round(f.probability, 4),
+                    "positive": f.positive,
+                    "operating_point": round(f.operating_point, 4),
+                    "model": f.model,
+                }
+                for f in self.findings
+            ],
+            "regions": [r.to_json() for r in self.regions],
+            "first_read": {"status": "none", "labels": {}, "discordant": []},
+            "artifacts": {"heatmaps": list(self.heatmaps), "dicom": []},
+            "timing_ms": {k: round(v, 1) for k, v in self.timing_ms.items()},
+            "models": list(self.models),
+        }
+        if self.source is not None:
+            out["source"] = self.source
+        return out

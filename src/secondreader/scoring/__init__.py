@@ -1,0 +1,1 @@
+"""Calibration of model outputs and the study priority score."""

@@ -1,0 +1,1 @@
+"""The training pipeline: config → trained MONAI network → evaluated, calibrated model bundle."""

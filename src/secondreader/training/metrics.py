@@ -1,0 +1,116 @@
+"""Evaluation metrics: AUROC with a bootstrap interval, operating-point statistics, calibration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+__all__ = ["BinaryMetrics", "auroc", "binary_metrics", "bootstrap_auroc", "expected_calibration_error",
+           "threshold_for_sensitivity", "youden_threshold"]
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with midranks for ties)."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs both classes")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def bootstrap_auroc(scores: np.ndarray, labels: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
+                    alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUROC (resampling cases)."""
+    rng = np.random.default_rng(seed)
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel()
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(s), len(s))
+        if y[idx].min() == y[idx].max():
+            continue
+        values.append(auroc(s[idx], y[idx]))
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = 10) -> float:
+    p = np.asarray(probabilities, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(p[mask].mean() - y[mask].mean())
+    return float(ece)
+
+
+def youden_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity - 1 (midpoint between neighbours)."""
+    p = np.asarray(probabilities, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    candidates = np.unique(p)
+    best, best_j = 0.5, -1.0
+    for t in candidates:
+        pred = p >= t
+        j = pred[y].mean() + (~pred[~y]).mean() - 1.0
+        if j > best_j:
+            best, best_j = float(t), float(j)
+    below = p[p < best]
+    return float((best + below.max()) / 2.0) if below.size else best
+
+
+def threshold_for_sensitivity(probabilities: np.ndarray, labels: np.ndarray, sensitivity: float) -> float:
+    """The highest threshold whose sensitivity is at least ``sensitivity``."""
+    p = np.sort(np.asarray(probabilities, dtype=np.float64).ravel()[np.asarray(labels).ravel().astype(bool)])
+    k = int(np.floor((1.0 - sensitivity) * len(p)))
+    return float(p[min(k, len(p) - 1)])
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryMetrics:
+    n: int
+    n_positive: int
+    auroc: float
+    auroc_ci95: tuple[float, float]
+    accuracy: float
+    sensitivity: float
+    specificity: float
+    threshold: float
+    ece: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "n": self.n,
+            "n_positive": self.n_positive,
+            "auroc": round(self.auroc, 4),
+            "auroc_ci95": [round(self.auroc_ci95[0], 4), round(self.auroc_ci95[1], 4)],
+            "accuracy": round(self.accuracy, 4),
+            "sensitivity": round(self.sensitivity, 4),
+            "specificity": round(self.specificity, 4),
+            "threshold": round(self.threshold, 4),
+            "ece": round(self.ece, 4),
+        }
+
+
+def binary_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float, *, seed: int = 0) -> BinaryMetrics:
+    p = np.asarray(probabilities, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    pred = p >= threshold
+    return BinaryMetrics(
+        n=len(p),
+        n_positive=int(y.sum()),
+        auroc=auroc(p, y),
+        auroc_ci95=bootstrap_auroc(p, y, seed=seed),
+        accuracy=float((pred == y).mean()),
+        sensitivity=float(pred[y].mean()),
+        specificity=float((~pred[~y]).mean()),
+        threshold=threshold,
+        ece=expected_calibration_error(p, y),
+    )

@@ -1,0 +1,248 @@
+"""``secondreader train CONFIG``: train, calibrate on validation, evaluate on test, write a bundle.
+
+Reproducible: a fixed seed, deterministic algorithms, and a fixed thread count. Test data is used
+once, after every choice (calibration, operating point) was made on the validation split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import pydicom
+import torch
+from scipy.special import expit
+from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandShiftIntensity
+from monai.utils import set_determinism
+from pydicom.uid import generate_uid
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..model.network import build_network
+from ..preprocessing import InputSpec, model_input_transform
+from ..scoring.calibration import calibrated_probability, fit_platt
+from .config import TrainConfig
+from .data import Split, load_medmnist
+from .metrics import binary_metrics, threshold_for_sensitivity, youden_threshold
+from .modelcard import write_model_card
+
+__all__ = ["predict_logits", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def _augmenter(cfg: TrainConfig, seed: int) -> Compose:
+    a = cfg.augment
+    deg = float(np.deg2rad(a.rotate_deg))
+    side = cfg.network.args.get("spatial_size", 28)
+    aug = Compose(
+        [
+            RandAffine(prob=1.0, rotate_range=(deg,), scale_range=(a.scale, a.scale),
+                       translate_range=(a.translate * side, a.translate * side), padding_mode="border"),
+            RandAdjustContrast(prob=0.5, gamma=a.contrast_gamma),
+            RandShiftIntensity(offsets=a.brightness, prob=0.5),
+        ]
+    )
+    aug.set_random_state(seed=seed)
+    return aug
+
+
+def predict_logits(network: torch.nn.Module, images: torch.Tensor, spec: InputSpec, *, batch: int = 512) -> np.ndarray:
+    """Logits of channel 0 for float32 (N, 1, H, W) images in [0, 1], through the serving transform."""
+    transform = model_input_transform(spec)
+    network.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.stack([torch.as_tensor(transform(img)).as_subclass(torch.Tensor) for img in images[i:i + batch]])
+            out.append(network(x)[:, 0].float().numpy())
+    return np.concatenate(out)
+
+
+def _state_dict_bytes(network: torch.nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, buffer)
+    return buffer.getvalue()
+
+
+def train(cfg: TrainConfig, *, config_path: Path | None = None) -> dict[str, Any]:
+    """Train the model ``cfg`` describes and write its bundle to ``cfg.output_dir``.
+
+    Returns the bundle's metadata (also written to ``configs/metadata.json``).
+    """
+    started = time.time()
+    torch.set_num_threads(cfg.schedule.threads)
+    set_determinism(seed=cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    splits = load_medmnist(cfg.data.path)
+    train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
+    side = int(train_split.images.shape[-1])
+    mean, std = float(train_split.images.mean()), float(train_split.images.std())
+    spec = InputSpec(size=(side, side), mean=mean, std=std)
+    to_model = model_input_transform(spec)
+    augment = _augmenter(cfg, cfg.seed)
+
+    network = build_network(cfg.network.class_, cfg.network.args)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=cfg.schedule.max_lr, weight_decay=cfg.schedule.weight_decay)
+    steps_per_epoch = (len(train_split.labels) + cfg.schedule.batch_size - 1) // cfg.schedule.batch_size
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.schedule.max_lr,
+                                                    total_steps=cfg.schedule.epochs * steps_per_epoch)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    labels = torch.as_tensor(train_split.labels, dtype=torch.float32)
+
+    history = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[status]}"), transient=False) as progress:
+        task = progress.add_task(f"training {cfg.name}", total=cfg.schedule.epochs * steps_per_epoch, status="")
+        for epoch in range(cfg.schedule.epochs):
+            network.train()
+            order = torch.randperm(len(labels), generator=generator)
+            total = 0.0
+            for start in range(0, len(order), cfg.schedule.batch_size):
+                idx = order[start:start + cfg.schedule.batch_size]
+                x = torch.stack([
+                    torch.as_tensor(to_model(augment(train_split.images[i]))).as_subclass(torch.Tensor)
+                    for i in idx.tolist()
+                ])
+                loss = loss_fn(network(x)[:, 0], labels[idx])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                total += float(loss.detach()) * len(idx)
+                progress.advance(task)
+            val_auc = binary_metrics(
+                expit(predict_logits(network, val_split.images, spec)), val_split.labels, 0.5
+            ).auroc
+            history.append({"epoch": epoch + 1, "loss": round(total / len(order), 5), "val_auroc": round(val_auc, 5)})
+            progress.update(task, status=f"epoch {epoch + 1} loss {total / len(order):.4f} val AUROC {val_auc:.4f}")
+            logger.info("epoch %d loss %.4f val_auroc %.4f", epoch + 1, total / len(order), val_auc)
+
+    # Calibration and operating points: validation split only.
+    val_logits = predict_logits(network, val_split.images, spec)
+    a, b = fit_platt(val_logits, val_split.labels)
+    val_p = calibrated_probability(val_logits, a, b)
+    op_cfg = cfg.operating_point
+    if op_cfg.method == "youden":
+        operating_point = youden_threshold(val_p, val_split.labels)
+    else:
+        operating_point = threshold_for_sensitivity(val_p, val_split.labels, op_cfg.sensitivity)
+    negatives = np.sort(val_p[val_split.labels == 0])
+    urgent_point = float(max(negatives[min(len(negatives) - 1, int(np.ceil(op_cfg.urgent_specificity * len(negatives))))],
+                             operating_point))
+    operating_point = float(np.clip(operating_point, 1e-4, 1 - 1e-4))
+    urgent_point = float(np.clip(urgent_point, operating_point, 1 - 1e-4))
+
+    # The untouched test split, once.
+    test_p = calibrated_probability(predict_logits(network, test_split.images, spec), a, b)
+    metrics = {
+        "validation": binary_metrics(val_p, val_split.labels, operating_point, seed=cfg.seed).to_json(),
+        "test": binary_metrics(test_p, test_split.labels, operating_point, seed=cfg.seed).to_json(),
+    }
+
+    weights = _state_dict_bytes(network)
+    weights_sha256 = hashlib.sha256(weights).hexdigest()
+    device_uid = generate_uid(prefix=None, entropy_srcs=["secondreader", cfg.name, cfg.version, weights_sha256])
+    out = cfg.output_dir
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    (out / "docs").mkdir(parents=True, exist_ok=True)
+    (out / "models" / "model.pt").write_bytes(weights)
+
+    metadata = _metadata(cfg, spec, side, a, b, operating_point, urgent_point, metrics, history,
+                         device_uid, weights_sha256, config_path, time.time() - started)
+    (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    write_model_card(out / "docs" / "README.md", metadata)
+    logger.info("wrote bundle %s (test AUROC %.4f)", cfg.name, metrics["test"]["auroc"])
+    return metadata
+
+
+def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, operating_point: float,
+              urgent_point: float, metrics: dict[str, Any], history: list[dict[str, Any]], device_uid: str,
+              weights_sha256: str, config_path: Path | None, seconds: float) -> dict[str, Any]:
+    code = cfg.data.finding
+    return {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": cfg.version,
+        "changelog": {cfg.version: cfg.description},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "pydicom_version": pydicom.__version__,
+        "optional_packages_version": {},
+        "name": cfg.name,
+        "task": f"Chest radiograph classification: {cfg.data.display_name}",
+        "description": cfg.description,
+        "authors": "secondreader",
+        "copyright": "secondreader authors; training data under its own licence (see data_source)",
+        "data_source": cfg.provenance.get("data_source", ""),
+        "data_type": "8-bit greyscale chest radiographs, centre-cropped and resized to "
+                     f"{side}x{side}",
+        "intended_use": cfg.provenance.get("intended_use", ""),
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "CR/DX",
+                    "num_channels": 1,
+                    "spatial_shape": [side, side],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": False,
+                    "channel_def": {"0": "image"},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "probabilities",
+                    "format": "classes",
+                    "num_channels": 1,
+                    "spatial_shape": [1],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_onehot": False,
+                    "channel_def": {"0": code},
+                }
+            },
+        },
+        "secondreader": {
+            "device_uid": device_uid,
+            "weights_file": "model.pt",
+            "weights_sha256": weights_sha256,
+            "network": {"class": cfg.network.class_, "args": cfg.network.args},
+            "saliency_layer": cfg.network.saliency_layer,
+            "input": {"spatial_shape": [side, side], "mean": round(spec.mean, 6), "std": round(spec.std, 6),
+                      "preprocessing": "header VOI or 0.5-99.5 percentile window, MONOCHROME1 inversion, "
+                                       "centre square crop, area resize, normalise"},
+            "findings": {
+                code: {
+                    "channel": 0,
+                    "display_name": cfg.data.display_name,
+                    "calibration": {"method": "platt", "a": round(a, 6), "b": round(b, 6), "fitted_on": "validation"},
+                    "operating_point": round(operating_point, 6),
+                    "operating_point_method": cfg.operating_point.method,
+                    "urgent_point": round(urgent_point, 6),
+                    "urgent_point_method": f"specificity {cfg.operating_point.urgent_specificity} on validation",
+                }
+            },
+            "metrics": metrics,
+            "training": {
+                "config": str(config_path) if config_path else None,
+                "seed": cfg.seed,
+                "epochs": cfg.schedule.epochs,
+                "history": history,
+                "seconds": round(seconds, 1),
+                "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+            },
+            "provenance": cfg.provenance,
+        },
+    }
