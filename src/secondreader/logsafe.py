@@ -79,7 +79,7 @@ def configure_logging(level: str = "INFO") -> None:
                 }
             },
             "root": {"level": level, "handlers": ["stderr"]},
-            "loggers": {"pydicom": {"level": "ERROR"}},
+            "loggers": {"pydicom": {"level": "CRITICAL"}},
         }
     )
     logging.captureWarnings(True)

@@ -29,7 +29,7 @@ from .outputs.overlay import render_overlay, write_png
 from .preprocessing import GeometryRecord, prepare_frame, window_frame
 from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult
 from .scoring.calibration import calibrated_probability
-from .scoring.priority import FindingResult, StudyStatus, prioritise
+from .scoring.priority import FindingResult, Priority, Route, StudyStatus, prioritise
 
 __all__ = ["ParsedInput", "ScreeningOptions", "parse_input", "run_study", "screen_inputs", "screen_paths"]
 
@@ -95,7 +95,7 @@ def _unreadable_result(parsed: ParsedInput) -> StudyResult:
         status=StudyStatus.FAILED,
         reason=reason,
         instances=[InstanceResult(parsed.source, sop, InstanceStatus.FAILED, reason)],
-        priority=prioritise(StudyStatus.FAILED, []),
+        priority=Priority(0, Route.NONE, "unreadable-input"),
         source=parsed.source,
     )
 

@@ -98,7 +98,7 @@ class TorchPredictor:
             maps = None
             if explain:
                 maps = np.stack(
-                    [self._cam(x.clone(), class_idx=c).detach().float().cpu().numpy()[:, 0] for c in channels],
+                    [self._cam(x.detach().clone().requires_grad_(True), class_idx=c).detach().float().cpu().numpy()[:, 0] for c in channels],
                     axis=1,
                 ).astype(np.float32)
         return [

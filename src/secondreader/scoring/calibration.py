@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize
 from scipy.special import expit
 
 __all__ = ["calibrated_probability", "fit_platt"]
@@ -15,7 +16,7 @@ def calibrated_probability(logit: float | np.ndarray, a: float, b: float) -> np.
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, *, iterations: int = 100) -> tuple[float, float]:
-    """Maximum-likelihood ``(a, b)`` for ``P(y=1) = sigmoid(a * logit + b)`` (Newton's method).
+    """Maximum-likelihood ``(a, b)`` for ``P(y=1) = sigmoid(a * logit + b)`` (L-BFGS).
 
     Uses Platt's smoothed targets so a separable validation set does not drive ``a`` to infinity.
     """
@@ -27,16 +28,16 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, *, iterations: int = 100) 
     if n_pos == 0 or n_neg == 0:
         raise ValueError("labels must contain both classes")
     t = np.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    a, b = 1.0, 0.0
-    for _ in range(iterations):
-        p = expit(a * x + b)
-        w = np.maximum(p * (1 - p), 1e-12)
-        grad = np.array([np.sum((p - t) * x), np.sum(p - t)])
-        hess = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]]) + 1e-9 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
-        if np.max(np.abs(step)) < 1e-10:
-            break
+
+    def nll(params: np.ndarray) -> tuple[float, np.ndarray]:
+        z = params[0] * x + params[1]
+        # log(1 + e^z) - t z, computed stably; gradient (p - t) * [x, 1]
+        value = float(np.sum(np.logaddexp(0.0, z) - t * z))
+        residual = expit(z) - t
+        return value, np.array([np.sum(residual * x), np.sum(residual)])
+
+    fit = minimize(nll, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", options={"maxiter": iterations * 10})
+    a, b = float(fit.x[0]), float(fit.x[1])
     if a <= 0:
         raise ValueError("calibration slope came out non-positive: the model ranks the classes backwards")
     return float(a), float(b)
