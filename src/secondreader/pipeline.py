@@ -20,7 +20,7 @@ from .dicom.eligibility import Eligibility, evaluate
 from .dicom.instance import CxrInstance
 from .dicom.io import InputFile, InputProblem, iter_inputs, read_dataset
 from .dicom.pixels import decode_display
-from .errors import ProcessingError, SecondReaderError
+from .errors import CorruptPixelDataError, ProcessingError, SecondReaderError
 from .explain.heatmap import heatmap_on_source
 from .explain.regions import Region, extract_regions
 from .logsafe import study_key
@@ -31,7 +31,8 @@ from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult
 from .scoring.calibration import calibrated_probability
 from .scoring.priority import FindingResult, Priority, Route, StudyStatus, prioritise
 
-__all__ = ["ParsedInput", "ScreeningOptions", "parse_input", "run_study", "screen_inputs", "screen_paths"]
+__all__ = ["ParsedInput", "ScreeningOptions", "parse_input", "run_study", "screen_inputs", "screen_paths",
+           "screen_pixels"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ def parse_input(item: InputFile | InputProblem) -> ParsedInput:
     if isinstance(item, InputProblem):
         return ParsedInput(source=item.source, input=None, error=item.reason)
     try:
-        ds = read_dataset(item.read())
-        instance = CxrInstance.from_dataset(ds)
+        instance = CxrInstance.from_dataset(read_dataset(item.read()).dataset)
     except SecondReaderError as exc:
         return ParsedInput(source=item.source, input=item, error=str(exc))
     except OSError as exc:
@@ -103,8 +103,10 @@ def _unreadable_result(parsed: ParsedInput) -> StudyResult:
 def _decode_frames(parsed: ParsedInput, max_pixels: int) -> list[_Frame]:
     """Decode one instance to its frames in display units (not yet windowed)."""
     assert parsed.input is not None and parsed.instance is not None
-    ds = read_dataset(parsed.input.read())
-    image = decode_display(ds, parsed.instance, max_pixels=max_pixels)
+    dicom = read_dataset(parsed.input.read())
+    if dicom.truncated:
+        raise CorruptPixelDataError("file is truncated: it ends inside the pixel data")
+    image = decode_display(dicom.dataset, parsed.instance, max_pixels=max_pixels)
     sop = parsed.instance.sop_instance_uid or ""
     return [
         _Frame(sop, index + 1, frame, parsed.instance.pixel_spacing_mm, windowed=image.windowed, invert=image.invert)
@@ -184,6 +186,13 @@ def _write_overlays(study_uid: str, frames: list[_Frame], regions: list[RegionRe
             write_png(render_overlay(frame.display, heat, mine, title=title), out_dir / relative)
             written.append(relative.as_posix())
     return written
+
+
+def screen_pixels(display: np.ndarray, predictors: Sequence[Predictor]) -> list[FindingResult]:
+    """Screen a picture that is already windowed (float32 (rows, cols) in [0, 1], bright bone),
+    such as a PNG export: steps 3–5 and the models, no DICOM. Returns calibrated findings."""
+    frames = [_Frame("", 1, np.asarray(display, dtype=np.float32), None, windowed=True, invert=False)]
+    return _predict(frames, predictors, _prepare(frames, predictors), explain=False)
 
 
 def run_study(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:

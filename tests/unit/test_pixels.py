@@ -16,7 +16,7 @@ from ..factories import chest_phantom, make_cxr_dataset, to_bytes
 
 
 def _display(ds):  # type: ignore[no-untyped-def]
-    ds = read_dataset(to_bytes(ds))
+    ds = read_dataset(to_bytes(ds)).dataset
     inst = CxrInstance.from_dataset(ds)
     image = decode_display(ds, inst, max_pixels=10**8)
     return image, np.stack([window_frame(f, windowed=image.windowed, invert=image.invert) for f in image.frames])

@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ..errors import NotDicomError
+from .io import HEADER_ERRORS, pydicom_warnings_caught
 
 __all__ = ["CxrInstance"]
 
@@ -88,38 +89,43 @@ class CxrInstance:
             When a header element cannot be parsed (malformed values, truncated header).
         """
         try:
-            meta = getattr(ds, "file_meta", Dataset())
-            sop_class = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
-            sop_class_uid = str(sop_class) if sop_class else None
-            sop_class_name = UID(sop_class_uid).name if sop_class_uid else None
-            descriptions = " ".join(
-                t for t in (_text(ds, k) for k in ("StudyDescription", "SeriesDescription",
-                                                   "ProtocolName", "RequestedProcedureDescription"))
-                if t
-            )
-            body_part = _text(ds, "BodyPartExamined")
-            frames = _int(ds, "NumberOfFrames") or 1
-            return cls(
-                study_instance_uid=_text(ds, "StudyInstanceUID"),
-                series_instance_uid=_text(ds, "SeriesInstanceUID"),
-                sop_instance_uid=_text(ds, "SOPInstanceUID") or _text(meta, "MediaStorageSOPInstanceUID"),
-                sop_class_uid=sop_class_uid,
-                sop_class_name=sop_class_name if sop_class_name != sop_class_uid else None,
-                transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
-                modality=(_text(ds, "Modality") or "").upper() or None,
-                body_part_examined=body_part.upper() if body_part else None,
-                view_position=(_text(ds, "ViewPosition") or "").upper() or None,
-                described_as_chest=bool(_CHEST_WORDS.search(descriptions)),
-                photometric_interpretation=_text(ds, "PhotometricInterpretation"),
-                samples_per_pixel=_int(ds, "SamplesPerPixel"),
-                rows=_int(ds, "Rows"),
-                columns=_int(ds, "Columns"),
-                number_of_frames=frames,
-                bits_allocated=_int(ds, "BitsAllocated"),
-                bits_stored=_int(ds, "BitsStored"),
-                pixel_representation=_int(ds, "PixelRepresentation"),
-                pixel_spacing_mm=_spacing(ds),
-                has_pixel_data=any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
-            )
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError, EOFError, AttributeError):
+            with pydicom_warnings_caught():
+                return cls._from_dataset(ds)
+        except HEADER_ERRORS:
             raise NotDicomError("DICOM header has malformed values") from None
+
+    @classmethod
+    def _from_dataset(cls, ds: Dataset) -> CxrInstance:
+        meta = getattr(ds, "file_meta", Dataset())
+        sop_class = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
+        sop_class_uid = str(sop_class) if sop_class else None
+        sop_class_name = UID(sop_class_uid).name if sop_class_uid else None
+        descriptions = " ".join(
+            t for t in (_text(ds, k) for k in ("StudyDescription", "SeriesDescription",
+                                               "ProtocolName", "RequestedProcedureDescription"))
+            if t
+        )
+        body_part = _text(ds, "BodyPartExamined")
+        frames = _int(ds, "NumberOfFrames") or 1
+        return cls(
+            study_instance_uid=_text(ds, "StudyInstanceUID"),
+            series_instance_uid=_text(ds, "SeriesInstanceUID"),
+            sop_instance_uid=_text(ds, "SOPInstanceUID") or _text(meta, "MediaStorageSOPInstanceUID"),
+            sop_class_uid=sop_class_uid,
+            sop_class_name=sop_class_name if sop_class_name != sop_class_uid else None,
+            transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+            modality=(_text(ds, "Modality") or "").upper() or None,
+            body_part_examined=body_part.upper() if body_part else None,
+            view_position=(_text(ds, "ViewPosition") or "").upper() or None,
+            described_as_chest=bool(_CHEST_WORDS.search(descriptions)),
+            photometric_interpretation=_text(ds, "PhotometricInterpretation"),
+            samples_per_pixel=_int(ds, "SamplesPerPixel"),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            number_of_frames=frames,
+            bits_allocated=_int(ds, "BitsAllocated"),
+            bits_stored=_int(ds, "BitsStored"),
+            pixel_representation=_int(ds, "PixelRepresentation"),
+            pixel_spacing_mm=_spacing(ds),
+            has_pixel_data=any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
+        )

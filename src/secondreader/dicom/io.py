@@ -6,10 +6,12 @@ messages say what is wrong with the *file* (``source`` is its name only and trav
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import struct
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,11 +19,12 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import FileDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from ..errors import InvalidInputError, NotDicomError
 
-__all__ = ["InputFile", "InputProblem", "iter_inputs", "read_dataset", "sniff_non_dicom"]
+__all__ = ["DicomFile", "InputFile", "InputProblem", "iter_inputs", "pydicom_warnings_caught", "read_dataset",
+           "sniff_non_dicom"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,12 @@ MAX_FILE_BYTES = 2 * 1024**3
 MAX_ZIP_TOTAL_BYTES = 8 * 1024**3
 MAX_ZIP_RATIO = 200
 MAX_ZIP_MEMBERS = 100_000
+
+#: What pydicom raises on malformed or truncated values, when parsing or (lazily) converting them.
+HEADER_ERRORS: tuple[type[BaseException], ...] = (
+    EOFError, struct.error, ValueError, TypeError, LookupError, OverflowError, NotImplementedError,
+    AttributeError, MemoryError, BytesLengthException, InvalidDicomError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +137,41 @@ def sniff_non_dicom(data: bytes) -> str | None:
     for magic, kind in _MAGIC.items():
         if data.startswith(magic):
             return kind
+    head = data[:1024]
+    if head and b"\0" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return "a text file"
     return None
 
 
-def read_dataset(data: bytes) -> FileDataset:
+@contextlib.contextmanager
+def pydicom_warnings_caught() -> Iterator[list[warnings.WarningMessage]]:
+    """Catch pydicom's warnings about odd header values: their texts may quote the values
+    (a person name, a UID), so they must never reach a log. Yields the caught warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+    if caught:
+        logger.debug("tolerated %d DICOM header warning(s)", len(caught))
+
+
+@dataclass(frozen=True, slots=True)
+class DicomFile:
+    """A parsed Part 10 file. ``truncated``: the file ends inside a value (the header before that
+    point was read; the pixel data is incomplete)."""
+
+    dataset: FileDataset
+    truncated: bool = False
+
+
+def read_dataset(data: bytes) -> DicomFile:
     """Parse a DICOM Part 10 file held in memory (pixel data kept encoded, not decoded).
+
+    pydicom's warnings are caught, not shown: the one that matters (the file ends before an
+    encapsulated value does) sets ``truncated``.
 
     Raises
     ------
@@ -151,15 +190,16 @@ def read_dataset(data: bytes) -> FileDataset:
             "(File Meta Information missing, or not DICOM at all)"
         )
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        with pydicom_warnings_caught() as caught:
+            ds = pydicom.dcmread(io.BytesIO(data), force=False)
     except InvalidDicomError:
         raise NotDicomError("DICOM File Meta Information is malformed") from None
-    except (EOFError, struct.error, ValueError, TypeError, KeyError, IndexError, OverflowError,
-            NotImplementedError, AttributeError, UnicodeDecodeError, MemoryError):
+    except HEADER_ERRORS:
         raise NotDicomError("DICOM header is truncated or malformed") from None
     meta = ds.file_meta
     if "TransferSyntaxUID" not in meta:
         raise NotDicomError("DICOM File Meta Information has no Transfer Syntax UID")
     if "SOPClassUID" not in ds and "MediaStorageSOPClassUID" not in meta:
         raise NotDicomError("DICOM header has no SOP Class UID: not a DICOM object")
-    return ds
+    truncated = any("End of file reached" in str(w.message) for w in caught)
+    return DicomFile(ds, truncated=truncated)

@@ -20,6 +20,7 @@ from pydicom.uid import UID
 
 from ..errors import CorruptPixelDataError, UnsupportedImageError
 from .instance import CxrInstance
+from .io import HEADER_ERRORS, pydicom_warnings_caught
 
 __all__ = ["DisplayImage", "decode_display"]
 
@@ -60,6 +61,8 @@ def _check_before_decoding(ds: Dataset, inst: CxrInstance, max_pixels: int) -> N
             f"limit {max_pixels}"
         )
     ts = UID(inst.transfer_syntax_uid)
+    if not ts.is_transfer_syntax:
+        raise UnsupportedImageError("the File Meta Information names an unknown Transfer Syntax UID")
     if not ts.is_compressed:
         expected = pixels * (inst.samples_per_pixel or 1) * inst.bits_allocated // 8
         actual = len(ds.PixelData)
@@ -79,7 +82,7 @@ def _decode(ds: Dataset, inst: CxrInstance) -> np.ndarray:
         raise UnsupportedImageError(f"no decoder available for {ts_name}") from None
     except MemoryError:
         raise UnsupportedImageError("not enough memory to decode the image") from None
-    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError, OSError):
+    except (RuntimeError, OSError, *HEADER_ERRORS):
         if ts.is_compressed:
             raise CorruptPixelDataError(f"{ts_name} codestream is corrupt and cannot be decoded") from None
         raise CorruptPixelDataError("pixel data cannot be decoded (inconsistent with the header)") from None
@@ -121,17 +124,18 @@ def _apply_voi(ds: Dataset, values: np.ndarray) -> np.ndarray | None:
             low, high = float(lut.min()), float(lut.max())
             if high > low:
                 return np.clip((out - low) / (high - low), 0.0, 1.0).astype(np.float32)
-        except (AttributeError, ValueError, TypeError, IndexError, KeyError):
+        except HEADER_ERRORS:
             logger.warning("VOI LUT Sequence unusable; falling back to window or percentiles")
     if "WindowCenter" in ds and "WindowWidth" in ds:
         try:
             center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        except (TypeError, ValueError, IndexError):
+            function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        except HEADER_ERRORS:
+            logger.warning("Window Center/Width unusable; falling back to percentiles")
             return None
         if not np.isfinite(center) or not np.isfinite(width) or width <= 0:
             logger.warning("Window Width is not positive; falling back to percentiles")
             return None
-        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
         return _linear_window(values, center, width, function)
     return None
 
@@ -144,11 +148,19 @@ def decode_display(ds: Dataset, inst: CxrInstance, *, max_pixels: int) -> Displa
     UnsupportedImageError, CorruptPixelDataError
         With a reason naming what is wrong.
     """
-    _check_before_decoding(ds, inst, max_pixels)
+    with pydicom_warnings_caught():
+        return _decode_display(ds, inst, max_pixels)
+
+
+def _decode_display(ds: Dataset, inst: CxrInstance, max_pixels: int) -> DisplayImage:
+    try:
+        _check_before_decoding(ds, inst, max_pixels)
+    except HEADER_ERRORS:
+        raise CorruptPixelDataError("the Pixel Data element is malformed") from None
     stored = _decode(ds, inst)
     try:
         values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-    except (AttributeError, ValueError, TypeError, IndexError, KeyError):
+    except HEADER_ERRORS:
         raise UnsupportedImageError("Modality LUT / Rescale values are malformed") from None
     if not np.all(np.isfinite(values)):
         raise CorruptPixelDataError("pixel values are not finite after the Modality LUT")

@@ -1,0 +1,78 @@
+"""The shipped pneumonia model: its card's test metrics reproduce, and full-resolution DICOM
+versions of held-out test images score like the 28x28 originals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.transform import resize
+
+from secondreader.dicom.io import InputFile
+from secondreader.model.card import load_card
+from secondreader.pipeline import ScreeningOptions, screen_inputs
+from secondreader.training.data import load_medmnist
+from secondreader.training.evaluate import evaluate_bundle
+from secondreader.training.metrics import auroc
+
+from ..factories import make_cxr_dataset, write
+
+pytestmark = [pytest.mark.weights, pytest.mark.shared_data, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def npz(shared_data: Path) -> Path:
+    return shared_data / "pneumoniamnist" / "pneumoniamnist.npz"
+
+
+def test_card_metrics_reproduce_on_the_test_split(models_dir: Path, npz: Path) -> None:
+    meta = json.loads((models_dir / "cxr-pneumonia" / "configs" / "metadata.json").read_text())
+    card_test = meta["secondreader"]["metrics"]["test"]
+    report = evaluate_bundle(models_dir / "cxr-pneumonia", npz, split="test", device="cpu")
+    assert report["n"] == 624
+    for key in ("auroc", "accuracy", "sensitivity", "specificity"):
+        assert report[key] == pytest.approx(card_test[key], abs=0.01), key
+    # The anchor: beat every ResNet row of the MedMNIST v2 table at 28 px.
+    assert report["auroc"] >= 0.962 and report["accuracy"] >= 0.884
+
+
+def test_card_is_valid_and_documents_its_limits(models_dir: Path) -> None:
+    card = load_card(models_dir / "cxr-pneumonia")
+    assert card.findings[0].code == "pneumonia"
+    assert 0 < card.findings[0].operating_point < card.findings[0].urgent_point < 1
+    text = (models_dir / "cxr-pneumonia" / "docs" / "README.md").read_text()
+    assert "PAEDIATRIC" in text and "NOT validated on adults" in text
+
+
+def test_full_resolution_dicoms_of_test_images_score_like_the_originals(
+    npz: Path, tmp_path: Path, pneumonia_predictor  # type: ignore[no-untyped-def]
+) -> None:
+    """120 held-out test images, upsampled to 840x700 (a taller-than-wide detector), stored as 12-bit
+    DICOM, go through the whole DICOM path (decode, VOI, crop, resize) and must rank as well."""
+    test = load_medmnist(npz)["test"]
+    rng = np.random.default_rng(7)
+    chosen = rng.choice(len(test.labels), 120, replace=False)
+    items, labels, originals = [], [], []
+    card = pneumonia_predictor.card
+    from secondreader.training.train import predict_logits
+    from secondreader.scoring.calibration import calibrated_probability
+    spec = card.findings[0]
+    original_p = calibrated_probability(
+        predict_logits(pneumonia_predictor.network, test.images[chosen], card.input_spec),
+        spec.calibration_a, spec.calibration_b)
+    for k, index in enumerate(chosen):
+        small = test.images[index, 0].numpy().astype(np.float64)
+        square = resize(small, (700, 700), order=3, mode="edge", anti_aliasing=False)
+        tall = np.pad(square, ((70, 70), (0, 0)), mode="edge")  # centre crop must remove this again
+        path = write(make_cxr_dataset(840, 700, bits_stored=12, pixels=np.clip(tall, 0, 1),
+                                      window=(2048, 4096)), tmp_path / f"{k}.dcm")
+        items.append(InputFile(path.name, path, size=path.stat().st_size))
+        labels.append(int(test.labels[index]))
+        originals.append(float(original_p[k]))
+    results = list(screen_inputs(items, ScreeningOptions(predictors=[pneumonia_predictor], explain=False)))
+    dicom_p = np.array([r.findings[0].probability for r in results])
+    assert all(r.status.value == "screened" for r in results)
+    assert np.median(np.abs(dicom_p - np.array(originals))) <= 0.02
+    assert auroc(dicom_p, np.array(labels)) >= 0.95
