@@ -79,7 +79,8 @@ def parse_input(item: InputFile | InputProblem) -> ParsedInput:
     if isinstance(item, InputProblem):
         return ParsedInput(source=item.source, input=None, error=item.reason)
     try:
-        instance = CxrInstance.from_dataset(read_dataset(item.read()).dataset)
+        dicom = read_dataset(item.read())
+        instance = CxrInstance.from_dataset(dicom.dataset, pixel_data_truncated=dicom.truncated)
     except SecondReaderError as exc:
         return ParsedInput(source=item.source, input=item, error=str(exc))
     except OSError as exc:

@@ -12,6 +12,9 @@ from .scoring.priority import FindingResult, Priority, StudyStatus
 __all__ = ["InstanceResult", "InstanceStatus", "RegionResult", "StudyResult"]
 
 
+TIMING_STAGES = ("load", "preprocess", "inference", "postprocess", "total")
+
+
 class InstanceStatus(str, Enum):
     SCREENED = "screened"
     INELIGIBLE = "ineligible"
@@ -106,7 +109,7 @@ class StudyResult:
             "regions": [r.to_json() for r in self.regions],
             "first_read": {"status": "none", "labels": {}, "discordant": []},
             "artifacts": {"heatmaps": list(self.heatmaps), "dicom": []},
-            "timing_ms": {k: round(v, 1) for k, v in self.timing_ms.items()},
+            "timing_ms": {k: round(self.timing_ms.get(k, 0.0), 1) for k in TIMING_STAGES},
             "models": list(self.models),
         }
         if self.source is not None:

@@ -63,11 +63,15 @@ def test_exit_code_and_json_lines_only_on_stdout(run_result) -> None:  # type: i
     # chest (+ its lateral twin in the same study), CT, zip member, truncated, text, empty
     assert len(by_status["screened"]) == 2
     assert len(by_status["ineligible"]) == 1
+    assert len(by_status["failed"]) == 3
     unreadable = [r for r in results if r["study_instance_uid"] is None]
     reasons = {r["source"]: r["reason"] for r in unreadable}
     assert reasons["notes.txt"] == "not a DICOM file: it is a text file"
     assert reasons["empty.dcm"] == "file is empty"
-    assert "truncated" in reasons["truncated.dcm"] or "malformed" in reasons["truncated.dcm"]
+    # the header survived the truncation: the file is a failed instance of its own study
+    (truncated,) = [r for r in results if r["instances"][0]["source"] == "truncated.dcm"]
+    assert truncated["status"] == "failed" and truncated["study_instance_uid"] is not None
+    assert truncated["reason"] == "file is truncated: it ends inside the pixel data"
 
 
 def test_study_with_lateral_view_screens_the_frontal_only(run_result) -> None:  # type: ignore[no-untyped-def]

@@ -48,6 +48,7 @@ INELIGIBLE = [
     (r"^(MR|JPEGLossless_1s_1f_u_16_12)", "not a projection radiograph object: MR Image Storage"),
     (r"^(US1|OBXXXX1A_rle_2frame|IM00001|JPEGLosslessP14SV1_3s)", "Ultrasound"),
     (r"^(OBXXXX1A|JPEGExtended_3s|JPEGLosslessP14SV1_1s_1f_u_08)", "Ultrasound Image Storage"),
+    (r"^CT0012", "not a projection radiograph object: Enhanced CT Image Storage"),
     (r"^(CT|\d{8}-|693_|ELSCINT|MAROTECH|TOSHIBA|J2K_pixelrep|explicit_VR-UN|JPEGLossless_1s_1f_i_16_16_bad)",
      "not a projection radiograph object: CT Image Storage"),
 ]

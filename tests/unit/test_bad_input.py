@@ -27,9 +27,9 @@ def _process(data: bytes) -> str:
     try:
         dicom = read_dataset(data)
         ds = dicom.dataset
+        inst = CxrInstance.from_dataset(ds, pixel_data_truncated=dicom.truncated)
         if dicom.truncated:
             return "truncated"
-        inst = CxrInstance.from_dataset(ds)
         if evaluate(inst).ok:
             image = decode_display(ds, inst, max_pixels=4_000_000)
             assert np.isfinite(image.frames).all()

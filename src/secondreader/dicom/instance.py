@@ -80,8 +80,11 @@ class CxrInstance:
     has_pixel_data: bool
 
     @classmethod
-    def from_dataset(cls, ds: Dataset) -> CxrInstance:
+    def from_dataset(cls, ds: Dataset, *, pixel_data_truncated: bool = False) -> CxrInstance:
         """Copy the allow-listed fields of ``ds``.
+
+        ``pixel_data_truncated``: the file ended inside its Pixel Data (``ds`` is the header before
+        it), so the instance counts as having pixels, which will fail to decode.
 
         Raises
         ------
@@ -90,12 +93,12 @@ class CxrInstance:
         """
         try:
             with pydicom_warnings_caught():
-                return cls._from_dataset(ds)
+                return cls._from_dataset(ds, pixel_data_truncated)
         except HEADER_ERRORS:
             raise NotDicomError("DICOM header has malformed values") from None
 
     @classmethod
-    def _from_dataset(cls, ds: Dataset) -> CxrInstance:
+    def _from_dataset(cls, ds: Dataset, pixel_data_truncated: bool) -> CxrInstance:
         meta = getattr(ds, "file_meta", Dataset())
         sop_class = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
         sop_class_uid = str(sop_class) if sop_class else None
@@ -127,5 +130,6 @@ class CxrInstance:
             bits_stored=_int(ds, "BitsStored"),
             pixel_representation=_int(ds, "PixelRepresentation"),
             pixel_spacing_mm=_spacing(ds),
-            has_pixel_data=any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
+            has_pixel_data=pixel_data_truncated
+            or any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
         )

@@ -196,10 +196,18 @@ def read_dataset(data: bytes) -> DicomFile:
         raise NotDicomError("DICOM File Meta Information is malformed") from None
     except HEADER_ERRORS:
         raise NotDicomError("DICOM header is truncated or malformed") from None
+    truncated = any("End of file reached" in str(w.message) for w in caught)
+    if truncated:
+        # pydicom gives up on the whole dataset when the file ends inside encapsulated pixel
+        # data; the header before it is intact, so read that alone.
+        try:
+            with pydicom_warnings_caught():
+                ds = pydicom.dcmread(io.BytesIO(data), force=False, stop_before_pixels=True)
+        except HEADER_ERRORS:
+            raise NotDicomError("DICOM file is truncated") from None
     meta = ds.file_meta
     if "TransferSyntaxUID" not in meta:
         raise NotDicomError("DICOM File Meta Information has no Transfer Syntax UID")
     if "SOPClassUID" not in ds and "MediaStorageSOPClassUID" not in meta:
         raise NotDicomError("DICOM header has no SOP Class UID: not a DICOM object")
-    truncated = any("End of file reached" in str(w.message) for w in caught)
     return DicomFile(ds, truncated=truncated)

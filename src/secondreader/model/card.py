@@ -2,8 +2,8 @@
 
 The bundle keeps MONAI's ``network_data_format`` and adds a ``secondreader`` section with what the
 pipeline needs, as *named* maps: the network (a MONAI class and its arguments), per-finding labels
-with their output channel, calibration and operating points, the input specification, the layer
-used for saliency, and the Device UID that changes with every version.
+with their output channel, calibration and operating points, the input specification, how
+saliency maps are made, and the Device UID that changes with every version.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ModelError
 from ..preprocessing import InputSpec
 
-__all__ = ["FindingSpec", "ModelCard", "load_card"]
+__all__ = ["FindingSpec", "ModelCard", "SaliencySpec", "load_card"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,25 @@ class FindingSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SaliencySpec:
+    """How heatmaps are made: ``occlusion`` (MONAI OcclusionSensitivity: how much the finding's logit
+    drops when a ``mask_size`` square is replaced by the image mean) or ``gradcam`` on ``layer``."""
+
+    method: str
+    mask_size: int = 7
+    overlap: float = 0.5
+    layer: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("occlusion", "gradcam"):
+            raise ValueError(f"saliency method must be occlusion or gradcam, not {self.method!r}")
+        if self.method == "gradcam" and not self.layer:
+            raise ValueError("gradcam saliency needs a layer")
+        if self.mask_size < 1 or not 0.0 <= self.overlap < 1.0:
+            raise ValueError("saliency mask_size must be >= 1 and overlap in [0, 1)")
+
+
+@dataclass(frozen=True, slots=True)
 class ModelCard:
     """A validated model bundle (always-valid: the constructor checks everything)."""
 
@@ -56,7 +75,7 @@ class ModelCard:
     network_args: dict[str, Any]
     input_spec: InputSpec
     findings: tuple[FindingSpec, ...]
-    saliency_layer: str
+    saliency: SaliencySpec
     weights_file: str
     metadata: dict[str, Any]
 
@@ -124,7 +143,7 @@ def load_card(bundle_dir: Path) -> ModelCard:
             input_spec=InputSpec(size=tuple(inp["spatial_shape"]), mean=float(inp["mean"]), std=float(inp["std"])),  # type: ignore[arg-type]
             findings=tuple(sorted((_finding(code, spec) for code, spec in sr["findings"].items()),
                                   key=lambda f: f.channel)),
-            saliency_layer=str(sr["saliency_layer"]),
+            saliency=SaliencySpec(**sr["saliency"]),
             weights_file=str(sr.get("weights_file", "model.pt")),
             metadata=meta,
         )

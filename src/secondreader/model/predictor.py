@@ -1,20 +1,22 @@
 """Predictors: turn model-input tensors into logits and saliency maps.
 
 ``Predictor`` is the Protocol the pipeline depends on; ``TorchPredictor`` is the real one (MONAI
-network + weights from a bundle, eval mode, batched, GPU when asked). Tests may inject their own.
+network + weights from a bundle, eval mode, batched, GPU when asked; saliency by MONAI's occlusion
+sensitivity or GradCAM, as the card says). Tests may inject their own.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
-from monai.visualize import GradCAM
+from monai.visualize import GradCAM, OcclusionSensitivity
 
 from ..errors import ModelError
 from .card import ModelCard, load_card
@@ -79,7 +81,13 @@ class TorchPredictor:
         self.network = network.to(self.device).eval()
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)
-        self._cam = GradCAM(nn_module=self.network, target_layers=card.saliency_layer)
+        spec = card.saliency
+        self._cam = GradCAM(nn_module=self.network, target_layers=spec.layer) if spec.method == "gradcam" else None
+        self._occlusion = (
+            OcclusionSensitivity(nn_module=self.network, mask_size=spec.mask_size, overlap=spec.overlap,
+                                 mode="mean_img", n_batch=1024, activate=False, verbose=False)
+            if spec.method == "occlusion" else None
+        )
         self._lock = threading.Lock()
         logger.info("loaded model %s on %s", card.ref, self.device)
 
@@ -95,13 +103,30 @@ class TorchPredictor:
         with self._lock:
             with torch.inference_mode():
                 logits = self.network(x).float().cpu().numpy()[:, channels]
-            maps = None
-            if explain:
-                maps = np.stack(
-                    [self._cam(x.detach().clone().requires_grad_(True), class_idx=c).detach().float().cpu().numpy()[:, 0] for c in channels],
-                    axis=1,
-                ).astype(np.float32)
+            maps = self._saliency(x, logits, channels) if explain else None
         return [
             Prediction(logits=logits[i].astype(np.float32), saliency=None if maps is None else maps[i])
             for i in range(logits.shape[0])
         ]
+
+    def _saliency(self, x: torch.Tensor, logits: np.ndarray, channels: list[int]) -> np.ndarray:
+        """float32 (N, n_findings, H, W), each map scaled so its maximum is 1 (all zero if flat)."""
+        if self._cam is not None:
+            maps = np.stack(
+                [self._cam(x.detach().clone().requires_grad_(True), class_idx=c).detach().float().cpu().numpy()[:, 0]
+                 for c in channels],
+                axis=1,
+            )
+        else:
+            assert self._occlusion is not None
+            rows = []
+            with torch.inference_mode(), warnings.catch_warnings():
+                # MONAI 1.6 indexes with a list internally; torch warns about it on every call.
+                warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
+                for i in range(x.shape[0]):
+                    occluded, _ = self._occlusion(x[i:i + 1])
+                    drop = logits[i][:, None, None] - occluded[0, channels].float().cpu().numpy()
+                    rows.append(np.clip(drop, 0.0, None))
+            maps = np.stack(rows)
+        peak = maps.max(axis=(2, 3), keepdims=True)
+        return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0).astype(np.float32)

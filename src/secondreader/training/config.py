@@ -23,7 +23,14 @@ class NetworkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     class_: str = Field(alias="class")
     args: dict[str, Any]
-    saliency_layer: str
+
+
+class SaliencyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["occlusion", "gradcam"] = "occlusion"
+    mask_size: int = Field(7, ge=1)
+    overlap: float = Field(0.5, ge=0, lt=1)
+    layer: str | None = None
 
 
 class ScheduleConfig(BaseModel):
@@ -59,6 +66,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     data: DataConfig
     network: NetworkConfig
+    saliency: SaliencyConfig = SaliencyConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     augment: AugmentConfig = AugmentConfig()
     operating_point: OperatingPointConfig = OperatingPointConfig()

@@ -219,7 +219,7 @@ def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, 
             "weights_file": "model.pt",
             "weights_sha256": weights_sha256,
             "network": {"class": cfg.network.class_, "args": cfg.network.args},
-            "saliency_layer": cfg.network.saliency_layer,
+            "saliency": cfg.saliency.model_dump(),
             "input": {"spatial_shape": [side, side], "mean": round(spec.mean, 6), "std": round(spec.std, 6),
                       "preprocessing": "header VOI or 0.5-99.5 percentile window, MONOCHROME1 inversion, "
                                        "centre square crop, area resize, normalise"},
