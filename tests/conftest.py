@@ -40,7 +40,8 @@ def shared_data() -> Path:
 def models_dir() -> Path:
     path = default_models_dir()
     require((path / "cxr-pneumonia" / "models" / "model.pt").is_file(),
-            "trained weights models/cxr-pneumonia are missing; run: secondreader train training/configs/cxr-pneumonia.yaml")
+            "trained weights models/cxr-pneumonia are missing; "
+            "run: secondreader train training/configs/cxr-pneumonia.yaml")
     return path
 
 

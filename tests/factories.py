@@ -6,12 +6,12 @@ import io
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    UID,
     generate_uid,
 )
 

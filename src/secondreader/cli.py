@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -87,15 +88,15 @@ def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _text_line(data: dict[str, object]) -> str:
+def _text_line(data: dict[str, Any]) -> str:
     findings = ", ".join(
-        f"{f['code']} {f['probability']:.2f}{' +' if f['positive'] else ''}" for f in data["findings"]  # type: ignore[index, union-attr]
+        f"{f['code']} {f['probability']:.2f}{' +' if f['positive'] else ''}" for f in data["findings"]
     )
     priority = data["priority"]
     uid = data["study_instance_uid"] or f"(no study UID: {data.get('source')})"
     status = data["status"]
     reason = f" - {data['reason']}" if data["reason"] else ""
-    return (f"{uid}  {status:<10} score {priority['score']:>3} route {priority['route']:<6} "  # type: ignore[index]
+    return (f"{uid}  {status:<10} score {priority['score']:>3} route {priority['route']:<6} "
             f"[{findings}]{reason}")
 
 

@@ -249,9 +249,9 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
             findings = _predict(frames, options.predictors, batches, options.explain)
         except (ProcessingError, RuntimeError) as exc:
             logger.error("study %s: inference failed (%s)", study_key(study_uid), type(exc).__name__)
-            for i, result in enumerate(instances):
-                if result.status is InstanceStatus.SCREENED:
-                    instances[i] = InstanceResult(result.source, result.sop_instance_uid, InstanceStatus.FAILED,
+            for i, outcome in enumerate(instances):
+                if outcome.status is InstanceStatus.SCREENED:
+                    instances[i] = InstanceResult(outcome.source, outcome.sop_instance_uid, InstanceStatus.FAILED,
                                                   "the model could not process this image")
             frames = []
         timing["inference"] = time.perf_counter() - t0

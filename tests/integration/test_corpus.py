@@ -112,7 +112,7 @@ def test_corrupt_chest_fails_but_its_fixed_twin_screens_alone_and_together(
 
 
 def test_screened_real_radiographs_have_findings_regions_in_bounds(corpus_results: dict[str, dict]) -> None:
-    for rel, result in corpus_results.items():
+    for result in corpus_results.values():
         if result["status"] != "screened":
             continue
         (finding,) = result["findings"]

@@ -56,8 +56,8 @@ def test_full_resolution_dicoms_of_test_images_score_like_the_originals(
     chosen = rng.choice(len(test.labels), 120, replace=False)
     items, labels, originals = [], [], []
     card = pneumonia_predictor.card
-    from secondreader.training.train import predict_logits
     from secondreader.scoring.calibration import calibrated_probability
+    from secondreader.training.train import predict_logits
     spec = card.findings[0]
     original_p = calibrated_probability(
         predict_logits(pneumonia_predictor.network, test.images[chosen], card.input_spec),

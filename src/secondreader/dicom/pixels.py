@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID
 
 from ..errors import CorruptPixelDataError, UnsupportedImageError
@@ -39,6 +39,9 @@ class DisplayImage:
     frames: np.ndarray
     windowed: bool
     invert: bool
+
+
+DECODE_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, *HEADER_ERRORS)
 
 
 def _check_before_decoding(ds: Dataset, inst: CxrInstance, max_pixels: int) -> None:
@@ -82,7 +85,7 @@ def _decode(ds: Dataset, inst: CxrInstance) -> np.ndarray:
         raise UnsupportedImageError(f"no decoder available for {ts_name}") from None
     except MemoryError:
         raise UnsupportedImageError("not enough memory to decode the image") from None
-    except (RuntimeError, OSError, *HEADER_ERRORS):
+    except DECODE_ERRORS:
         if ts.is_compressed:
             raise CorruptPixelDataError(f"{ts_name} codestream is corrupt and cannot be decoded") from None
         raise CorruptPixelDataError("pixel data cannot be decoded (inconsistent with the header)") from None
@@ -110,7 +113,7 @@ def _linear_window(x: np.ndarray, center: float, width: float, function: str) ->
 
 def _first(value: object) -> float:
     if isinstance(value, (list, tuple)) or (hasattr(value, "__getitem__") and not isinstance(value, (str, bytes))):
-        return float(value[0])  # type: ignore[index]
+        return float(value[0])
     return float(value)  # type: ignore[arg-type]
 
 
@@ -123,7 +126,8 @@ def _apply_voi(ds: Dataset, values: np.ndarray) -> np.ndarray | None:
             out = apply_voi_lut(values, ds, index=0, prefer_lut=True).astype(np.float32)
             low, high = float(lut.min()), float(lut.max())
             if high > low:
-                return np.clip((out - low) / (high - low), 0.0, 1.0).astype(np.float32)
+                scaled: np.ndarray = np.clip((out - low) / (high - low), 0.0, 1.0).astype(np.float32)
+                return scaled
         except HEADER_ERRORS:
             logger.warning("VOI LUT Sequence unusable; falling back to window or percentiles")
     if "WindowCenter" in ds and "WindowWidth" in ds:

@@ -140,7 +140,8 @@ def load_card(bundle_dir: Path) -> ModelCard:
             bundle_dir=bundle_dir,
             network_class=str(sr["network"]["class"]),
             network_args=dict(sr["network"]["args"]),
-            input_spec=InputSpec(size=tuple(inp["spatial_shape"]), mean=float(inp["mean"]), std=float(inp["std"])),  # type: ignore[arg-type]
+            input_spec=InputSpec(size=(int(inp["spatial_shape"][0]), int(inp["spatial_shape"][1])),
+                                 mean=float(inp["mean"]), std=float(inp["std"])),
             findings=tuple(sorted((_finding(code, spec) for code, spec in sr["findings"].items()),
                                   key=lambda f: f.channel)),
             saliency=SaliencySpec(**sr["saliency"]),

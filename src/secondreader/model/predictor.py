@@ -82,7 +82,9 @@ class TorchPredictor:
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)
         spec = card.saliency
-        self._cam = GradCAM(nn_module=self.network, target_layers=spec.layer) if spec.method == "gradcam" else None
+        self._cam = (
+            GradCAM(nn_module=self.network, target_layers=spec.layer or "") if spec.method == "gradcam" else None
+        )
         self._occlusion = (
             OcclusionSensitivity(nn_module=self.network, mask_size=spec.mask_size, overlap=spec.overlap,
                                  mode="mean_img", n_batch=1024, activate=False, verbose=False)
@@ -129,4 +131,5 @@ class TorchPredictor:
                     rows.append(np.clip(drop, 0.0, None))
             maps = np.stack(rows)
         peak = maps.max(axis=(2, 3), keepdims=True)
-        return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0).astype(np.float32)
+        scaled: np.ndarray = np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0).astype(np.float32)
+        return scaled

@@ -19,6 +19,8 @@ def write_model_card(path: Path, meta: dict[str, Any]) -> None:
     (code, finding), = sr["findings"].items()
     prov = sr.get("provenance", {})
     metrics = sr["metrics"]
+    cal = finding["calibration"]
+    op = f"{finding['operating_point']} ({finding['operating_point_method']} on validation)"
     text = f"""# Model card: {meta['name']} {meta['version']}
 
 {meta['description']}
@@ -28,8 +30,8 @@ def write_model_card(path: Path, meta: dict[str, Any]) -> None:
 | finding code | `{code}` ({finding['display_name']}) |
 | network | MONAI `{sr['network']['class']}` ({', '.join(f'{k}={v}' for k, v in sr['network']['args'].items())}) |
 | input | 1 x {sr['input']['spatial_shape'][0]} x {sr['input']['spatial_shape'][1]}: {sr['input']['preprocessing']} |
-| calibration | Platt scaling fitted on the validation split (a={finding['calibration']['a']}, b={finding['calibration']['b']}) |
-| operating point | calibrated probability >= {finding['operating_point']} ({finding['operating_point_method']} on validation) |
+| calibration | Platt scaling fitted on the validation split (a={cal['a']}, b={cal['b']}) |
+| operating point | calibrated probability >= {op} |
 | urgent point | calibrated probability >= {finding['urgent_point']} ({finding['urgent_point_method']}) |
 | Device UID | `{sr['device_uid']}` (changes with every version) |
 | weights | `models/model.pt`, a state dict (sha256 `{sr['weights_sha256'][:16]}...`), loaded with `weights_only=True` |

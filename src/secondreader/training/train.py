@@ -19,17 +19,17 @@ import monai
 import numpy as np
 import pydicom
 import torch
-from scipy.special import expit
 from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandShiftIntensity
 from monai.utils import set_determinism
 from pydicom.uid import generate_uid
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from scipy.special import expit
 
 from ..model.network import build_network
 from ..preprocessing import InputSpec, model_input_transform
 from ..scoring.calibration import calibrated_probability, fit_platt
 from .config import TrainConfig
-from .data import Split, load_medmnist
+from .data import load_medmnist
 from .metrics import binary_metrics, threshold_for_sensitivity, youden_threshold
 from .modelcard import write_model_card
 
@@ -136,8 +136,8 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None) -> dict[str, Any
     else:
         operating_point = threshold_for_sensitivity(val_p, val_split.labels, op_cfg.sensitivity)
     negatives = np.sort(val_p[val_split.labels == 0])
-    urgent_point = float(max(negatives[min(len(negatives) - 1, int(np.ceil(op_cfg.urgent_specificity * len(negatives))))],
-                             operating_point))
+    at_specificity = negatives[min(len(negatives) - 1, int(np.ceil(op_cfg.urgent_specificity * len(negatives))))]
+    urgent_point = float(max(at_specificity, operating_point))
     operating_point = float(np.clip(operating_point, 1e-4, 1 - 1e-4))
     urgent_point = float(np.clip(urgent_point, operating_point, 1 - 1e-4))
 
