@@ -7,9 +7,13 @@ The chain is the same in training and serving (MedMNIST made PneumoniaMNIST the 
 2. MONOCHROME1 inversion;
 3. centre crop to a square (MONAI ``SpatialCrop``; the box is recorded in :class:`GeometryRecord`);
 4. antialiased resize to the model's input size (MONAI ``Resize`` with area averaging);
-5. normalisation with the training set's mean and standard deviation (MONAI ``NormalizeIntensity``).
+5. contrast standardisation on the model grid: a 0.5–99.5 percentile stretch to [0, 1], so that a
+   header window, a percentile window or an 8-bit export of one picture all give the model the
+   same contrast (without it, the pneumonia model lost 0.03 AUROC on percentile-windowed copies of
+   its own test images);
+6. normalisation with the training set's mean and standard deviation (MONAI ``NormalizeIntensity``).
 
-Training starts from MedMNIST images that already went through 1–4 and applies step 5 with the
+Training starts from MedMNIST images that already went through 1–4 and applies steps 5–6 with the
 same :func:`model_input_transform`.
 """
 
@@ -112,17 +116,18 @@ def window_frame(frame: np.ndarray, *, windowed: bool, invert: bool) -> np.ndarr
 
 
 def model_input_transform(spec: InputSpec) -> Compose:
-    """Steps 4–5 on a channel-first (1, H, W) square in [0, 1]: resize and normalise."""
+    """Steps 4–6 on a channel-first (1, H, W) square in [0, 1]: resize, stretch, normalise."""
     return Compose(
         [
             Resize(spatial_size=spec.size, mode="area"),
+            ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
             NormalizeIntensity(subtrahend=spec.mean, divisor=spec.std),
         ]
     )
 
 
 def prepare_frame(display: np.ndarray, spec: InputSpec) -> tuple[torch.Tensor, GeometryRecord]:
-    """Steps 3–5 on one windowed frame (float32 (rows, cols) in [0, 1]).
+    """Steps 3–6 on one windowed frame (float32 (rows, cols) in [0, 1]).
 
     Returns the model input (float32 tensor (1, H, W)) and its :class:`GeometryRecord`.
     """

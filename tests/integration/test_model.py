@@ -46,11 +46,13 @@ def test_card_is_valid_and_documents_its_limits(models_dir: Path) -> None:
     assert "PAEDIATRIC" in text and "NOT validated on adults" in text
 
 
+@pytest.mark.parametrize("window", [(2048, 4096), None], ids=["header-window", "percentile-window"])
 def test_full_resolution_dicoms_of_test_images_score_like_the_originals(
-    npz: Path, tmp_path: Path, pneumonia_predictor  # type: ignore[no-untyped-def]
+    npz: Path, tmp_path: Path, pneumonia_predictor, window: tuple[int, int] | None  # type: ignore[no-untyped-def]
 ) -> None:
     """120 held-out test images, upsampled to 840x700 (a taller-than-wide detector), stored as 12-bit
-    DICOM, go through the whole DICOM path (decode, VOI, crop, resize) and must rank as well."""
+    DICOM with or without a header window, go through the whole DICOM path (decode, VOI or percentile
+    window, crop, resize) and must rank as well as the 28x28 originals."""
     test = load_medmnist(npz)["test"]
     rng = np.random.default_rng(7)
     chosen = rng.choice(len(test.labels), 120, replace=False)
@@ -67,7 +69,7 @@ def test_full_resolution_dicoms_of_test_images_score_like_the_originals(
         square = resize(small, (700, 700), order=3, mode="edge", anti_aliasing=False)
         tall = np.pad(square, ((70, 70), (0, 0)), mode="edge")  # centre crop must remove this again
         path = write(make_cxr_dataset(840, 700, bits_stored=12, pixels=np.clip(tall, 0, 1),
-                                      window=(2048, 4096)), tmp_path / f"{k}.dcm")
+                                      window=window), tmp_path / f"{k}.dcm")
         items.append(InputFile(path.name, path, size=path.stat().st_size))
         labels.append(int(test.labels[index]))
         originals.append(float(original_p[k]))

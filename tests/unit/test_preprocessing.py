@@ -12,15 +12,17 @@ def test_centre_square_crop_of_a_tall_image() -> None:
     assert (g.crop_row0, g.crop_col0, g.crop_side) == (64, 0, 2000)
 
 
-def test_model_input_is_the_area_average_of_the_centre_square() -> None:
+def test_model_input_is_the_stretched_area_average_of_the_centre_square() -> None:
     rng = np.random.default_rng(1)
     img = rng.random((300, 280)).astype(np.float32)
     spec = InputSpec(size=(28, 28), mean=0.25, std=0.5)
     tensor, geometry = prepare_frame(img, spec)
     assert tuple(tensor.shape) == (1, 28, 28)
     square = img[10:290, :]  # (300 - 280) // 2 = 10
-    expected = square.reshape(28, 10, 28, 10).mean(axis=(1, 3))
-    np.testing.assert_allclose(tensor[0].numpy() * 0.5 + 0.25, expected, atol=1e-5)
+    averaged = square.reshape(28, 10, 28, 10).mean(axis=(1, 3))
+    lo, hi = np.percentile(averaged, [0.5, 99.5])
+    expected = np.clip((averaged - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(tensor[0].numpy() * 0.5 + 0.25, expected, atol=1e-4)
     assert geometry.crop_row0 == 10
 
 
@@ -48,3 +50,13 @@ def test_input_spec_validates() -> None:
         InputSpec(size=(28, 28), mean=0.0, std=0.0)
     with pytest.raises(ValueError, match="crop rows"):
         GeometryRecord(100, 100, 50, 0, 80, (28, 28))
+
+
+def test_contrast_standardisation_makes_window_choices_agree() -> None:
+    """A picture and a linearly re-windowed copy of it give the same model input."""
+    rng = np.random.default_rng(2)
+    img = rng.random((280, 280)).astype(np.float32) * 0.6 + 0.2  # a low-contrast export
+    spec = InputSpec(size=(28, 28), mean=0.5, std=0.25)
+    a, _ = prepare_frame(img, spec)
+    b, _ = prepare_frame(np.clip((img - 0.2) / 0.6, 0, 1), spec)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)

@@ -33,7 +33,7 @@ from .data import load_medmnist
 from .metrics import binary_metrics, threshold_for_sensitivity, youden_threshold
 from .modelcard import write_model_card
 
-__all__ = ["predict_logits", "train"]
+__all__ = ["predict_inputs", "predict_logits", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +54,19 @@ def _augmenter(cfg: TrainConfig, seed: int) -> Compose:
     return aug
 
 
+def predict_inputs(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """float32 (N, 1, H, W) images in [0, 1] → model inputs, through the serving transform."""
+    transform = model_input_transform(spec)
+    return torch.stack([torch.as_tensor(transform(img)).as_subclass(torch.Tensor) for img in images])
+
+
 def predict_logits(network: torch.nn.Module, images: torch.Tensor, spec: InputSpec, *, batch: int = 512) -> np.ndarray:
     """Logits of channel 0 for float32 (N, 1, H, W) images in [0, 1], through the serving transform."""
-    transform = model_input_transform(spec)
     network.eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            x = torch.stack([torch.as_tensor(transform(img)).as_subclass(torch.Tensor) for img in images[i:i + batch]])
-            out.append(network(x)[:, 0].float().numpy())
+            out.append(network(predict_inputs(images[i:i + batch], spec))[:, 0].float().numpy())
     return np.concatenate(out)
 
 
@@ -84,8 +88,8 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None) -> dict[str, Any
     splits = load_medmnist(cfg.data.path)
     train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
     side = int(train_split.images.shape[-1])
-    mean, std = float(train_split.images.mean()), float(train_split.images.std())
-    spec = InputSpec(size=(side, side), mean=mean, std=std)
+    standardised = predict_inputs(train_split.images, InputSpec(size=(side, side), mean=0.0, std=1.0))
+    spec = InputSpec(size=(side, side), mean=float(standardised.mean()), std=float(standardised.std()))
     to_model = model_input_transform(spec)
     augment = _augmenter(cfg, cfg.seed)
 
@@ -222,7 +226,8 @@ def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, 
             "saliency": cfg.saliency.model_dump(),
             "input": {"spatial_shape": [side, side], "mean": round(spec.mean, 6), "std": round(spec.std, 6),
                       "preprocessing": "header VOI or 0.5-99.5 percentile window, MONOCHROME1 inversion, "
-                                       "centre square crop, area resize, normalise"},
+                                       "centre square crop, area resize, 0.5-99.5 percentile stretch, "
+                                       "normalise"},
             "findings": {
                 code: {
                     "channel": 0,
