@@ -1,0 +1,105 @@
+"""The store on both backends: SQLite (embedded default) and PostgreSQL (contract 5's test URL)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from secondreader.errors import StoreError
+from secondreader.store import Store
+
+from ..conftest import require
+
+PG_URL = os.environ.get("SECONDREADER_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_store() -> Store:
+    store = Store(PG_URL)
+    try:
+        with store.engine.connect() as c:
+            c.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not available here"
+        require(False, f"PostgreSQL not reachable at SECONDREADER_TEST_DATABASE_URL ({type(exc).__name__})")
+    store.engine.dispose()
+    return store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'sr.db'}")
+    else:
+        _postgres_store()
+        s = Store(PG_URL)
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        with s.engine.begin() as c:
+            c.execute(text(f"create schema {schema}"))
+        s.engine.dispose()
+        s = Store(PG_URL + f"?options=-csearch_path%3D{schema}")
+        s.cleanup_schema = schema  # type: ignore[attr-defined]
+    s.migrate()
+    yield s
+    schema = getattr(s, "cleanup_schema", None)
+    s.engine.dispose()
+    if schema:
+        base = Store(PG_URL)
+        with base.engine.begin() as c:
+            c.execute(text(f"drop schema {schema} cascade"))
+        base.engine.dispose()
+
+
+def _result(uid: str, score: int, sops: list[str]) -> dict:  # type: ignore[type-arg]
+    return {
+        "study_instance_uid": uid, "status": "screened", "reason": None,
+        "instances": [{"source": f"{i}.dcm", "sop_instance_uid": s, "status": "screened", "reason": None}
+                      for i, s in enumerate(sops)],
+        "priority": {"score": score, "route": "review" if score >= 50 else "none", "rule": "ai-positive"},
+        "findings": [{"code": "pneumonia", "probability": score / 100, "positive": score >= 50,
+                      "operating_point": 0.5, "model": "cxr-pneumonia@1.0.0"}],
+        "regions": [], "first_read": {"status": "none", "labels": {}, "discordant": []},
+        "artifacts": {"heatmaps": [], "dicom": []}, "timing_ms": {},
+    }
+
+
+def test_schema_has_the_four_tables(store: Store) -> None:
+    names = set(inspect(store.engine).get_table_names())
+    assert {"studies", "instances", "results", "jobs", "alembic_version"} <= names
+    store.migrate()  # idempotent
+
+
+def test_results_survive_a_new_store_object_and_replace_the_latest(store: Store) -> None:
+    store.save_result(_result("1.2.3", 20, ["1.2.3.1"]))
+    store.save_result(_result("1.2.3", 80, ["1.2.3.1", "1.2.3.2"]))
+    again = Store(store.url)
+    latest = again.get_study("1.2.3")
+    assert latest is not None and latest["priority"]["score"] == 80
+    assert again.results_count("1.2.3") == 2
+    assert again.get_study("9.9.9") is None
+    again.engine.dispose()
+
+
+def test_jobs_lifecycle_and_restart_recovery(store: Store, tmp_path: Path) -> None:
+    first = store.create_job(tmp_path / "a")
+    second = store.create_job(tmp_path / "b")
+    store.set_job(first, "running")
+    store.set_job(second, "done", study_uids=["1.2.3"], unreadable=[{"source": "x.txt", "reason": "text"}])
+    restarted = Store(store.url)
+    unfinished = restarted.unfinished_jobs()
+    restarted.engine.dispose()
+    assert [j.id for j in unfinished] == [first]
+    done = store.get_job(second)
+    assert done is not None and done.study_uids == ("1.2.3",) and done.unreadable[0]["source"] == "x.txt"
+    with pytest.raises(ValueError, match="job status"):
+        store.set_job(first, "exploded")
+
+
+def test_unreachable_database_is_a_store_error(tmp_path: Path) -> None:
+    broken = Store("postgresql://postgres@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(StoreError, match="store unavailable while trying to read a study"):
+        broken.get_study("1.2.3")
+    broken.engine.dispose()
