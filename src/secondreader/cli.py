@@ -31,7 +31,7 @@ logger = logging.getLogger("secondreader.cli")
 SAMPLE_FILES = ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG3_UNCR.dcm", "CT_small.dcm")
 
 
-def _sample_paths() -> list[Path]:
+def sample_paths() -> list[Path]:
     try:
         from pydicom.data import get_testdata_file
     except ImportError:  # pragma: no cover - pydicom is a dependency
@@ -59,7 +59,7 @@ def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
 
     paths = list(args.paths)
     if args.samples:
-        samples = _sample_paths()
+        samples = sample_paths()
         if not samples:
             logger.error("sample studies need the pydicom-data package: pip install pydicom-data")
             return 2
@@ -119,6 +119,49 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+    import secrets
+    import subprocess
+
+    host = args.host or settings.host
+    port = args.port or settings.http_port
+    env = dict(os.environ)
+    if not settings.api_keys:
+        if not _is_loopback(host):
+            logger.error("refusing to serve on %s without API keys: set SECONDREADER_API_KEYS", host)
+            return 2
+        key = secrets.token_urlsafe(24)
+        env["SECONDREADER_API_KEYS"] = key
+        sys.stderr.write(f"API key for this run (no SECONDREADER_API_KEYS set): {key}\n")
+    if not args.no_samples:
+        env["SECONDREADER_SCREEN_SAMPLES"] = "1"
+    env["SECONDREADER_HOME"] = str(settings.home.resolve())
+    env["SECONDREADER_MODELS_DIR"] = str(Path(args.models_dir or settings.models_dir).resolve())
+    env["SECONDREADER_LOG_LEVEL"] = args.log_level
+    env.setdefault("BENTOML_HOME", str((settings.home / "bentoml").resolve()))
+    sys.stderr.write(
+        f"secondreader serving on http://{host}:{port}  (POST /v1/screen, GET /v1/studies/UID, /readyz, /metrics)\n"
+    )
+    command = [sys.executable, "-m", "bentoml", "serve", "secondreader.service.bento:SecondReader",
+               "--host", host, "--port", str(port)]
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secondreader", description="AI second reader for chest radiographs")
     parser.add_argument("--version", action="version", version=f"secondreader {__version__}")
@@ -137,6 +180,13 @@ def _parser() -> argparse.ArgumentParser:
     screen.add_argument("--samples", action="store_true",
                         help="also screen the sample studies of the pydicom-data package")
     screen.set_defaults(func=_cmd_screen)
+
+    serve = sub.add_parser("serve", help="run the HTTP service (BentoML) on the embedded default")
+    serve.add_argument("--host", help="bind address (default SECONDREADER_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default SECONDREADER_HTTP_PORT, 3000)")
+    serve.add_argument("--models-dir", type=Path, help="models folder (default SECONDREADER_MODELS_DIR)")
+    serve.add_argument("--no-samples", action="store_true", help="do not screen the sample studies at start")
+    serve.set_defaults(func=_cmd_serve)
 
     train = sub.add_parser("train", help="train a model from a YAML config and write its bundle")
     train.add_argument("config", type=Path, metavar="CONFIG")

@@ -1,0 +1,113 @@
+"""``BatchingPredictor``: concurrent studies share model batches.
+
+Each caller's images wait at most ``max_wait_ms`` for others to join; the model then runs once on
+up to ``max_batch`` images. It implements the ``Predictor`` protocol, so the pipeline does not know
+it is there. Decoding and preprocessing happen in the callers' threads, outside the model lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from ..model.card import ModelCard
+from ..model.predictor import Prediction, Predictor
+from . import metrics
+
+__all__ = ["BatchStats", "BatchingPredictor"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class BatchStats:
+    batches: int = 0
+    images: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+    @property
+    def mean_batch(self) -> float:
+        return self.images / self.batches if self.batches else 0.0
+
+
+@dataclass(slots=True)
+class _Request:
+    batch: torch.Tensor
+    explain: bool
+    future: Future[list[Prediction]]
+
+
+class BatchingPredictor:
+    """Wraps a predictor with a background thread that merges concurrent ``predict`` calls."""
+
+    def __init__(self, inner: Predictor, *, max_batch: int = 32, max_wait_ms: float = 10.0) -> None:
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        self.inner = inner
+        self.card: ModelCard = inner.card
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.stats = BatchStats()
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.card.name}", daemon=True)
+        self._thread.start()
+
+    def predict(self, batch: torch.Tensor, *, explain: bool = True) -> list[Prediction]:
+        future: Future[list[Prediction]] = Future()
+        self._queue.put(_Request(batch, explain, future))
+        return future.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            size = first.batch.shape[0]
+            deadline = time.monotonic() + self.max_wait
+            while size < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    nxt = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                group.append(nxt)
+                size += nxt.batch.shape[0]
+            self._run(group)
+
+    def _run(self, group: list[_Request]) -> None:
+        # One model call per saliency setting (explain or not), inputs concatenated.
+        for explain in (True, False):
+            members = [r for r in group if r.explain is explain]
+            if not members:
+                continue
+            try:
+                outputs = self.inner.predict(torch.cat([r.batch for r in members]), explain=explain)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+                for r in members:
+                    r.future.set_exception(exc)
+                continue
+            self.stats.batches += 1
+            self.stats.images += len(outputs)
+            self.stats.sizes.append(len(outputs))
+            metrics.batch_size(self.card.name, len(outputs))
+            start = 0
+            for r in members:
+                n = r.batch.shape[0]
+                r.future.set_result(outputs[start:start + n])
+                start += n

@@ -1,0 +1,90 @@
+"""The BentoML service: ``bentoml serve secondreader.service.bento:SecondReader`` (what
+``secondreader serve`` runs). ``serving/service.py`` re-exports it for ``bentoml build``.
+
+One model copy per worker process, loaded in ``__init__``; ``/readyz`` is true once it is loaded
+and unfinished jobs were re-queued. Routes with path parameters live in the Starlette app mounted
+at ``/v1`` (BentoML api routes cannot take path parameters); the API-key middleware covers all of
+them, BentoML's health and metrics routes excepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import bentoml
+
+with bentoml.importing():
+    import torch
+
+    from secondreader.cli import sample_paths
+    from secondreader.config import Settings
+    from secondreader.logsafe import configure_logging, set_secret
+    from secondreader.model.card import load_card
+    from secondreader.model.predictor import TorchPredictor
+    from secondreader.service import metrics
+    from secondreader.service.auth import ApiKeyMiddleware, parse_keys
+    from secondreader.service.batcher import BatchingPredictor
+    from secondreader.service.core import ScreeningService, Upload
+    from secondreader.service.http import build_app
+    from secondreader.store import Store
+
+logger = logging.getLogger("secondreader.service")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+v1 = build_app(lambda: bentoml.get_current_service().core,
+               max_upload_bytes=lambda: _settings().max_upload_mb * 1024 * 1024)
+
+_RESOURCES = {"gpu": 1} if torch.cuda.is_available() else {"cpu": "1"}
+
+
+@bentoml.asgi_app(v1, path="/v1")
+# BentoML's access log prints request paths, which hold study UIDs; uvicorn's access log (path
+# redacted by our logging filter) is kept instead.
+@bentoml.service(name="secondreader", resources=_RESOURCES, workers=1,
+                 traffic={"timeout": 600, "concurrency": 256}, logging={"access": {"enabled": False}})
+class SecondReader:
+    """Screening over HTTP; the models are loaded once per worker."""
+
+    def __init__(self) -> None:
+        settings = _settings()
+        configure_logging(os.environ.get("SECONDREADER_LOG_LEVEL", "INFO"))
+        set_secret(settings.resolved_secret())
+        store = Store(settings.resolved_database_url())
+        store.migrate()
+        bundles = sorted(p.parent.parent for p in Path(settings.models_dir).glob("*/configs/metadata.json"))
+        predictors = []
+        for bundle in bundles:
+            predictor = TorchPredictor(load_card(bundle), device=settings.device)
+            predictors.append(BatchingPredictor(predictor, max_batch=32, max_wait_ms=10.0))
+            metrics.model_loaded(predictor.card.name, predictor.card.version)
+        self.core = ScreeningService(store, predictors, home=settings.home,
+                                     max_image_pixels=settings.max_image_pixels, workers=4)
+        self.core.resume_unfinished()
+        if os.environ.get("SECONDREADER_SCREEN_SAMPLES") == "1":
+            threading.Thread(target=self._screen_samples, daemon=True).start()
+
+    def _screen_samples(self) -> None:
+        uploads = [Upload(p.name, p.read_bytes()) for p in sample_paths()]
+        if uploads:
+            job = self.core.submit(uploads)
+            record = self.core.wait(job, 600)
+            logger.info("sample studies screened: %s", record.status if record else "unknown")
+
+    def __is_ready__(self) -> bool:
+        return bool(self.core.ready)
+
+    @bentoml.on_shutdown  # type: ignore[untyped-decorator]
+    def shutdown(self) -> None:
+        self.core.close()
+
+
+SecondReader.add_asgi_middleware(  # type: ignore[attr-defined]
+    ApiKeyMiddleware, keys=lambda: parse_keys(_settings().api_keys)
+)

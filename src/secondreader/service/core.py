@@ -1,0 +1,238 @@
+"""``ScreeningService``: uploads → spool → jobs in the store → the pipeline → results in the store.
+
+Framework-free (the HTTP layer and the BentoML service wrap it). Uploads are written to the spool
+with fsync and their job recorded in the store *before* the caller hears back, so a job that was
+accepted survives a restart: unfinished jobs are resumed at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError
+from ..logsafe import study_key
+from ..model.predictor import Predictor
+from ..pipeline import ScreeningOptions, screen_paths
+from ..store import JobRecord, Store
+from . import metrics
+
+__all__ = ["ScreeningService", "Upload", "has_dicom", "safe_name"]
+
+logger = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One uploaded file: the client's file name (reduced to a safe base name) and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def safe_name(name: str | None, index: int) -> str:
+    """A file name without folders, odd characters or leading dots (never empty)."""
+    base = os.path.basename((name or "").replace("\\", "/"))
+    base = _UNSAFE.sub("_", base).lstrip("._")[:120]
+    return base or f"upload-{index:04d}"
+
+
+def _is_dicom(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def has_dicom(upload: Upload) -> bool:
+    """Whether the upload is a DICOM Part 10 file, or a zip holding at least one."""
+    if _is_dicom(upload.data[:132]):
+        return True
+    if upload.data[:4] != b"PK\x03\x04":
+        return False
+    import io
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(upload.data)) as archive:
+            for info in archive.infolist()[:10_000]:
+                if info.is_dir() or info.file_size < 132:
+                    continue
+                with archive.open(info) as member:
+                    if _is_dicom(member.read(132)):
+                        return True
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError):
+        return False
+    return False
+
+
+class ScreeningService:
+    """Jobs over the store, screened by a thread pool through the one pipeline."""
+
+    def __init__(self, store: Store, predictors: Sequence[Predictor], *, home: Path, max_image_pixels: int,
+                 workers: int = 4) -> None:
+        self.store = store
+        self.predictors = list(predictors)
+        self.home = home
+        self.spool = home / "spool"
+        self.artifacts = home / "artifacts"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.options = ScreeningOptions(predictors=self.predictors, max_pixels=max_image_pixels,
+                                        out_dir=self.artifacts)
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="screen")
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._queued = 0
+        self.ready = True
+
+    # -- submitting ---------------------------------------------------------------------------
+    def submit(self, uploads: Sequence[Upload]) -> str:
+        """Spool ``uploads`` (fsync), record the job, queue it; returns the job id.
+
+        Raises
+        ------
+        InvalidInputError
+            When nothing in the upload is DICOM (nothing is queued then).
+        StoreError
+            When the job cannot be recorded (the spooled files are removed again).
+        """
+        if not uploads:
+            raise InvalidInputError("the upload holds no files")
+        if not any(has_dicom(u) for u in uploads):
+            raise InvalidInputError("nothing in the upload is DICOM (no Part 10 file, no zip holding one)")
+        job_dir = self.spool / uuid.uuid4().hex
+        for index, upload in enumerate(uploads):
+            target = job_dir / f"{index:04d}" / safe_name(upload.name, index)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as fh:
+                fh.write(upload.data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        _fsync_dir(job_dir)
+        try:
+            job_id = self.store.create_job(job_dir)
+        except Exception:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        self._enqueue(job_id)
+        return job_id
+
+    def resume_unfinished(self) -> int:
+        """Queue the jobs a previous run accepted but did not finish; returns how many."""
+        jobs = self.store.unfinished_jobs()
+        for job in jobs:
+            self._enqueue(job.id)
+        if jobs:
+            logger.info("resumed %d unfinished job(s)", len(jobs))
+        return len(jobs)
+
+    def _enqueue(self, job_id: str) -> None:
+        with self._lock:
+            self._events.setdefault(job_id, threading.Event())
+            self._queued += 1
+            metrics.queue_depth(self._queued)
+        self._executor.submit(self._run_job, job_id)
+
+    # -- running ------------------------------------------------------------------------------
+    def _run_job(self, job_id: str) -> None:
+        with self._lock:
+            self._queued -= 1
+            metrics.queue_depth(self._queued)
+        job = self.store.get_job(job_id)
+        if job is None:
+            return
+        try:
+            self.store.set_job(job_id, "running")
+            study_uids: list[str] = []
+            unreadable: list[dict[str, Any]] = []
+            for result in screen_paths([Path(job.spool_dir)], self.options):
+                data = result.to_json()
+                metrics.study_done(data)
+                if result.study_instance_uid is None:
+                    unreadable.append(data)
+                    continue
+                self.store.save_result(data)
+                study_uids.append(result.study_instance_uid)
+                logger.info("job %s: study %s %s", job_id[:8], study_key(result.study_instance_uid),
+                            result.status.value)
+            self.store.set_job(job_id, "done", study_uids=study_uids, unreadable=unreadable)
+        except Exception as exc:  # noqa: BLE001 - boundary: the job fails, the service lives
+            logger.error("job %s failed: %s", job_id[:8], type(exc).__name__)
+            try:
+                self.store.set_job(job_id, "failed", error=f"internal error ({type(exc).__name__})")
+            except Exception:  # noqa: BLE001 - the store itself is down; the job stays queued/running
+                logger.error("job %s: could not record the failure", job_id[:8])
+        finally:
+            with self._lock:
+                event = self._events.setdefault(job_id, threading.Event())
+            event.set()
+
+    # -- reading ------------------------------------------------------------------------------
+    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        """The job, after waiting up to ``timeout`` seconds for it to finish."""
+        with self._lock:
+            event = self._events.get(job_id)
+        if event is not None:
+            event.wait(timeout=max(0.0, timeout))
+            with self._lock:
+                if event.is_set():
+                    self._events.pop(job_id, None)
+        return self.store.get_job(job_id)
+
+    def job_view(self, job: JobRecord) -> dict[str, Any]:
+        """``{"status", "studies"}`` as contract 3 answers ``GET /v1/jobs/{id}``."""
+        studies: list[dict[str, Any]] = []
+        if job.status == "done":
+            for uid in job.study_uids:
+                found = self.store.get_study(uid)
+                if found is not None:
+                    studies.append(found)
+            studies.extend(job.unreadable)
+        view: dict[str, Any] = {"job_id": job.id, "status": job.status, "studies": studies}
+        if job.error:
+            view["reason"] = job.error
+        return view
+
+    def heatmap(self, study_uid: str, sop_uid: str, finding: str) -> Path | None:
+        path = self.artifacts / study_uid / sop_uid / f"{finding}.png"
+        return path if path.is_file() else None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=False)
+        for predictor in self.predictors:
+            close = getattr(predictor, "close", None)
+            if close is not None:
+                close()
+
+
+def _fsync_dir(path: Path) -> None:
+    for folder in [*(p for p in path.iterdir() if p.is_dir()), path, path.parent]:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def wait_seconds(raw: str | None, default: float = 30.0) -> float:
+    """``?wait=S``: seconds, 0–600."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInputError("wait must be a number of seconds") from None
+    if not 0 <= value <= 600 or value != value:
+        raise InvalidInputError("wait must be between 0 and 600 seconds")
+    return value
+
+

@@ -1,0 +1,145 @@
+"""Contract 3's ``/v1`` routes as a Starlette app (mounted in the BentoML service at ``/v1``).
+
+Every error is JSON ``{"error", "reason"}`` with a 4xx; a 500 only for our own bugs, and then with
+no detail. Nothing a client sends is echoed back in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import InfrastructureError, InvalidInputError
+from .core import ScreeningService, Upload, wait_seconds
+
+__all__ = ["build_app"]
+
+logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_FINDING = re.compile(r"^[a-z0-9_-]{1,32}$")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _error(status: int, error: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": error, "reason": reason}, status_code=status)
+
+
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise _TooLarge
+        yield chunk
+
+
+async def _read_uploads(request: Request, limit: int) -> list[Upload]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        parser = MultiPartParser(request.headers, _limited(request, limit), max_files=10_000, max_fields=100)
+        form = await parser.parse()
+        try:
+            uploads = []
+            for index, (_field, value) in enumerate(form.multi_items()):
+                if not isinstance(value, UploadFile):
+                    # A string field (a URL, say) is refused: we never fetch what a client points at.
+                    raise InvalidInputError("a form field is not a file; send files only (URLs are never fetched)")
+                uploads.append(Upload(value.filename or f"upload-{index:04d}", await value.read()))
+            return uploads
+        finally:
+            await form.close()
+    if content_type in ("application/dicom", "application/zip", "application/octet-stream"):
+        body = b"".join([chunk async for chunk in _limited(request, limit)])
+        name = "upload.zip" if content_type == "application/zip" else "upload.dcm"
+        return [Upload(name, body)]
+    raise InvalidInputError("Content-Type must be multipart/form-data, application/dicom or application/zip")
+
+
+def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: Callable[[], int]) -> Starlette:
+    """The ``/v1`` app. ``get_service`` finds the worker's ScreeningService at request time."""
+
+    async def screen(request: Request) -> Response:
+        limit = max_upload_bytes()
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            return _error(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
+        try:
+            wait = wait_seconds(request.query_params.get("wait"))
+            uploads = await _read_uploads(request, limit)
+            service = get_service()
+            job_id = await asyncio.to_thread(service.submit, uploads)
+            job = await asyncio.to_thread(service.wait, job_id, wait)
+        except _TooLarge:
+            return _error(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
+        except MultiPartException:
+            return _error(400, "bad request", "the multipart body is malformed")
+        except InvalidInputError as exc:
+            return _error(400, "bad request", str(exc))
+        except InfrastructureError as exc:
+            return _error(503, "unavailable", str(exc))
+        if job is None or job.status in ("queued", "running"):
+            return JSONResponse({"job_id": job_id, "status_url": f"/v1/jobs/{job_id}"}, status_code=202)
+        view = service.job_view(job)
+        if job.status == "failed":
+            return _error(500, "screening failed", view.get("reason", "internal error"))
+        return JSONResponse({"studies": view["studies"]})
+
+    async def job(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        if not re.fullmatch(r"[0-9a-f]{32}", job_id):
+            return _error(404, "not found", "no such job")
+        service = get_service()
+        record = await asyncio.to_thread(service.store.get_job, job_id)
+        if record is None:
+            return _error(404, "not found", "no such job")
+        return JSONResponse(service.job_view(record))
+
+    async def study(request: Request) -> Response:
+        uid = request.path_params["study_uid"]
+        if not _UID.fullmatch(uid) or len(uid) > 64:
+            return _error(400, "bad request", "study UID must be a DICOM UID (digits and dots)")
+        found = await asyncio.to_thread(get_service().store.get_study, uid)
+        if found is None:
+            return _error(404, "not found", "no result for this study")
+        return JSONResponse(found)
+
+    async def heatmap(request: Request) -> Response:
+        uid, sop, finding = (request.path_params[k] for k in ("study_uid", "sop_uid", "finding"))
+        if not (_UID.fullmatch(uid) and _UID.fullmatch(sop) and _FINDING.fullmatch(finding)):
+            return _error(400, "bad request", "UIDs must be DICOM UIDs and the finding a finding code")
+        path = get_service().heatmap(uid, sop, finding)
+        if path is None:
+            return _error(404, "not found", "no heatmap for this instance and finding")
+        return FileResponse(path, media_type="image/png")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        return _error(status, "not found" if status == 404 else "bad request", "no such route or method")
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        logger.error("unhandled %s on %s", type(exc).__name__, request.url.path.split("/")[2:3])
+        return _error(500, "internal error", "an internal error occurred; the upload was kept")
+
+    routes = [
+        Route("/screen", screen, methods=["POST"]),
+        Route("/jobs/{job_id}", job, methods=["GET"]),
+        Route("/studies/{study_uid}", study, methods=["GET"]),
+        Route("/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.png", heatmap, methods=["GET"]),
+    ]
+    handlers: dict[Any, Any] = {HTTPException: not_found, Exception: internal}
+    return Starlette(routes=routes, exception_handlers=handlers)

@@ -1,0 +1,110 @@
+"""``secondreader serve`` as a user starts it: a subprocess on a free loopback port, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ..conftest import CANARY_NAME
+from ..factories import make_cxr_dataset, to_bytes
+
+pytestmark = [pytest.mark.weights, pytest.mark.slow]
+
+KEY = "serve-test-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    home = tmp_path_factory.mktemp("serve-home")
+    log = home / "server.log"
+    port = _free_port()
+    env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": KEY}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "secondreader.cli", "serve", "--port", str(port),
+                                 "--no-samples"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"service not ready in 120 s: {log.read_text()[-3000:]}")
+        yield base, log
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def test_health_and_metrics_are_open_the_rest_needs_a_key(server: tuple[str, Path]) -> None:
+    base, _ = server
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    assert httpx.get(f"{base}/livez").status_code == 200
+    metrics = httpx.get(f"{base}/metrics")
+    assert metrics.status_code == 200 and "secondreader_model_info" in metrics.text
+    response = httpx.post(f"{base}/v1/screen", content=b"x", headers={"Content-Type": "application/dicom"})
+    assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+
+
+def test_sixteen_concurrent_uploads_are_all_answered(server: tuple[str, Path]) -> None:
+    base, log = server
+    bodies = [to_bytes(make_cxr_dataset(512, 512, lesion_at=(200 + i * 5, 300))) for i in range(16)]
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/dicom"}
+
+    def upload(body: bytes) -> httpx.Response:
+        return httpx.post(f"{base}/v1/screen?wait=120", content=body, headers=headers, timeout=180)
+
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(upload, bodies))
+    codes = [r.status_code for r in responses]
+    assert codes == [200] * 16, codes
+    uids = {r.json()["studies"][0]["study_instance_uid"] for r in responses}
+    assert len(uids) == 16
+    stored = httpx.get(f"{base}/v1/studies/{uids.pop()}", headers={"Authorization": f"Bearer {KEY}"})
+    assert stored.status_code == 200 and stored.json()["status"] == "screened"
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'secondreader_studies_total{status="screened"}' in metrics
+    text = log.read_text()
+    assert CANARY_NAME not in text and "CANARY" not in text
+    assert "/v1/studies/1." not in text, "request paths with UIDs must not reach the log"
+
+
+def test_bad_input_over_real_http_is_a_4xx(server: tuple[str, Path]) -> None:
+    base, _ = server
+    headers = {"Authorization": f"Bearer {KEY}"}
+    not_dicom = httpx.post(f"{base}/v1/screen", content=b"plain text",
+                           headers={**headers, "Content-Type": "application/dicom"})
+    assert not_dicom.status_code == 400 and "nothing in the upload is DICOM" in not_dicom.json()["reason"]
+
+
+def test_refuses_a_public_interface_without_keys(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SECONDREADER_API_KEYS"}
+    env["SECONDREADER_HOME"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "secondreader.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "without API keys" in proc.stderr
