@@ -103,7 +103,8 @@ def test_slow_work_answers_202_then_the_job_finishes(client: TestClient, service
 @pytest.mark.parametrize(
     ("kwargs", "status", "reason"),
     [
-        ({"content": b"hello", "headers": {"Content-Type": "application/dicom"}}, 400, "nothing in the upload is DICOM"),
+        ({"content": b"hello", "headers": {"Content-Type": "application/dicom"}}, 400,
+         "nothing in the upload is DICOM"),
         ({"content": b"x", "headers": {"Content-Type": "text/plain"}}, 400, "Content-Type must be"),
         ({"data": {"url": "http://example.invalid/x.dcm"}, "files": [("f", ("a.dcm", b"DICM", "application/dicom"))]},
          400, "is not a file"),
