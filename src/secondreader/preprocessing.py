@@ -27,6 +27,7 @@ from monai.transforms import (
     Compose,
     NormalizeIntensity,
     Resize,
+    ScaleIntensityRange,
     ScaleIntensityRangePercentiles,
     SpatialCrop,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "InputSpec",
     "model_input_transform",
     "prepare_frame",
+    "percentile_window",
     "window_frame",
 ]
 
@@ -110,9 +112,21 @@ def window_frame(frame: np.ndarray, *, windowed: bool, invert: bool) -> np.ndarr
     """
     img = torch.as_tensor(np.ascontiguousarray(frame), dtype=torch.float32)[None]
     if not windowed:
-        img = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)(img)
+        low, high = percentile_window(frame)
+        img = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(img)
     out = _plain(img)[0].numpy()
     return (1.0 - out) if invert else out
+
+
+def percentile_window(frame: np.ndarray, *, max_samples: int = 1 << 18) -> tuple[float, float]:
+    """The 0.5 and 99.5 percentiles of ``frame``, on a regular subsample of at most about
+    ``max_samples`` pixels (a 2k x 2k radiograph: every 4th row and column; the percentiles of a
+    smooth image barely move, and sorting 4 M values took 100 ms of a 230 ms study)."""
+    step = max(1, int(np.sqrt(frame.size / max_samples)))
+    low, high = np.percentile(frame[::step, ::step], [0.5, 99.5])
+    if high <= low:
+        high = low + 1.0
+    return float(low), float(high)
 
 
 def model_input_transform(spec: InputSpec) -> Compose:
