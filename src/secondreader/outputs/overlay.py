@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from skimage.transform import resize as sk_resize
 
 from ..errors import OutputEncodingError
 from ..explain.regions import Region
@@ -28,11 +27,18 @@ _COLOURS = np.array(
 )
 
 
+def _lut() -> np.ndarray:
+    levels = np.linspace(0.0, 1.0, 256)
+    return np.stack([np.interp(levels, _STOPS, _COLOURS[:, c]) for c in range(3)], axis=-1).astype(np.uint8)
+
+
+_LUT = _lut()
+
+
 def heat_colormap(heat: np.ndarray) -> np.ndarray:
-    """float (H, W) in [0, 1] → uint8 RGB (H, W, 3)."""
-    h = np.clip(heat, 0.0, 1.0)
-    channels = [np.interp(h, _STOPS, _COLOURS[:, c]) for c in range(3)]
-    return np.stack(channels, axis=-1).astype(np.uint8)
+    """float (H, W) in [0, 1] → uint8 RGB (H, W, 3), through a 256-entry table."""
+    index = (np.clip(heat, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return _LUT[index]
 
 
 def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Region], *, title: str) -> Image.Image:
@@ -45,10 +51,14 @@ def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Regi
     rows, cols = display.shape
     scale = min(1.0, MAX_SIDE / max(rows, cols))
     size = (max(1, round(rows * scale)), max(1, round(cols * scale)))
+    grey8 = Image.fromarray((np.clip(display, 0, 1) * 255).astype(np.uint8), mode="L")
+    heat_img = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32), mode="F")
     if scale < 1.0:
-        display = sk_resize(display, size, order=1, anti_aliasing=True, preserve_range=True)
-        heat = sk_resize(heat, size, order=1, anti_aliasing=False, preserve_range=True)
-    grey = np.repeat((np.clip(display, 0, 1) * 255)[..., None], 3, axis=-1)
+        # Pillow's box/bilinear reductions are antialiased and far cheaper than resampling floats.
+        grey8 = grey8.resize((size[1], size[0]), Image.Resampling.BOX)
+        heat_img = heat_img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    grey = np.repeat(np.asarray(grey8, dtype=np.float32)[..., None], 3, axis=-1)
+    heat = np.asarray(heat_img, dtype=np.float32)
     alpha = np.clip((heat - 0.2) / 0.6, 0.0, 1.0)[..., None] * 0.55
     rgb = (grey * (1 - alpha) + heat_colormap(heat).astype(np.float32) * alpha).astype(np.uint8)
     image = Image.fromarray(rgb, mode="RGB")
@@ -66,7 +76,7 @@ def write_png(image: Image.Image, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".png.tmp")
-        image.save(tmp, format="PNG", optimize=False)
+        image.save(tmp, format="PNG", compress_level=1)
         tmp.replace(path)
     except OSError as exc:
         raise OutputEncodingError(f"could not write overlay PNG ({exc.strerror or type(exc).__name__})") from None
