@@ -1,0 +1,35 @@
+"""The bento's package list must not drift from pyproject.toml's dependencies."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bentofile_packages_match_pyproject() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    bento = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    assert bento["python"]["lock_packages"] is False
+    assert sorted(bento["python"]["packages"]) == sorted(deps)
+    assert bento["service"] == "serving.service:SecondReader"
+
+
+def test_bentoml_build_packages_the_service_and_models(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "bentoml", "build", str(ROOT)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (bento,) = [p for p in (tmp_path / "bentos" / "secondreader").iterdir() if p.is_dir()]
+    assert (bento / "src" / "models" / "cxr-pneumonia" / "models" / "model.pt").is_file()
+    assert (bento / "src" / "serving" / "service.py").is_file()
+    assert not list(bento.rglob(".pytest_cache"))
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "torch>=" in requirements and "==2.13.0" not in requirements
