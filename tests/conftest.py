@@ -7,12 +7,16 @@ A test whose real component or data is missing skips with a reason on a develope
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from secondreader.config import default_models_dir
+
+# BentoML keeps its model store under BENTOML_HOME (default ~/bentoml): tests use their own.
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="secondreader-bentoml-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -151,6 +151,13 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     env["SECONDREADER_MODELS_DIR"] = str(Path(args.models_dir or settings.models_dir).resolve())
     env["SECONDREADER_LOG_LEVEL"] = args.log_level
     env.setdefault("BENTOML_HOME", str((settings.home / "bentoml").resolve()))
+    # Import the bundles into the BentoML model store before the service (and its class-level
+    # model references) loads; the store lives under BENTOML_HOME.
+    imported = subprocess.run([sys.executable, "-m", "secondreader.service.modelstore", env["SECONDREADER_MODELS_DIR"]],
+                              env=env, capture_output=True, text=True, check=False)
+    if imported.returncode != 0:
+        logger.error("could not import the model bundles into the BentoML model store")
+        return 1
     sys.stderr.write(
         f"secondreader serving on http://{host}:{port}  (POST /v1/screen, GET /v1/studies/UID, /readyz, /metrics)\n"
     )

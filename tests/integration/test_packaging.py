@@ -24,11 +24,17 @@ def test_bentoml_build_packages_the_service_and_models(tmp_path: Path) -> None:
     import sys
 
     env = {**os.environ, "BENTOML_HOME": str(tmp_path)}
+    imported = subprocess.run([sys.executable, "-m", "secondreader.service.modelstore", str(ROOT / "models")],
+                              env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert imported.stdout.split() == ["cxr-pneumonia:1.0.0"]
     proc = subprocess.run([sys.executable, "-m", "bentoml", "build", str(ROOT)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (bento,) = [p for p in (tmp_path / "bentos" / "secondreader").iterdir() if p.is_dir()]
     assert (bento / "src" / "models" / "cxr-pneumonia" / "models" / "model.pt").is_file()
+    # the class-level BentoModel reference makes the bento carry the model-store bundle
+    manifest = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert "cxr-pneumonia:1.0.0" in [m["tag"] for m in manifest["services"][0]["models"]]
     assert (bento / "src" / "serving" / "service.py").is_file()
     assert not list(bento.rglob(".pytest_cache"))
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()

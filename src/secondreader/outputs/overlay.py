@@ -38,7 +38,8 @@ _LUT = _lut()
 def heat_colormap(heat: np.ndarray) -> np.ndarray:
     """float (H, W) in [0, 1] → uint8 RGB (H, W, 3), through a 256-entry table."""
     index = (np.clip(heat, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return _LUT[index]
+    rgb: np.ndarray = _LUT[index]
+    return rgb
 
 
 def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Region], *, title: str) -> Image.Image:

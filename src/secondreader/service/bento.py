@@ -29,6 +29,7 @@ with bentoml.importing():
     from secondreader.service.batcher import BatchingPredictor
     from secondreader.service.core import ScreeningService, Upload
     from secondreader.service.http import build_app
+    from secondreader.service.modelstore import import_bundles, shipped_tag
     from secondreader.store import Store
 
 logger = logging.getLogger("secondreader.service")
@@ -50,7 +51,9 @@ _RESOURCES = {"gpu": 1} if torch.cuda.is_available() else {"cpu": "1"}
 @bentoml.service(name="secondreader", resources=_RESOURCES, workers=1,
                  traffic={"timeout": 600, "concurrency": 256}, logging={"access": {"enabled": False}})
 class SecondReader:
-    """Screening over HTTP; the models are loaded once per worker."""
+    """Screening over HTTP; the models are loaded once per worker, from the BentoML model store."""
+
+    pneumonia = bentoml.models.BentoModel(shipped_tag("cxr-pneumonia"))
 
     def __init__(self) -> None:
         settings = _settings()
@@ -58,10 +61,12 @@ class SecondReader:
         set_secret(settings.resolved_secret())
         store = Store(settings.resolved_database_url())
         store.migrate()
-        bundles = sorted(p.parent.parent for p in Path(settings.models_dir).glob("*/configs/metadata.json"))
+        # Bundles of SECONDREADER_MODELS_DIR go into the model store (a no-op when already there)
+        # and every model is loaded from its store path. The class attribute makes `bentoml build`
+        # pack the shipped bundle into the bento.
         predictors = []
-        for bundle in bundles:
-            predictor = TorchPredictor(load_card(bundle), device=settings.device)
+        for tag in import_bundles(Path(settings.models_dir)):
+            predictor = TorchPredictor(load_card(Path(bentoml.models.get(tag).path)), device=settings.device)
             predictors.append(BatchingPredictor(predictor, max_batch=32, max_wait_ms=10.0))
             metrics.model_loaded(predictor.card.name, predictor.card.version)
         self.core = ScreeningService(store, predictors, home=settings.home,

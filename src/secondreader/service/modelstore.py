@@ -1,0 +1,71 @@
+"""MONAI bundles ↔ the BentoML model store.
+
+``secondreader serve`` (and the service on its first start) imports every bundle under
+``SECONDREADER_MODELS_DIR`` into the BentoML model store as ``<name>:<version>``, the whole bundle
+(metadata, state-dict weights, model card) as the model's files; a bundle already there with the
+same weights is left alone, one with other weights under the same version replaces it. The service
+references the shipped bundles as ``bentoml.models.BentoModel`` class attributes, so ``bentoml
+build`` packs them into the bento, and loads the weights from the store path.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from ..config import default_models_dir
+from ..model.card import ModelCard, load_card
+
+__all__ = ["import_bundle", "import_bundles", "shipped_tag", "store_tag"]
+
+logger = logging.getLogger(__name__)
+
+
+def store_tag(card: ModelCard) -> str:
+    return f"{card.name}:{card.version}"
+
+
+def shipped_tag(name: str) -> str:
+    """The store tag of a bundle shipped in this repository's (or image's) ``models/``."""
+    return store_tag(load_card(default_models_dir() / name))
+
+
+def _weights_sha(card: ModelCard) -> str:
+    return str(card.metadata["secondreader"].get("weights_sha256", ""))
+
+
+def import_bundle(bundle_dir: Path) -> str:
+    """Import one bundle (idempotent); returns its store tag."""
+    card = load_card(bundle_dir)
+    tag = store_tag(card)
+    try:
+        existing = bentoml.models.get(tag)
+    except NotFound:
+        existing = None
+    if existing is not None:
+        if existing.info.metadata.get("weights_sha256") == _weights_sha(card):
+            return tag
+        logger.warning("model %s in the store has other weights; replacing it", tag)
+        bentoml.models.delete(tag)
+    metadata = {"weights_sha256": _weights_sha(card), "device_uid": card.device_uid,
+                "findings": ",".join(f.code for f in card.findings)}
+    with bentoml.models.create(tag, labels={"project": "secondreader", "kind": "monai-bundle"},
+                               metadata=metadata) as model:
+        shutil.copytree(bundle_dir, model.path, dirs_exist_ok=True)
+    logger.info("imported model bundle %s into the BentoML model store", tag)
+    return tag
+
+
+def import_bundles(models_dir: Path) -> list[str]:
+    return [import_bundle(p.parent.parent) for p in sorted(Path(models_dir).glob("*/configs/metadata.json"))]
+
+
+if __name__ == "__main__":  # python -m secondreader.service.modelstore [MODELS_DIR]  (before `bentoml build`)
+    import sys
+
+    for imported in import_bundles(Path(sys.argv[1]) if len(sys.argv) > 1 else default_models_dir()):
+        sys.stdout.write(imported + "\n")
