@@ -15,10 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+from common import synthetic_cr
 from pydicom.data import get_testdata_file
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from secondreader.config import default_models_dir
 from secondreader.dicom.io import InputFile
@@ -26,25 +24,6 @@ from secondreader.model.predictor import TorchPredictor
 from secondreader.pipeline import ScreeningOptions, screen_inputs
 
 STAGES = ("load", "preprocess", "inference", "postprocess", "total")
-
-
-def _synthetic_cr(path: Path, side: int = 2048) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows = ds.Columns = side
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.ImagerPixelSpacing = [0.15, 0.15]
-    rng = np.random.default_rng(0)
-    ds.PixelData = rng.integers(0, 4096, (side, side), dtype=np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def main() -> int:
@@ -59,7 +38,7 @@ def main() -> int:
         inputs = {
             "RG1 CR 1955x1841 uncompressed": Path(str(get_testdata_file("RG1_UNCR.dcm"))),
             "RG1 CR 1955x1841 JPEG 2000 lossless": Path(str(get_testdata_file("RG1_J2KR.dcm"))),
-            "synthetic CR 2048x2048 uncompressed": _synthetic_cr(Path(tmp) / "cr2048.dcm"),
+            "synthetic CR 2048x2048 uncompressed": synthetic_cr(Path(tmp) / "cr2048.dcm"),
         }
         options = ScreeningOptions(predictors=[predictor], out_dir=Path(tmp) / "out" if args.overlays else None)
         print(f"device {predictor.device}, model {predictor.card.ref}, median of {args.repeats} runs (ms)")

@@ -23,33 +23,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from common import synthetic_cr
 
 from secondreader.config import default_models_dir
 from secondreader.dicom.io import InputFile
 from secondreader.model.predictor import TorchPredictor
 from secondreader.pipeline import ScreeningOptions, screen_inputs
-
-
-def _cr_bytes(path: Path, seed: int, side: int = 2048) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.Rows = ds.Columns = side
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    rng = np.random.default_rng(seed)
-    r, c = np.mgrid[0:side, 0:side] / side - 0.5
-    img = 2000 + 1500 * np.exp(-(r**2 + c**2) * 6) + rng.normal(0, 60, (side, side))
-    ds.PixelData = np.clip(img, 0, 4095).astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def _raw(predictor: TorchPredictor, explain: bool, batch: int, seconds: float = 3.0) -> float:
@@ -107,7 +86,7 @@ def main() -> int:
             print(f"  {label:<38} {raw[(explain, batch)]:>10.1f}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = [_cr_bytes(Path(tmp) / f"{i}.dcm", i) for i in range(args.studies)]
+        files = [synthetic_cr(Path(tmp) / f"{i}.dcm", i) for i in range(args.studies)]
         options = ScreeningOptions(predictors=[predictor])
         start = time.perf_counter()
         for f in files:
