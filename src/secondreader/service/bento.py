@@ -17,8 +17,6 @@ from pathlib import Path
 import bentoml
 
 with bentoml.importing():
-    import torch
-
     from secondreader.cli import sample_paths
     from secondreader.config import Settings
     from secondreader.logsafe import configure_logging, set_secret
@@ -42,7 +40,9 @@ def _settings() -> Settings:
 v1 = build_app(lambda: bentoml.get_current_service().core,
                max_upload_bytes=lambda: _settings().max_upload_mb * 1024 * 1024)
 
-_RESOURCES = {"gpu": 1} if torch.cuda.is_available() else {"cpu": "1"}
+# One GPU per worker is declared; without one the same service runs on the CPU
+# (SECONDREADER_DEVICE=auto picks it).
+_RESOURCES = {"gpu": 1}
 
 
 @bentoml.asgi_app(v1, path="/v1")
