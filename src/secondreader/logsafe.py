@@ -64,6 +64,8 @@ class PhiRedactingFilter(logging.Filter):
 
 def configure_logging(level: str = "INFO") -> None:
     """Log to stderr through the redacting filter (stdout is reserved for results)."""
+    import pydicom  # noqa: F401 - pydicom sets its logger's level on import; ours must come after
+
     logging.config.dictConfig(
         {
             "version": 1,

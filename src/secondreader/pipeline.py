@@ -15,17 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydicom.dataset import Dataset
 
 from .dicom.eligibility import Eligibility, evaluate
 from .dicom.instance import CxrInstance
 from .dicom.io import InputFile, InputProblem, iter_inputs, read_dataset
 from .dicom.pixels import decode_display
-from .errors import CorruptPixelDataError, ProcessingError, SecondReaderError
+from .errors import CorruptPixelDataError, OutputEncodingError, ProcessingError, SecondReaderError
 from .explain.heatmap import heatmap_on_source
 from .explain.regions import Region, extract_regions
 from .logsafe import study_key
 from .model.predictor import Predictor
+from .outputs.dicom import RegionOutput, build_outputs
 from .outputs.overlay import render_overlay, write_png
+from .outputs.provenance import Provenance
 from .preprocessing import GeometryRecord, prepare_frame, window_frame
 from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult
 from .scoring.calibration import calibrated_probability
@@ -45,6 +48,7 @@ class ScreeningOptions:
     max_pixels: int = 64_000_000
     out_dir: Path | None = None
     explain: bool = True
+    dicom_outputs: bool = True  # SC, SEG and SR per screened instance, when out_dir is set
 
     def __post_init__(self) -> None:
         if not self.predictors:
@@ -70,6 +74,7 @@ class _Frame:
     spacing_mm: tuple[float, float] | None
     windowed: bool
     invert: bool
+    dataset: Dataset | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     heat: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -110,7 +115,8 @@ def _decode_frames(parsed: ParsedInput, max_pixels: int) -> list[_Frame]:
     image = decode_display(dicom.dataset, parsed.instance, max_pixels=max_pixels)
     sop = parsed.instance.sop_instance_uid or ""
     return [
-        _Frame(sop, index + 1, frame, parsed.instance.pixel_spacing_mm, windowed=image.windowed, invert=image.invert)
+        _Frame(sop, index + 1, frame, parsed.instance.pixel_spacing_mm, windowed=image.windowed, invert=image.invert,
+               dataset=dicom.dataset if index == 0 else None)
         for index, frame in enumerate(image.frames)
     ]
 
@@ -196,6 +202,32 @@ def screen_pixels(display: np.ndarray, predictors: Sequence[Predictor]) -> list[
     return _predict(frames, predictors, _prepare(frames, predictors), explain=False)
 
 
+def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[FindingResult],
+                         regions: list[RegionResult], priority: Priority, predictors: Sequence[Predictor],
+                         out_dir: Path) -> list[str]:
+    """SC, SEG and SR for every screened single-frame instance (contract 4)."""
+    provenance = Provenance(tuple(p.card for p in predictors))
+    written = []
+    for frame in frames:
+        if frame.dataset is None or frame.frame != 1 or int(frame.dataset.get("NumberOfFrames", 1) or 1) != 1:
+            continue
+        mine = [RegionOutput(r.region_id, r.region, frame.probabilities.get(r.region.finding, 0.0))
+                for r in regions if r.sop_instance_uid == frame.sop_instance_uid]
+        instance_findings = [FindingResult(f.code, frame.probabilities.get(f.code, f.probability), f.operating_point,
+                                           f.urgent_point, f.model) for f in findings]
+        outputs = build_outputs(frame.dataset, display=frame.display, heats=frame.heat, findings=instance_findings,
+                                regions=mine, priority=priority, provenance=provenance)
+        for kind, dataset in outputs.items():
+            relative = Path(study_uid) / frame.sop_instance_uid / f"{kind}.dcm"
+            target = out_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".dcm.tmp")
+            dataset.save_as(tmp, enforce_file_format=True)
+            tmp.replace(target)
+            written.append(relative.as_posix())
+    return written
+
+
 def run_study(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:
     """Screen one study's instances (already parsed, in arrival order)."""
     t_start = time.perf_counter()
@@ -239,6 +271,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
     findings: list[FindingResult] = []
     regions: list[RegionResult] = []
     heatmaps: list[str] = []
+    dicom_files: list[str] = []
     status_reason: str | None = None
     if frames:
         t0 = time.perf_counter()
@@ -259,6 +292,13 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
         regions = _regions(frames, findings) if frames else []
         if frames and options.out_dir is not None:
             heatmaps = _write_overlays(study_uid, frames, regions, options.out_dir)
+            if options.dicom_outputs and findings:
+                try:
+                    dicom_files = _write_dicom_outputs(study_uid, frames, findings, regions,
+                                                       prioritise(StudyStatus.SCREENED, findings),
+                                                       options.predictors, options.out_dir)
+                except OutputEncodingError as exc:
+                    logger.warning("study %s: DICOM outputs not written (%s)", study_key(study_uid), exc)
         timing["postprocess"] = time.perf_counter() - t0
 
     statuses = {i.status for i in instances}
@@ -271,7 +311,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
         status = StudyStatus.INELIGIBLE
         status_reason = _join_reasons(i.reason for i in instances if i.status is InstanceStatus.INELIGIBLE)
     if status is not StudyStatus.SCREENED:
-        findings, regions, heatmaps = [], [], []
+        findings, regions, heatmaps, dicom_files = [], [], [], []
     timing["total"] = (time.perf_counter() - t_start) * 1000.0
     for key in ("load", "preprocess", "inference", "postprocess"):
         timing[key] *= 1000.0
@@ -286,6 +326,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
         models=[{"name": p.card.name, "version": p.card.version, "device_uid": p.card.device_uid}
                 for p in options.predictors],
         heatmaps=heatmaps,
+        dicom=dicom_files,
         timing_ms=timing,
     )
     logger.info("study %s %s score=%d route=%s rule=%s instances=%d total_ms=%.0f",

@@ -82,6 +82,7 @@ class StudyResult:
     regions: list[RegionResult] = field(default_factory=list)
     models: list[dict[str, str]] = field(default_factory=list)
     heatmaps: list[str] = field(default_factory=list)
+    dicom: list[str] = field(default_factory=list)
     timing_ms: dict[str, float] = field(default_factory=dict)
     source: str | None = None  # only for results without a study UID
 
@@ -108,7 +109,7 @@ class StudyResult:
             ],
             "regions": [r.to_json() for r in self.regions],
             "first_read": {"status": "none", "labels": {}, "discordant": []},
-            "artifacts": {"heatmaps": list(self.heatmaps), "dicom": []},
+            "artifacts": {"heatmaps": list(self.heatmaps), "dicom": list(self.dicom)},
             "timing_ms": {k: round(self.timing_ms.get(k, 0.0), 1) for k in TIMING_STAGES},
             "models": list(self.models),
         }

@@ -33,6 +33,9 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write(chest, root / "chest.dcm")
     write(make_cxr_dataset(600, 500, study_uid=chest.StudyInstanceUID, view_position="LL"), root / "lateral.dcm")
     write(make_cxr_dataset(300, 300, modality="CT", sop_class=CT_STORAGE), root / "ct.dcm")
+    solo = make_cxr_dataset(400, 400)
+    solo.PatientName = "CANARYSOLO"  # no caret: highdicom warns about it, quoting the name
+    write(solo, root / "solo.dcm")
     broken = to_bytes(make_cxr_dataset(600, 500, transfer_syntax=JPEG2000Lossless))
     (root / "truncated.dcm").write_bytes(broken[: len(broken) // 2])
     (root / "notes.txt").write_text(f"patient {CANARY_NAME} {CANARY_ID}\n")
@@ -61,7 +64,7 @@ def test_exit_code_and_json_lines_only_on_stdout(run_result) -> None:  # type: i
     for r in results:
         by_status.setdefault(r["status"], []).append(r)
     # chest (+ its lateral twin in the same study), CT, zip member, truncated, text, empty
-    assert len(by_status["screened"]) == 2
+    assert len(by_status["screened"]) == 3
     assert len(by_status["ineligible"]) == 1
     assert len(by_status["failed"]) == 3
     unreadable = [r for r in results if r["study_instance_uid"] is None]
