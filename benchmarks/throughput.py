@@ -104,7 +104,7 @@ def main() -> int:
         home = Path(tmp) / "home"
         port, key = _free_port(), "bench-key"
         env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": key,
-               "SECONDREADER_DEVICE": args.device}
+               "SECONDREADER_DEVICE": args.device, "SECONDREADER_DICOM_PORT": "0"}
         proc = subprocess.Popen([sys.executable, "-m", "secondreader.cli", "--log-level", "WARNING", "serve",
                                  "--port", str(port), "--no-samples"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

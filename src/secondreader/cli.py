@@ -119,7 +119,7 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     import ipaddress
 
     if host == "localhost":
@@ -139,7 +139,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     port = args.port or settings.http_port
     env = dict(os.environ)
     if not settings.api_keys:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             logger.error("refusing to serve on %s without API keys: set SECONDREADER_API_KEYS", host)
             return 2
         key = secrets.token_urlsafe(24)

@@ -23,6 +23,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     mp.setenv("SECONDREADER_HOME", str(home))
     mp.setenv("SECONDREADER_API_KEYS", "k1,k2")
     mp.setenv("SECONDREADER_MODELS_DIR", str(models_dir))
+    mp.setenv("SECONDREADER_DICOM_PORT", "0")
     mp.delenv("SECONDREADER_SCREEN_SAMPLES", raising=False)
     from secondreader.service.bento import SecondReader
 

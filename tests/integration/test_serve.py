@@ -33,7 +33,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     home = tmp_path_factory.mktemp("serve-home")
     log = home / "server.log"
     port = _free_port()
-    env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": KEY}
+    env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": KEY,
+           "SECONDREADER_DICOM_PORT": "0"}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "secondreader.cli", "serve", "--port", str(port),
                                  "--no-samples"], env=env, stdout=out, stderr=subprocess.STDOUT,

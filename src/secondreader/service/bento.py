@@ -17,8 +17,9 @@ from pathlib import Path
 import bentoml
 
 with bentoml.importing():
-    from secondreader.cli import sample_paths
+    from secondreader.cli import is_loopback, sample_paths
     from secondreader.config import Settings
+    from secondreader.dicom.scp import start_receiver
     from secondreader.logsafe import configure_logging, set_secret
     from secondreader.model.card import load_card
     from secondreader.model.predictor import TorchPredictor
@@ -70,8 +71,16 @@ class SecondReader:
             predictors.append(BatchingPredictor(predictor, max_batch=32, max_wait_ms=10.0))
             metrics.model_loaded(predictor.card.name, predictor.card.version)
         self.core = ScreeningService(store, predictors, home=settings.home,
-                                     max_image_pixels=settings.max_image_pixels, workers=4)
+                                     max_image_pixels=settings.max_image_pixels, workers=4,
+                                     pacs_destination=settings.pacs_destination,
+                                     calling_ae=settings.dicom_ae_title)
         self.core.resume_unfinished()
+        self.core.start_background(stable_seconds=settings.study_stable_seconds)
+        allowed = [a.strip() for a in settings.dicom_allowed_aes.split(",")]
+        if "*" in allowed and not is_loopback(settings.host):
+            raise RuntimeError("SECONDREADER_DICOM_ALLOWED_AES must list calling AE titles off loopback")
+        self.receiver = start_receiver(settings.host, settings.dicom_port, settings.dicom_ae_title, allowed,
+                                       self.core.receive)
         if os.environ.get("SECONDREADER_SCREEN_SAMPLES") == "1":
             threading.Thread(target=self._screen_samples, daemon=True).start()
 
@@ -87,6 +96,7 @@ class SecondReader:
 
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
     def shutdown(self) -> None:
+        self.receiver.stop()
         self.core.close()
 
 

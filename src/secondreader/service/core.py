@@ -7,12 +7,14 @@ accepted survives a restart: unfinished jobs are resumed at start-up.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import shutil
 import threading
 import uuid
+import warnings
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -78,7 +80,7 @@ class ScreeningService:
     """Jobs over the store, screened by a thread pool through the one pipeline."""
 
     def __init__(self, store: Store, predictors: Sequence[Predictor], *, home: Path, max_image_pixels: int,
-                 workers: int = 4) -> None:
+                 workers: int = 4, pacs_destination: str | None = None, calling_ae: str = "SECONDREADER") -> None:
         self.store = store
         self.predictors = list(predictors)
         self.home = home
@@ -92,6 +94,10 @@ class ScreeningService:
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._queued = 0
+        self.pacs_destination = pacs_destination
+        self.calling_ae = calling_ae
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         self.ready = True
 
     # -- submitting ---------------------------------------------------------------------------
@@ -162,6 +168,10 @@ class ScreeningService:
                     continue
                 self.store.save_result(data)
                 study_uids.append(result.study_instance_uid)
+                if self.pacs_destination and data["artifacts"]["dicom"]:
+                    self.store.enqueue_outbox(result.study_instance_uid,
+                                              [self.artifacts / p for p in data["artifacts"]["dicom"]],
+                                              self.pacs_destination)
                 logger.info("job %s: study %s %s", job_id[:8], study_key(result.study_instance_uid),
                             result.status.value)
             self.store.set_job(job_id, "done", study_uids=study_uids, unreadable=unreadable)
@@ -206,12 +216,88 @@ class ScreeningService:
         path = self.artifacts / study_uid / sop_uid / f"{finding}.png"
         return path if path.is_file() else None
 
+    # -- DICOM in, results out ---------------------------------------------------------------
+    def receive(self, data: bytes, study_uid: str, sop_uid: str, calling_ae: str = "") -> bool:
+        """A C-STORE'd (or STOW-RS'd) instance: spool it with fsync, then record it. Returns False
+        for an instance already received, and for secondreader's own results coming back."""
+        if _is_own_result(data):
+            return False
+        study_dir = self.spool / "inbound" / _digest(study_uid)
+        study_dir.mkdir(parents=True, exist_ok=True)
+        target = study_dir / f"{_digest(sop_uid)}.dcm"
+        if not target.exists():
+            tmp = target.with_suffix(".tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(target)
+            _fsync_dir(study_dir)
+        return self.store.record_inbound(study_uid, sop_uid, study_dir)
+
+    def start_background(self, *, stable_seconds: float, interval: float = 0.2) -> None:
+        """Screen received studies once stable; deliver queued results to the PACS."""
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    for study_uid, spool_dir in self.store.stable_studies(stable_seconds):
+                        job_id = self.store.create_job(Path(spool_dir))
+                        self.store.mark_study_queued(study_uid, job_id)
+                        self._enqueue(job_id)
+                    if self.pacs_destination:
+                        self.deliver_due()
+                except Exception as exc:  # noqa: BLE001 - the loop must outlive a store outage
+                    logger.error("background loop: %s", type(exc).__name__)
+
+        self._watcher = threading.Thread(target=loop, name="stable-studies", daemon=True)
+        self._watcher.start()
+
+    def deliver_due(self) -> int:
+        """Send due outbox items (retries back off up to a minute); returns how many were sent."""
+        from ..dicom.scu import send_files
+        from ..errors import PacsError
+
+        sent = 0
+        for item_id, path, destination, attempts in self.store.due_outbox():
+            try:
+                send_files([Path(path)], destination, calling_ae=self.calling_ae)
+            except (PacsError, OSError) as exc:
+                delay = min(60.0, 0.5 * 2 ** attempts)
+                self.store.outbox_done(item_id, sent=False, error=str(exc)[:200], retry_in=delay)
+                logger.warning("result delivery failed (attempt %d), retrying in %.1f s", attempts + 1, delay)
+                continue
+            self.store.outbox_done(item_id, sent=True)
+            sent += 1
+        return sent
+
     def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
         self._executor.shutdown(wait=True, cancel_futures=False)
         for predictor in self.predictors:
             close = getattr(predictor, "close", None)
             if close is not None:
                 close()
+
+
+def _digest(uid: str) -> str:
+    return hashlib.sha256(uid.encode()).hexdigest()[:32]
+
+
+def _is_own_result(data: bytes) -> bool:
+    """secondreader's own SC/SEG/SR coming back from the PACS (never screened again)."""
+    import io
+
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            return str(ds.get("Manufacturer", "")) == "secondreader"
+    except Exception:  # noqa: BLE001 - unreadable here means "not ours"; the pipeline will judge it
+        return False
 
 
 def _fsync_dir(path: Path) -> None:

@@ -70,3 +70,41 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class InboundStudy(Base):
+    """A study arriving by DICOM (or STOW-RS); screened once no instance came for a while."""
+
+    __tablename__ = "inbound_studies"
+
+    study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # receiving | queued
+    spool_dir: Mapped[str] = mapped_column(Text)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class InboundInstance(Base):
+    """One received SOP instance, once (idempotent on SOP Instance UID)."""
+
+    __tablename__ = "inbound_instances"
+
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Outbox(Base):
+    """A result object to deliver to the PACS; retried with backoff until sent."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    destination: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

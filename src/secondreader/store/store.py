@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import StoreError
-from .models import Instance, Job, Result, Study
+from .models import InboundInstance, InboundStudy, Instance, Job, Outbox, Result, Study, utcnow
 
 __all__ = ["JOB_STATES", "JobRecord", "Store"]
 
@@ -162,9 +163,78 @@ class Store:
             return len(list(s.scalars(select(Result.id).where(Result.study_instance_uid == study_uid))))
 
 
+    # -- received instances and the outbox ------------------------------------------------------
+    def record_inbound(self, study_uid: str, sop_uid: str, spool_dir: Path) -> bool:
+        """Record a received instance; False when its SOP Instance UID was already received."""
+        with self._session("record a received instance") as s:
+            if s.get(InboundInstance, sop_uid) is not None:
+                return False
+            s.add(InboundInstance(sop_instance_uid=sop_uid, study_instance_uid=study_uid))
+            study = s.get(InboundStudy, study_uid)
+            if study is None:
+                study = InboundStudy(study_instance_uid=study_uid, spool_dir=str(spool_dir))
+                s.add(study)
+            study.state = "receiving"
+            study.last_received_at = utcnow()
+            return True
+
+
+    def stable_studies(self, quiet_seconds: float) -> list[tuple[str, str]]:
+        """Studies still receiving whose last instance came over ``quiet_seconds`` ago."""
+        cutoff = utcnow() - timedelta(seconds=quiet_seconds)
+        with self._session("list stable studies") as s:
+            rows = s.scalars(select(InboundStudy).where(InboundStudy.state == "receiving",
+                                                        InboundStudy.last_received_at <= cutoff))
+            return [(r.study_instance_uid, r.spool_dir) for r in rows]
+
+
+    def mark_study_queued(self, study_uid: str, job_id: str) -> None:
+        with self._session("queue a received study") as s:
+            study = s.get(InboundStudy, study_uid)
+            if study is not None:
+                study.state, study.job_id = "queued", job_id
+
+
+    def enqueue_outbox(self, study_uid: str, paths: list[Path], destination: str) -> None:
+        with self._session("queue results for the PACS") as s:
+            for path in paths:
+                s.add(Outbox(study_instance_uid=study_uid, path=str(path), destination=destination, status="pending",
+                             attempts=0, next_attempt_at=utcnow()))
+
+
+    def due_outbox(self, limit: int = 50) -> list[tuple[int, str, str, int]]:
+        with self._session("read the outbox") as s:
+            rows = s.scalars(select(Outbox).where(Outbox.status == "pending", Outbox.next_attempt_at <= utcnow())
+                             .order_by(Outbox.id).limit(limit))
+            return [(r.id, r.path, r.destination, r.attempts) for r in rows]
+
+
+    def outbox_done(self, item_id: int, *, sent: bool, error: str | None = None,
+                    retry_in: float = 0.0) -> None:
+        with self._session("update the outbox") as s:
+            item = s.get(Outbox, item_id)
+            if item is None:
+                return
+            item.attempts += 1
+            if sent:
+                item.status, item.last_error = "sent", None
+            else:
+                item.last_error = error
+                item.next_attempt_at = utcnow() + timedelta(seconds=retry_in)
+
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self._session("count the outbox") as s:
+            counts: dict[str, int] = {}
+            for status in s.scalars(select(Outbox.status)):
+                counts[status] = counts.get(status, 0) + 1
+            return counts
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
