@@ -34,7 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     log = home / "server.log"
     port = _free_port()
     env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": KEY,
-           "SECONDREADER_DICOM_PORT": "0"}
+           "SECONDREADER_DICOM_PORT": "0", "SECONDREADER_STUDY_STABLE_SECONDS": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "secondreader.cli", "serve", "--port", str(port),
                                  "--no-samples"], env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -109,3 +109,22 @@ def test_refuses_a_public_interface_without_keys(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "secondreader.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "without API keys" in proc.stderr
+
+
+def test_stow_rs_with_a_dicomweb_client(server: tuple[str, Path]) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    base, _ = server
+    client = DICOMwebClient(url=f"{base}/v1/dicomweb", headers={"Authorization": f"Bearer {KEY}"})
+    chest = make_cxr_dataset(400, 400)
+    answer = client.store_instances([chest])
+    (referenced,) = answer.ReferencedSOPSequence
+    assert referenced.ReferencedSOPInstanceUID == chest.SOPInstanceUID
+    headers = {"Authorization": f"Bearer {KEY}"}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = httpx.get(f"{base}/v1/studies/{chest.StudyInstanceUID}", headers=headers)
+        if found.status_code == 200:
+            break
+        time.sleep(0.5)
+    assert found.status_code == 200 and found.json()["status"] == "screened"

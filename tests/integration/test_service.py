@@ -160,3 +160,23 @@ def test_jobs_survive_a_restart(tmp_path: Path, pneumonia_predictor) -> None:  #
     core.close()
     assert record is not None and record.status == "done" and len(record.study_uids) == 1
     assert store.get_study(record.study_uids[0])["status"] == "screened"  # type: ignore[index]
+
+
+def test_stow_rs_answers_per_instance(client: TestClient, service: ScreeningService) -> None:
+    boundary = "sr-boundary"
+    good = _chest()
+    body = b"".join([
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), good, b"\r\n",
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), b"not dicom at all", b"\r\n",
+        f"--{boundary}--\r\n".encode(),
+    ])
+    headers = {**AUTH, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    response = client.post("/dicomweb/studies", content=body, headers=headers)
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert len(answer["00081199"]["Value"]) == 1 and len(answer["00081198"]["Value"]) == 1
+    # the same instance again is accepted but recorded once (idempotent on SOP Instance UID)
+    again = client.post("/dicomweb/studies", content=body, headers=headers)
+    assert again.status_code == 202
+    assert client.post("/dicomweb/studies", content=good,
+                       headers={**AUTH, "Content-Type": "application/dicom"}).status_code == 415

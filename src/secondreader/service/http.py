@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import InfrastructureError, InvalidInputError
+from ..dicom.io import read_dataset
+from ..errors import InfrastructureError, InvalidInputError, SecondReaderError
 from .core import ScreeningService, Upload, wait_seconds
 
 __all__ = ["build_app"]
@@ -68,6 +69,24 @@ async def _read_uploads(request: Request, limit: int) -> list[Upload]:
         name = "upload.zip" if content_type == "application/zip" else "upload.dcm"
         return [Upload(name, body)]
     raise InvalidInputError("Content-Type must be multipart/form-data, application/dicom or application/zip")
+
+
+def _multipart_related(content_type: str, body: bytes) -> list[bytes]:
+    """The application/dicom parts of a multipart/related body (RFC 2387)."""
+    from email import policy
+    from email.parser import BytesParser
+
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        return []
+    parts = []
+    for part in message.iter_parts():
+        if part.get_content_type() in ("application/dicom", "application/octet-stream"):
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes) and payload:
+                parts.append(payload)
+    return parts
 
 
 def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: Callable[[], int]) -> Starlette:
@@ -127,6 +146,43 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
             return _error(404, "not found", "no heatmap for this instance and finding")
         return FileResponse(path, media_type="image/png")
 
+    async def stow(request: Request) -> Response:
+        """STOW-RS: multipart/related DICOM parts into the same spool and store as the receiver."""
+        limit = max_upload_bytes()
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/related"):
+            return _error(415, "unsupported media type", "STOW-RS takes multipart/related; type=\"application/dicom\"")
+        try:
+            body = b"".join([chunk async for chunk in _limited(request, limit)])
+        except _TooLarge:
+            return _error(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
+        parts = _multipart_related(content_type, body)
+        if not parts:
+            return _error(400, "bad request", "no DICOM part in the multipart body")
+        service = get_service()
+        referenced, failed = [], []
+        for part in parts:
+            try:
+                dicom = read_dataset(part)
+                ds = dicom.dataset
+                sop_class, sop, study = str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+            except (SecondReaderError, AttributeError):
+                failed.append({"00081197": {"vr": "US", "Value": [0xC000]}})
+                continue
+            try:
+                await asyncio.to_thread(service.receive, part, study, sop, "STOW-RS")
+            except InfrastructureError:
+                failed.append({"00081150": {"vr": "UI", "Value": [sop_class]},
+                               "00081155": {"vr": "UI", "Value": [sop]}, "00081197": {"vr": "US", "Value": [0xA700]}})
+                continue
+            referenced.append({"00081150": {"vr": "UI", "Value": [sop_class]},
+                               "00081155": {"vr": "UI", "Value": [sop]}})
+        answer: dict[str, Any] = {"00081199": {"vr": "SQ", "Value": referenced}}
+        if failed:
+            answer["00081198"] = {"vr": "SQ", "Value": failed}
+        status = 200 if not failed else (202 if referenced else 409)
+        return JSONResponse(answer, status_code=status, media_type="application/dicom+json")
+
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         return _error(status, "not found" if status == 404 else "bad request", "no such route or method")
@@ -140,6 +196,7 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         Route("/jobs/{job_id}", job, methods=["GET"]),
         Route("/studies/{study_uid}", study, methods=["GET"]),
         Route("/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.png", heatmap, methods=["GET"]),
+        Route("/dicomweb/studies", stow, methods=["POST"]),
     ]
     handlers: dict[Any, Any] = {HTTPException: not_found, Exception: internal}
     return Starlette(routes=routes, exception_handlers=handlers)
