@@ -6,9 +6,13 @@ Built once at each entry point; components receive typed values, never this obje
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from .outputs.provenance import SeriesSettings
 
 __all__ = ["Settings", "default_models_dir"]
 
@@ -47,6 +51,10 @@ class Settings(BaseSettings):
         64_000_000, description="Largest Rows x Columns x Frames decoded; larger images fail before allocation"
     )
     routing_rules: Path | None = Field(None, description="Routing rules file; default: packaged rules")
+    series_number_sc: int = Field(9901, description="Series Number of the Secondary Capture overlays")
+    series_number_seg: int = Field(9902, description="Series Number of the heatmap Segmentations")
+    series_number_sr: int = Field(9903, description="Series Number of the TID 1500 reports")
+    series_description_prefix: str = Field("AI RESULT", description="Series descriptions of the outputs start so")
 
     @field_validator("device")
     @classmethod
@@ -56,6 +64,12 @@ class Settings(BaseSettings):
         ):
             raise ValueError(f"SECONDREADER_DEVICE must be auto, cpu, cuda or cuda:N, not {value!r}")
         return value
+
+    def output_series(self) -> SeriesSettings:
+        from .outputs.provenance import SeriesSettings
+
+        return SeriesSettings(self.series_number_sc, self.series_number_seg, self.series_number_sr,
+                              self.series_description_prefix)
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'secondreader.db'}"

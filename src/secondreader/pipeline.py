@@ -28,7 +28,7 @@ from .logsafe import study_key
 from .model.predictor import Predictor
 from .outputs.dicom import RegionOutput, build_outputs
 from .outputs.overlay import render_overlay, write_png
-from .outputs.provenance import Provenance
+from .outputs.provenance import Provenance, SeriesSettings
 from .preprocessing import GeometryRecord, prepare_frame, window_frame
 from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult
 from .scoring.calibration import calibrated_probability
@@ -49,6 +49,7 @@ class ScreeningOptions:
     out_dir: Path | None = None
     explain: bool = True
     dicom_outputs: bool = True  # SC, SEG and SR per screened instance, when out_dir is set
+    series: SeriesSettings = field(default_factory=SeriesSettings)
 
     def __post_init__(self) -> None:
         if not self.predictors:
@@ -204,9 +205,9 @@ def screen_pixels(display: np.ndarray, predictors: Sequence[Predictor]) -> list[
 
 def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[FindingResult],
                          regions: list[RegionResult], priority: Priority, predictors: Sequence[Predictor],
-                         out_dir: Path) -> list[str]:
+                         out_dir: Path, series: SeriesSettings) -> list[str]:
     """SC, SEG and SR for every screened single-frame instance (contract 4)."""
-    provenance = Provenance(tuple(p.card for p in predictors))
+    provenance = Provenance(tuple(p.card for p in predictors), series)
     written = []
     for frame in frames:
         if frame.dataset is None or frame.frame != 1 or int(frame.dataset.get("NumberOfFrames", 1) or 1) != 1:
@@ -296,7 +297,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
                 try:
                     dicom_files = _write_dicom_outputs(study_uid, frames, findings, regions,
                                                        prioritise(StudyStatus.SCREENED, findings),
-                                                       options.predictors, options.out_dir)
+                                                       options.predictors, options.out_dir, options.series)
                 except OutputEncodingError as exc:
                     logger.warning("study %s: DICOM outputs not written (%s)", study_key(study_uid), exc)
         timing["postprocess"] = time.perf_counter() - t0

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 
@@ -69,6 +70,11 @@ def test_segmentation_is_fractional_and_references_the_source(screened) -> None:
     referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
     assert referenced == source.SOPInstanceUID
     assert seg.pixel_array.shape[-2:] == (640, 560)
+    # the SEG is the heatmap: its peak lies in a region drawn from the same heatmap
+    heat = np.asarray(seg.pixel_array, dtype=float).reshape(640, 560)
+    peak = np.unravel_index(np.argmax(heat), heat.shape)
+    assert result["regions"], "the lesion phantom should be flagged"
+    assert any(r0 <= peak[0] < r1 and c0 <= peak[1] < c1 for r0, c0, r1, c1 in (r["bbox"] for r in result["regions"]))
 
 
 def test_report_is_tid1500_with_a_roi_per_region(screened) -> None:  # type: ignore[no-untyped-def]

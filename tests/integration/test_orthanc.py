@@ -120,3 +120,34 @@ def test_resending_the_study_makes_no_duplicates(stack) -> None:  # type: ignore
     assert sorted(orthanc.get("/instances")) == before
     result = core.store.get_study(_instances(orthanc)[0]["StudyInstanceUID"])
     assert result is not None and core.store.results_count(result["study_instance_uid"]) == 1
+
+
+def test_results_by_stow_rs_to_orthanc_dicomweb(tmp_path_factory: pytest.TempPathFactory, pneumonia_predictor) -> None:  # type: ignore[no-untyped-def]
+    require(shutil.which("Orthanc") is not None, "Orthanc is not installed (Debian package orthanc)")
+    require(Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so").is_file(),
+            "the Orthanc DICOMweb plugin is not installed (Debian package orthanc-dicomweb)")
+    require(in_private_network_namespace(),
+            "Orthanc listens on all interfaces: run the suite inside `unshare -n` (see .ci/run)")
+    from secondreader.service.core import Upload
+
+    from ..factories import make_cxr_dataset, to_bytes
+
+    orthanc = Orthanc(tmp_path_factory.mktemp("orthanc-web"), dicomweb=True)
+    home = tmp_path_factory.mktemp("sr-web")
+    store = Store(f"sqlite:///{home / 'sr.db'}")
+    store.migrate()
+    core = ScreeningService(store, [pneumonia_predictor], home=home, max_image_pixels=64_000_000,
+                            pacs_destination=f"{orthanc.base}/dicom-web")
+    core.start_background(stable_seconds=0.5, interval=0.1)
+    try:
+        chest = make_cxr_dataset(400, 400)
+        job = core.submit([Upload("chest.dcm", to_bytes(chest))])
+        assert core.wait(job, 60).status == "done"  # type: ignore[union-attr]
+        _wait_for(orthanc, 3)
+        stored = _instances(orthanc)
+        assert {i["Manufacturer"] for i in stored} == {"secondreader"}
+        assert {i["StudyInstanceUID"] for i in stored} == {chest.StudyInstanceUID}
+        assert store.outbox_counts() == {"sent": 3}
+    finally:
+        core.close()
+        orthanc.stop()

@@ -70,7 +70,22 @@ def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Regi
     banner_h = 16
     draw.rectangle([0, 0, size[1], banner_h], fill=(0, 0, 0))
     draw.text((4, 2), f"{BANNER} | {title}", fill=(255, 255, 0))
+    _legend(image, draw)
     return image
+
+
+def _legend(image: Image.Image, draw: ImageDraw.ImageDraw) -> None:
+    """A colour bar (bottom right): low to high saliency."""
+    width, height = image.size
+    bar_w, bar_h = max(40, width // 6), 10
+    x0, y0 = width - bar_w - 8, height - bar_h - 20
+    if x0 < 0 or y0 < 0:
+        return
+    ramp = heat_colormap(np.linspace(0.0, 1.0, bar_w)[None, :].repeat(bar_h, axis=0))
+    image.paste(Image.fromarray(ramp, mode="RGB"), (x0, y0))
+    draw.rectangle([x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h], outline=(255, 255, 255))
+    draw.text((x0, y0 + bar_h + 1), "low", fill=(255, 255, 255))
+    draw.text((x0 + bar_w - 24, y0 + bar_h + 1), "high", fill=(255, 255, 255))
 
 
 def write_png(image: Image.Image, path: Path) -> None:

@@ -23,14 +23,26 @@ from pydicom.valuerep import validate_value
 from .. import __version__
 from ..model.card import ModelCard
 
-__all__ = ["OUTPUT_TYPES", "Provenance", "output_uid", "sanitised_source"]
+__all__ = ["OUTPUT_TYPES", "Provenance", "SeriesSettings", "output_uid", "sanitised_source"]
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("sc", "seg", "sr")
-#: Series numbers per output type (DICOM Series Number), and their descriptions.
-SERIES = {"sc": (9901, "AI RESULT overlay (secondreader)"), "seg": (9902, "AI RESULT heatmap SEG (secondreader)"),
-          "sr": (9903, "AI RESULT report (secondreader)")}
+_KIND_NAMES = {"sc": "overlay", "seg": "heatmap SEG", "sr": "report"}
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSettings:
+    """Series numbers and the description prefix of the outputs (from Settings at the entry point)."""
+
+    sc: int = 9901
+    seg: int = 9902
+    sr: int = 9903
+    description_prefix: str = "AI RESULT"
+
+    def __post_init__(self) -> None:
+        if not self.description_prefix.strip():
+            raise ValueError("the series description prefix must mark outputs as AI results")
 
 
 def output_uid(kind: str, source_uid: str, models: Sequence[ModelCard], *, level: str = "instance") -> str:
@@ -45,6 +57,7 @@ class Provenance:
     """The algorithm identification and equipment of one set of outputs."""
 
     models: tuple[ModelCard, ...]
+    series_settings: SeriesSettings = SeriesSettings()
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -77,7 +90,9 @@ class Provenance:
         )]
 
     def series(self, kind: str) -> tuple[int, str]:
-        return SERIES[kind]
+        number = int(getattr(self.series_settings, kind))
+        description = f"{self.series_settings.description_prefix} {_KIND_NAMES[kind]} (secondreader)"
+        return number, description[:64]
 
 
 _TEXT_VRS = frozenset({"AS", "CS", "DA", "DT", "LO", "PN", "SH", "TM"})

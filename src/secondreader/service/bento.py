@@ -73,7 +73,7 @@ class SecondReader:
         self.core = ScreeningService(store, predictors, home=settings.home,
                                      max_image_pixels=settings.max_image_pixels, workers=4,
                                      pacs_destination=settings.pacs_destination,
-                                     calling_ae=settings.dicom_ae_title)
+                                     calling_ae=settings.dicom_ae_title, series=settings.output_series())
         self.core.resume_unfinished()
         self.core.start_background(stable_seconds=settings.study_stable_seconds)
         allowed = [a.strip() for a in settings.dicom_allowed_aes.split(",")]

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..logsafe import study_key
 from ..model.predictor import Predictor
+from ..outputs.provenance import SeriesSettings
 from ..pipeline import ScreeningOptions, screen_paths
 from ..store import JobRecord, Store
 from . import metrics
@@ -80,7 +81,8 @@ class ScreeningService:
     """Jobs over the store, screened by a thread pool through the one pipeline."""
 
     def __init__(self, store: Store, predictors: Sequence[Predictor], *, home: Path, max_image_pixels: int,
-                 workers: int = 4, pacs_destination: str | None = None, calling_ae: str = "SECONDREADER") -> None:
+                 workers: int = 4, pacs_destination: str | None = None, calling_ae: str = "SECONDREADER",
+                 series: SeriesSettings | None = None) -> None:
         self.store = store
         self.predictors = list(predictors)
         self.home = home
@@ -89,7 +91,7 @@ class ScreeningService:
         self.spool.mkdir(parents=True, exist_ok=True)
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.options = ScreeningOptions(predictors=self.predictors, max_pixels=max_image_pixels,
-                                        out_dir=self.artifacts)
+                                        out_dir=self.artifacts, series=series or SeriesSettings())
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="screen")
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -255,13 +257,17 @@ class ScreeningService:
     def deliver_due(self) -> int:
         """Send due outbox items (retries back off up to a minute); returns how many were sent."""
         from ..dicom.scu import send_files
+        from ..dicom.stow import send_stow
         from ..errors import PacsError
 
         sent = 0
         for item_id, path, destination, attempts in self.store.due_outbox():
             try:
-                send_files([Path(path)], destination, calling_ae=self.calling_ae)
-            except (PacsError, OSError) as exc:
+                if destination.startswith(("http://", "https://")):
+                    send_stow([Path(path)], destination)
+                else:
+                    send_files([Path(path)], destination, calling_ae=self.calling_ae)
+            except (PacsError, OSError, ValueError) as exc:
                 delay = min(60.0, 0.5 * 2 ** attempts)
                 self.store.outbox_done(item_id, sent=False, error=str(exc)[:200], retry_in=delay)
                 logger.warning("result delivery failed (attempt %d), retrying in %.1f s", attempts + 1, delay)
