@@ -57,7 +57,7 @@ def test_three_objects_per_screened_instance(screened) -> None:  # type: ignore[
 def test_secondary_capture_is_bannered_rgb(screened) -> None:  # type: ignore[no-untyped-def]
     sc = _load(screened, "sc")
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.PhotometricInterpretation == "RGB"
-    assert sc.ImageComments == "AI result - second reader - not for primary diagnosis"
+    assert sc.ImageComments == "AI result — second reader — not for primary diagnosis"
     assert sc.pixel_array.shape[-1] == 3
 
 

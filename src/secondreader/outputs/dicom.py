@@ -1,7 +1,7 @@
 """DICOM outputs of one screened instance (contract 4), built with highdicom:
 
 - Secondary Capture: the radiograph with the heatmap burned in, the legend and the banner
-  "AI result - second reader - not for primary diagnosis";
+  "AI result — second reader — not for primary diagnosis" (also in Image Comments);
 - Segmentation, FRACTIONAL (PROBABILITY): one segment per finding code with a heatmap (negative
   findings too), referencing the source image;
 - Comprehensive 3D SR, TID 1500: the probability of every finding and the study priority score
@@ -28,7 +28,7 @@ from ..dicom.io import pydicom_warnings_caught
 from ..errors import OutputEncodingError
 from ..explain.regions import Region
 from ..scoring.priority import FindingResult, Priority
-from .overlay import render_overlay
+from .overlay import BANNER, render_overlay
 from .provenance import Provenance, output_uid, sanitised_source
 
 __all__ = ["FINDING_CODES", "RegionOutput", "build_outputs"]
@@ -103,7 +103,8 @@ def build_outputs(
 def _mark(ds: Dataset, kind: str, provenance: Provenance) -> Dataset:
     ds.SeriesDescription = provenance.series(kind)[1]
     if kind != "sr":
-        ds.ImageComments = "AI result - second reader - not for primary diagnosis"
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the banner has em dashes
+        ds.ImageComments = BANNER
     return ds
 
 
@@ -152,7 +153,7 @@ def _segmentation(src: Dataset, heats: dict[str, np.ndarray], provenance: Proven
         software_versions=provenance.version, device_serial_number=provenance.device_uid[:64],
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY, max_fractional_value=255,
         omit_empty_frames=False, content_label="AI_HEATMAP",
-        content_description="AI result - second reader - not for primary diagnosis",
+        content_description="AI RESULT - NOT FOR PRIMARY DIAGNOSIS",
         contributing_equipment=provenance.contributing_equipment(),
     )
     seg.PatientOrientation = list(_orientation(src))

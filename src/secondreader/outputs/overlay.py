@@ -1,6 +1,6 @@
 """PNG overlays for people: the radiograph with the heatmap blended in and regions outlined.
 
-Every overlay carries the banner "AI result - second reader - not for primary diagnosis", so a
+Every overlay carries the banner "AI result — second reader — not for primary diagnosis", so a
 screenshot of it cannot pass for the original image.
 """
 
@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import OutputEncodingError
 from ..explain.regions import Region
 
 __all__ = ["BANNER", "heat_colormap", "render_overlay", "write_png"]
 
-BANNER = "AI result - second reader - not for primary diagnosis"
+BANNER = "AI result — second reader — not for primary diagnosis"
 MAX_SIDE = 1024
 
 # Control points of a perceptually ordered black-red-yellow-white map (like 'inferno').
@@ -69,9 +69,13 @@ def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Regi
         draw.rectangle([c0, r0, c1 - 1, r1 - 1], outline=(0, 255, 255), width=max(1, round(3 * size[0] / 1024)))
     banner_h = 16
     draw.rectangle([0, 0, size[1], banner_h], fill=(0, 0, 0))
-    draw.text((4, 2), f"{BANNER} | {title}", fill=(255, 255, 0))
+    # The bundled bitmap font has no em dash: the burned-in text uses hyphens.
+    draw.text((4, 2), f"{BANNER.replace(chr(0x2014), '-')} | {title}", fill=(255, 255, 0), font=_FONT)
     _legend(image, draw)
     return image
+
+
+_FONT = ImageFont.load_default()
 
 
 def _legend(image: Image.Image, draw: ImageDraw.ImageDraw) -> None:
