@@ -106,7 +106,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from .training.train import train
 
     cfg = load_config(args.config)
-    meta = train(cfg, config_path=args.config)
+    meta = train(cfg, config_path=args.config, resume=args.resume)
     test = meta["secondreader"]["metrics"]["test"]
     sys.stdout.write(json.dumps({"model": f"{meta['name']}@{meta['version']}", "test": test}) + "\n")
     return 0
@@ -198,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model from a YAML config and write its bundle")
     train.add_argument("config", type=Path, metavar="CONFIG")
+    train.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="recompute a bundle's metrics on a data split")

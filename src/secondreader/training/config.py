@@ -17,6 +17,7 @@ class DataConfig(BaseModel):
     path: Path = Field(description="the .npz file (relative paths are relative to the working directory)")
     finding: str = "pneumonia"
     display_name: str = "Pneumonia"
+    limit: int | None = Field(None, ge=8, description="use only the first N images of each split (smoke tests)")
 
 
 class NetworkConfig(BaseModel):
@@ -71,6 +72,7 @@ class TrainConfig(BaseModel):
     augment: AugmentConfig = AugmentConfig()
     operating_point: OperatingPointConfig = OperatingPointConfig()
     output_dir: Path
+    checkpoint_dir: Path | None = Field(None, description="per-epoch checkpoints; default runs/<name>")
     provenance: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -48,6 +48,9 @@ at the operating point; expected calibration error over 10 bins.
 {_row('validation', metrics['validation'])}
 {_row('test', metrics['test'])}
 
+Calibration: `reliability.png` beside this card (observed frequency against predicted probability,
+validation and test).
+
 MedMNIST v2 (Yang et al. 2023, Table 3) on the same test split: ResNet-18 (28) AUC 0.944 / ACC 0.854,
 ResNet-50 (224) 0.962 / 0.884, Google AutoML Vision 0.991 / 0.946.
 

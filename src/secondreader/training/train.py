@@ -19,19 +19,19 @@ import monai
 import numpy as np
 import pydicom
 import torch
-from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandShiftIntensity
+from monai.transforms import Compose, RandAdjustContrast, RandAffine, Randomizable, RandShiftIntensity
 from monai.utils import set_determinism
 from pydicom.uid import generate_uid
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from scipy.special import expit
 
 from ..model.network import build_network
 from ..preprocessing import InputSpec, model_input_transform
 from ..scoring.calibration import calibrated_probability, fit_platt
 from .config import TrainConfig
 from .data import load_medmnist
-from .metrics import binary_metrics, threshold_for_sensitivity, youden_threshold
+from .metrics import auroc, binary_metrics, threshold_for_sensitivity, youden_threshold
 from .modelcard import write_model_card
+from .plots import reliability_png
 
 __all__ = ["predict_inputs", "predict_logits", "train"]
 
@@ -76,16 +76,61 @@ def _state_dict_bytes(network: torch.nn.Module) -> bytes:
     return buffer.getvalue()
 
 
-def train(cfg: TrainConfig, *, config_path: Path | None = None) -> dict[str, Any]:
+def _checkpoint_path(cfg: TrainConfig) -> Path:
+    return (cfg.checkpoint_dir or Path("runs") / cfg.name) / "checkpoint.pt"
+
+
+def _config_digest(cfg: TrainConfig) -> str:
+    relevant = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "output_dir", "provenance", "description"})
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _randomizables(transform: Any) -> list[Any]:
+    """Every object with its own random state inside ``transform`` (RandAffine keeps a second one
+    in its RandAffineGrid), in a stable order."""
+    found: list[Any] = []
+
+    def visit(obj: Any) -> None:
+        if isinstance(obj, Randomizable) and obj not in found:
+            found.append(obj)
+            for key in sorted(vars(obj)):
+                value = getattr(obj, key)
+                if isinstance(value, Randomizable):
+                    visit(value)
+
+    if isinstance(transform, Compose):
+        for t in transform.transforms:
+            visit(t)
+    else:
+        visit(transform)
+    return found
+
+
+def _rng_state(transform: Any) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = transform.R.get_state()
+    return {"keys": torch.as_tensor(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached": float(cached)}
+
+
+def _set_rng_state(transform: Any, state: dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    transform.R.set_state(("MT19937", keys, state["pos"], state["has_gauss"], state["cached"]))
+
+
+def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = False,
+          stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train the model ``cfg`` describes and write its bundle to ``cfg.output_dir``.
 
-    Returns the bundle's metadata (also written to ``configs/metadata.json``).
+    A checkpoint (weights, optimiser, schedule and every random state) is written after each
+    epoch; ``resume=True`` continues from it, and gives the same weights as an uninterrupted run.
+    ``stop_after_epochs`` stops early without writing a bundle (as an interruption would).
+    Returns the bundle's metadata (also written to ``configs/metadata.json``), or ``{}`` when stopped.
     """
     started = time.time()
     torch.set_num_threads(cfg.schedule.threads)
     set_determinism(seed=cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    splits = load_medmnist(cfg.data.path)
+    splits = load_medmnist(cfg.data.path, limit=cfg.data.limit)
     train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
     side = int(train_split.images.shape[-1])
     standardised = predict_inputs(train_split.images, InputSpec(size=(side, side), mean=0.0, std=1.0))
@@ -102,11 +147,27 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None) -> dict[str, Any
     generator = torch.Generator().manual_seed(cfg.seed)
     labels = torch.as_tensor(train_split.labels, dtype=torch.float32)
 
-    history = []
+    history: list[dict[str, Any]] = []
+    first_epoch = 0
+    checkpoint = _checkpoint_path(cfg)
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state["config"] != _config_digest(cfg):
+            raise ValueError("the checkpoint was made with another configuration; delete it or fix the config")
+        network.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        for transform, rng in zip(_randomizables(augment), state["augment"], strict=True):
+            _set_rng_state(transform, rng)
+        history = list(state["history"])
+        first_epoch = int(state["epoch"])
+        logger.info("resuming %s after epoch %d", cfg.name, first_epoch)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   TextColumn("{task.fields[status]}"), transient=False) as progress:
-        task = progress.add_task(f"training {cfg.name}", total=cfg.schedule.epochs * steps_per_epoch, status="")
-        for epoch in range(cfg.schedule.epochs):
+        task = progress.add_task(f"training {cfg.name}", total=cfg.schedule.epochs * steps_per_epoch, status="",
+                                 completed=first_epoch * steps_per_epoch)
+        for epoch in range(first_epoch, cfg.schedule.epochs):
             network.train()
             order = torch.randperm(len(labels), generator=generator)
             total = 0.0
@@ -123,12 +184,19 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None) -> dict[str, Any
                 scheduler.step()
                 total += float(loss.detach()) * len(idx)
                 progress.advance(task)
-            val_auc = binary_metrics(
-                expit(predict_logits(network, val_split.images, spec)), val_split.labels, 0.5
-            ).auroc
+            val_auc = auroc(predict_logits(network, val_split.images, spec), val_split.labels)
             history.append({"epoch": epoch + 1, "loss": round(total / len(order), 5), "val_auroc": round(val_auc, 5)})
             progress.update(task, status=f"epoch {epoch + 1} loss {total / len(order):.4f} val AUROC {val_auc:.4f}")
             logger.info("epoch %d loss %.4f val_auroc %.4f", epoch + 1, total / len(order), val_auc)
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"epoch": epoch + 1, "config": _config_digest(cfg), "model": network.state_dict(),
+                        "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                        "generator": generator.get_state(), "history": history,
+                        "augment": [_rng_state(t) for t in _randomizables(augment)]}, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            if stop_after_epochs is not None and epoch + 1 >= stop_after_epochs and epoch + 1 < cfg.schedule.epochs:
+                logger.info("stopping after epoch %d as asked; resume with --resume", epoch + 1)
+                return {}
 
     # Calibration and operating points: validation split only.
     val_logits = predict_logits(network, val_split.images, spec)
@@ -165,6 +233,8 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None) -> dict[str, Any
                          device_uid, weights_sha256, config_path, time.time() - started)
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     write_model_card(out / "docs" / "README.md", metadata)
+    reliability_png(out / "docs" / "reliability.png",
+                    {"validation": (val_p, val_split.labels), "test": (test_p, test_split.labels)})
     logger.info("wrote bundle %s (test AUROC %.4f)", cfg.name, metrics["test"]["auroc"])
     return metadata
 
