@@ -13,8 +13,8 @@ __all__ = ["TrainConfig", "load_config"]
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["medmnist_npz"] = "medmnist_npz"
-    path: Path = Field(description="the .npz file (relative paths are relative to the working directory)")
+    kind: Literal["medmnist_npz", "manifest"] = "medmnist_npz"
+    path: Path = Field(description="the .npz file or the CSV manifest (relative to the working directory)")
     finding: str = "pneumonia"
     display_name: str = "Pneumonia"
     limit: int | None = Field(None, ge=8, description="use only the first N images of each split (smoke tests)")

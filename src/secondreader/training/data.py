@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Split", "load_medmnist"]
+__all__ = ["Split", "load_manifest", "load_medmnist", "load_splits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +35,66 @@ def load_medmnist(path: Path, *, limit: int | None = None) -> dict[str, Split]:
                 labels=npz[f"{split}_labels"][:limit].reshape(len(images), -1)[:, 0].astype(np.int64),
             )
     return out
+
+
+def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int | None = None) -> dict[str, Split]:
+    """Splits from a CSV manifest: ``path`` (a DICOM file, relative to the CSV), ``split``
+    (train/val/test) and a column named after the finding with 1, 0 or empty (unknown: skipped).
+
+    Each image goes through the serving chain (header read, eligibility, decode, window, crop,
+    resize), so training sees what serving will. Ineligible or unreadable files are skipped and
+    counted in the log, never fatal.
+    """
+    import csv
+    import logging
+
+    from ..dicom.io import InputFile, read_dataset
+    from ..dicom.pixels import decode_display
+    from ..pipeline import parse_input
+    from ..preprocessing import InputSpec, prepare_frame, window_frame
+
+    logger = logging.getLogger(__name__)
+    spec = InputSpec(size=size, mean=0.0, std=1.0)
+    images: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+    labels: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    skipped = 0
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        split, label = (row.get("split") or "").strip(), (row.get(finding) or "").strip()
+        if split not in images or label not in ("0", "1"):
+            skipped += 1
+            continue
+        if limit is not None and len(images[split]) >= limit:
+            continue
+        file = (path.parent / row["path"]).resolve()
+        parsed = parse_input(InputFile(file.name, file, size=file.stat().st_size if file.exists() else 0))
+        if parsed.instance is None or parsed.eligibility is None or not parsed.eligibility.ok:
+            skipped += 1
+            continue
+        try:
+            dicom = read_dataset(file.read_bytes())
+            image = decode_display(dicom.dataset, parsed.instance, max_pixels=64_000_000)
+        except Exception:  # noqa: BLE001 - a bad training file is skipped and counted
+            skipped += 1
+            continue
+        frame = window_frame(image.frames[0], windowed=image.windowed, invert=image.invert)
+        tensor, _ = prepare_frame(frame, spec)
+        images[split].append(tensor)
+        labels[split].append(int(label))
+    if skipped:
+        logger.warning("manifest: %d row(s) skipped (unknown label, unknown split, ineligible or unreadable)", skipped)
+    out = {}
+    for split in ("train", "val", "test"):
+        if not images[split]:
+            raise ValueError(f"manifest has no usable {split} images")
+        out[split] = Split(images=torch.stack(images[split]), labels=np.asarray(labels[split], dtype=np.int64))
+    return out
+
+
+def load_splits(kind: str, path: Path, *, finding: str, limit: int | None = None) -> dict[str, Split]:
+    if kind == "medmnist_npz":
+        return load_medmnist(path, limit=limit)
+    if kind == "manifest":
+        return load_manifest(path, finding=finding, size=(28, 28), limit=limit)
+    raise ValueError(f"unknown data kind {kind!r}")

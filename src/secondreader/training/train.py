@@ -28,7 +28,7 @@ from ..model.network import build_network
 from ..preprocessing import InputSpec, model_input_transform
 from ..scoring.calibration import calibrated_probability, fit_platt
 from .config import TrainConfig
-from .data import load_medmnist
+from .data import load_splits
 from .metrics import auroc, binary_metrics, threshold_for_sensitivity, youden_threshold
 from .modelcard import write_model_card
 from .plots import reliability_png
@@ -130,7 +130,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     torch.set_num_threads(cfg.schedule.threads)
     set_determinism(seed=cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    splits = load_medmnist(cfg.data.path, limit=cfg.data.limit)
+    splits = load_splits(cfg.data.kind, cfg.data.path, finding=cfg.data.finding, limit=cfg.data.limit)
     train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
     side = int(train_split.images.shape[-1])
     standardised = predict_inputs(train_split.images, InputSpec(size=(side, side), mean=0.0, std=1.0))
@@ -200,7 +200,13 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
 
     # Calibration and operating points: validation split only.
     val_logits = predict_logits(network, val_split.images, spec)
-    a, b = fit_platt(val_logits, val_split.labels)
+    try:
+        a, b = fit_platt(val_logits, val_split.labels)
+    except ValueError as exc:
+        # A model that ranks validation backwards (tiny data, too few epochs) keeps raw sigmoid
+        # probabilities; its card shows the AUROC that says so.
+        logger.warning("Platt scaling failed (%s); keeping uncalibrated probabilities", exc)
+        a, b = 1.0, 0.0
     val_p = calibrated_probability(val_logits, a, b)
     op_cfg = cfg.operating_point
     if op_cfg.method == "youden":
