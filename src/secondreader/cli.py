@@ -47,7 +47,9 @@ def sample_paths() -> list[Path]:
 def _model_dirs(models_dir: Path, names: Sequence[str]) -> list[Path]:
     if names:
         return [models_dir / name for name in names]
-    found = sorted(p.parent.parent for p in models_dir.glob("*/configs/metadata.json"))
+    from .model.card import find_bundles
+
+    found = find_bundles(models_dir)
     if not found:
         raise ModelError(f"no model bundles under {models_dir.name}/ (set SECONDREADER_MODELS_DIR)")
     return found

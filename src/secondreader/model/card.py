@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ModelError
 from ..preprocessing import InputSpec
 
-__all__ = ["FindingSpec", "ModelCard", "SaliencySpec", "load_card"]
+__all__ = ["FindingSpec", "ModelCard", "SaliencySpec", "find_bundles", "load_card"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,3 +153,8 @@ def load_card(bundle_dir: Path) -> ModelCard:
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model bundle {bundle_dir.name}: {exc}") from None
     return card
+
+
+def find_bundles(models_dir: Path) -> list[Path]:
+    """The bundle folders under ``models_dir`` (those with a ``configs/metadata.json``), sorted."""
+    return sorted(p.parent.parent for p in Path(models_dir).glob("*/configs/metadata.json"))

@@ -18,7 +18,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from ..config import default_models_dir
-from ..model.card import ModelCard, load_card
+from ..model.card import ModelCard, find_bundles, load_card
 
 __all__ = ["import_bundle", "import_bundles", "shipped_tag", "store_tag"]
 
@@ -61,7 +61,7 @@ def import_bundle(bundle_dir: Path) -> str:
 
 
 def import_bundles(models_dir: Path) -> list[str]:
-    return [import_bundle(p.parent.parent) for p in sorted(Path(models_dir).glob("*/configs/metadata.json"))]
+    return [import_bundle(bundle) for bundle in find_bundles(models_dir)]
 
 
 if __name__ == "__main__":  # python -m secondreader.service.modelstore [MODELS_DIR]  (before `bentoml build`)
