@@ -33,7 +33,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, pneumonia_predictor) -> It
     home = tmp_path_factory.mktemp("home")
     store = Store(f"sqlite:///{home / 'sr.db'}")
     store.migrate()
-    core = ScreeningService(store, [BatchingPredictor(pneumonia_predictor, max_batch=16, max_wait_ms=20)],
+    core = ScreeningService(store, [BatchingPredictor(pneumonia_predictor, max_batch=16, max_wait_ms=250)],
                             home=home, max_image_pixels=64_000_000, workers=4)
     yield core
     core.close()

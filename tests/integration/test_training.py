@@ -57,6 +57,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(shared_data: Path, tmp_p
     b = torch.load(interrupted.output_dir / "models" / "model.pt", weights_only=True)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # same weights, same version: the same Device UID (it is derived, not random)
+    assert load_card(straight.output_dir).device_uid == load_card(interrupted.output_dir).device_uid
 
 
 def test_resume_refuses_a_changed_config(shared_data: Path, tmp_path: Path) -> None:

@@ -45,3 +45,13 @@ def test_platt_recovers_a_known_calibration() -> None:
 def test_probability_out_of_range_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"probability of pneumonia must be in \[0, 1\]"):
         _finding(1.5)
+
+
+def test_device_uid_is_derived_from_name_version_and_weights() -> None:
+    from secondreader.training.train import device_uid_for
+
+    uid = device_uid_for("cxr-pneumonia", "1.0.0", "ab" * 32)
+    assert uid == device_uid_for("cxr-pneumonia", "1.0.0", "ab" * 32)
+    assert uid.startswith("2.25.") and len(uid) <= 64
+    assert uid != device_uid_for("cxr-pneumonia", "1.0.1", "ab" * 32)
+    assert uid != device_uid_for("cxr-pneumonia", "1.0.0", "cd" * 32)

@@ -12,6 +12,7 @@ import json
 import logging
 import platform
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import pydicom
 import torch
 from monai.transforms import Compose, RandAdjustContrast, RandAffine, Randomizable, RandShiftIntensity
 from monai.utils import set_determinism
-from pydicom.uid import generate_uid
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..model.network import build_network
@@ -74,6 +74,14 @@ def _state_dict_bytes(network: torch.nn.Module) -> bytes:
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, buffer)
     return buffer.getvalue()
+
+
+def device_uid_for(name: str, version: str, weights_sha256: str) -> str:
+    """The model's Device UID: a ``2.25.`` UUID-derived UID from its name, version and weights, so
+    it is the same whenever the same weights are produced and changes with every version.
+    (pydicom's ``generate_uid(prefix=None)`` ignores its entropy sources and is random.)"""
+    digest = hashlib.sha256("\n".join(["secondreader", name, version, weights_sha256]).encode()).digest()
+    return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
 
 
 def _checkpoint_path(cfg: TrainConfig) -> Path:
@@ -228,7 +236,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
 
     weights = _state_dict_bytes(network)
     weights_sha256 = hashlib.sha256(weights).hexdigest()
-    device_uid = generate_uid(prefix=None, entropy_srcs=["secondreader", cfg.name, cfg.version, weights_sha256])
+    device_uid = device_uid_for(cfg.name, cfg.version, weights_sha256)
     out = cfg.output_dir
     (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(parents=True, exist_ok=True)
