@@ -1,0 +1,1 @@
+"""First reads: turning report text into per-finding labels."""
