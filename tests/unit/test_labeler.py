@@ -39,6 +39,10 @@ CASES = [
     ("Lungs clear without consolidation; however a nodular opacity is seen at the right apex.", N, P),
     ("Question of a small left lower lobe infiltrate.", U, M),
     ("Masses not identified.", M, N),
+    ("Bibasilar opacities likely atelectasis; pneumonia not entirely excluded.", U, M),
+    ("No change in the left upper lobe mass.", M, P),
+    ("There is no consolidation to suggest pneumonia.", N, M),
+    ("Heart is enlarged without consolidation.", N, M),
 ]
 
 

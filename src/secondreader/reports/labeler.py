@@ -44,7 +44,9 @@ _UNCERTAIN_BEFORE = (
 )
 _UNCERTAIN_AFTER = ("cannot be excluded", "can not be excluded", "is not excluded", "not excluded",
                     "is possible", "is suspected", "is questioned", "versus", "vs", "may be present",
-                    "may represent", "could represent", "might represent", "may reflect", "may be")
+                    "may represent", "could represent", "might represent", "may reflect", "may be",
+                    "not entirely excluded", "not completely excluded", "not totally excluded",
+                    "cannot be entirely excluded", "cannot be completely excluded")
 _NEGATION_BEFORE = (
     "no", "not", "without", "negative for", "no evidence of", "no sign of", "no signs of", "free of",
     "clear of", "absence of", "resolution of", "resolved", "ruled out", "rules out", "interval resolution of",
@@ -100,8 +102,13 @@ def _scope_after(sentence: str, end: int) -> str:
     return after[: match.start()] if match else after
 
 
+#: NegEx pseudo-negations: a negation word that does not negate what follows ("no change in the mass").
+_PSEUDO_NEGATION = re.compile(r"\b(no|without)\s+(interval\s+|significant\s+|definite\s+)?"
+                              r"(change|changes|increase|decrease|growth|progression)\b|\bnot\s+only\b")
+
+
 def _classify(sentence: str, start: int, end: int) -> Label:
-    before = _scope_before(sentence, start)
+    before = _PSEUDO_NEGATION.sub(" stable ", _scope_before(sentence, start))
     after = _scope_after(sentence, end)
     if _cue(before, _UNCERTAIN_BEFORE, at_end=True) or _cue(after, _UNCERTAIN_AFTER, at_end=False):
         return Label.UNCERTAIN
