@@ -34,8 +34,8 @@ from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult
 from .scoring.calibration import calibrated_probability
 from .scoring.priority import FindingResult, Priority, Route, StudyStatus, prioritise
 
-__all__ = ["ParsedInput", "ScreeningOptions", "parse_input", "run_study", "screen_inputs", "screen_paths",
-           "screen_pixels"]
+__all__ = ["ParsedInput", "ScreeningOptions", "display_frames", "parse_input", "run_study", "screen_inputs",
+           "screen_paths", "screen_pixels"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,18 @@ def _decode_frames(parsed: ParsedInput, max_pixels: int) -> list[_Frame]:
                dataset=dicom.dataset if index == 0 else None)
         for index, frame in enumerate(image.frames)
     ]
+
+
+def display_frames(parsed: ParsedInput, *, max_pixels: int) -> list[np.ndarray]:
+    """Decode and window one eligible parsed input, as screening does (steps 1–2): float32 frames
+    (rows, cols) in [0, 1], bright bone. Training from DICOM uses this too.
+
+    Raises
+    ------
+    SecondReaderError, OSError
+        When the file cannot be read or decoded.
+    """
+    return [window_frame(f.display, windowed=f.windowed, invert=f.invert) for f in _decode_frames(parsed, max_pixels)]
 
 
 def _prepare(frames: list[_Frame], predictors: Sequence[Predictor]) -> list[tuple[torch.Tensor, list[GeometryRecord]]]:

@@ -48,10 +48,10 @@ def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int
     import csv
     import logging
 
-    from ..dicom.io import InputFile, read_dataset
-    from ..dicom.pixels import decode_display
-    from ..pipeline import parse_input
-    from ..preprocessing import InputSpec, prepare_frame, window_frame
+    from ..dicom.io import InputFile
+    from ..errors import SecondReaderError
+    from ..pipeline import display_frames, parse_input
+    from ..preprocessing import InputSpec, prepare_frame
 
     logger = logging.getLogger(__name__)
     spec = InputSpec(size=size, mean=0.0, std=1.0)
@@ -73,12 +73,10 @@ def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int
             skipped += 1
             continue
         try:
-            dicom = read_dataset(file.read_bytes())
-            image = decode_display(dicom.dataset, parsed.instance, max_pixels=64_000_000)
-        except Exception:  # noqa: BLE001 - a bad training file is skipped and counted
+            frame = display_frames(parsed, max_pixels=64_000_000)[0]
+        except (SecondReaderError, OSError):
             skipped += 1
             continue
-        frame = window_frame(image.frames[0], windowed=image.windowed, invert=image.invert)
         tensor, _ = prepare_frame(frame, spec)
         images[split].append(tensor)
         labels[split].append(int(label))
