@@ -143,9 +143,11 @@ class ScreeningService:
             logger.info("resumed %d unfinished job(s)", len(jobs))
         return len(jobs)
 
-    def _enqueue(self, job_id: str) -> None:
+    def _enqueue(self, job_id: str, *, waited_on: bool = True) -> None:
+        """Queue a job; ``waited_on`` jobs (HTTP uploads) get an event :meth:`wait` can block on."""
         with self._lock:
-            self._events.setdefault(job_id, threading.Event())
+            if waited_on:
+                self._events.setdefault(job_id, threading.Event())
             self._queued += 1
             metrics.queue_depth(self._queued)
         self._executor.submit(self._run_job, job_id)
@@ -155,10 +157,10 @@ class ScreeningService:
         with self._lock:
             self._queued -= 1
             metrics.queue_depth(self._queued)
-        job = self.store.get_job(job_id)
-        if job is None:
-            return
         try:
+            job = self.store.get_job(job_id)
+            if job is None:
+                return
             self.store.set_job(job_id, "running")
             study_uids: list[str] = []
             unreadable: list[dict[str, Any]] = []
@@ -185,8 +187,9 @@ class ScreeningService:
                 logger.error("job %s: could not record the failure", job_id[:8])
         finally:
             with self._lock:
-                event = self._events.setdefault(job_id, threading.Event())
-            event.set()
+                event = self._events.pop(job_id, None)  # waiters hold their own reference
+            if event is not None:
+                event.set()
 
     # -- reading ------------------------------------------------------------------------------
     def wait(self, job_id: str, timeout: float) -> JobRecord | None:
@@ -195,9 +198,6 @@ class ScreeningService:
             event = self._events.get(job_id)
         if event is not None:
             event.wait(timeout=max(0.0, timeout))
-            with self._lock:
-                if event.is_set():
-                    self._events.pop(job_id, None)
         return self.store.get_job(job_id)
 
     def job_view(self, job: JobRecord) -> dict[str, Any]:
@@ -245,7 +245,7 @@ class ScreeningService:
                     for study_uid, spool_dir in self.store.stable_studies(stable_seconds):
                         job_id = self.store.create_job(Path(spool_dir))
                         self.store.mark_study_queued(study_uid, job_id)
-                        self._enqueue(job_id)
+                        self._enqueue(job_id, waited_on=False)
                     if self.pacs_destination:
                         self.deliver_due()
                 except Exception as exc:  # noqa: BLE001 - the loop must outlive a store outage
