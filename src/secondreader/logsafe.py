@@ -81,7 +81,8 @@ def configure_logging(level: str = "INFO") -> None:
                 }
             },
             "root": {"level": level, "handlers": ["stderr"]},
-            "loggers": {"pydicom": {"level": "CRITICAL"}},
+            "loggers": {"pydicom": {"level": "CRITICAL"}, "highdicom": {"level": "WARNING"},
+                        "pynetdicom": {"level": "WARNING"}},
         }
     )
     logging.captureWarnings(True)
