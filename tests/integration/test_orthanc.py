@@ -43,9 +43,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pneumonia_predictor) -> Iter
     received_at: list[float] = []
     core_holder: list[ScreeningService] = []
 
-    def receive(data: bytes, study: str, sop: str, calling: str) -> bool:
+    def receive(data: bytes, ds: pydicom.Dataset, calling: str) -> bool:
         received_at.append(time.monotonic())
-        return core_holder[0].receive(data, study, sop, calling)
+        return core_holder[0].receive(data, ds, calling)
 
     receiver = start_receiver("127.0.0.1", 0, "SECONDREADER", ["ORTHANC"], receive)
     orthanc = Orthanc(tmp_path_factory.mktemp("orthanc"),

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, VerificationPresentationContexts, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -21,8 +22,8 @@ __all__ = ["Receiver", "start_receiver"]
 
 logger = logging.getLogger(__name__)
 
-#: ``receive(part10_bytes, study_uid, sop_uid, calling_ae) -> bool`` (False: already had it).
-Receive = Callable[[bytes, str, str, str], bool]
+#: ``receive(part10_bytes, dataset, calling_ae) -> bool`` (False: already had it, or not to screen).
+Receive = Callable[[bytes, Dataset, str], bool]
 
 _TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
@@ -35,14 +36,13 @@ _TRANSFER_SYNTAXES = [
 def _handle_store(event: Any, receive: Receive) -> int:
     try:
         ds = event.dataset
-        study_uid = str(ds.StudyInstanceUID)
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        ds.StudyInstanceUID, ds.SOPInstanceUID  # noqa: B018 - both must be readable
         data = bytes(event.encoded_dataset())
     except (AttributeError, ValueError, TypeError, KeyError, EOFError):
         logger.warning("C-STORE refused: the dataset cannot be read")
         return CANNOT_UNDERSTAND
     try:
-        receive(data, study_uid, sop_uid, str(event.assoc.requestor.ae_title))
+        receive(data, ds, str(event.assoc.requestor.ae_title))
     except (OSError, InfrastructureError) as exc:
         logger.error("C-STORE answered Out of Resources: %s", type(exc).__name__)
         return OUT_OF_RESOURCES

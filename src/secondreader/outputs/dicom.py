@@ -29,7 +29,7 @@ from ..errors import OutputEncodingError
 from ..explain.regions import Region
 from ..scoring.priority import FindingResult, Priority
 from .overlay import BANNER, render_overlay
-from .provenance import Provenance, output_uid, sanitised_source
+from .provenance import MANUFACTURER, Provenance, output_uid, sanitised_source
 
 __all__ = ["FINDING_CODES", "RegionOutput", "build_outputs"]
 
@@ -120,7 +120,7 @@ def _secondary_capture(src: Dataset, display: np.ndarray, heats: dict[str, np.nd
         src, rgb, "RGB", 8, "PATIENT",
         series_instance_uid=output_uid("sc", study, provenance.models, level="series"),
         series_number=number, sop_instance_uid=output_uid("sc", sop, provenance.models), instance_number=1,
-        manufacturer="secondreader", patient_orientation=_orientation(src),
+        manufacturer=MANUFACTURER, patient_orientation=_orientation(src),
         contributing_equipment=provenance.contributing_equipment(),
     )
     sc.Laterality = ""
@@ -149,7 +149,7 @@ def _segmentation(src: Dataset, heats: dict[str, np.ndarray], provenance: Proven
         segment_descriptions=descriptions,
         series_instance_uid=output_uid("seg", study, provenance.models, level="series"), series_number=number,
         sop_instance_uid=output_uid("seg", sop, provenance.models), instance_number=1,
-        manufacturer="secondreader", manufacturer_model_name=provenance.name[:64],
+        manufacturer=MANUFACTURER, manufacturer_model_name=provenance.name[:64],
         software_versions=provenance.version, device_serial_number=provenance.device_uid[:64],
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY, max_fractional_value=255,
         omit_empty_frames=False, content_label="AI_HEATMAP",
@@ -204,7 +204,7 @@ def _report(src: Dataset, findings: Sequence[FindingResult], regions: Sequence[R
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=provenance.device_uid, name=provenance.name[:64], manufacturer_name="secondreader",
+                uid=provenance.device_uid, name=provenance.name[:64], manufacturer_name=MANUFACTURER,
                 model_name=provenance.version[:64],
             ),
         )
@@ -216,7 +216,7 @@ def _report(src: Dataset, findings: Sequence[FindingResult], regions: Sequence[R
         evidence=[src], content=report,
         series_instance_uid=output_uid("sr", study, provenance.models, level="series"), series_number=number,
         sop_instance_uid=output_uid("sr", sop, provenance.models), instance_number=1,
-        manufacturer="secondreader", is_complete=True, is_final=False, is_verified=False,
+        manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         series_description=provenance.series("sr")[1],
     )
     sr.ContributingEquipmentSequence = provenance.contributing_equipment()

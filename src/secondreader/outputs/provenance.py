@@ -23,11 +23,19 @@ from pydicom.valuerep import validate_value
 from .. import __version__
 from ..model.card import ModelCard
 
-__all__ = ["OUTPUT_TYPES", "Provenance", "SeriesSettings", "output_uid", "sanitised_source"]
+__all__ = ["MANUFACTURER", "OUTPUT_TYPES", "Provenance", "SeriesSettings", "is_own_result", "output_uid",
+           "sanitised_source"]
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("sc", "seg", "sr")
+#: The Manufacturer of every object secondreader writes; how its own results are recognised.
+MANUFACTURER = "secondreader"
+
+
+def is_own_result(ds: Dataset) -> bool:
+    """Whether ``ds`` is one of secondreader's own outputs (coming back from a PACS)."""
+    return str(ds.get("Manufacturer", "") or "") == MANUFACTURER
 _KIND_NAMES = {"sc": "overlay", "seg": "heatmap SEG", "sr": "report"}
 
 
@@ -84,7 +92,7 @@ class Provenance:
 
     def contributing_equipment(self) -> list[hd.ContributingEquipment]:
         return [hd.ContributingEquipment(
-            manufacturer="secondreader", purpose_of_reference=codes.DCM.ProcessingEquipment,
+            manufacturer=MANUFACTURER, purpose_of_reference=codes.DCM.ProcessingEquipment,
             manufacturer_model_name=self.name[:64], software_versions=f"{__version__} {self.version}",
             device_serial_number=self.device_uid[:64],
         )]

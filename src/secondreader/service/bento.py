@@ -62,9 +62,10 @@ class SecondReader:
         set_secret(settings.resolved_secret())
         store = Store(settings.resolved_database_url())
         store.migrate()
-        # Bundles of SECONDREADER_MODELS_DIR go into the model store (a no-op when already there)
-        # and every model is loaded from its store path. The class attribute makes `bentoml build`
-        # pack the shipped bundle into the bento.
+        # `secondreader serve` imports the bundles of SECONDREADER_MODELS_DIR into the model store
+        # before BentoML starts (BentoML checks class-level model references at start-up); here the
+        # import is a no-op check that also covers other bundles in that folder. Every model is
+        # loaded from its store path; the class attribute makes `bentoml build` carry the bundle.
         predictors = []
         for tag in import_bundles(Path(settings.models_dir)):
             predictor = TorchPredictor(load_card(Path(bentoml.models.get(tag).path)), device=settings.device)

@@ -14,7 +14,6 @@ import re
 import shutil
 import threading
 import uuid
-import warnings
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from ..errors import InvalidInputError
 from ..logsafe import study_key
 from ..model.predictor import Predictor
-from ..outputs.provenance import SeriesSettings
+from ..outputs.provenance import SeriesSettings, is_own_result
 from ..pipeline import ScreeningOptions, screen_paths
 from ..store import JobRecord, Store
 from . import metrics
@@ -219,11 +220,13 @@ class ScreeningService:
         return path if path.is_file() else None
 
     # -- DICOM in, results out ---------------------------------------------------------------
-    def receive(self, data: bytes, study_uid: str, sop_uid: str, calling_ae: str = "") -> bool:
-        """A C-STORE'd (or STOW-RS'd) instance: spool it with fsync, then record it. Returns False
-        for an instance already received, and for secondreader's own results coming back."""
-        if _is_own_result(data):
+    def receive(self, data: bytes, ds: Dataset, calling_ae: str = "") -> bool:
+        """A C-STORE'd (or STOW-RS'd) instance, ``data`` its Part 10 bytes and ``ds`` their parsed
+        header: spool it with fsync, then record it. Returns False for an instance already received,
+        and for secondreader's own results coming back."""
+        if is_own_result(ds):
             return False
+        study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
         study_dir = self.spool / "inbound" / _digest(study_uid)
         study_dir.mkdir(parents=True, exist_ok=True)
         target = study_dir / f"{_digest(sop_uid)}.dcm"
@@ -289,21 +292,6 @@ class ScreeningService:
 
 def _digest(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:32]
-
-
-def _is_own_result(data: bytes) -> bool:
-    """secondreader's own SC/SEG/SR coming back from the PACS (never screened again)."""
-    import io
-
-    import pydicom
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-            return str(ds.get("Manufacturer", "")) == "secondreader"
-    except Exception:  # noqa: BLE001 - unreadable here means "not ours"; the pipeline will judge it
-        return False
 
 
 def _fsync_dir(path: Path) -> None:

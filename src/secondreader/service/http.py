@@ -165,12 +165,13 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
             try:
                 dicom = read_dataset(part)
                 ds = dicom.dataset
-                sop_class, sop, study = str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+                sop_class, sop = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+                ds.StudyInstanceUID  # noqa: B018 - must be readable
             except (SecondReaderError, AttributeError):
                 failed.append({"00081197": {"vr": "US", "Value": [0xC000]}})
                 continue
             try:
-                await asyncio.to_thread(service.receive, part, study, sop, "STOW-RS")
+                await asyncio.to_thread(service.receive, part, ds, "STOW-RS")
             except InfrastructureError:
                 failed.append({"00081150": {"vr": "UI", "Value": [sop_class]},
                                "00081155": {"vr": "UI", "Value": [sop]}, "00081197": {"vr": "US", "Value": [0xA700]}})

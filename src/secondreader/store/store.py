@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -160,7 +160,8 @@ class Store:
 
     def results_count(self, study_uid: str) -> int:
         with self._session("count results") as s:
-            return len(list(s.scalars(select(Result.id).where(Result.study_instance_uid == study_uid))))
+            count = s.scalar(select(func.count(Result.id)).where(Result.study_instance_uid == study_uid))
+            return int(count or 0)
 
 
     # -- received instances and the outbox ------------------------------------------------------
