@@ -85,6 +85,11 @@ class StudyResult:
     dicom: list[str] = field(default_factory=list)
     timing_ms: dict[str, float] = field(default_factory=dict)
     source: str | None = None  # only for results without a study UID
+    #: From the instances' headers, to match first reads; never in ``to_json`` (see CxrInstance).
+    accession_number: str | None = field(default=None, repr=False)
+    #: Where each screened instance's bytes are: SOP Instance UID → (file, zip member or None).
+    #: For the service (viewer, training export); never in ``to_json``.
+    files: dict[str, tuple[str, str | None]] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -8,7 +8,7 @@ to a yes/no "described as chest" flag on the way in.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -78,6 +78,9 @@ class CxrInstance:
     pixel_representation: int | None
     pixel_spacing_mm: tuple[float, float] | None
     has_pixel_data: bool
+    #: The order's identifier, to match a first-read report to its images. Not patient data, but
+    #: an identifier all the same: kept out of ``repr``, logs and result JSON.
+    accession_number: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_dataset(cls, ds: Dataset, *, pixel_data_truncated: bool = False) -> CxrInstance:
@@ -132,4 +135,5 @@ class CxrInstance:
             pixel_spacing_mm=_spacing(ds),
             has_pixel_data=pixel_data_truncated
             or any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
+            accession_number=_text(ds, "AccessionNumber"),
         )
