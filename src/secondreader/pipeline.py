@@ -27,7 +27,7 @@ from .explain.regions import Region, extract_regions
 from .logsafe import study_key
 from .model.predictor import Predictor
 from .outputs.dicom import RegionOutput, build_outputs
-from .outputs.overlay import render_overlay, write_png
+from .outputs.overlay import render_layer, render_overlay, write_png
 from .outputs.provenance import Provenance, SeriesSettings
 from .preprocessing import GeometryRecord, prepare_frame, window_frame
 from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult
@@ -204,6 +204,9 @@ def _write_overlays(study_uid: str, frames: list[_Frame], regions: list[RegionRe
             relative = Path(study_uid) / frame.sop_instance_uid / name
             title = f"{code} p={frame.probabilities.get(code, 0.0):.2f}"
             write_png(render_overlay(frame.display, heat, mine, title=title), out_dir / relative)
+            # The same heat as a transparent layer for the viewer's toggleable overlay (not listed
+            # in the result: it is served beside the PNG, at <finding>.layer.png).
+            write_png(render_layer(heat), out_dir / relative.with_suffix(".layer.png"))
             written.append(relative.as_posix())
     return written
 
@@ -248,6 +251,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
     instances: list[InstanceResult] = []
     frames: list[_Frame] = []
     handled: set[str] = set()  # SOP Instance UIDs already screened or refused
+    files: dict[str, tuple[str, str | None]] = {}
     for parsed in members:
         inst = parsed.instance
         assert inst is not None and parsed.eligibility is not None
@@ -280,6 +284,8 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
         frames.extend(decoded)
         handled.add(sop)
         instances.append(InstanceResult(parsed.source, sop, InstanceStatus.SCREENED))
+        if parsed.input is not None:
+            files[sop] = (str(parsed.input.path), parsed.input.member)
 
     findings: list[FindingResult] = []
     regions: list[RegionResult] = []
@@ -341,6 +347,9 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
         heatmaps=heatmaps,
         dicom=dicom_files,
         timing_ms=timing,
+        files=files if status is StudyStatus.SCREENED else {},
+        accession_number=next((m.instance.accession_number for m in members
+                               if m.instance is not None and m.instance.accession_number), None),
     )
     logger.info("study %s %s score=%d route=%s rule=%s instances=%d total_ms=%.0f",
                 study_key(study_uid), status.value, result.priority.score, result.priority.route.value,

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..errors import OutputEncodingError
 from ..explain.regions import Region
 
-__all__ = ["BANNER", "heat_colormap", "render_overlay", "write_png"]
+__all__ = ["BANNER", "heat_colormap", "render_layer", "render_overlay", "write_png"]
 
 BANNER = "AI result — second reader — not for primary diagnosis"
 MAX_SIDE = 1024
@@ -60,7 +60,7 @@ def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Regi
         heat_img = heat_img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     grey = np.repeat(np.asarray(grey8, dtype=np.float32)[..., None], 3, axis=-1)
     heat = np.asarray(heat_img, dtype=np.float32)
-    alpha = np.clip((heat - 0.2) / 0.6, 0.0, 1.0)[..., None] * 0.55
+    alpha = _alpha(heat)[..., None] * 0.55
     rgb = (grey * (1 - alpha) + heat_colormap(heat).astype(np.float32) * alpha).astype(np.uint8)
     image = Image.fromarray(rgb, mode="RGB")
     draw = ImageDraw.Draw(image)
@@ -76,6 +76,36 @@ def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Regi
 
 
 _FONT = ImageFont.load_default()
+
+
+def _alpha(heat: np.ndarray) -> np.ndarray:
+    """Opacity of the heat colour: none below 0.2, full from 0.8 (float, same shape as ``heat``)."""
+    alpha: np.ndarray = np.clip((heat - 0.2) / 0.6, 0.0, 1.0)
+    return alpha
+
+
+def render_layer(heat: np.ndarray) -> Image.Image:
+    """The heatmap alone as a transparent colour layer, for viewers that blend it themselves.
+
+    ``heat``: float (rows, cols) in [0, 1] on the source pixel grid. Returns an RGBA image covering
+    exactly that grid, reduced uniformly to at most ``MAX_SIDE`` pixels a side (a viewer stretches
+    it over the image's full rows x columns, so pixel (r, c) of the source maps to
+    (r * h / rows, c * w / cols) of the layer). Colour from :func:`heat_colormap`, alpha rising
+    from 0 (heat 0.2 and below) to 255 (heat 0.8 and above); the viewer's opacity slider scales it.
+    """
+    if heat.ndim != 2 or heat.size == 0:
+        raise ValueError(f"heat must be a non-empty 2-D array, got shape {heat.shape}")
+    rows, cols = heat.shape
+    scale = min(1.0, MAX_SIDE / max(rows, cols))
+    heat_img = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32), mode="F")
+    if scale < 1.0:
+        heat_img = heat_img.resize((max(1, round(cols * scale)), max(1, round(rows * scale))),
+                                   Image.Resampling.BILINEAR)
+    small = np.asarray(heat_img, dtype=np.float32)
+    rgba = np.empty(small.shape + (4,), dtype=np.uint8)
+    rgba[..., :3] = heat_colormap(small)
+    rgba[..., 3] = (_alpha(small) * 255.0 + 0.5).astype(np.uint8)
+    return Image.fromarray(rgba, mode="RGBA")
 
 
 def _legend(image: Image.Image, draw: ImageDraw.ImageDraw) -> None:

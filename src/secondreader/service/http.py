@@ -146,6 +146,16 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
             return _error(404, "not found", "no heatmap for this instance and finding")
         return FileResponse(path, media_type="image/png")
 
+    async def heatmap_layer(request: Request) -> Response:
+        """The heatmap alone as a transparent RGBA layer over the source grid (the viewer's overlay)."""
+        uid, sop, finding = (request.path_params[k] for k in ("study_uid", "sop_uid", "finding"))
+        if not (_UID.fullmatch(uid) and _UID.fullmatch(sop) and _FINDING.fullmatch(finding)):
+            return _error(400, "bad request", "UIDs must be DICOM UIDs and the finding a finding code")
+        path = get_service().heatmap(uid, sop, f"{finding}.layer")
+        if path is None:
+            return _error(404, "not found", "no heatmap layer for this instance and finding")
+        return FileResponse(path, media_type="image/png")
+
     async def stow(request: Request) -> Response:
         """STOW-RS: multipart/related DICOM parts into the same spool and store as the receiver."""
         limit = max_upload_bytes()
@@ -196,6 +206,8 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         Route("/screen", screen, methods=["POST"]),
         Route("/jobs/{job_id}", job, methods=["GET"]),
         Route("/studies/{study_uid}", study, methods=["GET"]),
+        # Before the overlay route, whose {finding} would also match "pneumonia.layer".
+        Route("/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.layer.png", heatmap_layer, methods=["GET"]),
         Route("/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.png", heatmap, methods=["GET"]),
         Route("/dicomweb/studies", stow, methods=["POST"]),
     ]
