@@ -9,7 +9,8 @@ only at the boundaries from this hierarchy::
     │   ├── NotDicomError            not a DICOM Part 10 file (no preamble/meta, truncated header)
     │   ├── UnsupportedImageError    DICOM, but pixels we cannot or will not decode
     │   │   └── CorruptPixelDataError    compressed stream or pixel data is broken/truncated
-    │   └── IneligibleStudyError     a valid object that the models are not made for
+    │   ├── IneligibleStudyError     a valid object that the models are not made for
+    │   └── InvalidReportError       a first read (JSON, HL7 v2, FHIR) we cannot use
     ├── ProcessingError              failure on our side
     │   ├── ModelError               model card, weights or inference
     │   └── OutputEncodingError      writing results (PNG, DICOM outputs)
@@ -25,6 +26,7 @@ __all__ = [
     "IneligibleStudyError",
     "InfrastructureError",
     "InvalidInputError",
+    "InvalidReportError",
     "ModelError",
     "NotDicomError",
     "OutputEncodingError",
@@ -58,6 +60,10 @@ class CorruptPixelDataError(UnsupportedImageError):
 
 class IneligibleStudyError(InvalidInputError):
     """The object is valid but outside what the models are made for."""
+
+
+class InvalidReportError(InvalidInputError):
+    """A first read that cannot be used (no study identifier, no text, malformed message)."""
 
 
 class ProcessingError(SecondReaderError):
