@@ -72,8 +72,11 @@ def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
     models_dir = args.models_dir or settings.models_dir
     predictors = [TorchPredictor.from_bundle(d, device=args.device or settings.device)
                   for d in _model_dirs(models_dir, args.model)]
+    from .quarantine import Quarantine
+
     options = ScreeningOptions(predictors=predictors, max_pixels=settings.max_image_pixels, out_dir=args.out,
-                               series=settings.output_series())
+                               series=settings.output_series(),
+                               quarantine=Quarantine(settings.home / "quarantine"), quarantine_channel="cli")
     count = 0
     for result in screen_paths(paths, options):
         count += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -51,6 +51,15 @@ class Settings(BaseSettings):
         64_000_000, description="Largest Rows x Columns x Frames decoded; larger images fail before allocation"
     )
     routing_rules: Path | None = Field(None, description="Routing rules file; default: packaged rules")
+    dicom_max_associations: int = Field(16, ge=1, le=1000,
+                                        description="Concurrent DICOM associations accepted; more are rejected")
+    dicom_tls_cert: Path | None = Field(None, description="PEM certificate: the DICOM receiver speaks TLS only")
+    dicom_tls_key: Path | None = Field(None, description="PEM private key of dicom_tls_cert")
+    dicom_tls_ca: Path | None = Field(None, description="PEM CA bundle: callers must present a certificate it signed")
+    auth_max_failures: int = Field(10, ge=1, description="Failed API-key attempts per client address per window "
+                                   "before it gets 429")
+    auth_window_seconds: float = Field(60.0, gt=0, description="Window of auth_max_failures, and how long a "
+                                       "client address is then refused")
     series_number_sc: int = Field(9901, description="Series Number of the Secondary Capture overlays")
     series_number_seg: int = Field(9902, description="Series Number of the heatmap Segmentations")
     series_number_sr: int = Field(9903, description="Series Number of the TID 1500 reports")
@@ -64,6 +73,14 @@ class Settings(BaseSettings):
         ):
             raise ValueError(f"SECONDREADER_DEVICE must be auto, cpu, cuda or cuda:N, not {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError("SECONDREADER_DICOM_TLS_CERT and SECONDREADER_DICOM_TLS_KEY go together")
+        if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
+            raise ValueError("SECONDREADER_DICOM_TLS_CA needs SECONDREADER_DICOM_TLS_CERT and _KEY")
+        return self
 
     def output_series(self) -> SeriesSettings:
         from .outputs.provenance import SeriesSettings

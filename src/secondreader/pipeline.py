@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from .outputs.dicom import RegionOutput, build_outputs
 from .outputs.overlay import render_layer, render_overlay, write_png
 from .outputs.provenance import Provenance, SeriesSettings
 from .preprocessing import GeometryRecord, prepare_frame, window_frame
+from .quarantine import Quarantine
 from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult
 from .scoring.calibration import calibrated_probability
 from .scoring.priority import FindingResult, Priority, Route, StudyStatus, prioritise
@@ -50,6 +52,9 @@ class ScreeningOptions:
     explain: bool = True
     dicom_outputs: bool = True  # SC, SEG and SR per screened instance, when out_dir is set
     series: SeriesSettings = field(default_factory=SeriesSettings)
+    #: Where the original bytes of failed inputs are kept with their reason (none: not kept).
+    quarantine: Quarantine | None = None
+    quarantine_channel: str = "cli"
 
     def __post_init__(self) -> None:
         if not self.predictors:
@@ -373,11 +378,34 @@ def screen_inputs(items: Iterable[InputFile | InputProblem], options: ScreeningO
         parsed = parse_input(item)
         if parsed.instance is None or parsed.instance.study_instance_uid is None:
             logger.warning("input without a readable study: %s", parsed.error or "no Study Instance UID")
-            yield _unreadable_result(parsed)
+            unreadable = _unreadable_result(parsed)
+            _quarantine_failed(item, unreadable.reason or "unreadable input", options)
+            yield unreadable
             continue
         studies.setdefault(parsed.instance.study_instance_uid, []).append(parsed)
     for study_uid, members in studies.items():
-        yield _run_study_safely(study_uid, members, options)
+        result = _run_study_safely(study_uid, members, options)
+        # run_study answers one instance entry per member, in order.
+        for member, outcome in zip(members, result.instances, strict=False):
+            if outcome.status is InstanceStatus.FAILED and member.input is not None:
+                _quarantine_failed(member.input, outcome.reason or "failed", options)
+        yield result
+
+
+def _quarantine_failed(item: InputFile | InputProblem, reason: str, options: ScreeningOptions) -> None:
+    """Keep the original bytes of a failed input (a file, a zip member, or the zip it was in)."""
+    if options.quarantine is None:
+        return
+    if isinstance(item, InputProblem):
+        if item.origin is not None and item.origin.is_file():
+            options.quarantine.keep(item.origin, reason=reason, channel=options.quarantine_channel, kind="zip")
+        return
+    try:
+        data = item.read()
+    except (OSError, SecondReaderError, zipfile.BadZipFile, RuntimeError, EOFError):
+        return
+    options.quarantine.keep(data, reason=reason, channel=options.quarantine_channel,
+                            kind="zip member" if item.member is not None else "file")
 
 
 def _run_study_safely(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:

@@ -72,23 +72,25 @@ class InputProblem:
 
     source: str
     reason: str
+    #: The file the problem was found in (a zip), when there is one: its bytes are quarantined.
+    origin: Path | None = None
 
 
 def _zip_members(path: Path) -> Iterator[InputFile | InputProblem]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
-        yield InputProblem(path.name, "zip archive is corrupt or truncated")
+        yield InputProblem(path.name, "zip archive is corrupt or truncated", path)
         return
     with archive:
         infos = [info for info in archive.infolist() if not info.is_dir()]
         if len(infos) > MAX_ZIP_MEMBERS:
-            yield InputProblem(path.name, f"zip archive has over {MAX_ZIP_MEMBERS} members")
+            yield InputProblem(path.name, f"zip archive has over {MAX_ZIP_MEMBERS} members", path)
             return
         total = sum(info.file_size for info in infos)
         if total > MAX_ZIP_TOTAL_BYTES:
             yield InputProblem(
-                path.name, f"zip archive unpacks to {total / 1024**3:.1f} GiB, over the limit"
+                path.name, f"zip archive unpacks to {total / 1024**3:.1f} GiB, over the limit", path
             )
             return
         for info in sorted(infos, key=lambda i: i.filename):
@@ -96,10 +98,10 @@ def _zip_members(path: Path) -> Iterator[InputFile | InputProblem]:
             if name.startswith(".") or info.filename.startswith("__MACOSX/"):
                 continue
             if info.compress_size and info.file_size / max(info.compress_size, 1) > MAX_ZIP_RATIO:
-                yield InputProblem(name, "zip member is compressed suspiciously well (zip bomb?)")
+                yield InputProblem(name, "zip member is compressed suspiciously well (zip bomb?)", path)
                 continue
             if info.flag_bits & 0x1:
-                yield InputProblem(name, "zip member is encrypted")
+                yield InputProblem(name, "zip member is encrypted", path)
                 continue
             yield InputFile(source=name, path=path, member=info.filename, size=info.file_size)
 

@@ -2,13 +2,22 @@
 
 The C-STORE handler writes the instance to the spool (fsync) and records it in the store through
 ``receive`` before it answers Success; a full disk or a store failure answers Out of Resources
-(0xA700), never Success. It never runs inference: screening happens when the study is stable.
+(0xA700), never Success. A data set that cannot be read answers Cannot Understand (0xC210) and its
+bytes go to the quarantine with the reason. It never runs inference: screening happens when the
+study is stable.
+
+Optional TLS (DICOM PS3.15 B.1, "The Basic TLS Secure Transport Connection Profile"): pass an
+``ssl.SSLContext`` built by :func:`server_ssl_context`; with a CA, callers must present a
+certificate that CA signed. ``max_associations`` bounds the concurrent associations (more are
+rejected, transiently, by pynetdicom: "local limit exceeded").
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -16,9 +25,10 @@ from pynetdicom import AE, AllStoragePresentationContexts, VerificationPresentat
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..errors import InfrastructureError
+from ..quarantine import Quarantine
 from .status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
 
-__all__ = ["Receiver", "start_receiver"]
+__all__ = ["Receiver", "server_ssl_context", "start_receiver"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +43,21 @@ _TRANSFER_SYNTAXES = [
 ]
 
 
-def _handle_store(event: Any, receive: Receive) -> int:
+def _handle_store(event: Any, receive: Receive, quarantine: Quarantine | None = None) -> int:
     try:
         ds = event.dataset
         ds.StudyInstanceUID, ds.SOPInstanceUID  # noqa: B018 - both must be readable
         data = bytes(event.encoded_dataset())
-    except (AttributeError, ValueError, TypeError, KeyError, EOFError):
-        logger.warning("C-STORE refused: the dataset cannot be read")
+    except (AttributeError, ValueError, TypeError, KeyError, EOFError, OverflowError, NotImplementedError) as exc:
+        reason = ("the C-STORE data set lacks its Study or SOP Instance UID" if isinstance(exc, AttributeError)
+                  else "the C-STORE data set cannot be decoded")
+        logger.warning("C-STORE refused: %s", reason)
+        if quarantine is not None:
+            try:
+                raw = event.request.DataSet.getvalue()
+            except AttributeError:
+                raw = b""
+            quarantine.keep(raw, reason=reason, channel="dicom", kind="dataset")
         return CANNOT_UNDERSTAND
     try:
         receive(data, ds, str(event.assoc.requestor.ae_title))
@@ -64,8 +82,36 @@ class Receiver:
         self.server.shutdown()
 
 
-def start_receiver(host: str, port: int, ae_title: str, allowed_aes: Sequence[str], receive: Receive) -> Receiver:
+def server_ssl_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLContext:
+    """A TLS server context (TLS 1.2 or newer) from a PEM certificate and key; with ``ca``, callers
+    must present a certificate signed by it (mutual TLS).
+
+    Raises
+    ------
+    ValueError
+        When a file is missing or the certificate and key do not belong together.
+    """
+    for name, path in (("certificate", cert), ("key", key), ("CA", ca)):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"DICOM TLS {name} file does not exist")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        if ca is not None:
+            context.load_verify_locations(cafile=str(ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+    except ssl.SSLError:
+        raise ValueError("DICOM TLS certificate, key or CA cannot be loaded (PEM expected, key must match)") from None
+    return context
+
+
+def start_receiver(host: str, port: int, ae_title: str, allowed_aes: Sequence[str], receive: Receive, *,
+                   max_associations: int = 16, ssl_context: ssl.SSLContext | None = None,
+                   quarantine: Quarantine | None = None) -> Receiver:
     """Start the SCP in background threads (``port`` 0 picks a free one)."""
+    if max_associations < 1:
+        raise ValueError(f"max_associations must be at least 1, not {max_associations}")
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -73,13 +119,14 @@ def start_receiver(host: str, port: int, ae_title: str, allowed_aes: Sequence[st
     allowed = [a for a in allowed_aes if a and a != "*"]
     if allowed:
         ae.require_calling_aet = allowed
-    ae.maximum_associations = 16
+    ae.maximum_associations = max_associations
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(str(context.abstract_syntax), _TRANSFER_SYNTAXES)
     for context in VerificationPresentationContexts:
         ae.add_supported_context(str(context.abstract_syntax))
-    handlers: Any = [(evt.EVT_C_STORE, _handle_store, [receive])]
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    handlers: Any = [(evt.EVT_C_STORE, _handle_store, [receive, quarantine])]
+    server = ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
     assert server is not None
-    logger.info("DICOM receiver %s listening on port %d", ae_title, server.server_address[1])
+    logger.info("DICOM receiver %s listening on port %d%s (at most %d associations)", ae_title,
+                server.server_address[1], " with TLS" if ssl_context is not None else "", max_associations)
     return Receiver(server, ae)

@@ -1,17 +1,27 @@
-"""API keys (``Authorization: Bearer KEY``) on every route but health and metrics.
+"""API keys (``Authorization: Bearer KEY``) on every route but health and metrics, with a limit on
+failed attempts per client address.
 
 An ASGI middleware, so it covers BentoML's own routes and the mounted apps alike, and refuses
-before the request body is read. Keys are compared in constant time.
+before the request body is read. Keys are compared in constant time (every key is compared, and
+``hmac.compare_digest`` does not stop at the first differing byte). A client address that failed
+``max_failures`` times within ``window_seconds`` gets 429 with ``Retry-After`` for every request
+until the window has passed, whatever key it presents then, so a key cannot be guessed by trying.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["OPEN_PATHS", "ApiKeyMiddleware", "parse_keys"]
+__all__ = ["OPEN_PATHS", "ApiKeyMiddleware", "FailedAuthLimiter", "parse_keys"]
+
+logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
 
@@ -22,10 +32,79 @@ def parse_keys(raw: str | None) -> tuple[str, ...]:
     return tuple(k.strip() for k in (raw or "").split(",") if k.strip())
 
 
+class FailedAuthLimiter:
+    """Failed attempts per client address in a sliding window (bounded memory).
+
+    Parameters
+    ----------
+    max_failures
+        Failures within ``window_seconds`` after which the address is refused.
+    window_seconds
+        The sliding window, and how long an address stays refused after its last failure.
+    max_clients
+        Addresses remembered at most; the least recently seen are forgotten first.
+    clock
+        Monotonic seconds (injectable for tests).
+    """
+
+    def __init__(self, max_failures: int = 10, window_seconds: float = 60.0, *, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_failures < 1:
+            raise ValueError(f"max_failures must be at least 1, not {max_failures}")
+        if window_seconds <= 0:
+            raise ValueError(f"window_seconds must be positive, not {window_seconds}")
+        self.max_failures = max_failures
+        self.window_seconds = window_seconds
+        self.max_clients = max_clients
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float] | None:
+        times = self._failures.get(client)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window_seconds:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+            return None
+        return times
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until ``client`` may try again; 0 when it is not refused."""
+        with self._lock:
+            now = self._clock()
+            times = self._recent(client, now)
+            if times is None or len(times) < self.max_failures:
+                return 0.0
+            return max(0.0, times[-1] + self.window_seconds - now)
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            now = self._clock()
+            times = self._recent(client, now)
+            if times is None:
+                times = deque(maxlen=self.max_failures)
+                self._failures[client] = times
+            times.append(now)
+            self._failures.move_to_end(client)
+            while len(self._failures) > self.max_clients:
+                self._failures.popitem(last=False)
+
+
+def _json(status: int, payload: dict[str, str], extra: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], bytes]:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+    return {"type": "http.response.start", "status": status, "headers": headers}, body
+
+
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: Iterable[str] | Callable[[], Iterable[str]]) -> None:
+    def __init__(self, app: ASGIApp, keys: Iterable[str] | Callable[[], Iterable[str]], *,
+                 limiter: FailedAuthLimiter | None = None) -> None:
         self.app = app
         self._keys = keys
+        self.limiter = limiter if limiter is not None else FailedAuthLimiter()
 
     def _valid(self, presented: bytes) -> bool:
         keys = self._keys() if callable(self._keys) else self._keys
@@ -38,14 +117,25 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or scope.get("path", "") in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        client = (scope.get("client") or ("unknown", 0))[0] or "unknown"
+        wait = self.limiter.retry_after(client)
+        if wait > 0:
+            start, body = _json(429, {"error": "too many requests", "reason": "too many failed API-key attempts "
+                                      "from this address; try again later"},
+                                [(b"retry-after", str(int(wait) + 1).encode())])
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+            return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")
         if scheme.lower() == b"bearer" and token and self._valid(token.strip()):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": "unauthorized", "reason": "a valid API key is required "
-                           "(Authorization: Bearer KEY)"}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-                                (b"content-length", str(len(body)).encode())]})
+        self.limiter.failed(client)
+        if self.limiter.retry_after(client) > 0:
+            logger.warning("API key: too many failed attempts from one client address; refusing it for %.0f s",
+                           self.limiter.window_seconds)
+        start, body = _json(401, {"error": "unauthorized", "reason": "a valid API key is required "
+                                  "(Authorization: Bearer KEY)"}, [(b"www-authenticate", b"Bearer")])
+        await send(start)
         await send({"type": "http.response.body", "body": body})

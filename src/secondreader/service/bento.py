@@ -19,12 +19,13 @@ import bentoml
 with bentoml.importing():
     from secondreader.cli import is_loopback, sample_paths
     from secondreader.config import Settings
-    from secondreader.dicom.scp import start_receiver
+    from secondreader.dicom.scp import server_ssl_context, start_receiver
     from secondreader.logsafe import configure_logging, set_secret
     from secondreader.model.card import load_card
     from secondreader.model.predictor import TorchPredictor
     from secondreader.service import metrics
-    from secondreader.service.auth import ApiKeyMiddleware, parse_keys
+    from secondreader.service.access import install_access_log_filter
+    from secondreader.service.auth import ApiKeyMiddleware, FailedAuthLimiter, parse_keys
     from secondreader.service.batcher import BatchingPredictor
     from secondreader.service.core import ScreeningService, Upload
     from secondreader.service.http import build_app
@@ -59,6 +60,7 @@ class SecondReader:
     def __init__(self) -> None:
         settings = _settings()
         configure_logging(os.environ.get("SECONDREADER_LOG_LEVEL", "INFO"))
+        install_access_log_filter()
         set_secret(settings.resolved_secret())
         store = Store(settings.resolved_database_url())
         store.migrate()
@@ -80,8 +82,11 @@ class SecondReader:
         allowed = [a.strip() for a in settings.dicom_allowed_aes.split(",")]
         if "*" in allowed and not is_loopback(settings.host):
             raise RuntimeError("SECONDREADER_DICOM_ALLOWED_AES must list calling AE titles off loopback")
+        tls = (server_ssl_context(settings.dicom_tls_cert, settings.dicom_tls_key, settings.dicom_tls_ca)
+               if settings.dicom_tls_cert is not None and settings.dicom_tls_key is not None else None)
         self.receiver = start_receiver(settings.host, settings.dicom_port, settings.dicom_ae_title, allowed,
-                                       self.core.receive)
+                                       self.core.receive, max_associations=settings.dicom_max_associations,
+                                       ssl_context=tls, quarantine=self.core.quarantine)
         if os.environ.get("SECONDREADER_SCREEN_SAMPLES") == "1":
             threading.Thread(target=self._screen_samples, daemon=True).start()
 
@@ -102,5 +107,6 @@ class SecondReader:
 
 
 SecondReader.add_asgi_middleware(  # type: ignore[attr-defined]
-    ApiKeyMiddleware, keys=lambda: parse_keys(_settings().api_keys)
+    ApiKeyMiddleware, keys=lambda: parse_keys(_settings().api_keys),
+    limiter=FailedAuthLimiter(_settings().auth_max_failures, _settings().auth_window_seconds),
 )

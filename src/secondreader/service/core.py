@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from ..logsafe import study_key
 from ..model.predictor import Predictor
 from ..outputs.provenance import SeriesSettings, is_own_result
 from ..pipeline import ScreeningOptions, screen_paths
+from ..quarantine import Quarantine
 from ..store import JobRecord, Store
 from . import metrics
 
@@ -91,8 +93,10 @@ class ScreeningService:
         self.artifacts = home / "artifacts"
         self.spool.mkdir(parents=True, exist_ok=True)
         self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.quarantine = Quarantine(home / "quarantine")
         self.options = ScreeningOptions(predictors=self.predictors, max_pixels=max_image_pixels,
-                                        out_dir=self.artifacts, series=series or SeriesSettings())
+                                        out_dir=self.artifacts, series=series or SeriesSettings(),
+                                        quarantine=self.quarantine, quarantine_channel="job")
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="screen")
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -101,6 +105,7 @@ class ScreeningService:
         self.calling_ae = calling_ae
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._blocked: dict[str, float] = {}  # destination -> monotonic time before which it is not retried
         self.ready = True
 
     # -- submitting ---------------------------------------------------------------------------
@@ -117,7 +122,10 @@ class ScreeningService:
         if not uploads:
             raise InvalidInputError("the upload holds no files")
         if not any(has_dicom(u) for u in uploads):
-            raise InvalidInputError("nothing in the upload is DICOM (no Part 10 file, no zip holding one)")
+            reason = "nothing in the upload is DICOM (no Part 10 file, no zip holding one)"
+            for upload in uploads:
+                self.quarantine.keep(upload.data, reason=reason, channel="http", kind="upload")
+            raise InvalidInputError(reason)
         job_dir = self.spool / uuid.uuid4().hex
         for index, upload in enumerate(uploads):
             target = job_dir / f"{index:04d}" / safe_name(upload.name, index)
@@ -264,7 +272,12 @@ class ScreeningService:
         from ..errors import PacsError
 
         sent = 0
+        now = time.monotonic()
         for item_id, path, destination, attempts in self.store.due_outbox():
+            # In order per destination: after a failure nothing later goes to that destination until
+            # the oldest pending item got through (the back-off is per destination, in memory).
+            if self._blocked.get(destination, 0.0) > now:
+                continue
             try:
                 if destination.startswith(("http://", "https://")):
                     send_stow([Path(path)], destination)
@@ -272,7 +285,8 @@ class ScreeningService:
                     send_files([Path(path)], destination, calling_ae=self.calling_ae)
             except (PacsError, OSError, ValueError) as exc:
                 delay = min(60.0, 0.5 * 2 ** attempts)
-                self.store.outbox_done(item_id, sent=False, error=str(exc)[:200], retry_in=delay)
+                self._blocked[destination] = now + delay
+                self.store.outbox_done(item_id, sent=False, error=str(exc)[:200], retry_in=0.0)
                 logger.warning("result delivery failed (attempt %d), retrying in %.1f s", attempts + 1, delay)
                 continue
             self.store.outbox_done(item_id, sent=True)

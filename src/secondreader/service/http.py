@@ -177,7 +177,9 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
                 ds = dicom.dataset
                 sop_class, sop = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
                 ds.StudyInstanceUID  # noqa: B018 - must be readable
-            except (SecondReaderError, AttributeError):
+            except (SecondReaderError, AttributeError) as exc:
+                reason = str(exc) if isinstance(exc, SecondReaderError) else "DICOM header lacks a required UID"
+                await asyncio.to_thread(service.quarantine.keep, part, reason=reason, channel="stow")
                 failed.append({"00081197": {"vr": "US", "Value": [0xC000]}})
                 continue
             try:

@@ -1,0 +1,120 @@
+"""The quarantine: the original bytes of every input that failed, kept with the reason.
+
+``$SECONDREADER_HOME/quarantine/<sha256>.bin`` holds the bytes exactly as they arrived (a file, a
+zip member, a C-STORE'd data set, an HTTP upload); ``<sha256>.json`` next to it says why it failed::
+
+    {"sha256": "...", "size": 1234, "reason": "not a DICOM file: it is a PNG image",
+     "channel": "http", "kind": "file", "first_seen": "2026-...Z", "last_seen": "...", "count": 2}
+
+The sidecar holds no patient data: no file name (a sender may put a patient's name in one), no
+header value, only the reason, which by contract never carries patient data either. Files are named
+by their content hash, so the same bad file sent twice is kept once (``count`` goes up). Nothing is
+written when the quarantine is over its size budget: the failure is still answered and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = ["CHANNELS", "Quarantine"]
+
+logger = logging.getLogger(__name__)
+
+#: Where a quarantined input came from.
+CHANNELS = frozenset({"cli", "http", "stow", "dicom", "job"})
+
+#: Default budget for the quarantine folder (bytes of originals kept).
+DEFAULT_MAX_BYTES = 10 * 1024**3
+
+
+class Quarantine:
+    """A content-addressed folder of failed inputs with their reasons.
+
+    Parameters
+    ----------
+    root
+        The quarantine folder (created on first use).
+    max_bytes
+        Stop keeping new originals once the folder holds this many bytes.
+    """
+
+    def __init__(self, root: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._used: int | None = None
+
+    def _usage(self) -> int:
+        if self._used is None:
+            self._used = sum(p.stat().st_size for p in self.root.glob("*.bin")) if self.root.is_dir() else 0
+        return self._used
+
+    def keep(self, data: bytes | Path, *, reason: str, channel: str, kind: str = "file") -> Path | None:
+        """Keep ``data`` (bytes, or a file to copy) with ``reason``; returns the kept file, or None
+        when it could not be kept (over budget, disk error: logged, never raised)."""
+        if channel not in CHANNELS:
+            raise ValueError(f"channel must be one of {sorted(CHANNELS)}, not {channel!r}")
+        try:
+            payload = data.read_bytes() if isinstance(data, Path) else bytes(data)
+        except OSError as exc:
+            logger.warning("quarantine: the failed input cannot be read (%s)", type(exc).__name__)
+            return None
+        digest = hashlib.sha256(payload).hexdigest()
+        target = self.root / f"{digest}.bin"
+        sidecar = self.root / f"{digest}.json"
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        with self._lock:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    if self._usage() + len(payload) > self.max_bytes:
+                        logger.warning("quarantine is full (%d MiB): a failed input was not kept",
+                                       self.max_bytes // 1024**2)
+                        return None
+                    _write_durably(target, payload)
+                    self._used = self._usage() + len(payload)
+                    meta = {"sha256": digest, "size": len(payload), "reason": reason, "channel": channel,
+                            "kind": kind, "first_seen": now, "last_seen": now, "count": 1}
+                else:
+                    meta = _read_meta(sidecar) or {"sha256": digest, "size": len(payload), "reason": reason,
+                                                   "channel": channel, "kind": kind, "first_seen": now, "count": 0}
+                    count = meta.get("count", 0)
+                    meta["count"] = (count if isinstance(count, int) else 0) + 1
+                    meta["last_seen"] = now
+                    meta["reason"] = reason
+                _write_durably(sidecar, (json.dumps(meta, sort_keys=True) + "\n").encode())
+            except OSError as exc:
+                logger.error("quarantine: could not keep a failed input (%s)", type(exc).__name__)
+                return None
+        logger.info("quarantined input %s (%s)", digest[:12], channel)
+        return target
+
+    def entries(self) -> list[dict[str, object]]:
+        """Every sidecar, oldest first."""
+        found = [m for p in sorted(self.root.glob("*.json")) if (m := _read_meta(p)) is not None]
+        return sorted(found, key=lambda m: str(m.get("first_seen", "")))
+
+
+def _read_meta(path: Path) -> dict[str, object] | None:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
