@@ -19,11 +19,13 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["OPEN_PATHS", "ApiKeyMiddleware", "FailedAuthLimiter", "parse_keys"]
+__all__ = ["OPEN_PATHS", "OPEN_PREFIXES", "ApiKeyMiddleware", "FailedAuthLimiter", "parse_keys"]
 
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+# The viewer's static page and bundle hold no data (it asks /v1 with the key the user enters).
+OPEN_PREFIXES = ("/viewer/",)
 
 ASGIApp = Callable[..., Any]
 
@@ -114,7 +116,8 @@ class ApiKeyMiddleware:
         return ok
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path", "") in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path == "/viewer" or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown", 0))[0] or "unknown"

@@ -31,6 +31,7 @@ with bentoml.importing():
     from secondreader.service.http import build_app
     from secondreader.service.modelstore import import_bundles, shipped_tag
     from secondreader.store import Store
+    from secondreader.viewer import viewer_app
 
 logger = logging.getLogger("secondreader.service")
 
@@ -48,6 +49,7 @@ _RESOURCES = {"gpu": 1}
 
 
 @bentoml.asgi_app(v1, path="/v1")
+@bentoml.asgi_app(viewer_app(), path="/viewer")  # the radiologist's page (static; data from /v1)
 # BentoML's access log prints request paths, which hold study UIDs; uvicorn's access log (path
 # redacted by our logging filter) is kept instead.
 @bentoml.service(name="secondreader", resources=_RESOURCES, workers=1,

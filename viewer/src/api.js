@@ -1,0 +1,105 @@
+// The /v1 API with the API key from sessionStorage in the Authorization header, never in a URL.
+const KEY_NAME = 'secondreader.apiKey';
+
+// The API lives beside the viewer: /viewer/ -> /v1/ (works behind a path prefix too).
+export const API_BASE = new URL('../v1/', window.location.href).href;
+
+export class ApiError extends Error {
+  constructor(status, reason) {
+    super(reason);
+    this.status = status;
+  }
+}
+
+export function getKey() {
+  return window.sessionStorage.getItem(KEY_NAME);
+}
+
+export function setKey(key) {
+  window.sessionStorage.setItem(KEY_NAME, key);
+}
+
+export function clearKey() {
+  window.sessionStorage.removeItem(KEY_NAME);
+}
+
+export function authHeaders() {
+  const key = getKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+let onUnauthorized = () => {};
+export function setUnauthorizedHandler(handler) {
+  onUnauthorized = handler;
+}
+
+async function request(path, { method = 'GET', json, raw = false, key } = {}) {
+  const headers = key ? { Authorization: `Bearer ${key}` } : authHeaders();
+  if (json !== undefined) headers['Content-Type'] = 'application/json';
+  const response = await fetch(new URL(path, API_BASE), {
+    method,
+    headers,
+    body: json === undefined ? undefined : JSON.stringify(json),
+    cache: 'no-store',
+    credentials: 'omit',
+    referrerPolicy: 'no-referrer',
+  });
+  if (response.status === 401) {
+    if (!key) onUnauthorized();
+    throw new ApiError(401, 'the API key was refused');
+  }
+  if (!response.ok) {
+    let reason = `HTTP ${response.status}`;
+    try {
+      const body = await response.json();
+      reason = body.reason || body.error || reason;
+    } catch {
+      // not JSON: keep the status
+    }
+    throw new ApiError(response.status, reason);
+  }
+  return raw ? response : response.json();
+}
+
+export function studyPath(uid) {
+  return `studies/${encodeURIComponent(uid)}`;
+}
+
+export const api = {
+  /** Checks a key without storing it: any answer but 401 means the key is accepted. */
+  async checkKey(key) {
+    try {
+      await request('worklist', { key });
+      return true;
+    } catch (error) {
+      if (error instanceof ApiError && error.status !== 401) return true;
+      if (error instanceof ApiError) return false;
+      throw error;
+    }
+  },
+  worklist({ state = '', route = '' } = {}) {
+    const query = new URLSearchParams();
+    if (state) query.set('state', state);
+    if (route) query.set('route', route);
+    const suffix = query.toString() ? `?${query}` : '';
+    return request(`worklist${suffix}`);
+  },
+  study(uid) {
+    return request(studyPath(uid));
+  },
+  review(uid, { regionId, verdict, reviewer }) {
+    return request(`${studyPath(uid)}/reviews`, {
+      method: 'POST',
+      json: { region_id: regionId, verdict, reviewer },
+    });
+  },
+  async heatmapLayer(uid, sop, finding) {
+    const path = `${studyPath(uid)}/instances/${encodeURIComponent(sop)}/heatmaps/${encodeURIComponent(finding)}.layer.png`;
+    const response = await request(path, { raw: true });
+    return createImageBitmap(await response.blob());
+  },
+  /** The wadouri: image id of an instance (the loader adds the Authorization header). */
+  dicomImageId(uid, sop) {
+    return `wadouri:${new URL(`${studyPath(uid)}/instances/${encodeURIComponent(sop)}/dicom`, API_BASE).href}`;
+  },
+};

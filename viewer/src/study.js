@@ -1,0 +1,318 @@
+// The study view: image + heatmap layer + regions, the first read with the discordant sentence
+// highlighted, and a verdict per region.
+import { api } from './api.js';
+import { VERDICTS, drawLegend, el, findingText, routeBadge, verdictLabel } from './format.js';
+import { ImageView } from './imaging.js';
+
+const REVIEWER_KEY = 'secondreader.reviewer';
+
+/** Finding codes with a heatmap for each SOP Instance UID (frame 1), from artifacts.heatmaps. */
+function heatmapsBySop(result) {
+  const bySop = new Map();
+  for (const path of result.artifacts?.heatmaps || []) {
+    const parts = path.split('/');
+    if (parts.length < 2) continue;
+    const name = parts[parts.length - 1];
+    const match = /^([a-z0-9_-]+)\.png$/.exec(name);
+    if (!match || match[1].includes('-frame')) continue;
+    const sop = parts[parts.length - 2];
+    if (!bySop.has(sop)) bySop.set(sop, []);
+    bySop.get(sop).push(match[1]);
+  }
+  return bySop;
+}
+
+/** Text split into plain runs and marked runs, one per evidence sentence found in it. */
+function markedReport(text, evidence, labels, discordant) {
+  const ranges = [];
+  for (const [code, sentence] of Object.entries(evidence || {})) {
+    if (!sentence) continue;
+    let start = text.indexOf(sentence);
+    if (start < 0) start = text.toLowerCase().indexOf(String(sentence).toLowerCase());
+    if (start < 0) continue;
+    ranges.push({ start, end: start + sentence.length, code });
+  }
+  ranges.sort((x, y) => x.start - y.start);
+  const nodes = [];
+  let at = 0;
+  for (const range of ranges) {
+    if (range.start < at) continue; // overlapping evidence: keep the first
+    if (range.start > at) nodes.push(document.createTextNode(text.slice(at, range.start)));
+    const isDiscordant = discordant.includes(range.code);
+    nodes.push(el('mark', {
+      className: isDiscordant ? 'discordant' : '',
+      text: text.slice(range.start, range.end),
+      attrs: {
+        title: `${range.code}: ${labels?.[range.code] || 'mentioned'}${isDiscordant ? ' — discordant with the AI' : ''}`,
+        'data-finding': range.code,
+      },
+    }));
+    at = range.end;
+  }
+  if (at < text.length) nodes.push(document.createTextNode(text.slice(at)));
+  return nodes;
+}
+
+export class StudyView {
+  constructor() {
+    this.image = new ImageView(document.getElementById('viewport'), document.getElementById('overlay'));
+    this.result = null;
+    this.uid = null;
+    this.sop = null;
+    this.selected = null;
+    this.message = document.getElementById('viewport-message');
+    this.reviewer = document.getElementById('reviewer');
+    this.reviewer.value = window.sessionStorage.getItem(REVIEWER_KEY) || '';
+    this.reviewer.addEventListener('change', () => {
+      window.sessionStorage.setItem(REVIEWER_KEY, this.reviewer.value.trim());
+    });
+    this.toggle = document.getElementById('heat-toggle');
+    this.opacity = document.getElementById('heat-opacity');
+    this.opacityValue = document.getElementById('heat-opacity-value');
+    this.findingSelect = document.getElementById('heat-finding');
+    this.instanceSelect = document.getElementById('instance');
+    this.toggle.addEventListener('change', () => this.applyOverlay());
+    this.opacity.addEventListener('input', () => this.applyOverlay());
+    this.findingSelect.addEventListener('change', () => this.loadLayer());
+    this.instanceSelect.addEventListener('change', () => this.openInstance(this.instanceSelect.value));
+    document.getElementById('reset').addEventListener('click', () => this.image.reset());
+    for (const button of document.querySelectorAll('[data-tool]')) {
+      button.addEventListener('click', () => this.setTool(button.dataset.tool));
+    }
+    drawLegend(document.getElementById('legend-bar'));
+  }
+
+  setTool(name) {
+    this.image.setPrimaryTool(name);
+    for (const button of document.querySelectorAll('[data-tool]')) {
+      button.setAttribute('aria-pressed', String(button.dataset.tool === name));
+    }
+  }
+
+  applyOverlay() {
+    const opacity = Number(this.opacity.value) / 100;
+    this.opacityValue.textContent = `${this.opacity.value}%`;
+    this.image.setOverlay({ visible: this.toggle.checked, opacity });
+  }
+
+  async open(uid) {
+    this.uid = uid;
+    this.selected = null;
+    this.message.textContent = 'Loading…';
+    document.getElementById('review-error').textContent = '';
+    let result;
+    try {
+      result = await api.study(uid);
+    } catch (error) {
+      this.message.textContent = `Could not load the study: ${error.message}`;
+      return;
+    }
+    if (this.uid !== uid) return;
+    this.result = result;
+    this.renderSummary();
+    this.renderFindings();
+    this.renderRegions();
+    this.renderReport();
+    const screened = (result.instances || []).filter((i) => i.status === 'screened' && i.sop_instance_uid);
+    this.instanceSelect.replaceChildren(...screened.map((inst, i) => el('option', {
+      text: `${i + 1} of ${screened.length}`, attrs: { value: inst.sop_instance_uid } })));
+    this.instanceSelect.closest('label').hidden = screened.length < 2;
+    if (!screened.length) {
+      this.message.textContent = `No screened image in this study (${result.status}${result.reason ? `: ${result.reason}` : ''}).`;
+      return;
+    }
+    await this.openInstance(screened[0].sop_instance_uid);
+  }
+
+  async openInstance(sop) {
+    this.sop = sop;
+    const codes = heatmapsBySop(this.result).get(sop) || [];
+    const positives = new Set((this.result.findings || []).filter((f) => f.positive).map((f) => f.code));
+    codes.sort((x, y) => Number(positives.has(y)) - Number(positives.has(x)));
+    this.findingSelect.replaceChildren(...codes.map((code) => el('option', { text: code, attrs: { value: code } })));
+    this.findingSelect.disabled = codes.length < 2;
+    this.image.setLayer(null);
+    this.message.textContent = 'Loading image…';
+    try {
+      await this.image.open(api.dicomImageId(this.uid, sop));
+      this.message.textContent = '';
+    } catch (error) {
+      this.message.textContent = `The image could not be loaded (${error?.status ? `HTTP ${error.status}` : 'decoding failed'}).`;
+    }
+    this.showRegions();
+    await this.loadLayer();
+  }
+
+  async loadLayer() {
+    const code = this.findingSelect.value;
+    if (!code) {
+      this.image.setLayer(null);
+      return;
+    }
+    try {
+      const bitmap = await api.heatmapLayer(this.uid, this.sop, code);
+      if (this.findingSelect.value === code) this.image.setLayer(bitmap);
+    } catch (error) {
+      this.image.setLayer(null);
+    }
+    this.applyOverlay();
+    this.showRegions();
+  }
+
+  showRegions() {
+    this.image.setRegions(
+      (this.result?.regions || []).filter((r) => r.sop_instance_uid === this.sop && (r.frame ?? 1) === 1),
+      this.selected,
+    );
+  }
+
+  renderSummary() {
+    const r = this.result;
+    const priority = r.priority || {};
+    const summary = document.getElementById('study-summary');
+    summary.replaceChildren(
+      el('span', { text: `score ${priority.score ?? 0}` }),
+      routeBadge(priority.route),
+      el('code', { text: priority.rule || '' }),
+      el('span', { text: r.state ? `· ${String(r.state).replaceAll('_', ' ')}` : '' }),
+    );
+  }
+
+  renderFindings() {
+    const list = document.getElementById('findings');
+    const discordant = this.result.first_read?.discordant || [];
+    list.replaceChildren(...(this.result.findings || []).map((f) => el('li', {}, [
+      el('strong', { text: findingText(f) }),
+      el('span', { className: 'muted', text: `  operating point ${f.operating_point ?? '?'} · ${f.model || ''}` }),
+      discordant.includes(f.code) ? el('span', { className: 'badge discordant', text: ' discordant' }) : null,
+    ])));
+    if (!list.children.length) list.append(el('li', { className: 'muted', text: 'No finding.' }));
+  }
+
+  renderRegions() {
+    const list = document.getElementById('regions');
+    const regions = this.result.regions || [];
+    document.getElementById('regions-empty').hidden = regions.length > 0;
+    const reviews = this.result.reviews || [];
+    list.replaceChildren(...regions.map((region) => {
+      const recorded = reviews.filter((r) => r.region_id === region.id);
+      const item = el('li', {
+        className: 'region',
+        attrs: { 'data-region': region.id, 'aria-current': String(region.id === this.selected), tabindex: '-1' },
+      }, [
+        el('div', { className: 'head' }, [
+          el('span', { className: 'id', text: region.id }),
+          el('span', { text: `score ${Number(region.score).toFixed(2)}` }),
+        ]),
+        el('div', { className: 'meta', text: `${region.finding} · rows ${region.bbox[0]}–${region.bbox[2]}, `
+          + `columns ${region.bbox[1]}–${region.bbox[3]}${region.area_mm2 != null ? ` · ${Math.round(region.area_mm2)} mm²` : ''}` }),
+        el('div', { className: 'verdicts', attrs: { role: 'group', 'aria-label': `Verdict for ${region.id}` } },
+          VERDICTS.map((v) => {
+            const button = el('button', { text: v.label, attrs: { type: 'button', 'data-verdict': v.value,
+              title: `${v.label} (${v.key} on the selected region)` } });
+            button.addEventListener('click', (event) => {
+              event.stopPropagation();
+              this.select(region.id);
+              this.record(region.id, v.value);
+            });
+            return button;
+          })),
+        el('ul', { className: 'recorded' }, recorded.map((r) => el('li', {
+          text: `${verdictLabel(r.verdict)} — ${r.reviewer}${r.at ? `, ${new Date(r.at).toLocaleString()}` : ''}`,
+        }))),
+      ]);
+      item.addEventListener('click', () => this.select(region.id));
+      return item;
+    }));
+  }
+
+  renderReport() {
+    const firstRead = this.result.first_read || {};
+    const discordant = firstRead.discordant || [];
+    const status = document.getElementById('first-read-status');
+    const parts = [el('span', { text: `Status: ${firstRead.status || 'none'}` })];
+    for (const code of discordant) {
+      const label = firstRead.labels?.[code] || 'not_mentioned';
+      parts.push(el('span', { className: 'badge discordant',
+        text: `${code}: AI positive, report ${label.replaceAll('_', ' ')}` }));
+    }
+    status.replaceChildren(...parts.flatMap((p, i) => (i ? [document.createTextNode(' '), p] : [p])));
+    const text = firstRead.text || '';
+    document.getElementById('report-text').replaceChildren(
+      ...(text ? markedReport(text, firstRead.evidence, firstRead.labels, discordant) : []));
+  }
+
+  select(regionId) {
+    this.selected = regionId;
+    for (const item of document.querySelectorAll('#regions .region')) {
+      item.setAttribute('aria-current', String(item.dataset.region === regionId));
+    }
+    const region = (this.result?.regions || []).find((r) => r.id === regionId);
+    if (region && region.sop_instance_uid !== this.sop) {
+      this.instanceSelect.value = region.sop_instance_uid;
+      this.openInstance(region.sop_instance_uid);
+      return;
+    }
+    this.showRegions();
+  }
+
+  step(delta) {
+    const regions = this.result?.regions || [];
+    if (!regions.length) return;
+    const index = regions.findIndex((r) => r.id === this.selected);
+    const next = regions[(index + delta + regions.length) % regions.length];
+    this.select(next.id);
+    document.querySelector(`#regions .region[data-region="${CSS.escape(next.id)}"]`)?.scrollIntoView({ block: 'nearest' });
+  }
+
+  async record(regionId, verdict) {
+    const error = document.getElementById('review-error');
+    const reviewer = this.reviewer.value.trim();
+    if (!reviewer) {
+      error.textContent = 'Enter your name as reviewer (top right) before recording a verdict.';
+      this.reviewer.focus();
+      return;
+    }
+    window.sessionStorage.setItem(REVIEWER_KEY, reviewer);
+    error.textContent = '';
+    try {
+      const updated = await api.review(this.uid, { regionId, verdict, reviewer });
+      if (updated && updated.study_instance_uid === this.uid) this.result = updated;
+      else this.result = await api.study(this.uid);
+      this.renderSummary();
+      this.renderRegions();
+      this.renderReport();
+    } catch (failure) {
+      error.textContent = `The verdict was not recorded: ${failure.message}`;
+    }
+  }
+
+  onKey(event) {
+    const key = event.key;
+    if (key === 'w' || key === 'W') this.setTool('WindowLevel');
+    else if (key === 'p' || key === 'P') this.setTool('Pan');
+    else if (key === 'z' || key === 'Z') this.setTool('Zoom');
+    else if (key === '0') this.image.reset();
+    else if (key === '+' || key === '=') this.image.zoomBy(1.25);
+    else if (key === '-') this.image.zoomBy(0.8);
+    else if (key === 'ArrowLeft') this.image.panBy(-20, 0);
+    else if (key === 'ArrowRight') this.image.panBy(20, 0);
+    else if (key === 'ArrowUp') this.image.panBy(0, -20);
+    else if (key === 'ArrowDown') this.image.panBy(0, 20);
+    else if (key === 'h' || key === 'H') {
+      this.toggle.checked = !this.toggle.checked;
+      this.applyOverlay();
+    } else if (key === '[' || key === ']') {
+      const step = key === ']' ? 10 : -10;
+      this.opacity.value = String(Math.max(0, Math.min(100, Number(this.opacity.value) + step)));
+      this.applyOverlay();
+    } else if (key === 'j' || key === 'J') this.step(1);
+    else if (key === 'k' || key === 'K') this.step(-1);
+    else if (['1', '2', '3'].includes(key)) {
+      if (this.selected) this.record(this.selected, VERDICTS[Number(key) - 1].value);
+      else document.getElementById('review-error').textContent = 'Select a region first (J/K or click).';
+    } else return false;
+    event.preventDefault();
+    return true;
+  }
+}
