@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -30,6 +30,10 @@ class Study(Base):
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # worklist (0003)
+    state: Mapped[str] = mapped_column(String(24), default="new", index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    state_since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Instance(Base):
@@ -43,6 +47,9 @@ class Instance(Base):
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # where its bytes are kept (0003): the spooled file, and the member when it came in a zip
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    member: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Result(Base):
@@ -70,6 +77,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # 0003: the worker running it
 
 
 class InboundStudy(Base):
@@ -108,3 +116,83 @@ class Outbox(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- the worklist (0003) ---------------------------------------------------------------------------
+class Finding(Base):
+    """The latest result's findings, one row per finding code (replaced on every new result)."""
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), ForeignKey("studies.study_instance_uid"), index=True)
+    code: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float] = mapped_column(Float)
+    positive: Mapped[bool] = mapped_column(Boolean)
+    operating_point: Mapped[float] = mapped_column(Float)
+    model: Mapped[str] = mapped_column(String(128))
+
+
+class RegionRow(Base):
+    """The latest result's regions (contract 2's ``regions[]``; ``region_id`` is what reviews cite)."""
+
+    __tablename__ = "regions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), ForeignKey("studies.study_instance_uid"), index=True)
+    region_id: Mapped[str] = mapped_column(String(64))
+    finding: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float] = mapped_column(Float)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    frame: Mapped[int] = mapped_column(Integer)
+    bbox: Mapped[list[int]] = mapped_column(JSON)
+    centroid: Mapped[list[float]] = mapped_column(JSON)
+    area_mm2: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class FirstReadRow(Base):
+    """A first read as received (text may hold patient data: it stays here, never in logs).
+    Matched to its study by UID or accession, whichever arrives first."""
+
+    __tablename__ = "first_reads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    source: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Review(Base):
+    """A radiologist's verdict on one region (confirmed_miss, false_positive, already_reported).
+    The region's geometry is copied so the review stays meaningful after a re-screen."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), ForeignKey("studies.study_instance_uid"), index=True)
+    region_id: Mapped[str] = mapped_column(String(64))
+    finding: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(24))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    frame: Mapped[int] = mapped_column(Integer)
+    bbox: Mapped[list[int]] = mapped_column(JSON)
+    model: Mapped[str] = mapped_column(String(128), default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what to which study: ``study_key`` is the pseudonymous key (logsafe), ``actor`` the
+    reviewer's name or the API key's fingerprint; ``detail`` holds no patient data."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    study_key: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

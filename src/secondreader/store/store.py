@@ -9,23 +9,23 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import and_, create_engine, event, func, or_, select, update
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import StoreError
 from .models import InboundInstance, InboundStudy, Instance, Job, Outbox, Result, Study, utcnow
 
-__all__ = ["JOB_STATES", "JobRecord", "Store"]
+__all__ = ["JOB_STATES", "JobRecord", "Store", "write_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +71,22 @@ class Store:
     def backend(self) -> str:
         return self.engine.dialect.name
 
-    def migrate(self) -> None:
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to ``revision`` (the newest by default); each migration runs in its own
+        transaction, so a failure leaves the schema at the last complete revision."""
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         try:
             with self.engine.begin() as connection:
                 config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
         except SQLAlchemyError as exc:
             raise StoreError(f"store migration failed ({type(exc).__name__})") from None
+
+    def transaction(self, operation: str) -> AbstractContextManager[Session]:
+        """One transaction (for the worklist's multi-table updates); failures become StoreError
+        naming ``operation``."""
+        return self._session(operation)
 
     @contextmanager
     def _session(self, operation: str) -> Iterator[Session]:
@@ -112,6 +119,38 @@ class Store:
                 job.unreadable = unreadable
             job.error = error
 
+    def claim_job(self, job_id: str, worker: str) -> bool:
+        """Take a job for ``worker``: queued → running, atomically (a conditional UPDATE, so two
+        workers sharing a PostgreSQL store never both run it). A job left running by this same
+        worker (it was restarted) can be taken again. False when another worker has it."""
+        with self._session("claim a job") as s:
+            taken = s.execute(
+                update(Job)
+                .where(Job.id == job_id,
+                       or_(Job.status == "queued", and_(Job.status == "running", Job.claimed_by == worker)))
+                .values(status="running", claimed_by=worker, updated_at=utcnow())
+            )
+            return bool(cast(CursorResult[Any], taken).rowcount)
+
+    def claim_next_job(self, worker: str) -> JobRecord | None:
+        """The oldest queued job, claimed for ``worker``. On PostgreSQL rows other workers are
+        claiming are skipped (``FOR UPDATE SKIP LOCKED``); everywhere the claim itself is a
+        conditional UPDATE, so a job another worker took between the read and the write is passed by."""
+        while True:
+            with self._session("claim the next job") as s:
+                stmt = select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(1)
+                if self.backend == "postgresql":
+                    stmt = stmt.with_for_update(skip_locked=True)
+                job_id = s.scalars(stmt).first()
+                if job_id is None:
+                    return None
+                taken = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+                                  .values(status="running", claimed_by=worker, updated_at=utcnow()))
+                if cast(CursorResult[Any], taken).rowcount:
+                    job = s.get(Job, job_id)
+                    assert job is not None
+                    return _job_record(job)
+
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._session("read a job") as s:
             job = s.get(Job, job_id)
@@ -126,32 +165,8 @@ class Store:
     # -- results ------------------------------------------------------------------------------
     def save_result(self, result: dict[str, Any]) -> None:
         """Store a study result (contract 2) as the study's latest, plus its instances and history."""
-        uid = result.get("study_instance_uid")
-        if not uid:
-            raise ValueError("only results with a Study Instance UID are stored")
-        priority = result["priority"]
-        models = ",".join(sorted({f["model"] for f in result.get("findings", [])}))
         with self._session("save a result") as s:
-            study = s.get(Study, uid)
-            if study is None:
-                study = Study(study_instance_uid=uid)
-                s.add(study)
-            study.status = result["status"]
-            study.priority_score = int(priority["score"])
-            study.route = priority["route"]
-            study.rule = priority["rule"]
-            study.result = result
-            s.flush()
-            for inst in result.get("instances", []):
-                sop = inst.get("sop_instance_uid")
-                if not sop or inst["status"] == "duplicate":
-                    continue
-                row = s.get(Instance, sop)
-                if row is None:
-                    row = Instance(sop_instance_uid=sop, study_instance_uid=uid)
-                    s.add(row)
-                row.source, row.status, row.reason = inst["source"], inst["status"], inst.get("reason")
-            s.add(Result(study_instance_uid=uid, models=models, result=result))
+            write_result(s, result)
 
     def get_study(self, study_uid: str) -> dict[str, Any] | None:
         with self._session("read a study") as s:
@@ -230,6 +245,36 @@ class Store:
             for status in s.scalars(select(Outbox.status)):
                 counts[status] = counts.get(status, 0) + 1
             return counts
+
+
+def write_result(s: Session, result: dict[str, Any]) -> Study:
+    """Write ``result`` as its study's latest (and into the history) inside session ``s``."""
+    uid = result.get("study_instance_uid")
+    if not uid:
+        raise ValueError("only results with a Study Instance UID are stored")
+    priority = result["priority"]
+    models = ",".join(sorted({f["model"] for f in result.get("findings", [])}))
+    study = s.get(Study, uid)
+    if study is None:
+        study = Study(study_instance_uid=uid)
+        s.add(study)
+    study.status = result["status"]
+    study.priority_score = int(priority["score"])
+    study.route = priority["route"]
+    study.rule = priority["rule"]
+    study.result = result
+    s.flush()
+    for inst in result.get("instances", []):
+        sop = inst.get("sop_instance_uid")
+        if not sop or inst["status"] == "duplicate":
+            continue
+        row = s.get(Instance, sop)
+        if row is None:
+            row = Instance(sop_instance_uid=sop, study_instance_uid=uid)
+            s.add(row)
+        row.source, row.status, row.reason = inst["source"], inst["status"], inst.get("reason")
+    s.add(Result(study_instance_uid=uid, models=models, result=result))
+    return study
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

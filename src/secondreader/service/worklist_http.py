@@ -1,0 +1,169 @@
+"""Contract 3's worklist routes (mounted in the ``/v1`` app): first reads in, the worklist, a study
+with its state and reviews, radiologists' verdicts, the source images for the viewer and the
+verdicts exported as a training manifest.
+
+Who did it (the audit log's ``actor``) is the API key's fingerprint, never the key itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import InfrastructureError, InvalidInputError, InvalidReportError
+from ..reports.fhir import report_from_fhir
+from ..reports.firstread import MAX_REPORT_CHARS, ReportIn, report_from_json
+from ..reports.hl7 import parse_message, report_from_oru
+from .core import ScreeningService
+
+__all__ = ["actor_of", "worklist_routes"]
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_MAX_REPORT_BYTES = 4 * MAX_REPORT_CHARS
+
+
+def _error(status: int, error: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": error, "reason": reason}, status_code=status)
+
+
+def actor_of(request: Request) -> str:
+    """``key:<fingerprint>`` of the request's API key (``anonymous`` where none is configured)."""
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    return f"key:{hashlib.sha256(key.encode()).hexdigest()[:12]}" if key else "anonymous"
+
+
+def _uid_ok(uid: str) -> bool:
+    return bool(_UID.fullmatch(uid)) and len(uid) <= 64
+
+
+async def _body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > _MAX_REPORT_BYTES:
+        raise InvalidReportError(f"a first read is limited to {_MAX_REPORT_BYTES // 1024} KiB")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_REPORT_BYTES:
+            raise InvalidReportError(f"a first read is limited to {_MAX_REPORT_BYTES // 1024} KiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_report(content_type: str, body: bytes) -> ReportIn:
+    media = content_type.split(";")[0].strip().lower()
+    text = body.decode("utf-8", errors="replace")
+    if media in ("application/hl7-v2", "x-application/hl7-v2+er7", "application/edi-hl7"):
+        return report_from_oru(parse_message(text))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise InvalidReportError("the body is not JSON (send application/json, application/fhir+json "
+                                 "or an HL7 v2 message as application/hl7-v2)") from None
+    if media == "application/fhir+json" or (isinstance(data, dict) and "resourceType" in data):
+        return report_from_fhir(data)
+    return report_from_json(data)
+
+
+def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
+    async def reports(request: Request) -> Response:
+        try:
+            report = _parse_report(request.headers.get("content-type", ""), await _body(request))
+            outcome = await asyncio.to_thread(get_service().worklist.add_report, report, actor=actor_of(request))
+        except InvalidInputError as exc:
+            return _error(400, "bad request", str(exc))
+        except InfrastructureError as exc:
+            return _error(503, "unavailable", str(exc))
+        if not outcome.studies:
+            return JSONResponse({"status": "pending",
+                                 "reason": "no images for this study yet; the first read is kept and applied "
+                                           "when they arrive"}, status_code=202)
+        if len(outcome.studies) == 1:
+            return JSONResponse(outcome.studies[0])
+        return JSONResponse({"studies": outcome.studies})
+
+    async def worklist(request: Request) -> Response:
+        state = request.query_params.get("state") or None
+        route = request.query_params.get("route") or None
+        limit_raw = request.query_params.get("limit") or "500"
+        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 5000:
+            return _error(400, "bad request", "limit must be a number from 1 to 5000")
+        try:
+            items = await asyncio.to_thread(get_service().worklist.items, state=state, route=route,
+                                            limit=int(limit_raw))
+        except ValueError:
+            return _error(400, "bad request", "state must be new, screened, awaiting_review, reviewed, ineligible "
+                                              "or failed; route urgent, review or none")
+        except InfrastructureError as exc:
+            return _error(503, "unavailable", str(exc))
+        return JSONResponse({"items": items})
+
+    async def study(request: Request) -> Response:
+        uid = request.path_params["study_uid"]
+        if not _uid_ok(uid):
+            return _error(400, "bad request", "study UID must be a DICOM UID (digits and dots)")
+        found = await asyncio.to_thread(get_service().worklist.study, uid, actor=actor_of(request))
+        if found is None:
+            return _error(404, "not found", "no result for this study")
+        return JSONResponse(found)
+
+    async def reviews(request: Request) -> Response:
+        uid = request.path_params["study_uid"]
+        if not _uid_ok(uid):
+            return _error(400, "bad request", "study UID must be a DICOM UID (digits and dots)")
+        try:
+            body: Any = json.loads((await _body(request)).decode("utf-8", errors="replace"))
+        except (json.JSONDecodeError, InvalidReportError):
+            return _error(400, "bad request", "the body must be a JSON object {region_id, verdict, reviewer}")
+        if not isinstance(body, dict):
+            return _error(400, "bad request", "the body must be a JSON object {region_id, verdict, reviewer}")
+        try:
+            updated = await asyncio.to_thread(get_service().worklist.add_review, uid, body.get("region_id"),
+                                              body.get("verdict"), body.get("reviewer"), actor=actor_of(request))
+        except InvalidInputError as exc:
+            return _error(400, "bad request", str(exc))
+        except InfrastructureError as exc:
+            return _error(503, "unavailable", str(exc))
+        if updated is None:
+            return _error(404, "not found", "no result for this study")
+        return JSONResponse(updated)
+
+    async def instance(request: Request) -> Response:
+        uid, sop = request.path_params["study_uid"], request.path_params["sop_uid"]
+        if not (_uid_ok(uid) and _uid_ok(sop)):
+            return _error(400, "bad request", "UIDs must be DICOM UIDs (digits and dots)")
+        found = await asyncio.to_thread(get_service().worklist.instance_file, uid, sop)
+        if found is None or not found[0].is_file():
+            return _error(404, "not found", "this instance's file is not kept here")
+        path, member = found
+        if member is None:
+            return FileResponse(path, media_type="application/dicom")
+
+        def read_member() -> bytes:
+            with zipfile.ZipFile(path) as archive:
+                return archive.read(member)
+
+        return Response(await asyncio.to_thread(read_member), media_type="application/dicom")
+
+    async def export(request: Request) -> Response:
+        text = await asyncio.to_thread(get_service().worklist.export_manifest)
+        return Response(text, media_type="text/csv",
+                        headers={"content-disposition": 'attachment; filename="reviews-manifest.csv"'})
+
+    return [
+        Route("/reports", reports, methods=["POST"]),
+        Route("/worklist", worklist, methods=["GET"]),
+        Route("/studies/{study_uid}", study, methods=["GET"]),
+        Route("/studies/{study_uid}/reviews", reviews, methods=["POST"]),
+        Route("/studies/{study_uid}/instances/{sop_uid}/dicom", instance, methods=["GET"]),
+        Route("/reviews/manifest.csv", export, methods=["GET"]),
+    ]

@@ -1,0 +1,337 @@
+"""The second-review worklist: results and first reads in, routed studies out, verdicts recorded.
+
+Every change to a study (a new result, a first read, a verdict) happens in one transaction that
+locks the study's row, so a report arriving while its images are being screened is never lost or
+applied twice. The study's result JSON (contract 2) is kept up to date: ``priority`` is the routed
+priority, ``ai_priority`` the AI's alone, ``first_read`` the report compared with the findings.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from ..errors import InvalidInputError, InvalidReportError
+from ..logsafe import study_key
+from ..reports.firstread import FirstRead, ReportIn, interpret
+from ..reports.labeler import Label
+from ..scoring.priority import Priority, Route
+from ..store.models import AuditEvent, Finding, FirstReadRow, Instance, RegionRow, Review, Study, utcnow
+from ..store.store import Store, write_result
+from .routing import RoutingRules, Situation, load_rules
+from .states import State, check_transition
+
+__all__ = ["VERDICTS", "Worklist"]
+
+logger = logging.getLogger(__name__)
+
+VERDICTS = ("confirmed_miss", "false_positive", "already_reported")
+_NO_FIRST_READ: dict[str, Any] = {"status": "none", "labels": {}, "discordant": []}
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:  # SQLite hands back naive datetimes (stored as UTC)
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOutcome:
+    """``studies``: the updated results of the studies the report matched (empty: kept for later)."""
+
+    studies: list[dict[str, Any]]
+
+
+class Worklist:
+    """Worklist operations over a :class:`Store` with routing ``rules``."""
+
+    def __init__(self, store: Store, rules: RoutingRules | None = None) -> None:
+        self.store = store
+        self.rules = rules or load_rules()
+
+    # -- results ------------------------------------------------------------------------------
+    def record_result(self, result: Mapping[str, Any], *, accession_number: str | None = None,
+                      files: Mapping[str, tuple[str, str | None]] | None = None,
+                      actor: str = "screening") -> dict[str, Any]:
+        """Store a new result for its study, route it with the latest first read, and return it."""
+        data = dict(result)
+        uid = data.get("study_instance_uid")
+        if not uid:
+            raise ValueError("only results with a Study Instance UID go on the worklist")
+        data["ai_priority"] = dict(data["priority"])
+        with self.store.transaction("save a result") as s:
+            existing = self._lock(s, uid)
+            if existing is not None and existing.result.get("ai_priority") is None:
+                existing.result = {**existing.result, "ai_priority": dict(existing.result["priority"])}
+            study = write_result(s, data)
+            if accession_number:
+                study.accession_number = accession_number[:64]
+            for sop, (path, member) in (files or {}).items():
+                row = s.get(Instance, sop)
+                if row is not None:
+                    row.path, row.member = path, member
+            s.execute(delete(Finding).where(Finding.study_instance_uid == uid))
+            s.execute(delete(RegionRow).where(RegionRow.study_instance_uid == uid))
+            for f in data.get("findings", []):
+                s.add(Finding(study_instance_uid=uid, code=f["code"], probability=f["probability"],
+                              positive=f["positive"], operating_point=f["operating_point"], model=f["model"]))
+            for r in data.get("regions", []):
+                s.add(RegionRow(study_instance_uid=uid, region_id=r["id"], finding=r["finding"], score=r["score"],
+                                sop_instance_uid=r["sop_instance_uid"], frame=r["frame"], bbox=list(r["bbox"]),
+                                centroid=list(r["centroid"]), area_mm2=r.get("area_mm2")))
+            self._route(s, study, self._latest_first_read(s, uid, study.accession_number))
+            s.add(AuditEvent(actor=actor, action="screened", study_key=study_key(uid),
+                             detail={"status": study.status, "route": study.route, "rule": study.rule}))
+            return dict(study.result)
+
+    # -- first reads --------------------------------------------------------------------------
+    def add_report(self, report: ReportIn, *, actor: str) -> ReportOutcome:
+        """Record a first read and apply it to the studies it names (none yet: kept until they come)."""
+        with self.store.transaction("record a first read") as s:
+            row = FirstReadRow(study_instance_uid=report.study_instance_uid, accession_number=report.accession_number,
+                               source=report.source, text=report.text,
+                               labels={k: Label(v).value for k, v in report.labels.items()}, received_at=utcnow())
+            s.add(row)
+            s.flush()
+            clauses = []
+            if report.study_instance_uid:
+                clauses.append(Study.study_instance_uid == report.study_instance_uid)
+            if report.accession_number:
+                clauses.append(Study.accession_number == report.accession_number)
+            uids = list(s.scalars(select(Study.study_instance_uid).where(or_(*clauses))))
+            updated = []
+            for uid in uids:
+                study = self._lock(s, uid)
+                assert study is not None
+                self._route(s, study, row)
+                updated.append(dict(study.result))
+                s.add(AuditEvent(actor=actor, action="first_read", study_key=study_key(uid),
+                                 detail={"source": report.source, "route": study.route, "rule": study.rule}))
+            if not uids:
+                s.add(AuditEvent(actor=actor, action="first_read_pending", study_key=(
+                    study_key(report.study_instance_uid) if report.study_instance_uid else None),
+                    detail={"source": report.source}))
+            return ReportOutcome(updated)
+
+    # -- reviews ------------------------------------------------------------------------------
+    def add_review(self, study_uid: str, region_id: object, verdict: object, reviewer: object,
+                   *, actor: str) -> dict[str, Any] | None:
+        """Record a verdict on one of the study's regions; None when the study is unknown.
+
+        Raises
+        ------
+        InvalidInputError
+            For an unknown region, verdict or a missing reviewer (the message says which).
+        """
+        if verdict not in VERDICTS:
+            raise InvalidInputError(f"verdict must be one of {', '.join(VERDICTS)}")
+        if not isinstance(reviewer, str) or not reviewer.strip() or len(reviewer) > 128:
+            raise InvalidInputError("reviewer (who gives the verdict, up to 128 characters) is required")
+        if not isinstance(region_id, str):
+            raise InvalidInputError("region_id must be one of the study's regions[].id")
+        with self.store.transaction("record a review") as s:
+            study = self._lock(s, study_uid)
+            if study is None:
+                return None
+            region = s.scalars(select(RegionRow).where(RegionRow.study_instance_uid == study_uid,
+                                                       RegionRow.region_id == region_id)).first()
+            if region is None:
+                raise InvalidInputError("region_id is not one of this study's regions")
+            model = next((f["model"] for f in study.result.get("findings", []) if f["code"] == region.finding), "")
+            s.add(Review(study_instance_uid=study_uid, region_id=region_id, finding=region.finding, verdict=verdict,
+                         reviewer=reviewer.strip(), sop_instance_uid=region.sop_instance_uid, frame=region.frame,
+                         bbox=list(region.bbox), model=model, at=utcnow()))
+            s.flush()
+            reviewed = set(s.scalars(select(Review.region_id).where(Review.study_instance_uid == study_uid)))
+            regions = set(s.scalars(select(RegionRow.region_id).where(RegionRow.study_instance_uid == study_uid)))
+            if regions <= reviewed and study.state == State.AWAITING_REVIEW.value:
+                self._set_state(study, State.REVIEWED)
+            s.add(AuditEvent(actor=reviewer.strip()[:128], action="review", study_key=study_key(study_uid),
+                             detail={"region_id": region_id, "verdict": verdict, "via": actor}))
+            return self._view(s, study)
+
+    # -- reading ------------------------------------------------------------------------------
+    def study(self, study_uid: str, *, actor: str | None = None) -> dict[str, Any] | None:
+        """The study's result with its state, reviews and the max-wait rule applied; the read is
+        written to the audit log when ``actor`` is given."""
+        with self.store.transaction("read a study") as s:
+            study = s.get(Study, study_uid)
+            if study is None:
+                return None
+            if actor is not None:
+                s.add(AuditEvent(actor=actor, action="view", study_key=study_key(study_uid), detail={}))
+            return self._view(s, study)
+
+    def items(self, *, state: str | None = None, route: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        """Worklist rows, highest (escalated) priority first. ``state`` defaults to every state."""
+        if state is not None:
+            State(state)  # ValueError for an unknown state
+        if route is not None:
+            Route(route)
+        with self.store.transaction("read the worklist") as s:
+            stmt = select(Study)
+            if state is not None:
+                stmt = stmt.where(Study.state == state)
+            rows = list(s.scalars(stmt.order_by(Study.priority_score.desc(), Study.created_at).limit(10 * limit)))
+            now = utcnow()
+            items = []
+            for study in rows:
+                priority, waited = self._effective(study, now)
+                if route is not None and priority.route.value != route:
+                    continue
+                result = study.result
+                first_read = result.get("first_read") or _NO_FIRST_READ
+                items.append({
+                    "study_instance_uid": study.study_instance_uid,
+                    "study_key": study_key(study.study_instance_uid),
+                    "state": study.state,
+                    "status": study.status,
+                    "priority": {"score": priority.score, "route": priority.route.value, "rule": priority.rule},
+                    "ai_priority": result.get("ai_priority", result["priority"]),
+                    "waiting_seconds": int(waited),
+                    "received_at": _iso(study.created_at),
+                    "first_read": {"status": first_read["status"], "discordant": list(first_read["discordant"])},
+                    "findings": [{"code": f["code"], "probability": f["probability"], "positive": f["positive"]}
+                                 for f in result.get("findings", [])],
+                    "regions": len(result.get("regions", [])),
+                })
+            items.sort(key=lambda i: (-i["priority"]["score"], i["received_at"]))
+            return items[:limit]
+
+    def instance_file(self, study_uid: str, sop_uid: str) -> tuple[Path, str | None] | None:
+        """Where a screened instance's bytes are kept (file, zip member), if still there."""
+        with self.store.transaction("find an instance") as s:
+            row = s.get(Instance, sop_uid)
+            if row is None or row.study_instance_uid != study_uid or not row.path:
+                return None
+            return Path(row.path), row.member
+
+    def export_manifest(self, out: Path | None = None) -> str:
+        """Radiologists' verdicts as a training manifest (the CSV that ``secondreader train`` reads
+        with ``data.kind: manifest``): one row per reviewed instance and finding, label 1 for a
+        confirmed miss or an already reported finding, 0 for a false positive, with the region's
+        box. Instances inside zips are exported only as their zip and member columns."""
+        with self.store.transaction("export reviews") as s:
+            rows = s.execute(select(Review, Instance)
+                             .join(Instance, Instance.sop_instance_uid == Review.sop_instance_uid)
+                             .order_by(Review.at, Review.id)).all()
+        latest: dict[tuple[str, str, str], tuple[Review, Instance]] = {}
+        for review, instance in rows:
+            latest[(review.sop_instance_uid, review.finding, review.region_id)] = (review, instance)
+        buffer = io.StringIO()
+        codes = sorted({review.finding for review, _ in latest.values()})
+        columns = ["path", "member", "split", *codes, "finding", "label", "verdict", "region_id", "frame",
+                   "bbox_row_min", "bbox_col_min", "bbox_row_max", "bbox_col_max", "model", "reviewed_at"]
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for review, instance in latest.values():
+            label = 0 if review.verdict == "false_positive" else 1
+            r0, c0, r1, c1 = (list(review.bbox) + [None] * 4)[:4]
+            writer.writerow({
+                "path": instance.path or "", "member": instance.member or "",
+                # a stable split by instance, so a fine-tune keeps some verdicts to validate on
+                "split": "val" if int(study_key(review.sop_instance_uid)[:4], 16) % 5 == 0 else "train",
+                "finding": review.finding, review.finding: label, "label": label, "verdict": review.verdict,
+                "region_id": review.region_id, "frame": review.frame, "bbox_row_min": r0, "bbox_col_min": c0,
+                "bbox_row_max": r1, "bbox_col_max": c1, "model": review.model, "reviewed_at": _iso(review.at),
+            })
+        text = buffer.getvalue()
+        if out is not None:
+            out.write_text(text)
+        return text
+
+    def audit_events(self, *, limit: int = 1000) -> list[dict[str, Any]]:
+        with self.store.transaction("read the audit log") as s:
+            rows = s.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
+            return [{"at": _iso(e.at), "actor": e.actor, "action": e.action, "study_key": e.study_key,
+                     "detail": dict(e.detail or {})} for e in rows]
+
+    # -- internals ----------------------------------------------------------------------------
+    def _lock(self, s: Session, uid: str) -> Study | None:
+        stmt = select(Study).where(Study.study_instance_uid == uid)
+        if self.store.backend == "postgresql":
+            stmt = stmt.with_for_update()
+        return s.scalars(stmt).first()
+
+    @staticmethod
+    def _latest_first_read(s: Session, uid: str, accession: str | None) -> FirstReadRow | None:
+        clauses = [FirstReadRow.study_instance_uid == uid]
+        if accession:
+            clauses.append(FirstReadRow.accession_number == accession)
+        stmt = select(FirstReadRow).where(or_(*clauses)).order_by(FirstReadRow.received_at.desc(),
+                                                                   FirstReadRow.id.desc())
+        return s.scalars(stmt.limit(1)).first()
+
+    def _route(self, s: Session, study: Study, row: FirstReadRow | None) -> None:
+        result = dict(study.result)
+        ai = result.get("ai_priority") or result["priority"]
+        ai_priority = Priority(int(ai["score"]), Route(ai["route"]), str(ai["rule"]))
+        findings = result.get("findings", [])
+        codes = [f["code"] for f in findings]
+        first_read: FirstRead | None = None
+        if row is not None:
+            report = ReportIn(row.study_instance_uid, row.accession_number, row.text,
+                              {k: Label(v) for k, v in (row.labels or {}).items()}, row.source)
+            try:
+                first_read = interpret(report, codes, {f["code"] for f in findings if f["positive"]},
+                                       received_at=_iso(row.received_at))
+            except InvalidReportError:  # pragma: no cover - validated on the way in
+                first_read = None
+        situation = Situation(status=study.status, ai=ai_priority, report=first_read is not None,
+                              discordant=bool(first_read and first_read.discordant))
+        priority = self.rules.route(situation)
+        result["ai_priority"] = dict(ai)
+        result["priority"] = {"score": priority.score, "route": priority.route.value, "rule": priority.rule}
+        result["first_read"] = first_read.to_json() if first_read else dict(_NO_FIRST_READ)
+        study.result = result
+        study.priority_score, study.route, study.rule = priority.score, priority.route.value, priority.rule
+        if study.status == "screened":
+            target = State.AWAITING_REVIEW if priority.route is not Route.NONE else State.SCREENED
+        elif study.status == "failed":
+            target = State.AWAITING_REVIEW if priority.route is not Route.NONE else State.FAILED
+        else:
+            target = State(study.status)
+        if study.state == State.REVIEWED.value:
+            return  # final: updated, not put back on anyone's list
+        self._set_state(study, target)
+
+    @staticmethod
+    def _set_state(study: Study, target: State) -> None:
+        current = State(study.state or State.NEW.value)
+        check_transition(current, target)
+        if current is not target:
+            study.state, study.state_since = target.value, utcnow()
+
+    def _effective(self, study: Study, now: datetime) -> tuple[Priority, float]:
+        waited = (now - _aware(study.created_at)).total_seconds()
+        priority = Priority(study.priority_score, Route(study.route), study.rule)
+        if study.state == State.AWAITING_REVIEW.value:
+            priority = self.rules.escalate(priority, waited)
+        return priority, waited
+
+    def _view(self, s: Session, study: Study) -> dict[str, Any]:
+        out = dict(study.result)
+        priority, waited = self._effective(study, utcnow())
+        out["priority"] = {"score": priority.score, "route": priority.route.value, "rule": priority.rule}
+        out["state"] = study.state
+        out["waiting_seconds"] = int(waited)
+        out.setdefault("first_read", dict(_NO_FIRST_READ))
+        reviews = s.scalars(select(Review).where(Review.study_instance_uid == study.study_instance_uid)
+                            .order_by(Review.at, Review.id))
+        out["reviews"] = [{"region_id": r.region_id, "finding": r.finding, "verdict": r.verdict,
+                           "reviewer": r.reviewer, "at": _iso(r.at)} for r in reviews]
+        return out
+

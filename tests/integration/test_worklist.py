@@ -1,0 +1,248 @@
+"""The worklist over the store, on SQLite and PostgreSQL: states, first reads before and after the
+images, routing rules with discordance and maximum wait, verdicts, the audit log, the training
+manifest export, job claims by concurrent workers, and the 0002 → 0003 migration."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from secondreader.errors import InvalidInputError
+from secondreader.reports.firstread import ReportIn
+from secondreader.reports.labeler import Label
+from secondreader.store import Store
+from secondreader.worklist import Worklist, load_rules
+from secondreader.worklist.routing import RoutingRules
+from secondreader.worklist.states import InvalidTransition, State, check_transition
+
+from ..conftest import CANARY_NAME
+
+
+def _uid() -> str:
+    return "1.2.826.0.1.3680043.8.498." + str(uuid.uuid4().int)[:20]
+
+
+def _result(uid: str, probability: float, *, urgent: bool = False, regions: int = 1,
+            status: str = "screened") -> dict[str, Any]:
+    positive = probability >= 0.5
+    score = int(round(50 * probability / 0.5)) if not positive else int(round(50 + 50 * (probability - 0.5) / 0.5))
+    route, rule = ("urgent", "ai-urgent") if urgent else (("review", "ai-positive") if positive else ("none", "ai-negative"))
+    if status != "screened":
+        route, rule, score = ("review", "screening-failed", 50) if status == "failed" else ("none", "ineligible", 0)
+    sop = uid + ".1"
+    return {
+        "study_instance_uid": uid, "status": status, "reason": None if status == "screened" else "because",
+        "instances": [{"source": "a.dcm", "sop_instance_uid": sop, "status": status, "reason": None}],
+        "priority": {"score": score, "route": route, "rule": rule},
+        "findings": [] if status != "screened" else [
+            {"code": "pneumonia", "probability": probability, "positive": positive, "operating_point": 0.5,
+             "model": "cxr-pneumonia@1.0.0"},
+            {"code": "nodule", "probability": 0.1, "positive": False, "operating_point": 0.5,
+             "model": "cxr-nodule@1.0.0"}],
+        "regions": [{"id": f"pneumonia-{i + 1}", "finding": "pneumonia", "score": probability, "sop_instance_uid": sop,
+                     "frame": 1, "bbox": [10 * i, 10, 10 * i + 8, 30], "centroid": [10 * i + 4, 20],
+                     "area_mm2": 12.0} for i in range(regions if status == "screened" else 0)],
+        "first_read": {"status": "none", "labels": {}, "discordant": []},
+        "artifacts": {"heatmaps": [], "dicom": []}, "timing_ms": {},
+    }
+
+
+def test_states_allow_only_the_documented_moves() -> None:
+    assert check_transition("new", "screened") is State.SCREENED
+    assert check_transition("awaiting_review", "reviewed") is State.REVIEWED
+    for bad in [("reviewed", "awaiting_review"), ("new", "reviewed"), ("screened", "reviewed")]:
+        with pytest.raises(InvalidTransition):
+            check_transition(*bad)
+
+
+def test_ai_positive_without_a_report_awaits_review_with_provisional_triage(store: Store) -> None:
+    worklist = Worklist(store)
+    uid = _uid()
+    stored = worklist.record_result(_result(uid, 0.8), accession_number="ACC1")
+    assert stored["priority"] == {"score": 80, "route": "review", "rule": "ai-positive"}
+    assert stored["first_read"]["status"] == "none"
+    assert worklist.study(uid)["state"] == "awaiting_review"  # type: ignore[index]
+    negative = _uid()
+    assert worklist.record_result(_result(negative, 0.2))["priority"]["rule"] == "ai-negative"
+    assert worklist.study(negative)["state"] == "screened"  # type: ignore[index]
+
+
+def test_a_report_before_the_images_is_kept_and_applied_when_they_arrive(store: Store) -> None:
+    worklist = Worklist(store)
+    uid = _uid()
+    outcome = worklist.add_report(ReportIn(None, "ACC-EARLY", f"Patient {CANARY_NAME}. Lungs are clear. No focal "
+                                           "consolidation."), actor="test")
+    assert outcome.studies == []  # kept for later (HTTP answers 202)
+    stored = worklist.record_result(_result(uid, 0.9), accession_number="ACC-EARLY")
+    assert stored["first_read"]["status"] == "negative"
+    assert stored["first_read"]["labels"] == {"pneumonia": "negated", "nodule": "not_mentioned"}
+    assert stored["first_read"]["discordant"] == ["pneumonia"]
+    assert stored["priority"]["route"] == "review" and stored["priority"]["rule"] == "discordant"
+    assert "consolidation" in stored["first_read"]["evidence"]["pneumonia"]
+    assert stored["ai_priority"]["rule"] == "ai-positive"
+
+
+def test_reports_after_the_images_reroute_the_study(store: Store) -> None:
+    worklist = Worklist(store)
+    uid = _uid()
+    worklist.record_result(_result(uid, 0.9))
+    agree = worklist.add_report(ReportIn(uid, None, "Right lower lobe consolidation, likely pneumonia."), actor="t")
+    (study,) = agree.studies
+    assert study["priority"]["rule"] == "concordant" and study["priority"]["route"] == "none"
+    assert study["first_read"]["status"] == "positive" and study["first_read"]["discordant"] == []
+    assert worklist.study(uid)["state"] == "screened"  # type: ignore[index]
+    # an addendum that now says the opposite puts it back on the list
+    (study,) = worklist.add_report(ReportIn(uid, None, "Addendum: no pneumonia."), actor="t").studies
+    assert study["priority"]["rule"] == "discordant"
+    assert worklist.study(uid)["state"] == "awaiting_review"  # type: ignore[index]
+    # "cannot exclude" counts as mentioned: no discordance
+    (study,) = worklist.add_report(ReportIn(uid, None, "Cannot exclude early consolidation."), actor="t").studies
+    assert study["first_read"]["labels"]["pneumonia"] == "uncertain" and study["priority"]["rule"] == "concordant"
+    # structured labels
+    (study,) = worklist.add_report(ReportIn(uid, None, "", {"pneumonia": Label.NEGATED}), actor="t").studies
+    assert study["first_read"]["discordant"] == ["pneumonia"]
+
+
+def test_discordant_and_ai_urgent_is_urgent(store: Store) -> None:
+    worklist = Worklist(store)
+    uid = _uid()
+    worklist.record_result(_result(uid, 0.99, urgent=True))
+    (study,) = worklist.add_report(ReportIn(uid, None, "Normal chest radiograph."), actor="t").studies
+    assert study["priority"] == {"score": 99, "route": "urgent", "rule": "discordant-urgent"}
+
+
+def test_verdicts_complete_the_review_and_are_audited(store: Store) -> None:
+    worklist = Worklist(store)
+    uid = _uid()
+    worklist.record_result(_result(uid, 0.9, regions=2))
+    with pytest.raises(InvalidInputError, match="verdict"):
+        worklist.add_review(uid, "pneumonia-1", "maybe", "Dr A", actor="key:x")
+    with pytest.raises(InvalidInputError, match="region_id"):
+        worklist.add_review(uid, "nodule-7", "false_positive", "Dr A", actor="key:x")
+    with pytest.raises(InvalidInputError, match="reviewer"):
+        worklist.add_review(uid, "pneumonia-1", "false_positive", "  ", actor="key:x")
+    assert worklist.add_review(_uid(), "pneumonia-1", "false_positive", "Dr A", actor="key:x") is None
+    view = worklist.add_review(uid, "pneumonia-1", "confirmed_miss", "Dr A", actor="key:x")
+    assert view is not None and view["state"] == "awaiting_review"  # one region still unreviewed
+    view = worklist.add_review(uid, "pneumonia-2", "false_positive", "Dr B", actor="key:x")
+    assert view is not None and view["state"] == "reviewed"
+    assert [(r["region_id"], r["verdict"], r["reviewer"]) for r in view["reviews"]] == [
+        ("pneumonia-1", "confirmed_miss", "Dr A"), ("pneumonia-2", "false_positive", "Dr B")]
+    # reviewed is final: a later report updates the result but not the state
+    worklist.add_report(ReportIn(uid, None, "No consolidation."), actor="t")
+    assert worklist.study(uid, actor="key:y")["state"] == "reviewed"  # type: ignore[index]
+    events = worklist.audit_events()
+    actions = [e["action"] for e in events]
+    assert actions.count("review") == 2 and "view" in actions and "screened" in actions
+    assert all(uid not in str(e) for e in events)  # pseudonymous study keys only
+
+
+def test_worklist_orders_by_priority_filters_and_escalates_long_waits(store: Store) -> None:
+    worklist = Worklist(store)
+    low, high, none = _uid(), _uid(), _uid()
+    worklist.record_result(_result(low, 0.6))
+    worklist.record_result(_result(high, 0.95))
+    worklist.record_result(_result(none, 0.1))
+    items = worklist.items(state="awaiting_review")
+    assert [i["study_instance_uid"] for i in items][:2] == [high, low]
+    assert none not in {i["study_instance_uid"] for i in items}
+    assert {i["study_instance_uid"] for i in worklist.items(route="none")} >= {none}
+    with pytest.raises(ValueError):
+        worklist.items(state="lost")
+    # the same studies under rules whose maximum wait has already passed: escalated, on top
+    rules = load_rules().model_dump()
+    rules["max_wait"] = {"id": "max-wait", "minutes": 1e-6, "escalate_to": "urgent", "min_score": 95}
+    escalated = Worklist(store, RoutingRules.model_validate(rules)).items(state="awaiting_review")
+    by_uid = {i["study_instance_uid"]: i for i in escalated}
+    assert by_uid[low]["priority"] == {"score": 95, "route": "urgent", "rule": "max-wait"}
+    assert by_uid[low]["ai_priority"]["score"] == 60
+    assert by_uid[high]["priority"]["score"] == 95  # at least min_score; the AI said 95
+
+
+def test_failed_and_ineligible_studies(store: Store) -> None:
+    worklist = Worklist(store)
+    failed, ineligible = _uid(), _uid()
+    assert worklist.record_result(_result(failed, 0, status="failed"))["priority"]["rule"] == "screening-failed"
+    assert worklist.study(failed)["state"] == "awaiting_review"  # type: ignore[index]
+    assert worklist.record_result(_result(ineligible, 0, status="ineligible"))["priority"]["rule"] == "ineligible"
+    assert worklist.study(ineligible)["state"] == "ineligible"  # type: ignore[index]
+    # a later upload that screens it moves it on
+    worklist.record_result(_result(ineligible, 0.9))
+    assert worklist.study(ineligible)["state"] == "awaiting_review"  # type: ignore[index]
+
+
+def test_reviews_export_as_a_training_manifest(store: Store, tmp_path: Path) -> None:
+    worklist = Worklist(store)
+    uid = _uid()
+    dicom = tmp_path / "a.dcm"
+    dicom.write_bytes(b"x")
+    worklist.record_result(_result(uid, 0.9, regions=2), files={uid + ".1": (str(dicom), None)})
+    worklist.add_review(uid, "pneumonia-1", "confirmed_miss", "Dr A", actor="k")
+    worklist.add_review(uid, "pneumonia-2", "false_positive", "Dr A", actor="k")
+    worklist.add_review(uid, "pneumonia-2", "already_reported", "Dr B", actor="k")  # the later verdict wins
+    rows = list(csv.DictReader(io.StringIO(worklist.export_manifest(tmp_path / "manifest.csv"))))
+    assert (tmp_path / "manifest.csv").read_text().startswith("path,")
+    assert [(r["region_id"], r["verdict"], r["pneumonia"]) for r in rows] == [
+        ("pneumonia-1", "confirmed_miss", "1"), ("pneumonia-2", "already_reported", "1")]
+    assert all(r["path"] == str(dicom) and r["split"] in ("train", "val") for r in rows)
+    assert rows[0]["bbox_row_min"] == "0" and rows[0]["bbox_col_max"] == "30"
+    assert worklist.instance_file(uid, uid + ".1") == (dicom, None)
+    assert worklist.instance_file(_uid(), uid + ".1") is None  # the instance belongs to another study
+
+
+def test_concurrent_workers_claim_each_job_once(store: Store, tmp_path: Path) -> None:
+    jobs = [store.create_job(tmp_path / str(i)) for i in range(24)]
+    claimed: dict[str, list[str]] = {}
+    lock = threading.Lock()
+
+    def work(name: str) -> None:
+        while (job := store.claim_next_job(name)) is not None:
+            with lock:
+                claimed.setdefault(job.id, []).append(name)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(jobs) and all(len(v) == 1 for v in claimed.values())
+    # by id: a job another worker holds is refused; its own worker may take it again after a restart
+    job = store.create_job(tmp_path / "x")
+    assert store.claim_job(job, "a") and not store.claim_job(job, "b") and store.claim_job(job, "a")
+
+
+def test_migration_from_0002_keeps_results_and_derives_states(store: Store) -> None:
+    # A fresh database at 0002 with a study, then upgraded: the state follows its route.
+    url = store.url
+    schema = getattr(store, "cleanup_schema", None)
+    if schema:
+        with store.engine.begin() as c:
+            c.execute(text(f"create schema {schema}_old"))
+        old = Store(url.replace(f"%3D{schema}", f"%3D{schema}_old"))
+    else:
+        old = Store(url.replace("sr.db", "old.db"))
+    try:
+        old.migrate("0002")
+        uid = _uid()
+        with old.engine.begin() as c:  # as the 0002 code wrote it (today's ORM knows newer columns)
+            c.execute(text("insert into studies (study_instance_uid, status, priority_score, route, rule, result, "
+                           "created_at, updated_at) values (:u, 'screened', 80, 'review', 'ai-positive', :r, "
+                           "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"), {"u": uid, "r": json.dumps(_result(uid, 0.9))})
+        old.migrate()
+        with old.engine.connect() as c:
+            state = c.execute(text("select state from studies where study_instance_uid = :u"), {"u": uid}).scalar()
+        assert state == "awaiting_review"
+        assert Worklist(old).study(uid)["priority"]["rule"] == "ai-positive"  # type: ignore[index]
+    finally:
+        old.engine.dispose()
+        if schema:
+            with store.engine.begin() as c:
+                c.execute(text(f"drop schema {schema}_old cascade"))
