@@ -34,7 +34,9 @@ def _result(uid: str, probability: float, *, urgent: bool = False, regions: int 
             status: str = "screened") -> dict[str, Any]:
     positive = probability >= 0.5
     score = int(round(50 * probability / 0.5)) if not positive else int(round(50 + 50 * (probability - 0.5) / 0.5))
-    route, rule = ("urgent", "ai-urgent") if urgent else (("review", "ai-positive") if positive else ("none", "ai-negative"))
+    route, rule = ("review", "ai-positive") if positive else ("none", "ai-negative")
+    if urgent:
+        route, rule = "urgent", "ai-urgent"
     if status != "screened":
         route, rule, score = ("review", "screening-failed", 50) if status == "failed" else ("none", "ineligible", 0)
     sop = uid + ".1"
