@@ -1,0 +1,85 @@
+"""The audit's statistics: counts by status, discordance rates with Wilson 95% intervals, overall,
+by finding and by month, and the bad files. Pure functions of the rows (see :mod:`.stage`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["AuditSummary", "Rate", "summarise", "wilson_interval"]
+
+
+def wilson_interval(successes: int, trials: int, *, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default); ``(0, 1)`` without trials."""
+    if trials < 0 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials, not {successes}/{trials}")
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    count: int
+    total: int
+
+    @property
+    def value(self) -> float | None:
+        return self.count / self.total if self.total else None
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.count, self.total)
+
+
+@dataclass(slots=True)
+class AuditSummary:
+    studies: int = 0
+    screened: int = 0
+    ineligible: int = 0
+    failed: int = 0
+    with_report: int = 0
+    without_report: int = 0
+    discordance: Rate = field(default_factory=lambda: Rate(0, 0))
+    by_finding: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_month: dict[str, Rate] = field(default_factory=dict)
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+
+
+def summarise(rows: Sequence[dict[str, Any]], codes: Sequence[str]) -> AuditSummary:
+    """Discordance is counted over screened studies that have a report."""
+    s = AuditSummary(studies=len(rows))
+    assessed = [r for r in rows if r["status"] == "screened" and r["report"] == "available"]
+    for row in rows:
+        if row["status"] == "screened":
+            s.screened += 1
+            if row["report"] == "available":
+                s.with_report += 1
+            else:
+                s.without_report += 1
+        elif row["status"] == "ineligible":
+            s.ineligible += 1
+        else:
+            s.failed += 1
+        if row["study_instance_uid"] is None:
+            s.bad_files.append((row.get("source") or "(unnamed)", row.get("reason") or "unreadable"))
+        for bad in row.get("bad_files", []):
+            s.bad_files.append((bad["source"], bad["reason"] or "failed"))
+    s.discordance = Rate(sum(1 for r in assessed if r["discordant"]), len(assessed))
+    for code in codes:
+        s.by_finding[code] = {
+            "ai_positive": sum(1 for r in assessed if r["findings"].get(code, {}).get("positive")),
+            "report_mentioned": sum(1 for r in assessed if r["labels"].get(code) in ("present", "uncertain")),
+            "discordant": Rate(sum(1 for r in assessed if code in r["discordant_findings"]), len(assessed)),
+        }
+    months = sorted({r["study_month"] or "unknown" for r in assessed})
+    for month in months:
+        mine = [r for r in assessed if (r["study_month"] or "unknown") == month]
+        s.by_month[month] = Rate(sum(1 for r in mine if r["discordant"]), len(mine))
+    return s
