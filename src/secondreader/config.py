@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     pacs_destination: str | None = Field(None, description="AE@host:port or DICOMweb base URL")
     study_stable_seconds: float = Field(5.0, description="A study is complete after this long without news")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    gpu_decode: bool = Field(
+        True, description="Decode JPEG 2000 on the GPU (nvImageCodec) when it and a CUDA device are present; "
+        "else, or for a frame the GPU cannot decode, the CPU decoders")
     models_dir: Path = Field(default_factory=default_models_dir, description="MONAI bundles folder")
     host: str = Field("127.0.0.1", description="HTTP bind address")
     http_port: int = Field(3000, description="HTTP port")

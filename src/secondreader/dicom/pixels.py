@@ -19,6 +19,8 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID
 
 from ..errors import CorruptPixelDataError, UnsupportedImageError
+from .gpu_decode import decode_frames as gpu_decode_frames
+from .gpu_decode import enabled as gpu_decoding_enabled
 from .instance import CxrInstance
 from .io import HEADER_ERRORS, pydicom_warnings_caught
 
@@ -76,11 +78,12 @@ def _check_before_decoding(ds: Dataset, inst: CxrInstance, max_pixels: int) -> N
             )
 
 
-def _decode(ds: Dataset, inst: CxrInstance) -> np.ndarray:
+def _decode(ds: Dataset, inst: CxrInstance, gpu_decode: bool) -> np.ndarray:
     ts = UID(inst.transfer_syntax_uid)
     ts_name = ts.name if ts.name != str(ts) else "an unknown transfer syntax"
+    gpu = gpu_decode_frames(ds, inst) if gpu_decode else None  # None: the CPU decoders below
     try:
-        arr = ds.pixel_array
+        arr = ds.pixel_array if gpu is None else gpu
     except NotImplementedError:
         raise UnsupportedImageError(f"no decoder available for {ts_name}") from None
     except MemoryError:
@@ -144,8 +147,12 @@ def _apply_voi(ds: Dataset, values: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def decode_display(ds: Dataset, inst: CxrInstance, *, max_pixels: int) -> DisplayImage:
+def decode_display(ds: Dataset, inst: CxrInstance, *, max_pixels: int, gpu_decode: bool | None = None) -> DisplayImage:
     """Decode ``ds`` to :class:`DisplayImage` (checks sizes before allocating).
+
+    ``gpu_decode``: decode JPEG 2000 on the GPU when nvImageCodec and a CUDA device are present
+    (:mod:`secondreader.dicom.gpu_decode`, falling back to the CPU); ``None`` takes the process
+    setting (:func:`~secondreader.dicom.gpu_decode.configure`, off unless an entry point turns it on).
 
     Raises
     ------
@@ -153,15 +160,15 @@ def decode_display(ds: Dataset, inst: CxrInstance, *, max_pixels: int) -> Displa
         With a reason naming what is wrong.
     """
     with pydicom_warnings_caught():
-        return _decode_display(ds, inst, max_pixels)
+        return _decode_display(ds, inst, max_pixels, gpu_decoding_enabled() if gpu_decode is None else gpu_decode)
 
 
-def _decode_display(ds: Dataset, inst: CxrInstance, max_pixels: int) -> DisplayImage:
+def _decode_display(ds: Dataset, inst: CxrInstance, max_pixels: int, gpu_decode: bool) -> DisplayImage:
     try:
         _check_before_decoding(ds, inst, max_pixels)
     except HEADER_ERRORS:
         raise CorruptPixelDataError("the Pixel Data element is malformed") from None
-    stored = _decode(ds, inst)
+    stored = _decode(ds, inst, gpu_decode)
     try:
         values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
     except HEADER_ERRORS:
