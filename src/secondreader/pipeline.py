@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,7 +401,9 @@ def _quarantine_failed(item: InputFile | InputProblem, reason: str, options: Scr
         return
     try:
         data = item.read()
-    except (OSError, SecondReaderError, zipfile.BadZipFile, RuntimeError, EOFError):
+    except (OSError, SecondReaderError):
+        if item.member is not None and item.path.is_file():  # an unreadable member: keep its zip
+            options.quarantine.keep(item.path, reason=reason, channel=options.quarantine_channel, kind="zip")
         return
     options.quarantine.keep(data, reason=reason, channel=options.quarantine_channel,
                             kind="zip member" if item.member is not None else "file")

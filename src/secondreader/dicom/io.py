@@ -13,6 +13,7 @@ import os
 import struct
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,13 @@ class InputFile:
             )
         if self.member is None:
             return self.path.read_bytes()
-        with zipfile.ZipFile(self.path) as archive:
-            return archive.read(self.member)
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                return archive.read(self.member)
+        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError):
+            # CRC or size mismatch (a member inflating past its declared size stops there), bad
+            # deflate stream, unsupported compression or encryption.
+            raise InvalidInputError("zip member is corrupt or cannot be unpacked") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +202,8 @@ def read_dataset(data: bytes) -> DicomFile:
             ds = pydicom.dcmread(io.BytesIO(data), force=False)
     except InvalidDicomError:
         raise NotDicomError("DICOM File Meta Information is malformed") from None
+    except RecursionError:
+        raise NotDicomError("DICOM header nests sequences too deeply to be read") from None
     except HEADER_ERRORS:
         raise NotDicomError("DICOM header is truncated or malformed") from None
     truncated = any("End of file reached" in str(w.message) for w in caught)
@@ -205,7 +213,7 @@ def read_dataset(data: bytes) -> DicomFile:
         try:
             with pydicom_warnings_caught():
                 ds = pydicom.dcmread(io.BytesIO(data), force=False, stop_before_pixels=True)
-        except HEADER_ERRORS:
+        except (*HEADER_ERRORS, RecursionError):
             raise NotDicomError("DICOM file is truncated") from None
     meta = ds.file_meta
     if "TransferSyntaxUID" not in meta:

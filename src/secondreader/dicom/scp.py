@@ -48,7 +48,8 @@ def _handle_store(event: Any, receive: Receive, quarantine: Quarantine | None = 
         ds = event.dataset
         ds.StudyInstanceUID, ds.SOPInstanceUID  # noqa: B018 - both must be readable
         data = bytes(event.encoded_dataset())
-    except (AttributeError, ValueError, TypeError, KeyError, EOFError, OverflowError, NotImplementedError) as exc:
+    except (AttributeError, ValueError, TypeError, KeyError, EOFError, OverflowError, NotImplementedError,
+            RecursionError) as exc:
         reason = ("the C-STORE data set lacks its Study or SOP Instance UID" if isinstance(exc, AttributeError)
                   else "the C-STORE data set cannot be decoded")
         logger.warning("C-STORE refused: %s", reason)
