@@ -113,12 +113,12 @@ class GpuJpeg2000Decoder:
         return out
 
 
-_enabled = False
+_enabled = True
 
 
 def configure(enabled: bool) -> None:
-    """Entry points call this once with ``Settings.gpu_decode``; decoding then uses the GPU when
-    :func:`availability` allows (off by default, so library users opt in)."""
+    """Entry points call this once with ``Settings.gpu_decode``. On by default: decoding uses the
+    GPU whenever :func:`availability` allows (nothing changes on a machine without one)."""
     global _enabled
     _enabled = bool(enabled)
 

@@ -152,7 +152,7 @@ def decode_display(ds: Dataset, inst: CxrInstance, *, max_pixels: int, gpu_decod
 
     ``gpu_decode``: decode JPEG 2000 on the GPU when nvImageCodec and a CUDA device are present
     (:mod:`secondreader.dicom.gpu_decode`, falling back to the CPU); ``None`` takes the process
-    setting (:func:`~secondreader.dicom.gpu_decode.configure`, off unless an entry point turns it on).
+    setting (:func:`~secondreader.dicom.gpu_decode.configure`; on, where available, unless turned off).
 
     Raises
     ------
