@@ -4,6 +4,7 @@ import {
   Enums as CoreEnums,
   RenderingEngine,
   init as coreInit,
+  metaData,
 } from '@cornerstonejs/core';
 import {
   Enums as ToolEnums,
@@ -25,6 +26,25 @@ const TOOLS = { WindowLevel: WindowLevelTool, Pan: PanTool, Zoom: ZoomTool };
 const { MouseBindings } = ToolEnums;
 
 let initialised = null;
+let planeLookup = false;
+
+/**
+ * Real radiographs often carry PixelSpacing "0\\0" (or none): the image plane then has no extent
+ * and nothing renders. Such a plane gets 1 mm per pixel, flagged as default values (the image is
+ * shown as pixels, uncalibrated; the result's area_mm2 is null for it as well).
+ */
+function planeWithUsableSpacing(type, imageId) {
+  if (type !== 'imagePlaneModule' || planeLookup) return undefined;
+  planeLookup = true;
+  let plane;
+  try {
+    plane = metaData.get(type, imageId);
+  } finally {
+    planeLookup = false;
+  }
+  if (!plane || (plane.rowPixelSpacing > 0 && plane.columnPixelSpacing > 0)) return plane;
+  return { ...plane, rowPixelSpacing: 1, columnPixelSpacing: 1, pixelSpacing: [1, 1], usingDefaultValues: true };
+}
 
 function initialise() {
   if (!initialised) {
@@ -32,6 +52,7 @@ function initialise() {
       await coreInit();
       // The loader's requests carry the key in a header (beforeSend), never in the URL.
       dicomLoaderInit({ maxWebWorkers: 1, beforeSend: () => authHeaders() });
+      metaData.addProvider(planeWithUsableSpacing, 100000);
       toolsInit();
       Object.values(TOOLS).forEach((tool) => addTool(tool));
     })();

@@ -204,7 +204,7 @@ export class StudyView {
           el('span', { className: 'id', text: region.id }),
           el('span', { text: `score ${Number(region.score).toFixed(2)}` }),
         ]),
-        el('div', { className: 'meta', text: `${region.finding} · rows ${region.bbox[0]}–${region.bbox[2]}, `
+        el('div', { className: 'meta', text: `${this.imageLabel(region.sop_instance_uid)}${region.finding} · rows ${region.bbox[0]}–${region.bbox[2]}, `
           + `columns ${region.bbox[1]}–${region.bbox[3]}${region.area_mm2 != null ? ` · ${Math.round(region.area_mm2)} mm²` : ''}` }),
         el('div', { className: 'verdicts', attrs: { role: 'group', 'aria-label': `Verdict for ${region.id}` } },
           VERDICTS.map((v) => {
@@ -224,6 +224,13 @@ export class StudyView {
       item.addEventListener('click', () => this.select(region.id));
       return item;
     }));
+  }
+
+  /** "image 2 · " when the study has several screened images, else nothing. */
+  imageLabel(sop) {
+    const screened = (this.result?.instances || []).filter((i) => i.status === 'screened');
+    if (screened.length < 2) return '';
+    return `image ${screened.findIndex((i) => i.sop_instance_uid === sop) + 1} · `;
   }
 
   renderReport() {
