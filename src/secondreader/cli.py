@@ -165,7 +165,8 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         logger.error("could not import the model bundles into the BentoML model store")
         return 1
     sys.stderr.write(
-        f"secondreader serving on http://{host}:{port}  (POST /v1/screen, GET /v1/studies/UID, /readyz, /metrics)\n"
+        f"secondreader serving on http://{host}:{port}  (viewer: http://{host}:{port}/viewer/ ; "
+        "POST /v1/screen, GET /v1/studies/UID, /readyz, /metrics)\n"
     )
     command = [sys.executable, "-m", "bentoml", "serve", "secondreader.service.bento:SecondReader",
                "--host", host, "--port", str(port)]
