@@ -34,7 +34,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     log = home / "server.log"
     port = _free_port()
     env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": KEY,
-           "SECONDREADER_DICOM_PORT": "0", "SECONDREADER_STUDY_STABLE_SECONDS": "1"}
+           "SECONDREADER_DICOM_PORT": "0", "SECONDREADER_STUDY_STABLE_SECONDS": "1",
+           "SECONDREADER_HL7_PORT": str(HL7_PORT)}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "secondreader.cli", "serve", "--port", str(port),
                                  "--no-samples"], env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -128,3 +129,50 @@ def test_stow_rs_with_a_dicomweb_client(server: tuple[str, Path]) -> None:
             break
         time.sleep(0.5)
     assert found.status_code == 200 and found.json()["status"] == "screened"
+
+
+HL7_PORT = _free_port()
+
+
+def _mllp(message: str) -> str:
+    """Send one message over MLLP to the service's HL7 listener; the acknowledgement's text."""
+    with socket.create_connection(("127.0.0.1", HL7_PORT), timeout=30) as sock:
+        sock.sendall(b"\x0b" + message.encode() + b"\x1c\r")
+        reply = b""
+        while not reply.endswith(b"\x1c\r"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.strip(b"\x0b\x1c\r").decode()
+
+
+def test_hl7_first_read_over_mllp_routes_the_study(server: tuple[str, Path]) -> None:
+    base, log = server
+    headers = {"Authorization": f"Bearer {KEY}"}
+    chest = make_cxr_dataset(512, 512, lesion_at=(250, 300))
+    chest.AccessionNumber = "HL7ACC001"
+    screened = httpx.post(f"{base}/v1/screen?wait=120", content=to_bytes(chest),
+                          headers={**headers, "Content-Type": "application/dicom"}, timeout=180)
+    assert screened.status_code == 200
+    uid = chest.StudyInstanceUID
+    # Segments split by \n (as many interface engines write files): normalised before parsing.
+    oru = "\n".join([
+        "MSH|^~\\&|RIS|HOSP|SECONDREADER|HOSP|20261128101500||ORU^R01|CTRL0001|P|2.5",
+        f"PID|1||PID123^^^HOSP||{CANARY_NAME}||19700101|F",
+        "OBR|1||HL7ACC001|71046^XR CHEST 2 VIEWS^CPT|||20261128100000|||||||||||HL7ACC001",
+        "OBX|1|TX|18782-3^Radiology Study observation^LN||No focal consolidation. Heart size normal.||||||F",
+    ])
+    reply = _mllp(oru)
+    assert "MSA|AA|CTRL0001" in reply, reply
+    study = httpx.get(f"{base}/v1/studies/{uid}", headers=headers).json()
+    assert study["first_read"]["status"] == "negative"
+    assert study["first_read"]["labels"]["pneumonia"] == "negated"
+    assert study["first_read"]["source"] == "hl7"
+    # a message that is not a result is rejected with a reason, and the listener goes on
+    adt = "MSH|^~\\&|RIS|HOSP|SR|HOSP|20261128||ADT^A01|CTRL0002|P|2.5\rPID|1||X||" + CANARY_NAME
+    assert "MSA|AR|CTRL0002|HL7 message type ADT" in _mllp(adt)
+    assert "MSA|AA|CTRL0001" in _mllp(oru)
+    items = httpx.get(f"{base}/v1/worklist", headers=headers).json()["items"]
+    assert uid in {i["study_instance_uid"] for i in items}
+    assert CANARY_NAME not in log.read_text() and "CANARY" not in log.read_text()

@@ -23,6 +23,8 @@ with bentoml.importing():
     from secondreader.logsafe import configure_logging, set_secret
     from secondreader.model.card import load_card
     from secondreader.model.predictor import TorchPredictor
+    from secondreader.reports.firstread import ReportIn
+    from secondreader.reports.hl7 import Hl7Listener
     from secondreader.service import metrics
     from secondreader.service.access import install_access_log_filter
     from secondreader.service.auth import ApiKeyMiddleware, FailedAuthLimiter, parse_keys
@@ -32,6 +34,7 @@ with bentoml.importing():
     from secondreader.service.modelstore import import_bundles, shipped_tag
     from secondreader.store import Store
     from secondreader.viewer import viewer_app
+    from secondreader.worklist import load_rules
 
 logger = logging.getLogger("secondreader.service")
 
@@ -78,7 +81,8 @@ class SecondReader:
         self.core = ScreeningService(store, predictors, home=settings.home,
                                      max_image_pixels=settings.max_image_pixels, workers=4,
                                      pacs_destination=settings.pacs_destination,
-                                     calling_ae=settings.dicom_ae_title, series=settings.output_series())
+                                     calling_ae=settings.dicom_ae_title, series=settings.output_series(),
+                                     routing=load_rules(settings.routing_rules))
         self.core.resume_unfinished()
         self.core.start_background(stable_seconds=settings.study_stable_seconds)
         allowed = [a.strip() for a in settings.dicom_allowed_aes.split(",")]
@@ -89,8 +93,14 @@ class SecondReader:
         self.receiver = start_receiver(settings.host, settings.dicom_port, settings.dicom_ae_title, allowed,
                                        self.core.receive, max_associations=settings.dicom_max_associations,
                                        ssl_context=tls, quarantine=self.core.quarantine)
+        # First reads over HL7 v2 (ORU^R01 over MLLP), into the same worklist as POST /v1/reports.
+        self.hl7 = Hl7Listener(settings.host, settings.hl7_port, self._first_read)
+        self.hl7.start()
         if os.environ.get("SECONDREADER_SCREEN_SAMPLES") == "1":
             threading.Thread(target=self._screen_samples, daemon=True).start()
+
+    def _first_read(self, report: ReportIn) -> None:
+        self.core.worklist.add_report(report, actor="hl7")
 
     def _screen_samples(self) -> None:
         uploads = [Upload(p.name, p.read_bytes()) for p in sample_paths()]
@@ -104,6 +114,7 @@ class SecondReader:
 
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
     def shutdown(self) -> None:
+        self.hl7.stop()
         self.receiver.stop()
         self.core.close()
 

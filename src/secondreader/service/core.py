@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -31,6 +32,7 @@ from ..outputs.provenance import SeriesSettings, is_own_result
 from ..pipeline import ScreeningOptions, screen_paths
 from ..quarantine import Quarantine
 from ..store import JobRecord, Store
+from ..worklist import RoutingRules, Worklist
 from . import metrics
 
 __all__ = ["ScreeningService", "Upload", "has_dicom", "safe_name"]
@@ -85,8 +87,13 @@ class ScreeningService:
 
     def __init__(self, store: Store, predictors: Sequence[Predictor], *, home: Path, max_image_pixels: int,
                  workers: int = 4, pacs_destination: str | None = None, calling_ae: str = "SECONDREADER",
-                 series: SeriesSettings | None = None) -> None:
+                 series: SeriesSettings | None = None, routing: RoutingRules | None = None,
+                 worker_id: str | None = None) -> None:
         self.store = store
+        self.worklist = Worklist(store, routing)
+        # who claims jobs in a shared store (stable across restarts of this process, so a job it was
+        # running when killed is taken again by its restart)
+        self.worker_id = (worker_id or socket.gethostname())[:64]
         self.predictors = list(predictors)
         self.home = home
         self.spool = home / "spool"
@@ -168,9 +175,8 @@ class ScreeningService:
             metrics.queue_depth(self._queued)
         try:
             job = self.store.get_job(job_id)
-            if job is None:
-                return
-            self.store.set_job(job_id, "running")
+            if job is None or not self.store.claim_job(job_id, self.worker_id):
+                return  # gone, or another worker sharing the store runs it
             study_uids: list[str] = []
             unreadable: list[dict[str, Any]] = []
             for result in screen_paths([Path(job.spool_dir)], self.options):
@@ -179,7 +185,8 @@ class ScreeningService:
                 if result.study_instance_uid is None:
                     unreadable.append(data)
                     continue
-                self.store.save_result(data)
+                data = self.worklist.record_result(data, accession_number=result.accession_number,
+                                                   files=result.files)
                 study_uids.append(result.study_instance_uid)
                 if self.pacs_destination and data["artifacts"]["dicom"]:
                     self.store.enqueue_outbox(result.study_instance_uid,
@@ -214,7 +221,7 @@ class ScreeningService:
         studies: list[dict[str, Any]] = []
         if job.status == "done":
             for uid in job.study_uids:
-                found = self.store.get_study(uid)
+                found = self.worklist.study(uid)  # as GET /v1/studies/{uid} shows it (state, reviews)
                 if found is not None:
                     studies.append(found)
             studies.extend(job.unreadable)

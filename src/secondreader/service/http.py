@@ -23,6 +23,7 @@ from starlette.routing import Route
 from ..dicom.io import read_dataset
 from ..errors import InfrastructureError, InvalidInputError, SecondReaderError
 from .core import ScreeningService, Upload, wait_seconds
+from .worklist_http import worklist_routes
 
 __all__ = ["build_app"]
 
@@ -128,15 +129,6 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
             return _error(404, "not found", "no such job")
         return JSONResponse(service.job_view(record))
 
-    async def study(request: Request) -> Response:
-        uid = request.path_params["study_uid"]
-        if not _UID.fullmatch(uid) or len(uid) > 64:
-            return _error(400, "bad request", "study UID must be a DICOM UID (digits and dots)")
-        found = await asyncio.to_thread(get_service().store.get_study, uid)
-        if found is None:
-            return _error(404, "not found", "no result for this study")
-        return JSONResponse(found)
-
     async def heatmap(request: Request) -> Response:
         uid, sop, finding = (request.path_params[k] for k in ("study_uid", "sop_uid", "finding"))
         if not (_UID.fullmatch(uid) and _UID.fullmatch(sop) and _FINDING.fullmatch(finding)):
@@ -207,7 +199,7 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
     routes = [
         Route("/screen", screen, methods=["POST"]),
         Route("/jobs/{job_id}", job, methods=["GET"]),
-        Route("/studies/{study_uid}", study, methods=["GET"]),
+        *worklist_routes(get_service),  # reports, worklist, a study with its state, reviews, instances
         # Before the overlay route, whose {finding} would also match "pneumonia.layer".
         Route("/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.layer.png", heatmap_layer, methods=["GET"]),
         Route("/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.png", heatmap, methods=["GET"]),
