@@ -152,6 +152,7 @@ export class ImageView {
 
   setLayer(bitmap) {
     this.layer = bitmap;
+    this.overlay.dataset.layer = bitmap ? 'loaded' : 'none';
     this.drawOverlay();
   }
 

@@ -1,0 +1,283 @@
+"""The radiologist's page (``/viewer/``) in a real browser: Debian's chromium driven by Playwright
+against the real BentoML service (in-process uvicorn on a loopback port), with a real sample
+study screened and a first read posted.
+
+Chromium reaches past loopback even when told not to, so the browser test runs only inside a
+private network namespace (``unshare -n``; see ``.ci/run``)::
+
+    unshare -n -- bash -c 'ip link set lo up; . .venv/bin/activate; python -m pytest tests/integration/test_viewer.py'
+
+Screenshots go to the test's ``tmp_path`` (``screenshots/``; its path is in the test report's
+properties and printed by ``-rA``).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from ..conftest import CANARY_ID, CANARY_NAME, require
+from ..conftest import testdata_file as sample_file
+from ..orthanc import in_private_network_namespace
+
+pytestmark = [pytest.mark.weights, pytest.mark.slow]
+
+KEY = "viewer-test-key-7f3a"
+REVIEWER = "Dr Second Reader"
+REPORT = "PA chest radiograph. Heart size is normal. No focal consolidation. No pleural effusion."
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[str]:
+    """The BentoML service app (health routes, API-key middleware, /v1, /viewer) on a real socket."""
+    import uvicorn
+
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("viewer-home")
+    mp.setenv("SECONDREADER_HOME", str(home))
+    mp.setenv("SECONDREADER_API_KEYS", KEY)
+    mp.setenv("SECONDREADER_MODELS_DIR", str(models_dir))
+    mp.setenv("SECONDREADER_DICOM_PORT", "0")
+    mp.setenv("SECONDREADER_HL7_PORT", "0")
+    mp.delenv("SECONDREADER_SCREEN_SAMPLES", raising=False)
+    from secondreader.service.bento import SecondReader
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(SecondReader.to_asgi(), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if not thread.is_alive():
+                pytest.fail("the service stopped while starting")
+            time.sleep(0.3)
+        else:
+            pytest.fail("the service was not ready within 120 s")
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        mp.undo()
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def screened(service: str) -> dict[str, Any]:
+    """A real chest CR (pydicom-data's RG1, uncompressed) with the canary as patient, screened."""
+    ds = pydicom.dcmread(sample_file("RG1_UNCR.dcm"))
+    ds.PatientName = CANARY_NAME
+    ds.PatientID = CANARY_ID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    screened = httpx.post(f"{service}/v1/screen?wait=300", content=buffer.getvalue(), timeout=330,
+                          headers={**_auth(), "Content-Type": "application/dicom"})
+    assert screened.status_code == 200, screened.text
+    (result,) = screened.json()["studies"]
+    assert result["status"] == "screened" and result["regions"], result
+    return dict(result)
+
+
+@pytest.fixture(scope="module")
+def study(service: str, screened: dict[str, Any]) -> dict[str, Any]:
+    """The screened study after a first read that negates what the AI calls positive (discordant)."""
+    uid = screened["study_instance_uid"]
+    report = httpx.post(f"{service}/v1/reports", json={"study_instance_uid": uid, "text": REPORT},
+                        headers=_auth(), timeout=60)
+    assert report.status_code == 200, report.text
+    assert "pneumonia" in report.json()["first_read"]["discordant"], report.json()["first_read"]
+    return dict(report.json())
+
+
+def test_the_page_is_served_without_a_key_and_confined(service: str) -> None:
+    page = httpx.get(f"{service}/viewer/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "not for primary diagnosis" in page.text
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["referrer-policy"] == "no-referrer"
+    bundle = httpx.get(f"{service}/viewer/" + page.text.split('src="./', 1)[1].split('"', 1)[0])
+    assert bundle.status_code == 200 and "javascript" in bundle.headers["content-type"]
+    assert "immutable" in bundle.headers["cache-control"]
+    # The page opens without a key; the data behind it does not.
+    assert httpx.get(f"{service}/v1/worklist").status_code == 401
+
+
+def test_the_heatmap_layer_is_a_transparent_png_over_the_source_grid(service: str, screened: dict[str, Any]) -> None:
+    uid = screened["study_instance_uid"]
+    region = screened["regions"][0]
+    url = f"{service}/v1/studies/{uid}/instances/{region['sop_instance_uid']}/heatmaps/{region['finding']}.layer.png"
+    assert httpx.get(url).status_code == 401
+    response = httpx.get(url, headers=_auth())
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    layer = Image.open(io.BytesIO(response.content))
+    assert layer.mode == "RGBA"
+    ds = pydicom.dcmread(sample_file("RG1_UNCR.dcm"), stop_before_pixels=True)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    assert abs(layer.height / rows - layer.width / cols) < 2 / max(layer.size)  # uniform reduction
+    alpha = np.asarray(layer)[..., 3]
+    r0, c0, r1, c1 = region["bbox"]
+    sy, sx = layer.height / rows, layer.width / cols
+    inside = alpha[int(r0 * sy):int(np.ceil(r1 * sy)), int(c0 * sx):int(np.ceil(c1 * sx))]
+    # The region came from this heat: it is opaque inside the box, and most of the image is clear.
+    assert inside.max() > 128
+    assert (alpha == 0).mean() > 0.3
+    missing = httpx.get(url.replace(".layer.png", "x.layer.png"), headers=_auth())
+    assert missing.status_code == 404
+
+
+def _overlay_alpha(page: Any) -> int:
+    return int(page.evaluate("""() => {
+        const c = document.getElementById('overlay');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let sum = 0;
+        for (let i = 3; i < d.length; i += 4) sum += d[i];
+        return sum;
+    }"""))
+
+
+def _grey(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32)
+
+
+def test_a_radiologist_reviews_the_discordant_study_in_chromium(
+    service: str, study: dict[str, Any], tmp_path: Path, record_property: Any
+) -> None:
+    require(in_private_network_namespace(),
+            "chromium reaches past loopback: run the browser test inside `unshare -n` (see .ci/run)")
+    require(Path(CHROMIUM).is_file() and shutil.which(CHROMIUM) is not None,
+            "Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    uid = study["study_instance_uid"]
+    region = study["regions"][0]
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    record_property("screenshots", str(shots))
+    urls: list[str] = []
+    dicom_auth: list[str | None] = []
+    problems: list[str] = []
+
+    def on_request(request: Any) -> None:
+        urls.append(request.url)
+        if request.url.endswith("/dicom"):
+            dicom_auth.append(request.headers.get("authorization"))
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.on("request", on_request)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+
+            # Sign in: a wrong key is refused on the page, the right one opens the worklist.
+            page.goto(f"{service}/viewer/")
+            page.fill("#api-key", "not-the-key")
+            page.press("#api-key", "Enter")
+            page.wait_for_selector("#login-error:has-text('refused')")
+            problems.clear()  # the refused key's 401 is logged by the browser as a console error
+            page.fill("#api-key", KEY)
+            page.press("#api-key", "Enter")
+            row = page.locator(f'#worklist tr[data-uid="{uid}"]')
+            row.wait_for()
+            route = study["priority"]["route"]
+            assert route in ("urgent", "review")
+            assert route in row.inner_text().lower() and "pneumonia" in row.inner_text()
+            assert row.locator(".badge.discordant").inner_text() == "pneumonia"
+            page.screenshot(path=shots / "worklist.png")
+
+            # Filters: another route hides the study, its own route shows it.
+            page.select_option("#filter-route", "none")
+            page.wait_for_selector(f'#worklist tr[data-uid="{uid}"]', state="detached")
+            page.select_option("#filter-route", route)
+            row.wait_for()
+            page.select_option("#filter-route", "")
+            row.wait_for()
+
+            # Open it with the keyboard.
+            row.focus()
+            page.keyboard.press("Enter")
+            page.wait_for_selector('#viewport[data-rendered="true"]', timeout=60_000)
+            page.wait_for_selector('#overlay[data-layer="loaded"]', timeout=30_000)
+            page.wait_for_function("document.getElementById('viewport-message').textContent === ''")
+            page.screenshot(path=shots / "study.png")
+
+            # The radiograph itself is on screen (heatmap off): a real image, not a blank canvas.
+            page.focus("#viewport")
+            page.keyboard.press("h")
+            image = _grey(page.locator("#viewport").screenshot())
+            assert image.std() > 20 and len(np.unique(image.round())) > 64, (image.std(), len(np.unique(image)))
+            page.keyboard.press("h")
+
+            # The opacity slider changes the overlay (keyboard on the slider: End = 100 %, Home = 0 %).
+            at_50 = _overlay_alpha(page)
+            page.focus("#heat-opacity")
+            page.keyboard.press("End")
+            assert page.input_value("#heat-opacity") == "100"
+            at_100 = _overlay_alpha(page)
+            page.screenshot(path=shots / "study-opacity-100.png")
+            page.keyboard.press("Home")
+            at_0 = _overlay_alpha(page)
+            assert at_0 < at_50 < at_100, (at_0, at_50, at_100)
+            assert at_0 > 0  # the region outlines stay
+
+            # The first read, with the sentence that negated the AI's finding marked as discordant.
+            marked = page.locator("#report-text mark.discordant")
+            assert "consolidation" in marked.inner_text().lower()
+            assert REPORT.split(".")[1].strip() in page.inner_text("#report-text")
+
+            # A verdict on the top region, with the reviewer's name, shows up on the page and in the API.
+            page.fill("#reviewer", REVIEWER)
+            card = page.locator(f'#regions .region[data-region="{region["id"]}"]')
+            card.locator('button[data-verdict="confirmed_miss"]').click()
+            card.locator(".recorded li", has_text="Confirmed miss").wait_for()
+            assert REVIEWER in card.locator(".recorded").inner_text()
+            page.screenshot(path=shots / "verdict.png")
+
+            body = page.inner_text("body") + page.content()
+            assert CANARY_NAME not in body and "CANARY" not in body and CANARY_ID not in body
+        finally:
+            browser.close()
+
+    stored = httpx.get(f"{service}/v1/studies/{uid}", headers=_auth()).json()
+    assert any(r["region_id"] == region["id"] and r["verdict"] == "confirmed_miss" and r["reviewer"] == REVIEWER
+               for r in stored["reviews"]), stored["reviews"]
+    # The key never travelled in a URL; the image loader sent it as a header.
+    assert urls and not [u for u in urls if KEY in u]
+    assert dicom_auth and all(a == f"Bearer {KEY}" for a in dicom_auth), dicom_auth
+    assert not problems, problems
+    assert {p.name for p in shots.iterdir()} >= {"worklist.png", "study.png", "verdict.png"}
