@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import text
 
 from secondreader.errors import InvalidInputError
@@ -248,3 +249,21 @@ def test_migration_from_0002_keeps_results_and_derives_states(store: Store) -> N
         if schema:
             with store.engine.begin() as c:
                 c.execute(text(f"drop schema {schema}_old cascade"))
+
+
+def test_a_failed_migration_step_leaves_nothing_half_applied(store: Store) -> None:
+    # What Alembic runs inside one migration: DDL then a failure. Both backends roll the DDL back
+    # (SQLite only because the store turns off the sqlite3 driver's implicit commit before DDL).
+    engine = store.ddl_engine()
+    try:
+        with pytest.raises(RuntimeError), engine.begin() as c:
+            c.execute(text("create table half_applied (id integer)"))
+            c.execute(text("alter table studies add column half_applied integer"))
+            raise RuntimeError("the migration failed here")
+        with store.engine.connect() as c:
+            tables = set(sa_inspect(c).get_table_names())
+            columns = {col["name"] for col in sa_inspect(c).get_columns("studies")}
+        assert "half_applied" not in tables and "half_applied" not in columns
+    finally:
+        if engine is not store.engine:
+            engine.dispose()

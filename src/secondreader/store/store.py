@@ -76,12 +76,27 @@ class Store:
         transaction, so a failure leaves the schema at the last complete revision."""
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
+        engine = self.ddl_engine()
         try:
-            with self.engine.begin() as connection:
+            with engine.begin() as connection:
                 config.attributes["connection"] = connection
                 command.upgrade(config, revision)
         except SQLAlchemyError as exc:
             raise StoreError(f"store migration failed ({type(exc).__name__})") from None
+        finally:
+            if engine is not self.engine:
+                engine.dispose()
+
+    def ddl_engine(self) -> Engine:
+        """An engine whose transactions include DDL. PostgreSQL's do; Python's sqlite3 driver commits
+        before every CREATE/ALTER on its own, which would leave a failed migration half-applied, so
+        for SQLite the driver's transaction handling is turned off and SQLAlchemy emits BEGIN itself."""
+        if self.backend != "sqlite":
+            return self.engine
+        engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_transactional_ddl)
+        event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+        return engine
 
     def transaction(self, operation: str) -> AbstractContextManager[Session]:
         """One transaction (for the worklist's multi-table updates); failures become StoreError
@@ -275,6 +290,11 @@ def write_result(s: Session, result: dict[str, Any]) -> Study:
         row.source, row.status, row.reason = inst["source"], inst["status"], inst.get("reason")
     s.add(Result(study_instance_uid=uid, models=models, result=result))
     return study
+
+
+def _sqlite_transactional_ddl(dbapi_connection: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_connection, record)
+    dbapi_connection.isolation_level = None  # no implicit COMMIT before DDL; BEGIN comes from the "begin" event
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
