@@ -125,6 +125,19 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_export_reviews(args: argparse.Namespace, settings: Settings) -> int:
+    from .store import Store
+    from .worklist import Worklist
+
+    store = Store(settings.resolved_database_url())
+    store.migrate()
+    text = Worklist(store).export_manifest(args.out)
+    rows = max(0, text.count("\n") - 1)
+    sys.stderr.write(f"{rows} verdict(s) written to {args.out}; fine-tune with data.kind: manifest "
+                     "(see training/README.md)\n")
+    return 0
+
+
 def is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -154,6 +167,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_samples:
         env["SECONDREADER_SCREEN_SAMPLES"] = "1"
     env["SECONDREADER_HOME"] = str(settings.home.resolve())
+    env["SECONDREADER_HOST"] = host  # the DICOM receiver and the HL7 listener bind the same host
     env["SECONDREADER_MODELS_DIR"] = str(Path(args.models_dir or settings.models_dir).resolve())
     env["SECONDREADER_LOG_LEVEL"] = args.log_level
     env.setdefault("BENTOML_HOME", str((settings.home / "bentoml").resolve()))
@@ -168,6 +182,8 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"secondreader serving on http://{host}:{port}  (viewer: http://{host}:{port}/viewer/ ; "
         "POST /v1/screen, GET /v1/studies/UID, /readyz, /metrics)\n"
     )
+    sys.stderr.write(f"DICOM receiver: AE {settings.dicom_ae_title} on {host}:{settings.dicom_port}; "
+                     f"HL7 v2 first reads (MLLP): {host}:{settings.hl7_port}\n")
     command = [sys.executable, "-m", "bentoml", "serve", "secondreader.service.bento:SecondReader",
                "--host", host, "--port", str(port)]
     try:
@@ -213,6 +229,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    export = sub.add_parser("export-reviews", help="write radiologists' verdicts as a training manifest (CSV)")
+    export.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
+    export.set_defaults(func=_cmd_export_reviews)
+
+    from .audit.cli import add_parser as add_audit_parser
+
+    add_audit_parser(sub)
     return parser
 
 

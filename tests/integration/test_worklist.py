@@ -239,6 +239,12 @@ def test_migration_from_0002_keeps_results_and_derives_states(store: Store) -> N
             c.execute(text("insert into studies (study_instance_uid, status, priority_score, route, rule, result, "
                            "created_at, updated_at) values (:u, 'screened', 80, 'review', 'ai-positive', :r, "
                            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"), {"u": uid, "r": json.dumps(_result(uid, 0.9))})
+            # rows that reference the study: SQLite's table rebuild must not trip over them
+            c.execute(text("insert into instances (sop_instance_uid, study_instance_uid, source, status, received_at) "
+                           "values (:s, :u, 'a.dcm', 'screened', CURRENT_TIMESTAMP)"), {"s": uid + ".1", "u": uid})
+            c.execute(text("insert into results (study_instance_uid, models, result, created_at) "
+                           "values (:u, 'cxr-pneumonia@1.0.0', :r, CURRENT_TIMESTAMP)"),
+                      {"u": uid, "r": json.dumps(_result(uid, 0.9))})
         old.migrate()
         with old.engine.connect() as c:
             state = c.execute(text("select state from studies where study_instance_uid = :u"), {"u": uid}).scalar()

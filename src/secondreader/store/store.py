@@ -81,6 +81,8 @@ class Store:
             with engine.begin() as connection:
                 config.attributes["connection"] = connection
                 command.upgrade(config, revision)
+                if self.backend == "sqlite" and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise StoreError("store migration failed (a foreign key no longer holds)")
         except SQLAlchemyError as exc:
             raise StoreError(f"store migration failed ({type(exc).__name__})") from None
         finally:
@@ -294,6 +296,9 @@ def write_result(s: Session, result: dict[str, Any]) -> Study:
 
 def _sqlite_transactional_ddl(dbapi_connection: Any, record: Any) -> None:
     _sqlite_pragmas(dbapi_connection, record)
+    # Batch migrations rebuild tables (copy, drop, rename); with foreign keys enforced, dropping a
+    # referenced table would delete-check every referencing row and fail. They are checked after.
+    dbapi_connection.execute("PRAGMA foreign_keys=OFF")
     dbapi_connection.isolation_level = None  # no implicit COMMIT before DDL; BEGIN comes from the "begin" event
 
 

@@ -12,6 +12,9 @@ context.configure(
     target_metadata=Base.metadata,
     render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies tables instead
     transaction_per_migration=True,
+    # The Store hands over a connection whose transaction includes DDL on every backend (for SQLite
+    # see Store.ddl_engine), so a failed upgrade leaves nothing half-applied.
+    transactional_ddl=True,
 )
 with context.begin_transaction():
     context.run_migrations()
