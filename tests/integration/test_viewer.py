@@ -97,17 +97,21 @@ def _auth() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def screened(service: str) -> dict[str, Any]:
-    """A real chest CR (pydicom-data's RG1, uncompressed) with the canary as patient, screened."""
-    ds = pydicom.dcmread(sample_file("RG1_UNCR.dcm"))
-    ds.PatientName = CANARY_NAME
-    ds.PatientID = CANARY_ID
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    screened = httpx.post(f"{service}/v1/screen?wait=300", content=buffer.getvalue(), timeout=330,
-                          headers={**_auth(), "Content-Type": "application/dicom"})
+    """A real chest CR study (pydicom-data's RG1: the image uncompressed and as JPEG 2000 lossless,
+    which the browser decodes with its WebAssembly codec), the canary as patient, screened."""
+    files = []
+    for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
+        ds = pydicom.dcmread(sample_file(name))
+        ds.PatientName = CANARY_NAME
+        ds.PatientID = CANARY_ID
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        files.append(("files", (name, buffer.getvalue(), "application/dicom")))
+    screened = httpx.post(f"{service}/v1/screen?wait=300", files=files, headers=_auth(), timeout=330)
     assert screened.status_code == 200, screened.text
     (result,) = screened.json()["studies"]
     assert result["status"] == "screened" and result["regions"], result
+    assert [i["status"] for i in result["instances"]] == ["screened", "screened"], result["instances"]
     return dict(result)
 
 
@@ -173,13 +177,20 @@ def _grey(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32)
 
 
-def test_a_radiologist_reviews_the_discordant_study_in_chromium(
-    service: str, study: dict[str, Any], tmp_path: Path, record_property: Any
-) -> None:
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's chromium, allowed only inside a private network namespace (checked before the
+    service starts)."""
     require(in_private_network_namespace(),
             "chromium reaches past loopback: run the browser test inside `unshare -n` (see .ci/run)")
-    require(Path(CHROMIUM).is_file() and shutil.which(CHROMIUM) is not None,
+    require(shutil.which(CHROMIUM) is not None,
             "Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    return CHROMIUM
+
+
+def test_a_radiologist_reviews_the_discordant_study_in_chromium(
+    chromium: str, service: str, study: dict[str, Any], tmp_path: Path, record_property: Any
+) -> None:
     from playwright.sync_api import sync_playwright
 
     uid = study["study_instance_uid"]
@@ -197,7 +208,7 @@ def test_a_radiologist_reviews_the_discordant_study_in_chromium(
             dicom_auth.append(request.headers.get("authorization"))
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.on("request", on_request)
@@ -267,6 +278,17 @@ def test_a_radiologist_reviews_the_discordant_study_in_chromium(
             card.locator(".recorded li", has_text="Confirmed miss").wait_for()
             assert REVIEWER in card.locator(".recorded").inner_text()
             page.screenshot(path=shots / "verdict.png")
+
+            # The study's other image (JPEG 2000): decoded in the browser's worker and rendered.
+            other = next(i["sop_instance_uid"] for i in study["instances"]
+                         if i["sop_instance_uid"] != region["sop_instance_uid"])
+            page.select_option("#instance", other)
+            page.wait_for_selector('#viewport[data-rendered="true"]', timeout=60_000)
+            page.wait_for_selector('#overlay[data-layer="loaded"]', timeout=30_000)
+            page.wait_for_function("document.getElementById('viewport-message').textContent === ''")
+            second = _grey(page.locator("#viewport").screenshot())
+            assert second.std() > 20 and len(np.unique(second.round())) > 64
+            page.screenshot(path=shots / "study-jpeg2000.png")
 
             body = page.inner_text("body") + page.content()
             assert CANARY_NAME not in body and "CANARY" not in body and CANARY_ID not in body

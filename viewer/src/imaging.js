@@ -76,7 +76,7 @@ export class ImageView {
     this.opacity = 0.5;
     this.regions = []; // [{id, bbox: [r0, c0, r1, c1], finding}]
     this.selectedRegion = null;
-    this.renderCount = 0;
+    this.imageId = null;
     this.onRendered = () => this.drawOverlay();
   }
 
@@ -104,9 +104,10 @@ export class ImageView {
       });
       this.resizeObserver.observe(this.element);
     }
-    this.renderCount = 0;
+    this.imageId = null;
     this.element.dataset.rendered = 'false';
     await this.viewport.setStack([imageId], 0);
+    this.imageId = imageId;
     this.viewport.render();
   }
 
@@ -189,8 +190,8 @@ export class ImageView {
     ctx.clearRect(0, 0, width, height);
     const data = this.viewport?.getImageData?.();
     if (!data || !data.imageData) return;
-    this.renderCount += 1;
-    this.element.dataset.rendered = 'true';
+    // Marked once the image asked for is the one on screen (tests and screenshots wait for it).
+    if (this.imageId) this.element.dataset.rendered = 'true';
     const [columns, rows] = data.dimensions;
     const topLeft = this.imageToCanvas(data.imageData, 0, 0);
     const topRight = this.imageToCanvas(data.imageData, columns, 0);
