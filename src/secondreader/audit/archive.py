@@ -13,6 +13,7 @@ written to the outputs only when asked).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -25,11 +26,10 @@ from pydicom.dataset import Dataset
 
 from ..dicom.io import HEADER_ERRORS, InputFile, InputProblem, iter_inputs, pydicom_warnings_caught
 from ..errors import InfrastructureError, InvalidInputError
-from ..logsafe import study_key
 from ..reports.firstread import ReportIn
 from .reports import report_from_dict, report_to_dict
 
-__all__ = ["DicomwebArchive", "FolderArchive", "StudyTask", "fetch_study", "is_dicomweb_url"]
+__all__ = ["DicomwebArchive", "FolderArchive", "StudyTask", "fetch_study", "fingerprint", "is_dicomweb_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ class StudyTask:
         )
 
 
+def fingerprint(text: str) -> str:
+    """A stable pseudonym for where an input was found (its path is never written anywhere):
+    the same on every run, whatever the log secret, so a rerun recognises the input."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
 def _month(study_date: object) -> str | None:
     text = str(study_date or "").strip()
     if len(text) >= 6 and text[:6].isdigit() and 1 <= int(text[4:6]) <= 12:
@@ -106,14 +112,14 @@ class FolderArchive:
         try:
             for item in iter_inputs(self.paths):
                 if isinstance(item, InputProblem):
-                    yield StudyTask(f"input-{study_key(item.source + '::problem')}", None, problems=(item,))
+                    yield StudyTask(f"input-{fingerprint(item.source + '::problem')}", None, problems=(item,))
                     continue
                 header = _read_header(item, zips)
                 uid = _text(header.get("StudyInstanceUID")) if header is not None else None
                 if uid is None:
                     # The pipeline names what is wrong with it when the task runs.
                     where = f"{item.path.resolve()}::{item.member or ''}"
-                    yield StudyTask(f"input-{study_key(where)}", None, inputs=(item,))
+                    yield StudyTask(f"input-{fingerprint(where)}", None, inputs=(item,))
                     continue
                 assert header is not None
                 studies.setdefault(uid, []).append(item)

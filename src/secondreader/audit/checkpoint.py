@@ -55,6 +55,13 @@ class Checkpoint:
             tmp.replace(self.meta_path)
         self._load()
 
+    def reload(self) -> None:
+        """Read the finished tasks back from disk (after an interrupt, the file is the truth: a line
+        may be on disk whose task the interrupted process had not yet counted)."""
+        self.close()
+        self.done = {}
+        self._load()
+
     def _load(self) -> None:
         if not self.path.is_file():
             return

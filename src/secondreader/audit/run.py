@@ -26,9 +26,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ..logsafe import study_key
 from ..model.card import load_card
-from .archive import DicomwebArchive, FolderArchive, StudyTask, is_dicomweb_url
+from .archive import DicomwebArchive, FolderArchive, StudyTask, fingerprint, is_dicomweb_url
 from .checkpoint import Checkpoint
 from .engines import Engine, EngineSpec, EngineStats
 from .report import write_outputs
@@ -128,7 +127,9 @@ def run_audit(config: AuditConfig) -> AuditOutcome:
     codes = tuple(dict.fromkeys(f.code for c in cards for f in c.findings))
     refs = [c.ref for c in cards]
     reports = load_reports(config.reports, codes)
-    archive_id = study_key("|".join(sorted(config.archive)) + f"|{config.date_range}|{sorted(config.accessions)}")
+    archive_id = fingerprint("|".join(sorted(str(Path(a).resolve()) if not is_dicomweb_url(a) else a
+                                            for a in config.archive))
+                             + f"|{config.date_range}|{sorted(config.accessions)}")
     meta = {"format": 1, "models": refs, "reports": reports.fingerprint, "archive": archive_id,
             "include_accession": config.include_accession, "pictures": config.pictures}
     checkpoint = Checkpoint(config.out_dir, meta, fresh=config.fresh)
@@ -176,7 +177,7 @@ def run_audit(config: AuditConfig) -> AuditOutcome:
         complete = False
         logger.warning("audit interrupted: %d studies done in this run are kept; rerun to finish", new)
     finally:
-        checkpoint.close()
+        checkpoint.reload()
         shutil.rmtree(spool, ignore_errors=True)
     rows = checkpoint.rows()
     summary = summarise(rows, codes)

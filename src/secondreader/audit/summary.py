@@ -67,10 +67,11 @@ def summarise(rows: Sequence[dict[str, Any]], codes: Sequence[str]) -> AuditSumm
             s.ineligible += 1
         else:
             s.failed += 1
-        if row["study_instance_uid"] is None:
-            s.bad_files.append((row.get("source") or "(unnamed)", row.get("reason") or "unreadable"))
-        for bad in row.get("bad_files", []):
+        bad_files = row.get("bad_files") or []
+        for bad in bad_files:
             s.bad_files.append((bad["source"], bad["reason"] or "failed"))
+        if row["study_instance_uid"] is None and not bad_files:
+            s.bad_files.append((row.get("source") or "(unnamed)", row.get("reason") or "unreadable"))
     s.discordance = Rate(sum(1 for r in assessed if r["discordant"]), len(assessed))
     for code in codes:
         s.by_finding[code] = {

@@ -87,7 +87,7 @@ class LocalEngine:
     def run(self, tasks: Iterable[StudyTask], on_result: OnResult) -> None:
         t0 = time.perf_counter()
         spec = self.spec
-        models = [BatchingPredictor(TorchPredictor.from_bundle(d, device=spec.device),
+        models = [BatchingPredictor(load_predictor(d, device=spec.device),
                                     max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms)
                   for d in spec.model_dirs]
         ctx = mp.get_context("spawn")  # never fork a process that holds torch threads

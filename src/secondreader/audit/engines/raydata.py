@@ -51,7 +51,7 @@ class StudyAuditorActor:
         import torch
 
         from ...logsafe import configure_logging, set_secret
-        from ...model.predictor import TorchPredictor
+        from ...model.dense import load_predictor
         from ...service.batcher import BatchingPredictor
         from ..stage import StudyAuditor
 
@@ -62,7 +62,7 @@ class StudyAuditorActor:
         self.scratch = Path(tempfile.mkdtemp(prefix="secondreader-audit-actor-"))
         options = StageOptions(images_dir=self.scratch / "images" if stage["images_dir"] else None,
                                spool_dir=self.scratch / "spool", max_pixels=int(stage["max_pixels"]))
-        self.models = [BatchingPredictor(TorchPredictor.from_bundle(Path(d), device=device), max_batch=max_batch,
+        self.models = [BatchingPredictor(load_predictor(Path(d), device=device), max_batch=max_batch,
                                          max_wait_ms=max_wait_ms) for d in model_dirs]
         self.auditor = StudyAuditor(self.models, options)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="audit")
@@ -145,7 +145,7 @@ class RayEngine:
                 "max_batch": spec.max_batch, "max_wait_ms": spec.max_wait_ms, "secret": spec.secret,
                 "log_level": spec.log_level,
             },
-            batch_size=self.batch_size, batch_format="numpy", concurrency=actors,
+            batch_size=self.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=1 if gpus else 0, num_cpus=1,
         )
         self.stats.extra.update({"actors": actors, "gpus": gpus, "cpus": cpus})
