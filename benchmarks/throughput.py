@@ -1,59 +1,263 @@
-"""Throughput in one run: the raw model loop, the pipeline in-process, and the HTTP service.
+"""Throughput in one run: the raw networks, JPEG 2000 decoding, the pipeline in-process and the
+HTTP service, on the same inputs and device, with the ratios between them.
 
-    python benchmarks/throughput.py [--studies 24] [--concurrency 1 4 16] [--device auto]
+    python benchmarks/throughput.py [--device auto] [--sections raw decode pipeline http]
+                                    [--concurrency 1 4 16 64] [--studies 32] [--seconds 2]
+                                    [--compile] [--json FILE]
 
-Input: synthetic 2048x2048 12-bit chest CRs (uncompressed), the same bytes for every stage. Prints
-images/s of the bare network (with and without the occlusion heatmap), studies/s of the pipeline
-in-process and of ``secondreader serve`` under concurrency (with p50/p95/p99 latency), and the
-ratios between them. The machine is noisy: compare ratios from one run, not absolute figures.
+Inputs: synthetic 2048x2048 12-bit chest CRs, uncompressed and JPEG 2000 lossless (the same
+pictures), and the real RG1 CR (JPEG 2000 lossless) for decoding when pydicom-data has it. Every
+bundle in ``models/`` is used (cxr-pneumonia; cxr-nodule once it is trained).
+
+Tables: raw images/s of each bare network by batch size and precision (logits only), and with
+the heatmap the service asks for; JPEG 2000 decode images/s on the CPU (1 process and one per
+core) and on the GPU (nvImageCodec, batched); pipeline studies/s (one thread, and one thread per
+service worker sharing batched models); HTTP studies/s of ``secondreader serve`` at each
+concurrency with p50/p95/p99 latency; peak RSS and GPU memory; service/raw ratios. The machine
+may be noisy: compare ratios from one run, not figures from different runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import httpx
-import numpy as np
+import pydicom
 import torch
-from common import synthetic_cr
+from common import (
+    Table,
+    device_name,
+    gpu_peak_mb,
+    load_predictors,
+    machine,
+    pct,
+    peak_rss_mb,
+    rate,
+    rg1_j2k,
+    synthetic_cr,
+    write_json,
+)
+from pydicom.encaps import generate_frames
 
-from secondreader.config import default_models_dir
+from secondreader.dicom import gpu_decode
 from secondreader.dicom.io import InputFile
-from secondreader.model.predictor import TorchPredictor
+from secondreader.model.predictor import Predictor, TorchPredictor, resolve_device
 from secondreader.pipeline import ScreeningOptions, screen_inputs
+from secondreader.service.batcher import BatchingPredictor
+
+WORKERS = 4  # the service's screening threads (service/bento.py)
 
 
-def _raw(predictor: TorchPredictor, explain: bool, batch: int, seconds: float = 3.0) -> float:
-    x = torch.randn(batch, 1, *predictor.card.input_spec.size)
-    predictor.predict(x, explain=explain)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        predictor.predict(x, explain=explain)
-        n += batch
-    return n / (time.perf_counter() - start)
+# -- raw networks ---------------------------------------------------------------------------------
+def _raw_network(predictor: Predictor, device: torch.device, batch: int, mode: str, seconds: float) -> float:
+    net = getattr(predictor, "network", None)
+    if net is None:
+        return float("nan")
+    net = copy.deepcopy(net).to(device).eval()
+    size = predictor.card.input_spec.size
+    x = torch.randn(batch, 1, *size, device=device)
+    cuda = device.type == "cuda"
+    if mode != "fp32":
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        net = net.to(memory_format=torch.contiguous_format)
+    fn = torch.compile(net, dynamic=False) if mode == "bf16+compile" else net
+    cast = torch.autocast("cuda", dtype=torch.bfloat16) if mode.startswith("bf16") else nullcontext()
+
+    def step() -> int:
+        with torch.inference_mode(), cast:
+            fn(x)
+        return batch
+
+    return rate(step, seconds=seconds, sync=cuda)
 
 
+def section_raw(args: argparse.Namespace, predictors: list[Predictor], record: dict[str, Any]) -> dict[str, float]:
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    modes = ["fp32", "bf16"] + (["bf16+compile"] if args.compile else []) if cuda else ["fp32"]
+    batches = [1, 8, 64, 256] if cuda else [1, 8, 32]
+    best: dict[str, float] = {}
+    table = Table("raw network, logits only (bare PyTorch loop, input already on the device)       images/s",
+                  ["model", "input", "precision", *[f"batch {b}" for b in batches]], [24, 10, 14] + [11] * len(batches))
+    for p in predictors:
+        side = "x".join(map(str, p.card.input_spec.size))
+        for mode in modes:
+            rates = [_raw_network(p, device, b, mode, args.seconds) for b in batches]
+            table.add(p.card.ref, side, mode, *rates)
+            best[p.card.ref] = max(best.get(p.card.ref, 0.0), *rates)
+    record["raw"] = table.as_dict()
+
+    hb = [1, 8, 64] if cuda else [1, 8, 32]
+    heat = Table("model with its heatmap, as the service calls it (predict(explain=True), host tensors in/out)"
+                 "  images/s", ["model", "predictor", *[f"batch {b}" for b in hb]], [24, 22] + [11] * len(hb))
+    best_heat: dict[str, float] = {}
+    for p in predictors:
+        variants: list[tuple[str, Predictor]] = [(getattr(p, "precision", "default"), p)]
+        if cuda and args.compile and isinstance(p, TorchPredictor):
+            variants.append(("bf16+compile", TorchPredictor(p.card, device=args.device, compile=True,
+                                                            batch_sizes=(1, 8, 64))))
+        for label, q in variants:
+            rates = []
+            for b in hb:
+                x = torch.randn(b, 1, *q.card.input_spec.size)
+                rates.append(rate(lambda x=x, q=q: len(q.predict(x, explain=True)), seconds=args.seconds))
+            heat.add(q.card.ref, label, *rates)
+            best_heat[q.card.ref] = max(best_heat.get(q.card.ref, 0.0), *rates)
+    record["raw_heatmap"] = heat.as_dict()
+    # One study = one image through every model: the models' own ceiling in studies/s.
+    ceiling = {"logits": 1.0 / sum(1.0 / v for v in best.values()),
+               "heatmap": 1.0 / sum(1.0 / v for v in best_heat.values())}
+    print(f"raw ceiling, one image through every model: {ceiling['logits']:.1f} studies/s logits only, "
+          f"{ceiling['heatmap']:.1f} with heatmaps (best batch of each)")
+    record["raw_ceiling"] = ceiling
+    return ceiling
+
+
+# -- decoding -----------------------------------------------------------------------------------
+def _cpu_decode(blob: bytes) -> int:
+    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(blob))
+    return int(ds.pixel_array.shape[0] > 0)
+
+
+def section_decode(args: argparse.Namespace, files: dict[str, list[Path]], record: dict[str, Any]) -> None:
+    inputs = {"synthetic 2048x2048": files["j2k"][:8]}
+    rg1 = rg1_j2k()
+    if rg1 is not None:
+        inputs["RG1 1955x1841 (real)"] = [rg1] * 8
+    ok, reason = gpu_decode.availability()
+    cols = ["JPEG 2000 lossless", "CPU 1 proc", f"CPU {os.cpu_count()} procs", "GPU batch 1", "GPU batch 16",
+            "GPU batch 64"]
+    table = Table(f"JPEG 2000 decode, images/s (GPU: {reason})", cols, [24, 12, 14, 13, 13, 13])
+    decoder = gpu_decode.shared_decoder() if ok else None
+    for name, paths in inputs.items():
+        blobs = [p.read_bytes() for p in paths]
+        one = rate(lambda blobs=blobs: sum(_cpu_decode(b) for b in blobs[:2]), seconds=args.seconds, min_calls=1)
+        with ProcessPoolExecutor(os.cpu_count()) as pool:
+            work = blobs * max(1, (os.cpu_count() or 1) // len(blobs) + 1)
+            many = rate(lambda work=work, pool=pool: sum(pool.map(_cpu_decode, work)), seconds=args.seconds,
+                        min_calls=1)
+        gpu: list[float | None] = [None, None, None]
+        if decoder is not None:
+            streams = [next(generate_frames(pydicom.dcmread(p).PixelData, number_of_frames=1)) for p in paths]
+            for i, b in enumerate((1, 16, 64)):
+                batch = (streams * (b // len(streams) + 1))[:b]
+                gpu[i] = rate(lambda batch=batch: sum(a is not None for a in decoder.decode(batch)),
+                              seconds=args.seconds)
+        table.add(name, one, many, *gpu)
+    record["decode"] = table.as_dict()
+
+
+# -- the pipeline in-process ---------------------------------------------------------------------
+def _screen(paths: list[Path], options: ScreeningOptions, workers: int) -> tuple[float, list[float]]:
+    def one(path: Path) -> float:
+        t0 = time.perf_counter()
+        (result,) = list(screen_inputs([InputFile(path.name, path, size=path.stat().st_size)], options))
+        if result.status.value != "screened":
+            raise RuntimeError(f"study not screened: {result.reason}")
+        return time.perf_counter() - t0
+
+    start = time.perf_counter()
+    if workers == 1:
+        latencies = [one(p) for p in paths]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            latencies = list(pool.map(one, paths))
+    return len(paths) / (time.perf_counter() - start), latencies
+
+
+def section_pipeline(args: argparse.Namespace, predictors: list[Predictor], files: dict[str, list[Path]],
+                     record: dict[str, Any]) -> dict[str, float]:
+    table = Table("pipeline in-process (decode to result with heatmaps; no output files)",
+                  ["input", "threads", "studies/s", "p50 ms", "p95 ms", "mean batch"], [30, 9, 11, 9, 9, 12])
+    best: dict[str, float] = {}
+    for kind, paths in files.items():
+        label = "2048x2048 uncompressed" if kind == "raw" else "2048x2048 JPEG 2000 lossless"
+        _screen(paths[:1], ScreeningOptions(predictors=predictors), 1)  # warm-up
+        studies, lat = _screen(paths, ScreeningOptions(predictors=predictors), 1)
+        table.add(label, 1, studies, pct(lat, 50), pct(lat, 95), 1.0)
+        best[kind] = studies
+        batched = [BatchingPredictor(p, max_batch=64, max_wait_ms=5.0) for p in predictors]
+        try:
+            workers = max(WORKERS, (os.cpu_count() or 1)) if resolve_device(args.device).type == "cuda" else WORKERS
+            studies, lat = _screen(paths, ScreeningOptions(predictors=batched), workers)
+            table.add(label, workers, studies, pct(lat, 50), pct(lat, 95), batched[0].stats.mean_batch)
+            best[kind] = max(best[kind], studies)
+        finally:
+            for b in batched:
+                b.close()
+    record["pipeline"] = table.as_dict()
+    return best
+
+
+# -- the HTTP service ----------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _http(files: list[Path], concurrency: int, base: str, key: str) -> tuple[float, list[float]]:
+class _TreeMemory(threading.Thread):
+    """Samples the RSS of a process tree (and its GPU memory) until stopped; keeps the peaks."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_rss, self.peak_gpu, self.stop = pid, 0.0, 0.0, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+                self.peak_rss = max(self.peak_rss, rss / 2**20)
+                self.peak_gpu = max(self.peak_gpu, _gpu_used_mb({p.pid for p in procs}))
+            except (psutil.Error, OSError):
+                pass
+            self.stop.wait(0.2)
+
+
+def _gpu_used_mb(pids: set[int]) -> float:
+    try:
+        import pynvml
+    except ImportError:
+        return 0.0
+    try:
+        pynvml.nvmlInit()
+        total = 0.0
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid in pids and proc.usedGpuMemory:
+                    total += proc.usedGpuMemory / 2**20
+        return total
+    except pynvml.NVMLError:
+        return 0.0
+
+
+def _post(files: list[Path], concurrency: int, base: str, key: str) -> tuple[float, list[float]]:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/dicom"}
     bodies = [f.read_bytes() for f in files]
+    client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4))
 
     def one(body: bytes) -> float:
         t0 = time.perf_counter()
-        r = httpx.post(f"{base}/v1/screen?wait=300", content=body, headers=headers, timeout=600)
+        r = client.post(f"{base}/v1/screen?wait=300", content=body, headers=headers)
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}")
         return time.perf_counter() - t0
@@ -61,76 +265,109 @@ def _http(files: list[Path], concurrency: int, base: str, key: str) -> tuple[flo
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         latencies = list(pool.map(one, bodies))
-    return len(bodies) / (time.perf_counter() - start), latencies
+    elapsed = time.perf_counter() - start
+    client.close()
+    return len(bodies) / elapsed, latencies
 
 
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) * 1000.0
+def section_http(args: argparse.Namespace, files: dict[str, list[Path]], tmp: Path, record: dict[str, Any],
+                 ceiling: dict[str, float] | None, pipeline: dict[str, float]) -> None:
+    home = tmp / "home"
+    port, key = _free_port(), "bench-key"
+    env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": key,
+           "SECONDREADER_DEVICE": args.device, "SECONDREADER_DICOM_PORT": str(_free_port()),
+           "SECONDREADER_HL7_PORT": str(_free_port())}
+    log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - closed below
+    t_start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "secondreader.cli", "--log-level", "WARNING", "serve",
+                             "--port", str(port), "--no-samples"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    memory = _TreeMemory(proc.pid)
+    memory.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"secondreader serve exited with {proc.returncode}: "
+                                   + (tmp / "serve.log").read_text(errors="replace")[-2000:])
+            if time.monotonic() > deadline:
+                raise RuntimeError("secondreader serve was not ready in 240 s")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        ready_s = time.perf_counter() - t_start
+        _post(files["raw"][:2], 1, base, key)  # warm-up
+        idle_rss = memory.peak_rss
+        table = Table(f"HTTP service (secondreader serve, ready in {ready_s:.0f} s, idle RSS {idle_rss:.0f} MiB)",
+                      ["input", "concurrency", "studies", "studies/s", "p50 ms", "p95 ms", "p99 ms",
+                       "/pipeline", "/raw heat"], [30, 12, 9, 11, 9, 9, 9, 11, 11])
+        for kind, paths in files.items():
+            label = "2048x2048 uncompressed" if kind == "raw" else "2048x2048 JPEG 2000 lossless"
+            for concurrency in args.concurrency:
+                n = max(len(paths), 2 * concurrency)
+                batch = (paths * (n // len(paths) + 1))[:n]
+                studies, lat = _post(batch, concurrency, base, key)
+                table.add(label, concurrency, n, studies, pct(lat, 50), pct(lat, 95), pct(lat, 99),
+                          studies / pipeline[kind] if kind in pipeline else None,
+                          studies / ceiling["heatmap"] if ceiling else None)
+        record["http"] = table.as_dict()
+        record["http_memory"] = {"idle_rss_mb": idle_rss, "peak_rss_mb": memory.peak_rss,
+                                 "peak_gpu_mb": memory.peak_gpu}
+        print(f"service memory: RSS {idle_rss:.0f} MiB idle after warm-up, peak {memory.peak_rss:.0f} MiB "
+              f"(process tree); GPU {memory.peak_gpu:.0f} MiB peak")
+    finally:
+        memory.stop.set()
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        log.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--studies", type=int, default=24)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--sections", nargs="+", default=["raw", "decode", "pipeline", "http"],
+                        choices=["raw", "decode", "pipeline", "http"])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--studies", type=int, default=32, help="studies per pipeline/HTTP measurement (minimum)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per raw/decode measurement")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA; adds compile time)")
+    parser.add_argument("--json", help="write every table to this JSON file")
     args = parser.parse_args()
-
-    predictor = TorchPredictor.from_bundle(default_models_dir() / "cxr-pneumonia", device=args.device)
-    print(f"device {predictor.device}, model {predictor.card.ref}, torch threads {torch.get_num_threads()}")
-    print("\nraw model loop (28x28 inputs)            images/s")
-    raw = {}
-    for explain in (False, True):
-        for batch in (1, 8, 32):
-            raw[(explain, batch)] = _raw(predictor, explain, batch)
-            label = f"batch {batch:>2}, {'with occlusion heatmap' if explain else 'logits only'}"
-            print(f"  {label:<38} {raw[(explain, batch)]:>10.1f}")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        files = [synthetic_cr(Path(tmp) / f"{i}.dcm", i) for i in range(args.studies)]
-        options = ScreeningOptions(predictors=[predictor])
-        start = time.perf_counter()
-        for f in files:
-            (result,) = list(screen_inputs([InputFile(f.name, f, size=f.stat().st_size)], options))
-            assert result.status.value == "screened"
-        pipeline = len(files) / (time.perf_counter() - start)
-        print(f"\npipeline in-process, 2048x2048 CR        studies/s {pipeline:>8.2f}")
-        with_overlays = ScreeningOptions(predictors=[predictor], out_dir=Path(tmp) / "overlays")
-        start = time.perf_counter()
-        for f in files:
-            list(screen_inputs([InputFile(f.name, f, size=f.stat().st_size)], with_overlays))
-        pipeline_png = len(files) / (time.perf_counter() - start)
-        print(f"  + PNG overlays written (as the service)          {pipeline_png:>8.2f}")
-
-        home = Path(tmp) / "home"
-        port, key = _free_port(), "bench-key"
-        env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": key,
-               "SECONDREADER_DEVICE": args.device, "SECONDREADER_DICOM_PORT": "0"}
-        proc = subprocess.Popen([sys.executable, "-m", "secondreader.cli", "--log-level", "WARNING", "serve",
-                                 "--port", str(port), "--no-samples"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"secondreader serve exited with {proc.returncode}")
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
-            _http(files[:2], 1, base, key)  # warm-up
-            print("\nHTTP service (secondreader serve)        studies/s   p50 ms   p95 ms   p99 ms   "
-                  "service/pipeline+png")
-            for concurrency in args.concurrency:
-                rate, lat = _http(files, concurrency, base, key)
-                print(f"  concurrency {concurrency:>3}                          {rate:>8.2f} {_pct(lat, 50):>8.0f} "
-                      f"{_pct(lat, 95):>8.0f} {_pct(lat, 99):>8.0f}   {rate / pipeline_png:>8.2f}")
-        finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=60)
-    per_image = raw[(True, 1)]
-    print(f"\npipeline studies/s / raw model images/s (batch 1, with heatmap): {pipeline / per_image:.3f}")
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        args.device = str(device)
+    predictors = load_predictors(args.device)
+    record: dict[str, Any] = {"machine": machine(), "device": device_name(args.device),
+                              "models": [p.card.ref for p in predictors]}
+    print(f"device {record['device']}; models {', '.join(record['models'])}; {record['machine']['date']}")
+    ceiling = section_raw(args, predictors, record) if "raw" in args.sections else None
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        distinct = min(args.studies, 8)
+        raw = [synthetic_cr(tmp / f"u{i}.dcm", i) for i in range(distinct)]
+        j2k = [synthetic_cr(tmp / f"j{i}.dcm", i, j2k=True) for i in range(distinct)]
+        reps = max(1, args.studies // distinct)
+        files = {"raw": raw * reps, "j2k": j2k * reps}
+        if "decode" in args.sections:
+            section_decode(args, {"j2k": j2k}, record)
+        pipeline = section_pipeline(args, predictors, files, record) if "pipeline" in args.sections else {}
+        if "http" in args.sections:
+            section_http(args, files, tmp, record, ceiling, pipeline)
+    record["bench_process"] = {"peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu_peak_mb()}
+    gpu = record["bench_process"]["peak_gpu_mb"]
+    print(f"\nbenchmark process: peak RSS {peak_rss_mb():.0f} MiB"
+          + (f", peak GPU memory allocated {gpu:.0f} MiB" if gpu is not None else ""))
+    if ceiling and pipeline:
+        print(f"pipeline / raw ceiling with heatmaps: uncompressed {pipeline['raw'] / ceiling['heatmap']:.3f}, "
+              f"JPEG 2000 {pipeline['j2k'] / ceiling['heatmap']:.3f}")
+    write_json(args.json, record)
     return 0
 
 
