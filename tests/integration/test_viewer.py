@@ -173,6 +173,21 @@ def _overlay_alpha(page: Any) -> int:
     }"""))
 
 
+def _overlay_extent(page: Any) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1) of what the overlay canvas draws (with the heatmap off: the outlines)."""
+    box = page.evaluate("""() => {
+        const c = document.getElementById('overlay');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let x0 = c.width, y0 = c.height, x1 = -1, y1 = -1;
+        for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+            if (d[(y * c.width + x) * 4 + 3] === 0) continue;
+            x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y);
+        }
+        return [x0, y0, x1, y1];
+    }""")
+    return int(box[0]), int(box[1]), int(box[2]), int(box[3])
+
+
 def _grey(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32)
 
@@ -248,10 +263,40 @@ def test_a_radiologist_reviews_the_discordant_study_in_chromium(
             page.screenshot(path=shots / "study.png")
 
             # The radiograph itself is on screen (heatmap off): a real image, not a blank canvas.
+            viewport = page.locator("#viewport")
             page.focus("#viewport")
             page.keyboard.press("h")
-            image = _grey(page.locator("#viewport").screenshot())
+            image = _grey(viewport.screenshot())
             assert image.std() > 20 and len(np.unique(image.round())) > 64, (image.std(), len(np.unique(image)))
+
+            # Window/level with the left button (drag), then reset; the same with the keyboard.
+            box = viewport.bounding_box()
+            assert box is not None
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            page.mouse.move(cx + 200, cy + 120, steps=8)
+            page.mouse.up()
+            leveled = _grey(viewport.screenshot())
+            assert np.abs(leveled - image).mean() > 5
+            page.keyboard.press("0")
+            assert np.abs(_grey(viewport.screenshot()) - image).mean() < 1
+            page.keyboard.press("Shift+ArrowLeft")
+            page.keyboard.press("Shift+ArrowLeft")
+            assert np.abs(_grey(viewport.screenshot()) - image).mean() > 2
+            # Zoom and pan from the keyboard; the region outlines follow the image (longer when zoomed).
+            page.keyboard.press("0")
+            outlines = _overlay_extent(page)
+            page.keyboard.press("+")
+            zoomed = _grey(viewport.screenshot())
+            assert np.abs(zoomed - image).mean() > 2
+            grown = _overlay_extent(page)
+            assert grown[3] - grown[1] > 1.15 * (outlines[3] - outlines[1]), (outlines, grown)
+            page.keyboard.press("ArrowRight")
+            assert np.abs(_grey(viewport.screenshot()) - zoomed).mean() > 1
+            page.keyboard.press("0")
+            assert np.abs(_grey(viewport.screenshot()) - image).mean() < 1
+            assert _overlay_extent(page) == outlines
             page.keyboard.press("h")
 
             # The opacity slider changes the overlay (keyboard on the slider: End = 100 %, Home = 0 %).

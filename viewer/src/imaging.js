@@ -108,6 +108,10 @@ export class ImageView {
     this.element.dataset.rendered = 'false';
     await this.viewport.setStack([imageId], 0);
     this.imageId = imageId;
+    // What Reset returns to (the header's window, or the loader's); StackViewport's own
+    // resetProperties() loses MONOCHROME1 inversion, so it is not used.
+    const { voiRange, invert } = this.viewport.getProperties();
+    this.initial = { voiRange: voiRange ? { ...voiRange } : undefined, invert };
     this.viewport.render();
   }
 
@@ -133,7 +137,9 @@ export class ImageView {
 
   reset() {
     if (!this.viewport) return;
-    this.viewport.resetProperties();
+    if (this.initial?.voiRange) {
+      this.viewport.setProperties({ voiRange: { ...this.initial.voiRange }, invert: this.initial.invert });
+    }
     this.viewport.resetCamera();
     this.viewport.render();
   }
@@ -148,6 +154,17 @@ export class ImageView {
     if (!this.viewport) return;
     const [x, y] = this.viewport.getPan();
     this.viewport.setPan([x + dx, y + dy]);
+    this.viewport.render();
+  }
+
+  /** Window/level from the keyboard: width times ``widthFactor``, centre moved by ``centreShift`` widths. */
+  adjustWindow(widthFactor, centreShift) {
+    if (!this.viewport) return;
+    const { voiRange } = this.viewport.getProperties();
+    if (!voiRange) return;
+    const width = Math.max(1, (voiRange.upper - voiRange.lower) * widthFactor);
+    const centre = (voiRange.upper + voiRange.lower) / 2 + centreShift * width;
+    this.viewport.setProperties({ voiRange: { lower: centre - width / 2, upper: centre + width / 2 } });
     this.viewport.render();
   }
 

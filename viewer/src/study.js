@@ -302,6 +302,10 @@ export class StudyView {
     else if (key === '0') this.image.reset();
     else if (key === '+' || key === '=') this.image.zoomBy(1.25);
     else if (key === '-') this.image.zoomBy(0.8);
+    else if (event.shiftKey && key === 'ArrowRight') this.image.adjustWindow(1.15, 0);
+    else if (event.shiftKey && key === 'ArrowLeft') this.image.adjustWindow(1 / 1.15, 0);
+    else if (event.shiftKey && key === 'ArrowUp') this.image.adjustWindow(1, 0.05);
+    else if (event.shiftKey && key === 'ArrowDown') this.image.adjustWindow(1, -0.05);
     else if (key === 'ArrowLeft') this.image.panBy(-20, 0);
     else if (key === 'ArrowRight') this.image.panBy(20, 0);
     else if (key === 'ArrowUp') this.image.panBy(0, -20);
