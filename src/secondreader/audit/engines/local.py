@@ -26,7 +26,8 @@ import torch
 from ...errors import ModelError
 from ...logsafe import configure_logging, set_secret
 from ...model.card import ModelCard
-from ...model.predictor import Prediction, TorchPredictor
+from ...model.dense import load_predictor
+from ...model.predictor import Prediction
 from ...service.batcher import BatchingPredictor
 from ..archive import StudyTask
 from ..stage import StageOptions, StudyAuditor, failed_row
