@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import Table, device_name, load_predictors, machine, peak_rss_mb, synthetic_cr, write_json
+from common import Table, device_name, load_predictors, machine, peak_rss_mb, rg1_j2k, synthetic_cr, write_json
 
 from secondreader.dicom.io import InputFile
 from secondreader.model.card import ModelCard
@@ -65,13 +65,14 @@ def _inputs(tmp: Path) -> dict[str, Path]:
     try:
         from pydicom.data import get_testdata_file
 
-        real = (("RG1_UNCR.dcm", "RG1 1955x1841 uncompressed"), ("RG1_J2KR.dcm", "RG1 1955x1841 JPEG 2000"))
-        for name, label in real:
-            found = get_testdata_file(name)
-            if found:
-                out[label] = Path(str(found))
+        found = get_testdata_file("RG1_UNCR.dcm")
+        if found:
+            out["RG1 1955x1841 uncompressed"] = Path(str(found))
     except (ImportError, ValueError, OSError):
         pass
+    rg1 = rg1_j2k()
+    if rg1 is not None:
+        out["RG1 1955x1841 JPEG 2000"] = rg1
     return out
 
 
