@@ -12,6 +12,8 @@ export default defineConfig({
     target: 'es2022',
     assetsInlineLimit: 0,
     chunkSizeWarningLimit: 3000,
+    // The licences of every bundled package, shipped beside the bundle.
+    license: { fileName: 'THIRD_PARTY_LICENSES.md' },
   },
   worker: { format: 'es' },
 });
