@@ -113,7 +113,8 @@ class Serve:
         self.http_port = http_port
         self.env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": KEY,
                     "SECONDREADER_DICOM_PORT": str(dicom_port), "SECONDREADER_STUDY_STABLE_SECONDS": "1",
-                    "SECONDREADER_PACS_DESTINATION": f"PACS@127.0.0.1:{pacs_port}"}
+                    "SECONDREADER_PACS_DESTINATION": f"PACS@127.0.0.1:{pacs_port}",
+                    "SECONDREADER_HL7_PORT": str(_free_port())}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home / "serve.log"
 
@@ -197,8 +198,12 @@ def test_kill_9_while_receiving_and_screening_loses_nothing_and_duplicates_nothi
             per_study.setdefault(study, set()).add(sop_class)
         assert per_study == {u: OUTPUT_CLASSES for u in uids}
         assert len(pacs.received) >= len(distinct)  # at least once; re-sends replace themselves
+        metrics = httpx.get(f"{serve.base}/metrics", timeout=10).text
+        assert "secondreader_studies_total" in metrics
         log = serve.log.read_text()
-        assert "CANARY" not in log
+        for text in (log, metrics):
+            assert "CANARY" not in text
+        assert not any(uid in metrics for uid in uids), "no study UID in a metrics label"
         for uid in uids:
             assert uid not in log, "study UIDs never reach the log"
     finally:
