@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import cProfile
+import io
 import multiprocessing
 import os
+import pstats
 import socket
 import subprocess
 import sys
@@ -193,6 +196,13 @@ def section_pipeline(args: argparse.Namespace, predictors: list[Predictor], file
     for kind, paths in files.items():
         label = "2048x2048 uncompressed" if kind == "raw" else "2048x2048 JPEG 2000 lossless"
         _screen(paths[:1], ScreeningOptions(predictors=predictors), 1)  # warm-up
+        if args.profile:
+            profile = cProfile.Profile()
+            profile.runcall(_screen, paths[:8], ScreeningOptions(predictors=predictors), 1)
+            print(f"  profile of 8 studies ({label}, one thread), top functions by own time:")
+            stats = io.StringIO()
+            pstats.Stats(profile, stream=stats).sort_stats("tottime").print_stats(12)
+            print("\n".join("    " + line for line in stats.getvalue().splitlines()[6:20] if line.strip()))
         studies, lat = _screen(paths, ScreeningOptions(predictors=predictors), 1)
         table.add(label, 1, studies, pct(lat, 50), pct(lat, 95), 1.0)
         best[kind] = studies
@@ -345,6 +355,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="time per raw/decode measurement")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA; adds compile time)")
     parser.add_argument("--json", help="write every table to this JSON file")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of 8 in-process studies per input")
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type == "cuda":
