@@ -213,7 +213,7 @@ def read_dataset(data: bytes) -> DicomFile:
         try:
             with pydicom_warnings_caught():
                 ds = pydicom.dcmread(io.BytesIO(data), force=False, stop_before_pixels=True)
-        except (*HEADER_ERRORS, RecursionError):
+        except HEADER_ERRORS + (RecursionError,):
             raise NotDicomError("DICOM file is truncated") from None
     meta = ds.file_meta
     if "TransferSyntaxUID" not in meta:
