@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from secondreader.outputs.overlay import MAX_SIDE, heat_colormap, render_layer
+from secondreader.outputs.overlay import LAYER_MAX_SIDE, heat_colormap, render_layer
 
 
 def test_layer_is_transparent_where_heat_is_low_and_opaque_at_the_peak() -> None:
@@ -26,8 +26,8 @@ def test_a_large_grid_is_reduced_uniformly_so_it_still_covers_the_source_grid() 
     heat[rows // 2 - 100:rows // 2 + 100, 300:500] = 1.0  # a lesion left of centre
     layer = np.asarray(render_layer(heat))
     h, w = layer.shape[:2]
-    assert max(h, w) == MAX_SIDE
-    assert abs(h / rows - w / cols) < 2 / MAX_SIDE
+    assert max(h, w) == LAYER_MAX_SIDE
+    assert abs(h / rows - w / cols) < 2 / LAYER_MAX_SIDE
     # The lesion lands where the source pixel maps to, in the reduced grid.
     assert layer[round(rows / 2 * h / rows), round(400 * w / cols), 3] == 255
     assert layer[round(rows / 2 * h / rows), round(1400 * w / cols), 3] == 0
