@@ -56,7 +56,7 @@ def _model_dirs(models_dir: Path, names: Sequence[str]) -> list[Path]:
 
 
 def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
-    from .model.predictor import TorchPredictor
+    from .model.dense import load_predictor
     from .pipeline import ScreeningOptions, screen_paths
 
     paths = list(args.paths)
@@ -70,7 +70,7 @@ def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
         logger.error("nothing to screen: give files, folders or zips, or --samples")
         return 2
     models_dir = args.models_dir or settings.models_dir
-    predictors = [TorchPredictor.from_bundle(d, device=args.device or settings.device)
+    predictors = [load_predictor(d, device=args.device or settings.device)
                   for d in _model_dirs(models_dir, args.model)]
     from .quarantine import Quarantine
 

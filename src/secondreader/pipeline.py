@@ -25,6 +25,7 @@ from .errors import CorruptPixelDataError, OutputEncodingError, ProcessingError,
 from .explain.heatmap import heatmap_on_source
 from .explain.regions import Region, extract_regions
 from .logsafe import study_key
+from .model.dense import dense_regions
 from .model.predictor import Predictor
 from .outputs.dicom import RegionOutput, build_outputs
 from .outputs.overlay import render_layer, render_overlay, write_png
@@ -174,8 +175,12 @@ def _predict(
     return findings
 
 
-def _regions(frames: list[_Frame], findings: list[FindingResult]) -> list[RegionResult]:
-    """Regions of every positive finding, on each frame where that finding is positive."""
+def _regions(frames: list[_Frame], findings: list[FindingResult],
+             predictors: Sequence[Predictor] = ()) -> list[RegionResult]:
+    """Regions of every positive finding, on each frame where that finding is positive. A dense
+    model's regions come from its probability map at its card's thresholds; others' from saliency."""
+    dense = {spec.code: p.card.saliency for p in predictors for spec in p.card.findings
+             if p.card.saliency.method == "dense"}
     scored: list[tuple[float, Region, str]] = []
     for finding in findings:
         if not finding.positive:
@@ -185,8 +190,13 @@ def _regions(frames: list[_Frame], findings: list[FindingResult]) -> list[Region
             heat = frame.heat.get(finding.code)
             if heat is None or p < finding.operating_point:
                 continue
-            for region in extract_regions(heat, finding=finding.code, frame=frame.frame,
-                                          spacing_mm=frame.spacing_mm):
+            saliency = dense.get(finding.code)
+            if saliency is not None:
+                found = dense_regions(heat, finding=finding.code, frame=frame.frame, spacing_mm=frame.spacing_mm,
+                                      threshold=saliency.region_threshold, floor=saliency.region_floor)
+            else:
+                found = extract_regions(heat, finding=finding.code, frame=frame.frame, spacing_mm=frame.spacing_mm)
+            for region in found:
                 scored.append((p * region.peak, region, frame.sop_instance_uid))
     scored.sort(key=lambda item: (-item[0], item[1].finding, item[2], item[1].frame, item[1].bbox))
     counters: dict[str, int] = {}
@@ -312,7 +322,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
             frames = []
         timing["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        regions = _regions(frames, findings) if frames else []
+        regions = _regions(frames, findings, options.predictors) if frames else []
         if frames and options.out_dir is not None:
             heatmaps = _write_overlays(study_uid, frames, regions, options.out_dir)
             if options.dicom_outputs and findings:

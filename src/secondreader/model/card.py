@@ -47,16 +47,27 @@ class FindingSpec:
 @dataclass(frozen=True, slots=True)
 class SaliencySpec:
     """How heatmaps are made: ``occlusion`` (MONAI OcclusionSensitivity: how much the finding's logit
-    drops when a ``mask_size`` square is replaced by the image mean) or ``gradcam`` on ``layer``."""
+    drops when a ``mask_size`` square is replaced by the image mean), ``gradcam`` on ``layer``, or
+    ``dense``: the network itself outputs a per-pixel logit map (a localisation model, see
+    :mod:`secondreader.model.dense`). Its probability map is smoothed with a Gaussian of
+    ``smoothing_sigma`` model pixels; regions are its parts over ``region_floor`` whose peak
+    reaches ``region_threshold`` (both probabilities on the map)."""
 
     method: str
     mask_size: int = 7
     overlap: float = 0.5
     layer: str | None = None
+    smoothing_sigma: float = 1.0
+    region_threshold: float = 0.5
+    region_floor: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.method not in ("occlusion", "gradcam"):
-            raise ValueError(f"saliency method must be occlusion or gradcam, not {self.method!r}")
+        if self.method not in ("occlusion", "gradcam", "dense"):
+            raise ValueError(f"saliency method must be occlusion, gradcam or dense, not {self.method!r}")
+        if self.method == "dense" and not 0.0 < self.region_floor <= self.region_threshold < 1.0:
+            raise ValueError("dense saliency needs 0 < region_floor <= region_threshold < 1")
+        if self.smoothing_sigma < 0:
+            raise ValueError("saliency smoothing_sigma must be >= 0")
         if self.method == "gradcam" and not self.layer:
             raise ValueError("gradcam saliency needs a layer")
         if self.mask_size < 1 or not 0.0 <= self.overlap < 1.0:

@@ -22,7 +22,7 @@ with bentoml.importing():
     from secondreader.dicom.scp import server_ssl_context, start_receiver
     from secondreader.logsafe import configure_logging, set_secret
     from secondreader.model.card import load_card
-    from secondreader.model.predictor import TorchPredictor
+    from secondreader.model.dense import predictor_for
     from secondreader.reports.firstread import ReportIn
     from secondreader.reports.hl7 import Hl7Listener
     from secondreader.service import metrics
@@ -75,7 +75,7 @@ class SecondReader:
         # loaded from its store path; the class attribute makes `bentoml build` carry the bundle.
         predictors = []
         for tag in import_bundles(Path(settings.models_dir)):
-            predictor = TorchPredictor(load_card(Path(bentoml.models.get(tag).path)), device=settings.device)
+            predictor = predictor_for(load_card(Path(bentoml.models.get(tag).path)), device=settings.device)
             predictors.append(BatchingPredictor(predictor, max_batch=32, max_wait_ms=10.0))
             metrics.model_loaded(predictor.card.name, predictor.card.version)
         self.core = ScreeningService(store, predictors, home=settings.home,

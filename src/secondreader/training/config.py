@@ -13,8 +13,9 @@ __all__ = ["TrainConfig", "load_config"]
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["medmnist_npz", "manifest"] = "medmnist_npz"
-    path: Path = Field(description="the .npz file or the CSV manifest (relative to the working directory)")
+    kind: Literal["medmnist_npz", "manifest", "lesion_insertion"] = "medmnist_npz"
+    path: Path = Field(description="the .npz file, the CSV manifest, or for lesion_insertion the folder the "
+                                   "backgrounds' paths are relative to (relative to the working directory)")
     finding: str = "pneumonia"
     display_name: str = "Pneumonia"
     limit: int | None = Field(None, ge=8, description="use only the first N images of each split (smoke tests)")
@@ -28,10 +29,11 @@ class NetworkConfig(BaseModel):
 
 class SaliencyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: Literal["occlusion", "gradcam"] = "occlusion"
+    method: Literal["occlusion", "gradcam", "dense"] = "occlusion"
     mask_size: int = Field(7, ge=1)
     overlap: float = Field(0.5, ge=0, lt=1)
     layer: str | None = None
+    smoothing_sigma: float = Field(1.0, ge=0, description="dense: Gaussian smoothing of the probability map (px)")
 
 
 class ScheduleConfig(BaseModel):
@@ -59,6 +61,60 @@ class OperatingPointConfig(BaseModel):
     urgent_specificity: float = Field(0.99, gt=0, lt=1)
 
 
+class BackgroundConfig(BaseModel):
+    """One real chest radiograph used as a background for inserted lesions."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    path: Path | None = Field(None, description="DICOM or PNG, relative to data.path")
+    pydicom_data: str | None = Field(None, description="or a pydicom-data file name (get_testdata_file)")
+    window: Literal["serving", "percentile"] = Field(
+        "serving", description="serving: the screening chain's decode and window; percentile: stored values "
+                               "with a 0.5-99.5 percentile window (for a header window that does not fit)")
+    flip_rows: bool = False
+    invert: bool = False
+    real_lesions: bool = Field(False, description="holds real, unannotated lesions: its lung pixels carry no "
+                                                  "negative label in training and it is never a test fold")
+    source: str = Field("", description="where it comes from and its licence (goes into the model card)")
+
+
+class LesionConfig(BaseModel):
+    """The lesion-insertion dataset and the localisation schedule (see ``training/lesions.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    backgrounds: list[BackgroundConfig]
+    input_size: int = Field(256, ge=64)
+    work_size: int = Field(320, ge=64, description="side of a real background before geometric augmentation")
+    per_background: int = Field(300, ge=1, description="training pictures per real background")
+    generated_bases: int = Field(150, ge=0, description="generated chests (each reused with new geometry)")
+    generated: int = Field(900, ge=0, description="training pictures on generated chests")
+    validation_per_background: int = Field(40, ge=1)
+    validation_generated: int = Field(200, ge=1)
+    test_per_background: int = Field(120, ge=2)
+    test_generated: int = Field(200, ge=2)
+    positive_fraction: float = Field(0.6, gt=0, lt=1)
+    max_nodules: int = Field(3, ge=1)
+    diameter_fraction: tuple[float, float] = (0.02, 0.085)
+    contrast: tuple[float, float] = (0.03, 0.16)
+    test_diameter_fraction: tuple[float, float] = (0.025, 0.08)
+    test_attenuation: tuple[float, float] = (0.06, 0.3)
+    test_max_side: int = Field(1024, ge=256, description="sources are area-reduced to this side before test "
+                                                         "lesions are inserted at that resolution")
+    scale: tuple[float, float] = (0.85, 1.2)
+    rotate_deg: float = 8.0
+    translate: float = 0.06
+    crop: int = Field(128, ge=32, description="training crop side (the network is fully convolutional)")
+    crop_scale: tuple[float, float] = (0.8, 1.25)
+    lesion_crop_fraction: float = Field(0.5, ge=0, le=1, description="crops centred near a lesion")
+    gamma: tuple[float, float] = (0.7, 1.4)
+    blur_sigma: tuple[float, float] = (0.0, 1.5)
+    blur_probability: float = 0.5
+    noise_std: tuple[float, float] = (0.0, 0.03)
+    dice_weight: float = 1.0
+    hit_radius_min: float = Field(4.0, description="model pixels: a detection this close to a lesion centre hits it")
+    folds: Literal["leave_one_background_out", "none"] = "leave_one_background_out"
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -71,6 +127,9 @@ class TrainConfig(BaseModel):
     schedule: ScheduleConfig = ScheduleConfig()
     augment: AugmentConfig = AugmentConfig()
     operating_point: OperatingPointConfig = OperatingPointConfig()
+    lesions: LesionConfig | None = None
+    init_from: Path | None = Field(None, description="fine-tune: start from this bundle's weights (its network "
+                                                     "and input normalisation must match)")
     output_dir: Path
     checkpoint_dir: Path | None = Field(None, description="per-epoch checkpoints; default runs/<name>")
     provenance: dict[str, Any] = Field(default_factory=dict)

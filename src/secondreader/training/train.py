@@ -24,6 +24,7 @@ from monai.transforms import Compose, RandAdjustContrast, RandAffine, Randomizab
 from monai.utils import set_determinism
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..model.card import ModelCard, load_card
 from ..model.network import build_network
 from ..preprocessing import InputSpec, model_input_transform
 from ..scoring.calibration import calibrated_probability, fit_platt
@@ -84,6 +85,30 @@ def device_uid_for(name: str, version: str, weights_sha256: str) -> str:
     return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
 
 
+def _init_source(cfg: TrainConfig) -> ModelCard | None:
+    """The bundle ``init_from`` names (fine-tuning), checked against the configured network.
+
+    Raises
+    ------
+    ValueError
+        When its network class or arguments differ from the config's, or it is a dense model.
+    """
+    if cfg.init_from is None:
+        return None
+    from ..errors import ModelError
+
+    try:
+        card = load_card(cfg.init_from)
+    except ModelError as exc:
+        raise ValueError(f"init_from: {exc}") from None
+    if card.network_class != cfg.network.class_ or card.network_args != cfg.network.args:
+        raise ValueError(f"init_from model {card.ref} has network {card.network_class} {card.network_args}; "
+                         "the config's network must be the same to fine-tune it")
+    if card.saliency.method == "dense":
+        raise ValueError(f"init_from model {card.ref} is a dense model; fine-tune it with a lesion_insertion config")
+    return card
+
+
 def _checkpoint_path(cfg: TrainConfig) -> Path:
     return (cfg.checkpoint_dir or Path("runs") / cfg.name) / "checkpoint.pt"
 
@@ -134,19 +159,34 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     ``stop_after_epochs`` stops early without writing a bundle (as an interruption would).
     Returns the bundle's metadata (also written to ``configs/metadata.json``), or ``{}`` when stopped.
     """
+    if cfg.data.kind == "lesion_insertion":
+        from .localisation import train_localisation
+
+        return train_localisation(cfg, config_path=config_path, resume=resume)
     started = time.time()
     torch.set_num_threads(cfg.schedule.threads)
     set_determinism(seed=cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    source = _init_source(cfg)
     splits = load_splits(cfg.data.kind, cfg.data.path, finding=cfg.data.finding, limit=cfg.data.limit)
     train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
     side = int(train_split.images.shape[-1])
-    standardised = predict_inputs(train_split.images, InputSpec(size=(side, side), mean=0.0, std=1.0))
-    spec = InputSpec(size=(side, side), mean=float(standardised.mean()), std=float(standardised.std()))
+    if source is not None:
+        # Fine-tuning keeps the shipped model's input normalisation: its weights expect it.
+        spec = source.input_spec
+        if spec.size != (side, side):
+            raise ValueError(f"init_from model {source.ref} takes {spec.size[0]}x{spec.size[1]} inputs, "
+                             f"the data gives {side}x{side}")
+    else:
+        standardised = predict_inputs(train_split.images, InputSpec(size=(side, side), mean=0.0, std=1.0))
+        spec = InputSpec(size=(side, side), mean=float(standardised.mean()), std=float(standardised.std()))
     to_model = model_input_transform(spec)
     augment = _augmenter(cfg, cfg.seed)
 
     network = build_network(cfg.network.class_, cfg.network.args)
+    if source is not None:
+        network.load_state_dict(torch.load(source.weights_path, map_location="cpu", weights_only=True))
+        logger.info("fine-tuning from %s", source.ref)
     optimiser = torch.optim.AdamW(network.parameters(), lr=cfg.schedule.max_lr, weight_decay=cfg.schedule.weight_decay)
     steps_per_epoch = (len(train_split.labels) + cfg.schedule.batch_size - 1) // cfg.schedule.batch_size
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.schedule.max_lr,
@@ -245,6 +285,9 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
 
     metadata = _metadata(cfg, spec, side, a, b, operating_point, urgent_point, metrics, history,
                          device_uid, weights_sha256, config_path, time.time() - started)
+    if source is not None:
+        metadata["secondreader"]["training"]["init_from"] = {
+            "model": source.ref, "weights_sha256": source.metadata["secondreader"].get("weights_sha256")}
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     write_model_card(out / "docs" / "README.md", metadata)
     reliability_png(out / "docs" / "reliability.png",

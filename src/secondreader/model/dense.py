@@ -1,0 +1,154 @@
+"""Dense (localisation) models: the network outputs a logit per pixel and finding.
+
+``DensePredictor`` implements the ``Predictor`` protocol for bundles whose card says
+``saliency.method == "dense"`` (``cxr-nodule``): the heatmap is the network's own probability map
+(sigmoid, smoothed by a small Gaussian), not a saliency method; the study-level logit is the logit
+of that map's maximum (calibrated by the card's Platt parameters like any other finding). Regions
+are the parts of the map over the card's ``region_floor`` that peak at or over its
+``region_threshold``. :func:`load_predictor` picks the right predictor for any bundle.
+
+Training (:mod:`secondreader.training.localisation`) uses :func:`probability_maps` and
+:func:`map_peaks` too, so the evaluated maps are the served maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import monai.networks.nets as nets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.feature import peak_local_max
+
+from ..errors import ModelError
+from ..explain.regions import Region, extract_regions
+from .card import ModelCard, load_card
+from .predictor import Prediction, Predictor, TorchPredictor, resolve_device
+
+__all__ = ["DENSE_NETWORKS", "DensePredictor", "build_dense_network", "dense_regions", "load_predictor",
+           "map_peaks", "predictor_for", "probability_maps", "study_logits"]
+
+logger = logging.getLogger(__name__)
+
+#: MONAI classes a dense card may name (an allow-list: a card is data, not code to import).
+DENSE_NETWORKS = ("UNet", "BasicUNet", "AttentionUnet", "FlexibleUNet")
+
+
+def build_dense_network(network_class: str, args: dict[str, Any]) -> torch.nn.Module:
+    if network_class not in DENSE_NETWORKS:
+        raise ValueError(f"dense network class must be one of {DENSE_NETWORKS}, not {network_class!r}")
+    module: torch.nn.Module = getattr(nets, network_class)(**args)
+    return module
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def probability_maps(logit_maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """float (N, C, H, W) logits → probabilities, each channel smoothed by a Gaussian of ``sigma``
+    pixels (separable, reflect padding); float32, same shape, in [0, 1]."""
+    p = torch.sigmoid(logit_maps.float())
+    if sigma <= 0:
+        return p
+    k = _gaussian_kernel(sigma).to(p.device)
+    n, c, h, w = p.shape
+    r = k.numel() // 2
+    x = p.reshape(n * c, 1, h, w)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    return x.reshape(n, c, h, w).clamp_(0.0, 1.0)
+
+
+def study_logits(maps: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The logit of each map's maximum: (N, C, H, W) probabilities → float32 (N, C)."""
+    m = torch.as_tensor(maps).float().amax(dim=(-2, -1)).clamp(1e-6, 1 - 1e-6)
+    return torch.logit(m).cpu().numpy().astype(np.float32)
+
+
+def map_peaks(prob_map: np.ndarray, *, floor: float = 0.02, min_distance: int = 3) -> list[tuple[float, float, float]]:
+    """Local maxima of one probability map (float (H, W)) at or over ``floor``, as
+    ``(row, col, probability)``, strongest first (at least ``min_distance`` pixels apart)."""
+    peaks = peak_local_max(np.asarray(prob_map, dtype=np.float32), min_distance=min_distance, threshold_abs=floor,
+                           exclude_border=False)
+    found = [(float(r), float(c), float(prob_map[r, c])) for r, c in peaks]
+    return sorted(found, key=lambda p: -p[2])
+
+
+def dense_regions(heat: np.ndarray, *, finding: str, frame: int, spacing_mm: tuple[float, float] | None,
+                  threshold: float, floor: float, max_regions: int = 5) -> list[Region]:
+    """Regions of a probability map on the source grid (float32 (rows, cols) in [0, 1]): the
+    connected parts at or over ``floor`` whose peak is at or over ``threshold``, strongest first.
+    Each region's ``peak`` is relative to the map's maximum, as :func:`extract_regions` gives it."""
+    top = float(heat.max()) if heat.size else 0.0
+    if top < threshold:
+        return []
+    regions = extract_regions(heat, finding=finding, frame=frame, spacing_mm=spacing_mm,
+                              threshold=floor / top, min_fraction=0.0, max_regions=10_000)
+    return [r for r in regions if r.peak * top >= threshold][:max_regions]
+
+
+class DensePredictor:
+    """A dense bundle's network with its weights (thread-safe): logit maps → probability maps."""
+
+    def __init__(self, card: ModelCard, *, device: str = "auto") -> None:
+        if card.saliency.method != "dense":
+            raise ModelError(f"model {card.ref} is not a dense model")
+        self.card = card
+        self.device = resolve_device(device)
+        try:
+            network = build_dense_network(card.network_class, card.network_args)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"model {card.ref}: cannot build its network ({exc})") from None
+        try:
+            state = torch.load(card.weights_path, map_location="cpu", weights_only=True)
+            network.load_state_dict(state)
+        except FileNotFoundError:
+            raise ModelError(f"model {card.ref}: weights file models/{card.weights_file} is missing") from None
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ModelError(f"model {card.ref}: weights do not fit the network ({type(exc).__name__})") from None
+        self.network = network.to(self.device).eval()
+        for parameter in self.network.parameters():
+            parameter.requires_grad_(False)
+        self._channels = [f.channel for f in card.findings]
+        self._lock = threading.Lock()
+        logger.info("loaded dense model %s on %s", card.ref, self.device)
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: Path, *, device: str = "auto") -> DensePredictor:
+        return cls(load_card(bundle_dir), device=device)
+
+    def maps(self, batch: torch.Tensor) -> torch.Tensor:
+        """float32 (N, 1, H, W) model inputs → probability maps (N, n_findings, H, W) on the CPU."""
+        if batch.ndim != 4 or batch.shape[1] != 1:
+            raise ValueError(f"batch must be (N, 1, H, W), not {tuple(batch.shape)}")
+        with self._lock, torch.inference_mode():
+            logits = self.network(batch.to(self.device, dtype=torch.float32))[:, self._channels]
+            return probability_maps(logits, self.card.saliency.smoothing_sigma).cpu()
+
+    def predict(self, batch: torch.Tensor, *, explain: bool = True) -> list[Prediction]:
+        maps = self.maps(batch)
+        logits = study_logits(maps)
+        heat = maps.numpy().astype(np.float32)
+        return [Prediction(logits=logits[i], saliency=heat[i] if explain else None) for i in range(len(logits))]
+
+
+def predictor_for(card: ModelCard, *, device: str = "auto") -> Predictor:
+    """The predictor a card needs: :class:`DensePredictor` for dense cards, else
+    :class:`~secondreader.model.predictor.TorchPredictor`."""
+    if card.saliency.method == "dense":
+        return DensePredictor(card, device=device)
+    return TorchPredictor(card, device=device)
+
+
+def load_predictor(bundle_dir: Path, *, device: str = "auto") -> Predictor:
+    """:func:`predictor_for` the bundle in ``bundle_dir``."""
+    return predictor_for(load_card(bundle_dir), device=device)

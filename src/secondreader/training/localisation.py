@@ -1,0 +1,663 @@
+"""Training and honest evaluation of a dense localisation model (``cxr-nodule``).
+
+``secondreader train training/configs/cxr-nodule.yaml`` runs :func:`train_localisation`:
+
+1. read the real backgrounds through the serving chain and build the lesion-insertion pools
+   (:mod:`secondreader.training.lesions`, insertion model A) on real and generated chests;
+2. **leave one real background out** at a time: train on the other backgrounds (and the generated
+   chests), calibrate on a validation pool without the held-out background, then test on the
+   held-out background with nodules inserted by the *other* insertion model (B) at the source
+   resolution, through the serving chain (``prepare_frame``);
+3. train the shipped model on every background, calibrate it and fix its operating point on
+   validation, test it on new generated chests with model-B nodules;
+4. write the MONAI bundle (metadata, state dict, model card) with the pooled leave-one-out metrics
+   (study-level AUROC with a bootstrap interval, FROC sensitivities at 0.25-2 false regions per
+   image with intervals) as the headline.
+
+Training augments for robustness, not for the generator: gamma and linear contrast, Gaussian blur,
+noise, scale (random-size crops) and geometry (scale, rotation, translation, left-right flip).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import pydicom
+import torch
+import torch.nn.functional as F
+from monai.utils import set_determinism
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from scipy import ndimage
+
+from ..model.dense import build_dense_network, map_peaks, probability_maps, study_logits
+from ..preprocessing import InputSpec, prepare_frame
+from ..scoring.calibration import calibrated_probability, fit_platt
+from .config import BackgroundConfig, LesionConfig, TrainConfig
+from .froc import FROC_RATES, ImageDetections, froc_bootstrap, froc_sensitivities, match_image, sensitivity_at_threshold
+from .lesions import (
+    Nodule,
+    RealBackground,
+    augment_geometry,
+    generated_chest,
+    insert_model_a,
+    insert_model_b,
+    load_background,
+    lung_mask,
+    place_nodules,
+    shrink,
+    square_picture,
+)
+from .metrics import auroc, binary_metrics, threshold_for_sensitivity, youden_threshold
+
+__all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "standardise", "train_localisation"]
+
+logger = logging.getLogger(__name__)
+
+#: Seeds of the separate random streams (pool, validation, tests, generated tests).
+_TRAIN, _VAL, _TEST, _TEST_GENERATED = 1, 2, 3, 4
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Pool:
+    """Pictures on the model grid with inserted model-A nodules.
+
+    ``images`` float16 (N, S, S) in [0, 1]; ``targets`` uint8 (N, S, S) nodule footprints;
+    ``weights`` uint8 (N, S, S) loss weights (0 where the label is unknown); ``groups`` int16 (N,)
+    the real background's index, -1 for generated chests; ``nodules`` one list per picture.
+    """
+
+    images: np.ndarray
+    targets: np.ndarray
+    weights: np.ndarray
+    groups: np.ndarray
+    nodules: list[list[Nodule]]
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+@dataclass(slots=True)
+class EvalSet:
+    """Model inputs and their truth: ``inputs`` float32 (N, 1, S, S) (normalised, or pictures in
+    [0, 1] when ``normalised`` is false), ``nodules`` per image on the model grid."""
+
+    inputs: torch.Tensor
+    nodules: list[list[Nodule]]
+    normalised: bool
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray([1 if n else 0 for n in self.nodules], dtype=np.int64)
+
+
+def _resolve_background(bg: BackgroundConfig, root: Path) -> Path:
+    if bg.pydicom_data:
+        from pydicom.data import get_testdata_file
+
+        found = get_testdata_file(bg.pydicom_data)
+        if found is None:
+            raise FileNotFoundError(f"background {bg.id}: pydicom-data file {bg.pydicom_data} is not installed "
+                                    "(pip install pydicom-data)")
+        return Path(str(found))
+    if bg.path is None:
+        raise ValueError(f"background {bg.id} names neither path nor pydicom_data")
+    return root / bg.path
+
+
+def load_backgrounds(lesions: LesionConfig, root: Path) -> list[RealBackground]:
+    """Every configured real background, area-reduced to ``test_max_side`` at most."""
+    out = []
+    for bg in lesions.backgrounds:
+        picture = load_background(_resolve_background(bg, root), window=bg.window, flip_rows=bg.flip_rows,
+                                  invert=bg.invert)
+        out.append(RealBackground(bg.id, shrink(picture, lesions.test_max_side), real_lesions=bg.real_lesions))
+    return out
+
+
+def _nodule_count(rng: np.random.Generator, lc: LesionConfig) -> int:
+    return int(rng.integers(1, lc.max_nodules + 1)) if rng.random() < lc.positive_fraction else 0
+
+
+def _insert_a(picture: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+              lc: LesionConfig) -> tuple[list[Nodule], np.ndarray]:
+    nodules, target = [], np.zeros(picture.shape, dtype=bool)
+    for row, col, radius in place_nodules(rng, mask, _nodule_count(rng, lc), diameter_fraction=lc.diameter_fraction):
+        nodule, footprint = insert_model_a(picture, rng, row, col, radius, contrast=lc.contrast)
+        nodules.append(nodule)
+        target |= footprint
+    return nodules, target
+
+
+def build_pool(backgrounds: Sequence[RealBackground], lc: LesionConfig, *, per_background: int, generated: int,
+               seed: int, stream: int) -> Pool:
+    """Training (or validation) pictures: each real background ``per_background`` times under new
+    geometry, and ``generated`` pictures of generated chests, each with 0-``max_nodules`` model-A
+    nodules. A background with real lesions gets loss weight 0 in its (dilated) lungs, except on
+    the inserted nodules."""
+    side = lc.input_size
+    works = [square_picture(bg.picture, lc.work_size) for bg in backgrounds]
+    masks = [lung_mask(square_picture(bg.picture, side)) for bg in backgrounds]
+    work_masks = [ndimage.zoom(m.astype(np.float32), lc.work_size / side, order=0) > 0.5 for m in masks]
+    bases = [generated_chest(np.random.default_rng([seed, stream, 99, k]), lc.work_size)
+             for k in range(min(generated, max(1, lc.generated_bases)))] if generated else []
+    n = len(backgrounds) * per_background + generated
+    pool = Pool(np.zeros((n, side, side), np.float16), np.zeros((n, side, side), np.uint8),
+                np.ones((n, side, side), np.uint8), np.zeros(n, np.int16), [])
+    k = 0
+    jobs = [(g, list(range(per_background))) for g in range(len(backgrounds))]
+    jobs += [(-1 - b, list(range(b, generated, len(bases)))) for b in range(len(bases))]
+    for group, members in jobs:
+        rngs = [np.random.default_rng([seed, stream, group + 1000, j]) for j in members]
+        work, work_mask = (works[group], work_masks[group]) if group >= 0 else bases[-1 - group]
+        pictures, masks_ = augment_geometry(work, work_mask, rngs, side, scale=lc.scale, rotate_deg=lc.rotate_deg,
+                                            translate=lc.translate)
+        for rng, picture, mask in zip(rngs, pictures, masks_, strict=True):
+            nodules, target = _insert_a(picture, mask, rng, lc)
+            pool.images[k] = picture
+            pool.targets[k] = target
+            if group >= 0 and backgrounds[group].real_lesions:
+                unknown = ndimage.binary_dilation(mask, iterations=max(1, side // 64)) & ~target
+                pool.weights[k][unknown] = 0
+            pool.groups[k] = max(group, -1)
+            pool.nodules.append(nodules)
+            k += 1
+    return pool
+
+
+def _test_image(source: np.ndarray, rng: np.random.Generator, lc: LesionConfig, spec: InputSpec,
+                positive: bool) -> tuple[torch.Tensor, list[Nodule]]:
+    """One test image: a random sub-window (85-100% of each side) of ``source`` with fresh noise,
+    model-B nodules inserted at the source resolution, then the serving chain's steps 3-6."""
+    rows, cols = source.shape
+    h, w = int(rows * rng.uniform(0.85, 1.0)), int(cols * rng.uniform(0.85, 1.0))
+    r0, c0 = int(rng.integers(0, rows - h + 1)), int(rng.integers(0, cols - w + 1))
+    sub = source[r0:r0 + h, c0:c0 + w].astype(np.float32)
+    sub = np.clip(sub + rng.uniform(0.002, 0.01) * rng.standard_normal(sub.shape).astype(np.float32), 0, 1)
+    nodules: list[Nodule] = []
+    if positive:
+        _, geometry = prepare_frame(sub, spec)
+        mask = lung_mask(square_picture(sub, spec.size[0]))
+        scale = geometry.crop_side / spec.size[0]
+        count = int(rng.integers(1, lc.max_nodules + 1))
+        for row, col, radius in place_nodules(rng, mask, count, diameter_fraction=lc.test_diameter_fraction,
+                                              log_uniform=True):
+            src_row, src_col = geometry.to_source_point(row, col)
+            inserted = insert_model_b(sub, rng, src_row, src_col, radius * scale, attenuation=lc.test_attenuation)
+            nodules.append(Nodule(row, col, radius, inserted.contrast, "B"))
+    tensor, _ = prepare_frame(sub, spec)
+    return tensor, nodules
+
+
+def build_test_set(sources: Sequence[np.ndarray], count: int, lc: LesionConfig, spec: InputSpec, *, seed: int,
+                   stream: int) -> EvalSet:
+    """``count`` test images per source, half of them with 1-``max_nodules`` model-B nodules."""
+    tensors, nodules = [], []
+    for s, source in enumerate(sources):
+        for j in range(count):
+            rng = np.random.default_rng([seed, stream, s, j])
+            tensor, found = _test_image(source, rng, lc, spec, positive=j % 2 == 1)
+            tensors.append(tensor)
+            nodules.append(found)
+    return EvalSet(torch.stack(tensors), nodules, normalised=True)
+
+
+# -- the serving transform, batched -----------------------------------------------------------------
+
+def standardise(pictures: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Steps 5-6 of the serving chain on a batch of model-grid pictures (float (N, 1, S, S) in
+    [0, 1]): a 0.5-99.5 percentile stretch per image, then the card's normalisation. Equal to
+    :func:`secondreader.preprocessing.model_input_transform` image by image."""
+    flat = pictures.reshape(pictures.shape[0], -1).float()
+    q = torch.quantile(flat, torch.tensor([0.005, 0.995]), dim=1)
+    low, high = q[0].view(-1, 1, 1, 1), q[1].view(-1, 1, 1, 1)
+    stretched = ((pictures.float() - low) / (high - low).clamp_min(1e-8)).clamp(0.0, 1.0)
+    return (stretched - spec.mean) / spec.std
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+
+def _augment_intensity(x: torch.Tensor, lc: LesionConfig, g: torch.Generator) -> torch.Tensor:
+    """Robustness: gamma, linear contrast, blur and noise, per image (float (N, 1, S, S) in [0, 1])."""
+    n = x.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, 1, 1, 1, generator=g)
+
+    x = x.clamp_min(1e-6) ** uniform(*lc.gamma)
+    x = x * uniform(0.85, 1.15) + uniform(-0.05, 0.05)
+    blur = torch.rand(n, generator=g) < lc.blur_probability
+    sigmas = uniform(*lc.blur_sigma).view(-1)
+    out = []
+    for i in range(n):
+        xi = x[i:i + 1]
+        if bool(blur[i]) and float(sigmas[i]) > 0.2:
+            xi = _gaussian_blur(xi, float(sigmas[i]))
+        out.append(xi)
+    x = torch.cat(out)
+    x = x + uniform(*lc.noise_std) * torch.randn(x.shape, generator=g)
+    return x.clamp(0.0, 1.0)
+
+
+def _crops(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, nodules: list[list[Nodule]],
+           lc: LesionConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random-size square crops (``crop`` x ``crop_scale``), resized to ``crop``; some centred near
+    a lesion."""
+    side = x.shape[-1]
+    xs, ts, ws = [], [], []
+    lo, hi = math.log(lc.crop_scale[0]), math.log(lc.crop_scale[1])
+    for i in range(x.shape[0]):
+        size = min(side, int(round(lc.crop * math.exp(lo + (hi - lo) * float(torch.rand(1, generator=g))))))
+        if nodules[i] and float(torch.rand(1, generator=g)) < lc.lesion_crop_fraction:
+            n = nodules[i][int(torch.randint(len(nodules[i]), (1,), generator=g))]
+            jitter = (torch.rand(2, generator=g) - 0.5) * size * 0.6
+            cy, cx = n.row + float(jitter[0]), n.col + float(jitter[1])
+        else:
+            cy, cx = (float(v) * side for v in torch.rand(2, generator=g))
+        r0 = int(min(max(cy - size / 2, 0), side - size))
+        c0 = int(min(max(cx - size / 2, 0), side - size))
+        sl = (slice(None), slice(r0, r0 + size), slice(c0, c0 + size))
+        xs.append(F.interpolate(x[i][sl][None], size=(lc.crop, lc.crop), mode="bilinear", align_corners=False))
+        ts.append(F.interpolate(target[i][sl][None], size=(lc.crop, lc.crop), mode="nearest"))
+        ws.append(F.interpolate(weight[i][sl][None], size=(lc.crop, lc.crop), mode="nearest"))
+    return torch.cat(xs), torch.cat(ts), torch.cat(ws)
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, dice_weight: float) -> torch.Tensor:
+    """Weighted binary cross-entropy plus a soft Dice over the batch (pixels of weight 0 ignored)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * weight).sum() / weight.sum().clamp_min(1.0)
+    p = torch.sigmoid(logits) * weight
+    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + (target * weight).sum() + 1)
+    return bce + dice_weight * dice
+
+
+# -- training one model ------------------------------------------------------------------------------
+
+def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, seed: int,
+         advance: Callable[[], None]) -> torch.nn.Module:
+    lc = cfg.lesions
+    assert lc is not None
+    torch.manual_seed(seed)
+    network = build_dense_network(cfg.network.class_, cfg.network.args)
+    sched = cfg.schedule
+    optimiser = torch.optim.AdamW(network.parameters(), lr=sched.max_lr, weight_decay=sched.weight_decay)
+    steps_per_epoch = max(1, len(members) // sched.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=sched.max_lr,
+                                                    total_steps=sched.epochs * steps_per_epoch)
+    g = torch.Generator().manual_seed(seed)
+    network.train()
+    for _epoch in range(sched.epochs):
+        order = members[torch.randperm(len(members), generator=g).numpy()]
+        for step in range(steps_per_epoch):
+            idx = np.sort(order[step * sched.batch_size:(step + 1) * sched.batch_size])
+            x = torch.from_numpy(pool.images[idx].astype(np.float32))[:, None]
+            x = standardise(_augment_intensity(x, lc, g), spec)
+            t = torch.from_numpy(pool.targets[idx].astype(np.float32))[:, None]
+            w = torch.from_numpy(pool.weights[idx].astype(np.float32))[:, None]
+            xc, tc, wc = _crops(x, t, w, [pool.nodules[i] for i in idx], lc, g)
+            loss = _loss(network(xc), tc, wc, lc.dice_weight)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            scheduler.step()
+            advance()
+    return network.eval()
+
+
+def predict_maps(network: torch.nn.Module, inputs: torch.Tensor, *, sigma: float, batch: int = 32) -> np.ndarray:
+    """Probability maps float32 (N, S, S) of channel 0 for normalised inputs (N, 1, S, S)."""
+    out = []
+    network.eval()
+    with torch.inference_mode():
+        for i in range(0, len(inputs), batch):
+            out.append(probability_maps(network(inputs[i:i + batch])[:, :1], sigma)[:, 0].numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + tuple(inputs.shape[-2:]), np.float32)
+
+
+@dataclass(slots=True)
+class Scored:
+    """A set's study logits, labels and matched detections (peaks of the probability map)."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    images: list[ImageDetections]
+
+    def to_json(self) -> dict[str, Any]:
+        def enc(a: np.ndarray) -> list[float | None]:
+            return [None if not np.isfinite(v) else round(float(v), 6) for v in a]
+
+        return {"logits": enc(self.logits), "labels": self.labels.tolist(),
+                "images": [[enc(im.lesion_scores), enc(im.false_scores)] for im in self.images]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Scored:
+        def dec(values: list[float | None]) -> np.ndarray:
+            return np.asarray([-np.inf if v is None else v for v in values], dtype=np.float64)
+
+        return cls(dec(data["logits"]), np.asarray(data["labels"], dtype=np.int64),
+                   [ImageDetections(dec(a), dec(b)) for a, b in data["images"]])
+
+
+def score_set(network: torch.nn.Module, data: EvalSet, spec: InputSpec, lc: LesionConfig, sigma: float) -> Scored:
+    inputs = data.inputs if data.normalised else standardise(data.inputs, spec)
+    maps = predict_maps(network, inputs, sigma=sigma)
+    logits = study_logits(torch.from_numpy(maps)[:, None])[:, 0].astype(np.float64)
+    images = [match_image(map_peaks(m), [(n.row, n.col, n.radius) for n in nods], min_radius=lc.hit_radius_min)
+              for m, nods in zip(maps, data.nodules, strict=True)]
+    return Scored(logits, data.labels, images)
+
+
+def _val_set(pool: Pool, keep: np.ndarray) -> EvalSet:
+    idx = np.nonzero(keep)[0]
+    return EvalSet(torch.from_numpy(pool.images[idx].astype(np.float32))[:, None],
+                   [pool.nodules[i] for i in idx], normalised=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    a: float
+    b: float
+    operating_point: float
+    urgent_point: float
+
+    def probability(self, logits: np.ndarray) -> np.ndarray:
+        return calibrated_probability(logits, self.a, self.b)
+
+    def map_threshold(self, probability: float) -> float:
+        """The raw map value whose calibrated study probability is ``probability``."""
+        z = (math.log(probability / (1 - probability)) - self.b) / self.a
+        return float(1 / (1 + math.exp(-z)))
+
+
+def calibrate(val: Scored, cfg: TrainConfig) -> Calibration:
+    try:
+        a, b = fit_platt(val.logits, val.labels)
+    except ValueError as exc:
+        logger.warning("Platt scaling failed (%s); keeping uncalibrated probabilities", exc)
+        a, b = 1.0, 0.0
+    p = calibrated_probability(val.logits, a, b)
+    op_cfg = cfg.operating_point
+    if op_cfg.method == "youden":
+        op = youden_threshold(p, val.labels)
+    else:
+        op = threshold_for_sensitivity(p, val.labels, op_cfg.sensitivity)
+    negatives = np.sort(p[val.labels == 0])
+    at_spec = negatives[min(len(negatives) - 1, int(np.ceil(op_cfg.urgent_specificity * len(negatives))))]
+    op = float(np.clip(op, 1e-4, 1 - 1e-4))
+    urgent = float(np.clip(max(at_spec, op), op, 1 - 1e-4))
+    return Calibration(a, b, op, urgent)
+
+
+def _cal_scores(map_values: np.ndarray, cal: Calibration) -> np.ndarray:
+    """Map values (peak probabilities) → calibrated study-scale probabilities (-inf stays -inf)."""
+    out = np.full(map_values.shape, -np.inf)
+    finite = np.isfinite(map_values)
+    v = np.clip(map_values[finite], 1e-6, 1 - 1e-6)
+    out[finite] = cal.probability(np.log(v / (1 - v)))
+    return out
+
+
+def localisation_metrics(scored: Scored, cal: Calibration, *, seed: int) -> dict[str, Any]:
+    """Study-level metrics at the operating point and the FROC, with bootstrap intervals."""
+    p = cal.probability(scored.logits)
+    images = [ImageDetections(_cal_scores(im.lesion_scores, cal), _cal_scores(im.false_scores, cal))
+              for im in scored.images]
+    out: dict[str, Any] = {"study": binary_metrics(p, scored.labels, cal.operating_point, seed=seed).to_json()}
+    n_lesions = int(sum(im.lesion_scores.size for im in images))
+    if n_lesions:
+        froc = froc_sensitivities(images)
+        ci = froc_bootstrap(images, seed=seed)
+        sens_op, fp_op = sensitivity_at_threshold(images, cal.operating_point)
+        out["froc"] = {"n_images": len(images), "n_lesions": n_lesions,
+                       "sensitivity": {str(r): round(froc[r], 4) for r in FROC_RATES},
+                       "sensitivity_ci95": {str(r): [round(ci[r][0], 4), round(ci[r][1], 4)] for r in FROC_RATES},
+                       "at_operating_point": {"sensitivity": round(sens_op, 4),
+                                              "false_regions_per_image": round(fp_op, 4)}}
+    return out
+
+
+# -- the whole run ---------------------------------------------------------------------------------
+
+def _digest(cfg: TrainConfig) -> str:
+    relevant = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "output_dir", "provenance", "description"})
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` (``data.kind: lesion_insertion``), evaluate it leaving one real background out
+    at a time, and write its bundle. ``resume`` reuses the folds a previous run of the same
+    configuration finished (kept in ``checkpoint_dir``). Returns the bundle's metadata."""
+    from .train import _state_dict_bytes, device_uid_for
+
+    lc = cfg.lesions
+    if lc is None:
+        raise ValueError("data.kind lesion_insertion needs a lesions: section")
+    started = time.time()
+    torch.set_num_threads(cfg.schedule.threads)
+    set_determinism(seed=cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    side = lc.input_size
+    backgrounds = load_backgrounds(lc, cfg.data.path)
+    logger.info("backgrounds: %s", ", ".join(bg.id for bg in backgrounds))
+    pool = build_pool(backgrounds, lc, per_background=lc.per_background, generated=lc.generated, seed=cfg.seed,
+                      stream=_TRAIN)
+    val_pool = build_pool(backgrounds, lc, per_background=lc.validation_per_background,
+                          generated=lc.validation_generated, seed=cfg.seed, stream=_VAL)
+    sample = torch.from_numpy(pool.images[:: max(1, len(pool) // 256)].astype(np.float32))[:, None]
+    stretched = standardise(sample, InputSpec(size=(side, side), mean=0.0, std=1.0))
+    spec = InputSpec(size=(side, side), mean=float(stretched.mean()), std=float(stretched.std()))
+    sigma = cfg.saliency.smoothing_sigma
+    logger.info("pools ready: %d training, %d validation pictures (%.0f s)", len(pool), len(val_pool),
+                time.time() - started)
+
+    folds = [i for i, bg in enumerate(backgrounds) if not bg.real_lesions] if lc.folds != "none" else []
+
+    def steps(n: int) -> int:
+        return cfg.schedule.epochs * max(1, n // cfg.schedule.batch_size)
+
+    total = sum(steps(int((pool.groups != f).sum())) for f in folds) + steps(len(pool))
+    run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
+    digest = _digest(cfg)
+    fold_results: list[dict[str, Any]] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=False) as progress:
+        task = progress.add_task(f"training {cfg.name}", total=total)
+
+        def advance() -> None:
+            progress.advance(task)
+
+        for f in folds:
+            held = backgrounds[f]
+            saved = run_dir / "folds" / f"{held.id}.json"
+            if resume and saved.is_file():
+                state = json.loads(saved.read_text())
+                if state.get("config") == digest:
+                    fold_results.append(state)
+                    progress.advance(task, steps(int((pool.groups != f).sum())))
+                    logger.info("fold %s: reused from %s", held.id, saved.name)
+                    continue
+            progress.update(task, description=f"fold without {held.id}")
+            t0 = time.time()
+            network = _fit(cfg, pool, np.nonzero(pool.groups != f)[0], spec, cfg.seed + 1000 * (f + 1), advance)
+            val = score_set(network, _val_set(val_pool, val_pool.groups != f), spec, lc, sigma)
+            cal = calibrate(val, cfg)
+            test = build_test_set([held.picture], lc.test_per_background, lc, spec, seed=cfg.seed, stream=_TEST + f)
+            scored = score_set(network, test, spec, lc, sigma)
+            state = {"config": digest, "background": held.id, "seconds": round(time.time() - t0, 1),
+                     "calibration": [cal.a, cal.b, cal.operating_point, cal.urgent_point],
+                     "test": scored.to_json()}
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(state))
+            fold_results.append(state)
+            logger.info("fold %s: %s", held.id, json.dumps(localisation_metrics(scored, cal, seed=cfg.seed)["study"]))
+
+        progress.update(task, description=f"final {cfg.name}")
+        network = _fit(cfg, pool, np.arange(len(pool)), spec, cfg.seed, advance)
+    val = score_set(network, _val_set(val_pool, np.ones(len(val_pool), bool)), spec, lc, sigma)
+    cal = calibrate(val, cfg)
+    generated_sources = [generated_chest(np.random.default_rng([cfg.seed, _TEST_GENERATED, k]), 2 * side)[0]
+                         for k in range(max(1, lc.test_generated // 10))]
+    test_generated = build_test_set(generated_sources, max(2, lc.test_generated // len(generated_sources)), lc, spec,
+                                    seed=cfg.seed, stream=_TEST_GENERATED)
+    metrics: dict[str, Any] = {
+        "validation": localisation_metrics(val, cal, seed=cfg.seed),
+        "test_generated": localisation_metrics(score_set(network, test_generated, spec, lc, sigma), cal, seed=cfg.seed),
+    }
+    if fold_results:
+        pooled, per_fold = _pool_folds(fold_results, seed=cfg.seed)
+        metrics["test"] = pooled
+        metrics["folds"] = per_fold
+    else:
+        metrics["test"] = metrics["test_generated"]
+    real = [bg for bg in backgrounds if bg.real_lesions]
+    if real:
+        inputs = torch.stack([prepare_frame(bg.picture, spec)[0] for bg in real])
+        maps = predict_maps(network, inputs, sigma=sigma)
+        probs = cal.probability(study_logits(torch.from_numpy(maps)[:, None])[:, 0].astype(np.float64))
+        metrics["real_lesion_backgrounds"] = {bg.id: round(float(p), 4) for bg, p in zip(real, probs, strict=True)}
+
+    weights = _state_dict_bytes(network)
+    weights_sha256 = hashlib.sha256(weights).hexdigest()
+    out = cfg.output_dir
+    for sub in ("configs", "models", "docs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / "models" / "model.pt").write_bytes(weights)
+    metadata = dense_metadata(cfg, spec, cal, metrics, device_uid_for(cfg.name, cfg.version, weights_sha256),
+                              weights_sha256, config_path, time.time() - started)
+    (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    from .modelcard_dense import write_dense_model_card
+
+    write_dense_model_card(out / "docs" / "README.md", metadata)
+    logger.info("wrote bundle %s in %.0f s", cfg.name, time.time() - started)
+    return metadata
+
+
+def _pool_folds(results: list[dict[str, Any]], *, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Pooled leave-one-background-out metrics: each fold's test set scored by its own model and
+    calibrated by its own validation fit, then pooled; and each fold's own figures."""
+    probs, labels, images, per_fold = [], [], [], []
+    ops = []
+    for state in results:
+        cal = Calibration(*state["calibration"])
+        scored = Scored.from_json(state["test"])
+        p = cal.probability(scored.logits)
+        probs.append(p)
+        labels.append(scored.labels)
+        ops.append(cal.operating_point)
+        fold_images = [ImageDetections(_cal_scores(im.lesion_scores, cal), _cal_scores(im.false_scores, cal))
+                       for im in scored.images]
+        images.extend(fold_images)
+        pred = p >= cal.operating_point
+        y = scored.labels.astype(bool)
+        froc = froc_sensitivities(fold_images) if any(im.lesion_scores.size for im in fold_images) else {}
+        per_fold.append({"background": state["background"], "n": int(len(y)), "auroc": round(auroc(p, y), 4),
+                         "sensitivity": round(float(pred[y].mean()), 4),
+                         "specificity": round(float((~pred[~y]).mean()), 4),
+                         "froc_1": round(froc.get(1.0, 0.0), 4), "seconds": state["seconds"]})
+    p_all, y_all = np.concatenate(probs), np.concatenate(labels)
+    # Each fold's probabilities are on its own calibrated scale; the pooled operating-point figures
+    # apply each fold's own operating point.
+    positive = np.concatenate([pr >= op for pr, op in zip(probs, ops, strict=True)])
+    study = binary_metrics(p_all, y_all, float(np.median(ops)), seed=seed).to_json()
+    y = y_all.astype(bool)
+    study.update({"accuracy": round(float((positive == y).mean()), 4),
+                  "sensitivity": round(float(positive[y].mean()), 4),
+                  "specificity": round(float((~positive[~y]).mean()), 4),
+                  "threshold": "each fold's own operating point"})
+    froc = froc_sensitivities(images)
+    ci = froc_bootstrap(images, seed=seed)
+    pooled = {"study": study, "froc": {
+        "n_images": len(images), "n_lesions": int(sum(im.lesion_scores.size for im in images)),
+        "sensitivity": {str(r): round(froc[r], 4) for r in FROC_RATES},
+        "sensitivity_ci95": {str(r): [round(ci[r][0], 4), round(ci[r][1], 4)] for r in FROC_RATES}},
+        "method": "leave one real background out; test nodules by insertion model B at source resolution"}
+    return pooled, per_fold
+
+
+def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics: dict[str, Any], device_uid: str,
+                   weights_sha256: str, config_path: Path | None, seconds: float) -> dict[str, Any]:
+    lc = cfg.lesions
+    assert lc is not None
+    code, side = cfg.data.finding, lc.input_size
+    threshold = cal.map_threshold(cal.operating_point)
+    return {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": cfg.version,
+        "changelog": {cfg.version: cfg.description},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "pydicom_version": pydicom.__version__,
+        "optional_packages_version": {},
+        "name": cfg.name,
+        "task": f"Chest radiograph localisation: {cfg.data.display_name}",
+        "description": cfg.description,
+        "authors": "secondreader",
+        "copyright": "secondreader authors; background images under their own licences (see data_source)",
+        "data_source": cfg.provenance.get("data_source", ""),
+        "data_type": f"greyscale chest radiographs, centre-cropped and resized to {side}x{side}",
+        "intended_use": cfg.provenance.get("intended_use", ""),
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "CR/DX", "num_channels": 1,
+                                 "spatial_shape": [side, side], "dtype": "float32", "value_range": [0, 1],
+                                 "is_patch_data": False, "channel_def": {"0": "image"}}},
+            "outputs": {"pred": {"type": "probabilities", "format": "segmentation", "num_channels": 1,
+                                 "spatial_shape": [side, side], "dtype": "float32", "value_range": [0, 1],
+                                 "is_onehot": False, "channel_def": {"0": code}}},
+        },
+        "secondreader": {
+            "device_uid": device_uid,
+            "weights_file": "model.pt",
+            "weights_sha256": weights_sha256,
+            "network": {"class": cfg.network.class_, "args": cfg.network.args},
+            "saliency": {"method": "dense", "smoothing_sigma": cfg.saliency.smoothing_sigma,
+                         "region_threshold": round(threshold, 6),
+                         "region_floor": round(max(1e-4, 0.5 * threshold), 6)},
+            "input": {"spatial_shape": [side, side], "mean": round(spec.mean, 6), "std": round(spec.std, 6),
+                      "preprocessing": "header VOI or 0.5-99.5 percentile window, MONOCHROME1 inversion, "
+                                       "centre square crop, area resize, 0.5-99.5 percentile stretch, normalise"},
+            "findings": {code: {
+                "channel": 0,
+                "display_name": cfg.data.display_name,
+                "study_score": "maximum of the smoothed probability map",
+                "calibration": {"method": "platt", "a": round(cal.a, 6), "b": round(cal.b, 6),
+                                "fitted_on": "validation"},
+                "operating_point": round(cal.operating_point, 6),
+                "operating_point_method": cfg.operating_point.method,
+                "urgent_point": round(cal.urgent_point, 6),
+                "urgent_point_method": f"specificity {cfg.operating_point.urgent_specificity} on validation",
+            }},
+            "metrics": metrics,
+            "training": {
+                "config": str(config_path) if config_path else None,
+                "seed": cfg.seed,
+                "epochs": cfg.schedule.epochs,
+                "lesions": lc.model_dump(mode="json", exclude={"backgrounds"}),
+                "backgrounds": [{"id": b.id, "source": b.source, "real_lesions": b.real_lesions}
+                                for b in lc.backgrounds],
+                "seconds": round(seconds, 1),
+                "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+            },
+            "provenance": cfg.provenance,
+        },
+    }

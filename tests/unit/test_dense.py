@@ -1,0 +1,109 @@
+"""Dense (localisation) predictors: probability maps, study logits, peaks, regions, and a bundle
+that reloads into ``DensePredictor`` through ``load_predictor``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from secondreader.errors import ModelError
+from secondreader.model.card import load_card
+from secondreader.model.dense import (
+    DensePredictor,
+    build_dense_network,
+    dense_regions,
+    load_predictor,
+    map_peaks,
+    probability_maps,
+    study_logits,
+)
+from secondreader.model.predictor import TorchPredictor
+
+NETWORK = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8], "strides": [2],
+           "num_res_units": 0}
+
+
+def write_dense_bundle(folder: Path, *, region_threshold: float = 0.6) -> Path:
+    torch.manual_seed(0)
+    network = build_dense_network("UNet", NETWORK)
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    torch.save(network.state_dict(), folder / "models" / "model.pt")
+    meta = {"name": "tiny-nodule", "version": "0.0.1", "secondreader": {
+        "device_uid": "2.25.1", "network": {"class": "UNet", "args": NETWORK},
+        "saliency": {"method": "dense", "smoothing_sigma": 1.0, "region_threshold": region_threshold,
+                     "region_floor": region_threshold / 2},
+        "input": {"spatial_shape": [32, 32], "mean": 0.5, "std": 0.25},
+        "findings": {"nodule": {"channel": 0, "operating_point": 0.5, "urgent_point": 0.9,
+                                "calibration": {"method": "platt", "a": 1.0, "b": 0.0}}}}}
+    (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_probability_maps_are_smoothed_sigmoids() -> None:
+    logits = torch.full((1, 1, 21, 21), -20.0)
+    logits[0, 0, 10, 10] = 20.0
+    raw = probability_maps(logits, 0.0)
+    assert raw[0, 0, 10, 10] == pytest.approx(1.0) and float(raw.sum()) == pytest.approx(1.0, abs=1e-6)
+    smooth = probability_maps(logits, 1.0)
+    assert float(smooth.sum()) == pytest.approx(1.0, abs=1e-4)  # mass kept, spread out
+    assert 0.1 < float(smooth[0, 0, 10, 10]) < 0.2 and float(smooth[0, 0, 10, 11]) > 0.05
+    top = float(smooth.max())
+    assert study_logits(smooth)[0, 0] == pytest.approx(np.log(top / (1 - top)), abs=1e-4)
+
+
+def test_peaks_and_regions_of_a_two_blob_map() -> None:
+    r, c = np.mgrid[0:100, 0:120]
+    heat = (0.9 * np.exp(-((r - 30) ** 2 + (c - 40) ** 2) / 50) + 0.4 * np.exp(-((r - 70) ** 2 + (c - 90) ** 2) / 50))
+    heat = heat.astype(np.float32)
+    peaks = map_peaks(heat, floor=0.1)
+    assert [(round(p[0]), round(p[1])) for p in peaks] == [(30, 40), (70, 90)]
+    assert peaks[0][2] == pytest.approx(0.9, abs=1e-3)
+    regions = dense_regions(heat, finding="nodule", frame=1, spacing_mm=(0.5, 0.5), threshold=0.5, floor=0.25)
+    assert len(regions) == 1  # the weaker blob peaks under the threshold
+    (region,) = regions
+    r0, c0, r1, c1 = region.bbox
+    assert r0 < 30 < r1 and c0 < 40 < c1 and region.centroid == pytest.approx((30, 40), abs=0.5)
+    assert region.area_mm2 == pytest.approx(region.area_px * 0.25, abs=0.05)
+    both = dense_regions(heat, finding="nodule", frame=1, spacing_mm=None, threshold=0.3, floor=0.15)
+    assert len(both) == 2 and both[0].peak == 1.0 and both[1].peak == pytest.approx(0.4 / 0.9, abs=0.01)
+    assert dense_regions(heat, finding="nodule", frame=1, spacing_mm=None, threshold=0.95, floor=0.5) == []
+
+
+def test_a_dense_bundle_reloads_into_a_dense_predictor(tmp_path: Path) -> None:
+    bundle = write_dense_bundle(tmp_path / "tiny-nodule")
+    predictor = load_predictor(bundle, device="cpu")
+    assert isinstance(predictor, DensePredictor)
+    batch = torch.randn(2, 1, 32, 32)
+    predictions = predictor.predict(batch)
+    assert len(predictions) == 2
+    for prediction in predictions:
+        assert prediction.logits.shape == (1,) and np.isfinite(prediction.logits).all()
+        assert prediction.saliency is not None and prediction.saliency.shape == (1, 32, 32)
+        assert 0 <= prediction.saliency.min() and prediction.saliency.max() <= 1
+        # the study logit is the logit of the map's maximum
+        top = float(prediction.saliency.max())
+        assert prediction.logits[0] == pytest.approx(np.log(top / (1 - top)), abs=1e-4)
+    assert predictor.predict(batch, explain=False)[0].saliency is None
+
+
+def test_a_classifier_bundle_still_gets_the_torch_predictor(models_dir: Path) -> None:
+    assert isinstance(load_predictor(models_dir / "cxr-pneumonia", device="cpu"), TorchPredictor)
+
+
+def test_dense_cards_are_validated(tmp_path: Path) -> None:
+    bundle = write_dense_bundle(tmp_path / "bad", region_threshold=0.6)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta["secondreader"]["saliency"]["region_floor"] = 0.9  # above the threshold
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="region_floor"):
+        load_card(bundle)
+    meta["secondreader"]["saliency"]["region_floor"] = 0.3
+    meta["secondreader"]["network"]["class"] = "ResNet"
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="network"):
+        DensePredictor(load_card(bundle), device="cpu")

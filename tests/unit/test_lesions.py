@@ -1,0 +1,124 @@
+"""The lesion-insertion dataset's parts: insertion models A and B, lung masks, generated chests,
+placement, geometry, and the batched serving transform used in training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from secondreader.preprocessing import InputSpec, model_input_transform
+from secondreader.training.lesions import (
+    Nodule,
+    augment_geometry,
+    footprints,
+    generated_chest,
+    insert_model_a,
+    insert_model_b,
+    lung_mask,
+    place_nodules,
+)
+from secondreader.training.localisation import standardise
+
+from ..factories import chest_phantom
+
+
+def test_model_a_adds_its_contrast_on_its_footprint_only() -> None:
+    picture = np.full((128, 128), 0.3, np.float32)
+    nodule, footprint = insert_model_a(picture, np.random.default_rng(1), 64.0, 60.0, 8.0, contrast=(0.1, 0.1))
+    assert nodule.model == "A" and nodule.contrast == pytest.approx(0.1)
+    added = picture - 0.3
+    assert added.max() == pytest.approx(0.1, abs=0.01)  # the peak of the profile is the contrast
+    assert np.unravel_index(np.argmax(added), added.shape) in {(64, 60), (63, 60), (64, 59), (64, 61), (65, 60)}
+    assert footprint.sum() == pytest.approx(np.pi * 8**2, rel=0.15)  # ellipse of the same area
+    assert np.abs(added[:, :40]).max() == 0 and np.abs(added[:40]).max() == 0
+
+
+def test_model_b_is_an_attenuation_so_it_shows_less_over_dense_areas() -> None:
+    dark = np.full((96, 96), 0.2, np.float32)
+    bright = np.full((96, 96), 0.8, np.float32)
+    a = insert_model_b(dark, np.random.default_rng(7), 48.0, 48.0, 10.0, attenuation=(0.2, 0.2))
+    b = insert_model_b(bright, np.random.default_rng(7), 48.0, 48.0, 10.0, attenuation=(0.2, 0.2))
+    assert a.model == "B" and a.contrast > 0 and b.contrast > 0
+    assert a.contrast / b.contrast == pytest.approx(4.0, rel=0.05)  # (1 - 0.2) / (1 - 0.8)
+    assert (dark >= 0.2 - 1e-6).all() and (dark <= 1).all()
+
+
+def test_the_two_insertion_models_differ_in_profile() -> None:
+    """A: peaked (projected sphere); B: flat-topped. Their mean-to-peak ratios inside the nodule differ."""
+    ratios = {}
+    for name in ("A", "B"):
+        values = []
+        for seed in range(8):
+            picture = np.zeros((96, 96), np.float32)
+            rng = np.random.default_rng(seed)
+            if name == "A":
+                insert_model_a(picture, rng, 48.0, 48.0, 12.0, contrast=(0.1, 0.1))
+            else:
+                insert_model_b(picture, rng, 48.0, 48.0, 12.0, attenuation=(0.1, 0.1))
+            inside = footprints(picture.shape, [Nodule(48.0, 48.0, 6.0, 0.1, "A")])
+            values.append(picture[inside].mean() / picture.max())
+        ratios[name] = float(np.mean(values))
+    assert ratios["B"] > ratios["A"] + 0.05
+
+
+def test_lung_mask_finds_two_lungs_of_a_phantom() -> None:
+    picture = chest_phantom(256, 256).astype(np.float32)
+    mask = lung_mask(picture)
+    assert 0.05 < mask.mean() < 0.4
+    rows, cols = np.nonzero(mask)
+    assert (cols < 128).any() and (cols > 128).any()  # both sides
+    assert not mask[:, 124:132].any()  # not across the mediastinum
+    assert picture[mask].mean() < picture[~mask].mean()  # lungs are the dark parts
+
+
+def test_generated_chests_are_deterministic_and_have_dark_lungs() -> None:
+    a, mask_a = generated_chest(np.random.default_rng(3), 256)
+    b, mask_b = generated_chest(np.random.default_rng(3), 256)
+    c, _ = generated_chest(np.random.default_rng(4), 256)
+    assert a.dtype == np.float32 and a.shape == (256, 256) and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b) and not np.array_equal(a, c)
+    assert 0.05 < mask_a.mean() < 0.45
+    assert a[mask_a].mean() < a[100:200, 120:136].mean()  # lungs darker than the mediastinum
+
+
+def test_nodules_are_placed_inside_the_mask_and_apart() -> None:
+    mask = np.zeros((200, 200), bool)
+    mask[50:150, 30:90] = True
+    placed = place_nodules(np.random.default_rng(0), mask, 3, diameter_fraction=(0.04, 0.08))
+    assert len(placed) == 3
+    for row, col, radius in placed:
+        assert mask[int(row), int(col)] and 4 <= radius <= 8
+    for i, (r1, c1, s1) in enumerate(placed):
+        for r2, c2, s2 in placed[i + 1:]:
+            assert np.hypot(r1 - r2, c1 - c2) > s1 + s2
+
+
+def test_identity_geometry_keeps_the_picture() -> None:
+    picture = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    mask = picture > 0.5
+    out, out_mask = augment_geometry(picture, mask, [np.random.default_rng(1)], 64, scale=(1.0, 1.0),
+                                     rotate_deg=0.0, translate=0.0, flip=False)
+    assert np.allclose(out[0], picture, atol=1e-5) and np.array_equal(out_mask[0], mask)
+    half, _ = augment_geometry(picture, mask, [np.random.default_rng(1)], 32, scale=(1.0, 1.0),
+                               rotate_deg=0.0, translate=0.0, flip=False)
+    assert np.allclose(half[0], picture.reshape(32, 2, 32, 2).mean(axis=(1, 3)), atol=0.2)
+
+
+def test_batched_standardise_equals_the_serving_transform() -> None:
+    spec = InputSpec(size=(64, 64), mean=0.4, std=0.25)
+    pictures = torch.rand(3, 1, 64, 64) ** torch.tensor([0.5, 1.0, 2.0]).view(3, 1, 1, 1)
+    batched = standardise(pictures, spec)
+    transform = model_input_transform(spec)
+    for i in range(3):
+        one = torch.as_tensor(transform(pictures[i])).as_subclass(torch.Tensor)
+        assert torch.allclose(batched[i], one, atol=1e-5)
+
+
+def test_nodule_validation_and_scaling() -> None:
+    with pytest.raises(ValueError, match="radius"):
+        Nodule(1, 1, 0, 0.1, "A")
+    with pytest.raises(ValueError, match="model"):
+        Nodule(1, 1, 2, 0.1, "C")
+    scaled = Nodule(10.0, 20.0, 4.0, 0.1, "B").scaled(0, 0, 0.5)
+    assert (scaled.row, scaled.col, scaled.radius) == (4.75, 9.75, 2.0)
