@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from monai.networks.nets import ResNet
@@ -42,3 +43,18 @@ def test_windows_cover_the_image_and_end_on_its_edge() -> None:
     assert rows == [0, 3, 6, 9, 12, 15, 18, 21]
     assert len(corners) == 64
     assert occlusion_windows((30, 28), 7, 0.5)[-1] == (23, 21)
+
+
+def test_the_predictors_batched_path_gives_the_monai_path_answers() -> None:
+    from secondreader.config import default_models_dir
+    from secondreader.model.predictor import TorchPredictor
+
+    bundle = default_models_dir() / "cxr-pneumonia"
+    monai_path = TorchPredictor.from_bundle(bundle, device="cpu")
+    batched = TorchPredictor(monai_path.card, device="cpu", batched_occlusion=True)
+    base = torch.rand(4, 1, 7, 7, generator=torch.Generator().manual_seed(5))
+    x = torch.nn.functional.interpolate(base, size=(28, 28), mode="bilinear") * 3 - 1.5
+    for want, got in zip(monai_path.predict(x), batched.predict(x), strict=True):
+        np.testing.assert_allclose(got.logits, want.logits, rtol=1e-6, atol=1e-6)
+        assert want.saliency is not None and got.saliency is not None and want.saliency.max() == 1.0
+        np.testing.assert_allclose(got.saliency, want.saliency, atol=1e-4)

@@ -163,10 +163,14 @@ class TorchPredictor:
         Wrap the network in ``torch.compile`` and compile ``batch_sizes`` now (CUDA only).
     batch_sizes
         The batch shapes compiled when ``compile`` is set; larger batches are split.
+    batched_occlusion
+        Occlusion sensitivity for the whole batch in a few network calls (:func:`occlusion_maps`)
+        instead of MONAI's one image at a time; ``None``: on CUDA only.
     """
 
     def __init__(self, card: ModelCard, *, device: str = "auto", precision: Precision = "auto",
-                 compile: bool = False, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES) -> None:
+                 compile: bool = False, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                 batched_occlusion: bool | None = None) -> None:
         self.card = card
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
@@ -203,10 +207,11 @@ class TorchPredictor:
             GradCAM(nn_module=self.network, target_layers=spec.layer or "") if spec.method == "gradcam" else None
         )
         # MONAI's own occlusion on the CPU (the validated path); the batched one on CUDA.
+        self._batched = spec.method == "occlusion" and (cuda if batched_occlusion is None else batched_occlusion)
         self._occlusion = (
             OcclusionSensitivity(nn_module=self.network, mask_size=spec.mask_size, overlap=spec.overlap,
                                  mode="mean_img", n_batch=1024, activate=False, verbose=False)
-            if spec.method == "occlusion" and not cuda else None
+            if spec.method == "occlusion" and not self._batched else None
         )
         self._lock = threading.Lock()
         self.warmup_seconds = 0.0
@@ -242,7 +247,7 @@ class TorchPredictor:
                     logits_t = self._run(x)[:, channels]
                 logits = logits_t.cpu().numpy()
                 maps = self._gradcam(x, channels) if explain else None
-            elif self.device.type == "cuda":
+            elif self._batched:
                 with torch.inference_mode(), self._autocast():
                     logits_t = self._run(x)[:, channels]
                     drop = None
