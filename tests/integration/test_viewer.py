@@ -7,8 +7,9 @@ private network namespace (``unshare -n``; see ``.ci/run``)::
 
     unshare -n -- bash -c 'ip link set lo up; . .venv/bin/activate; python -m pytest tests/integration/test_viewer.py'
 
-Screenshots go to the test's ``tmp_path`` (``screenshots/``; its path is in the test report's
-properties and printed by ``-rA``).
+Screenshots (worklist, study, opacity 100 %, verdict, the JPEG 2000 image) go to the test's
+``tmp_path``/``screenshots`` (recorded as the test's ``screenshots`` property in JUnit XML); add
+``--basetemp=DIR`` to keep them where you want them.
 """
 
 from __future__ import annotations
