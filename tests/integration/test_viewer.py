@@ -323,6 +323,7 @@ def test_a_radiologist_reviews_the_discordant_study_in_chromium(
             card.locator('button[data-verdict="confirmed_miss"]').click()
             card.locator(".recorded li", has_text="Confirmed miss").wait_for()
             assert REVIEWER in card.locator(".recorded").inner_text()
+            assert card.locator('button[aria-pressed="true"]').inner_text() == "Confirmed miss"
             page.screenshot(path=shots / "verdict.png")
 
             # The study's other image (JPEG 2000): decoded in the browser's worker and rendered.

@@ -78,3 +78,21 @@ export function drawLegend(canvas) {
     ctx.fillRect(x, 0, 1, height);
   }
 }
+
+// What the packaged default routing rules mean (secondreader/worklist/routing.yaml); a site's own
+// rules show their id only.
+const RULES = {
+  ineligible: 'not a study the models are made for',
+  'screening-failed': 'the AI could not read an eligible image',
+  'discordant-urgent': 'AI strongly positive, first read silent or negative',
+  discordant: 'AI positive, first read silent or negative',
+  concordant: 'the first read mentions every AI-positive finding',
+  'ai-urgent': 'no first read yet; AI strongly positive',
+  'ai-positive': 'no first read yet; AI positive',
+  'ai-negative': 'no first read yet; AI negative',
+  'max-wait': 'waited longer than the maximum: escalated',
+};
+
+export function ruleText(rule) {
+  return RULES[rule] || '';
+}

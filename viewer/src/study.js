@@ -1,7 +1,7 @@
 // The study view: image + heatmap layer + regions, the first read with the discordant sentence
 // highlighted, and a verdict per region.
 import { api } from './api.js';
-import { VERDICTS, drawLegend, el, findingText, routeBadge, verdictLabel } from './format.js';
+import { VERDICTS, drawLegend, el, findingText, routeBadge, ruleText, verdictLabel } from './format.js';
 import { ImageView } from './imaging.js';
 
 const REVIEWER_KEY = 'secondreader.reviewer';
@@ -173,7 +173,8 @@ export class StudyView {
     summary.replaceChildren(
       el('span', { text: `score ${priority.score ?? 0}` }),
       routeBadge(priority.route),
-      el('code', { text: priority.rule || '' }),
+      el('code', { text: priority.rule || '', attrs: { title: ruleText(priority.rule) } }),
+      el('span', { className: 'muted', text: ruleText(priority.rule) }),
       el('span', { text: r.state ? `· ${String(r.state).replaceAll('_', ' ')}` : '' }),
     );
   }
@@ -208,8 +209,9 @@ export class StudyView {
           + `columns ${region.bbox[1]}–${region.bbox[3]}${region.area_mm2 != null ? ` · ${Math.round(region.area_mm2)} mm²` : ''}` }),
         el('div', { className: 'verdicts', attrs: { role: 'group', 'aria-label': `Verdict for ${region.id}` } },
           VERDICTS.map((v) => {
+            const latest = recorded.length ? recorded[recorded.length - 1].verdict : null;
             const button = el('button', { text: v.label, attrs: { type: 'button', 'data-verdict': v.value,
-              title: `${v.label} (${v.key} on the selected region)` } });
+              'aria-pressed': String(latest === v.value), title: `${v.label} (${v.key} on the selected region)` } });
             button.addEventListener('click', (event) => {
               event.stopPropagation();
               this.select(region.id);

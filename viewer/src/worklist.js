@@ -1,6 +1,6 @@
 // The worklist: highest priority first, filters by state and route, keyboard navigation.
 import { api } from './api.js';
-import { el, findingText, routeBadge, scoreCell, waiting } from './format.js';
+import { el, findingText, routeBadge, ruleText, scoreCell, waiting } from './format.js';
 
 const KNOWN_STATES = ['new', 'screened', 'awaiting_review', 'reviewed', 'ineligible', 'failed'];
 
@@ -54,7 +54,7 @@ export class Worklist {
         'aria-label': `priority ${priority.score ?? 0}, route ${priority.route || 'none'}` } }, [
         el('td', {}, [scoreCell(priority.score)]),
         el('td', {}, [routeBadge(priority.route)]),
-        el('td', { className: 'rule', text: priority.rule || '—' }),
+        el('td', { className: 'rule', text: priority.rule || '—', attrs: { title: ruleText(priority.rule) } }),
         el('td', { text: waiting(item.waiting_seconds), attrs: { title: item.received_at || '' } }),
         el('td', { text: firstRead.status || 'none' }),
         el('td', {}, discordant.length
