@@ -58,7 +58,7 @@ if [ "$MODE" = gpu ]; then
     echo "== pytest -m gpu"
     # -W default: the lent machine's package versions differ from the project's pins; its warnings
     # are reported, not turned into failures there (CI keeps filterwarnings = error).
-    timeout "${LIMITS[0]}" "$PY" -m pytest -m gpu tests/gpu -q -p no:cacheprovider -W default -x 2>&1 | tee "$OUT/pytest_gpu.log" \
+    timeout "${LIMITS[0]}" "$PY" -m pytest -m gpu tests/gpu -q -p no:cacheprovider -W default 2>&1 | tee "$OUT/pytest_gpu.log" \
         || status=1
     echo "   pytest took ${SECONDS}s"
 fi

@@ -39,7 +39,7 @@ def test_cuda_fp32_matches_the_cpu(bundle: Path) -> None:
     for w, g in zip(want, got, strict=True):
         # cuDNN runs fp32 convolutions in TF32 by default: close, not bit-equal
         np.testing.assert_allclose(g.logits, w.logits, atol=1e-2, rtol=1e-2)
-        if w.saliency is not None:
+        if w.saliency is not None and w.saliency.max() > 0:
             assert g.saliency is not None and g.saliency.shape == w.saliency.shape
             assert _corr(g.saliency, w.saliency) > 0.97
 
@@ -60,7 +60,7 @@ def test_cuda_bf16_stays_close_to_fp32(bundle: Path) -> None:
 def test_compiled_padded_batches_give_the_eager_answers() -> None:
     bundle = BUNDLES[0]
     eager = TorchPredictor.from_bundle(bundle, device="cuda", precision="fp32")
-    compiled = TorchPredictor.from_bundle(bundle, device="cuda", precision="fp32", compile=True, batch_sizes=(1, 4))
+    compiled = TorchPredictor.from_bundle(bundle, device="cuda", precision="fp32", compile=True, batch_sizes=(4,))
     assert compiled.warmup_seconds > 0
     x = _inputs(eager.card.input_spec.size, 7, seed=3)  # 4 + 3 (padded to 4)
     for e, c in zip(eager.predict(x), compiled.predict(x), strict=True):
