@@ -10,13 +10,15 @@ import torch
 
 from secondreader.config import default_models_dir
 from secondreader.explain.heatmap import heatmap_on_source
-from secondreader.model.card import find_bundles
+from secondreader.model.card import find_bundles, load_card
 from secondreader.model.predictor import TorchPredictor
 from secondreader.preprocessing import GeometryRecord
 
 pytestmark = [pytest.mark.gpu, pytest.mark.weights]
 
-BUNDLES = find_bundles(default_models_dir())
+ALL_BUNDLES = find_bundles(default_models_dir())
+BUNDLES = [b for b in ALL_BUNDLES if load_card(b).saliency.method != "dense"]  # TorchPredictor's
+DENSE_BUNDLES = [b for b in ALL_BUNDLES if load_card(b).saliency.method == "dense"]
 
 
 def _inputs(bundle_size: tuple[int, int], n: int, seed: int) -> torch.Tensor:
@@ -55,6 +57,16 @@ def test_cuda_bf16_stays_close_to_fp32(bundle: Path) -> None:
         if r.saliency is not None and r.saliency.max() > 0:
             assert b.saliency is not None
             assert _corr(b.saliency, r.saliency) > 0.8
+
+
+@pytest.mark.parametrize("bundle", DENSE_BUNDLES, ids=[b.name for b in DENSE_BUNDLES])
+def test_dense_models_on_cuda_match_the_cpu(bundle: Path) -> None:
+    from secondreader.model.dense import load_predictor
+
+    cpu, gpu = load_predictor(bundle, device="cpu"), load_predictor(bundle, device="cuda")
+    x = _inputs(cpu.card.input_spec.size, 3, seed=4)
+    for w, g in zip(cpu.predict(x), gpu.predict(x), strict=True):
+        np.testing.assert_allclose(g.logits, w.logits, atol=2e-2, rtol=2e-2)
 
 
 def test_compiled_padded_batches_give_the_eager_answers() -> None:
