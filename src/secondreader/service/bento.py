@@ -54,9 +54,11 @@ _RESOURCES = {"gpu": 1}
 @bentoml.asgi_app(v1, path="/v1")
 @bentoml.asgi_app(viewer_app(), path="/viewer")  # the radiologist's page (static; data from /v1)
 # BentoML's access log prints request paths, which hold study UIDs; uvicorn's access log (path
-# redacted by our logging filter) is kept instead.
+# redacted by our logging filter) is kept instead. BentoML's traffic metrics label requests with
+# their paths too: off, and /metrics is served by metrics.MetricsMiddleware (route templates only).
 @bentoml.service(name="secondreader", resources=_RESOURCES, workers=1,
-                 traffic={"timeout": 600, "concurrency": 256}, logging={"access": {"enabled": False}})
+                 traffic={"timeout": 600, "concurrency": 256}, logging={"access": {"enabled": False}},
+                 metrics={"enabled": False})
 class SecondReader:
     """Screening over HTTP; the models are loaded once per worker, from the BentoML model store."""
 
@@ -119,6 +121,8 @@ class SecondReader:
         self.core.close()
 
 
+# Outermost of ours: /metrics and request metrics by route template (BentoML's are off, above).
+SecondReader.add_asgi_middleware(metrics.MetricsMiddleware)  # type: ignore[attr-defined]
 SecondReader.add_asgi_middleware(  # type: ignore[attr-defined]
     ApiKeyMiddleware, keys=lambda: parse_keys(_settings().api_keys),
     limiter=FailedAuthLimiter(_settings().auth_max_failures, _settings().auth_window_seconds),

@@ -1,16 +1,28 @@
-"""secondreader's own Prometheus metrics, exposed on BentoML's ``/metrics`` beside its own
-(prometheus_client directly: BentoML sets up its multiprocess collector before the service loads).
+"""secondreader's Prometheus metrics and the service's ``/metrics`` (prometheus_client directly).
 
 Labels carry statuses, stages and model versions only: never a UID or anything from a header.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import time
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
-__all__ = ["batch_size", "model_loaded", "queue_depth", "study_done"]
+__all__ = ["MetricsMiddleware", "batch_size", "exposition", "model_loaded", "queue_depth", "route_of", "study_done"]
 
 _STAGES = ("load", "preprocess", "inference", "postprocess", "total")
 
@@ -49,3 +61,84 @@ def model_loaded(name: str, version: str) -> None:
 
 def batch_size(model: str, size: int) -> None:
     _batches.labels(model=model).observe(size)
+
+
+# -- HTTP requests, labelled by route template (never by the path, which holds study UIDs) ----------
+_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (template, re.compile("^" + re.sub(r"\{[a-z_]+\}", r"[^/]+", template).replace(".", r"\.") + "$"))
+    for template in (
+        "/v1/screen", "/v1/jobs/{job_id}", "/v1/studies/{study_uid}", "/v1/studies/{study_uid}/reviews",
+        "/v1/studies/{study_uid}/instances/{sop_uid}/dicom",
+        "/v1/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.png",
+        "/v1/reports", "/v1/worklist", "/v1/reviews/manifest.csv", "/v1/dicomweb/studies",
+        "/healthz", "/livez", "/readyz",
+    )
+)
+_requests = Counter(
+    name="secondreader_http_requests_total", documentation="HTTP requests by route template, method and status",
+    labelnames=["route", "method", "code"],
+)
+_request_seconds = Histogram(
+    name="secondreader_http_request_seconds", documentation="HTTP request duration by route template",
+    labelnames=["route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
+
+
+def route_of(path: str) -> str:
+    """The route template a path belongs to (``/viewer`` for the page's files, else ``other``)."""
+    for template, pattern in _ROUTES:
+        if pattern.match(path):
+            return template
+    if path == "/viewer" or path.startswith("/viewer/"):
+        return "/viewer"
+    return "other"
+
+
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text exposition of this process's (or, under BentoML's multiprocess mode,
+    every worker's) metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Serves ``GET /metrics`` and counts every HTTP request under its route template.
+
+    BentoML's own traffic metrics label requests with the raw path (``/v1/studies/<UID>``), which
+    puts study UIDs into the metrics and grows a new series per study; the service turns them off
+    and this takes their place at the same ``/metrics``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        if path == "/metrics":
+            body, content_type = await asyncio.to_thread(exposition)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", content_type.encode()),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        route = route_of(path)
+        status = 500
+        started = time.perf_counter()
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            _requests.labels(route=route, method=method if method in _METHODS else "other", code=str(status)).inc()
+            _request_seconds.labels(route=route).observe(time.perf_counter() - started)
