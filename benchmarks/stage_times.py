@@ -18,6 +18,7 @@ CPU targets (issue 9): everything but the model forwards < 400 ms p50 for the un
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -96,8 +97,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 on a busy CPU,"
+                        " where OpenMP threads wait on each other); the HTTP server gets OMP_NUM_THREADS")
     parser.add_argument("--json", help="write the tables to this JSON file")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     timed = [TimedPredictor(p) for p in load_predictors(args.device)]
     models = ", ".join(t.card.ref for t in timed)

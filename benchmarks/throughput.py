@@ -355,9 +355,14 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=32, help="studies per pipeline/HTTP measurement (minimum)")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per raw/decode measurement")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA; adds compile time)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 on a busy CPU,"
+                        " where OpenMP threads wait on each other); the HTTP server gets OMP_NUM_THREADS")
     parser.add_argument("--json", help="write every table to this JSON file")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of 8 in-process studies per input")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     device = resolve_device(args.device)
     if device.type == "cuda":
         args.device = str(device)
