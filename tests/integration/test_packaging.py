@@ -36,6 +36,9 @@ def test_bentoml_build_packages_the_service_and_models(tmp_path: Path) -> None:
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
     assert "cxr-pneumonia:1.0.0" in [m["tag"] for m in manifest["services"][0]["models"]]
     assert (bento / "src" / "serving" / "service.py").is_file()
+    # the viewer's built page and the default routing rules travel inside the package
+    assert (bento / "src" / "src" / "secondreader" / "viewer" / "static" / "index.html").is_file()
+    assert (bento / "src" / "src" / "secondreader" / "worklist" / "routing.yaml").is_file()
     assert not list(bento.rglob(".pytest_cache"))
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "torch>=" in requirements and "==2.13.0" not in requirements
