@@ -362,6 +362,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
         dicom=dicom_files,
         timing_ms=timing,
         files=files if status is StudyStatus.SCREENED else {},
+        modality=next((m.instance.modality for m in members if m.instance is not None and m.instance.modality), None),
         accession_number=next((m.instance.accession_number for m in members
                                if m.instance is not None and m.instance.accession_number), None),
     )

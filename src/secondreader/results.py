@@ -85,6 +85,7 @@ class StudyResult:
     dicom: list[str] = field(default_factory=list)
     timing_ms: dict[str, float] = field(default_factory=dict)
     source: str | None = None  # only for results without a study UID
+    modality: str | None = None  # of the study's instances (CR, DX...), for worklists
     #: From the instances' headers, to match first reads; never in ``to_json`` (see CxrInstance).
     accession_number: str | None = field(default=None, repr=False)
     #: Where each screened instance's bytes are: SOP Instance UID → (file, zip member or None).
@@ -117,6 +118,7 @@ class StudyResult:
             "artifacts": {"heatmaps": list(self.heatmaps), "dicom": list(self.dicom)},
             "timing_ms": {k: round(self.timing_ms.get(k, 0.0), 1) for k in TIMING_STAGES},
             "models": list(self.models),
+            "modality": self.modality,
         }
         if self.source is not None:
             out["source"] = self.source

@@ -207,6 +207,7 @@ class Worklist:
                     "findings": [{"code": f["code"], "probability": f["probability"], "positive": f["positive"]}
                                  for f in result.get("findings", [])],
                     "regions": len(result.get("regions", [])),
+                    "modality": result.get("modality"),
                 })
             items.sort(key=lambda i: (-i["priority"]["score"], i["received_at"]))
             return items[:limit]
