@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     pacs_destination: str | None = Field(None, description="AE@host:port or DICOMweb base URL")
     study_stable_seconds: float = Field(5.0, description="A study is complete after this long without news")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    precision: str = Field("auto", description="Model arithmetic: auto (bf16 autocast on CUDA, fp32 on the CPU), "
+                           "fp32, or bf16 (CUDA only)")
+    compile_models: bool = Field(False, description="torch.compile the networks on CUDA, compiled and warmed up "
+                                 "at start for batch shapes 1-64 (slower start, faster batches)")
     gpu_decode: bool = Field(
         True, description="Decode JPEG 2000 on the GPU (nvImageCodec) when it and a CUDA device are present; "
         "else, or for a frame the GPU cannot decode, the CPU decoders")
@@ -84,6 +88,13 @@ class Settings(BaseSettings):
         if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
             raise ValueError("SECONDREADER_DICOM_TLS_CA needs SECONDREADER_DICOM_TLS_CERT and _KEY")
         return self
+
+    @field_validator("precision")
+    @classmethod
+    def _check_precision(cls, value: str) -> str:
+        if value not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"SECONDREADER_PRECISION must be auto, fp32 or bf16, not {value!r}")
+        return value
 
     def output_series(self) -> SeriesSettings:
         from .outputs.provenance import SeriesSettings
