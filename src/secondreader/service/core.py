@@ -8,6 +8,8 @@ accepted survives a restart: unfinished jobs are resumed at start-up.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import logging
 import os
 import re
@@ -108,6 +110,11 @@ class ScreeningService:
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._queued = 0
+        # Jobs waiting for a worker: (priority, arrival, job id). Someone waiting on an HTTP answer
+        # (priority 0) goes before received and resumed studies (1), which would otherwise keep
+        # interactive uploads behind a whole DICOM backlog.
+        self._pending: list[tuple[int, int, str]] = []
+        self._arrivals = itertools.count()
         self.pacs_destination = pacs_destination
         self.calling_ae = calling_ae
         self._stop = threading.Event()
@@ -154,7 +161,7 @@ class ScreeningService:
         """Queue the jobs a previous run accepted but did not finish; returns how many."""
         jobs = self.store.unfinished_jobs()
         for job in jobs:
-            self._enqueue(job.id)
+            self._enqueue(job.id, waited_on=False)  # nobody waits in this process; clients poll /v1/jobs
         if jobs:
             logger.info("resumed %d unfinished job(s)", len(jobs))
         return len(jobs)
@@ -166,7 +173,14 @@ class ScreeningService:
                 self._events.setdefault(job_id, threading.Event())
             self._queued += 1
             metrics.queue_depth(self._queued)
-        self._executor.submit(self._run_job, job_id)
+            heapq.heappush(self._pending, (0 if waited_on else 1, next(self._arrivals), job_id))
+        self._executor.submit(self._run_next)
+
+    def _run_next(self) -> None:
+        """One worker turn: the most urgent pending job (each submission adds exactly one)."""
+        with self._lock:
+            _priority, _arrival, job_id = heapq.heappop(self._pending)
+        self._run_job(job_id)
 
     # -- running ------------------------------------------------------------------------------
     def _run_job(self, job_id: str) -> None:
