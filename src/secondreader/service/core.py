@@ -161,19 +161,21 @@ class ScreeningService:
         """Queue the jobs a previous run accepted but did not finish; returns how many."""
         jobs = self.store.unfinished_jobs()
         for job in jobs:
-            self._enqueue(job.id, waited_on=False)  # nobody waits in this process; clients poll /v1/jobs
+            self._enqueue(job.id, interactive=False)  # behind uploads someone is waiting on now
         if jobs:
             logger.info("resumed %d unfinished job(s)", len(jobs))
         return len(jobs)
 
-    def _enqueue(self, job_id: str, *, waited_on: bool = True) -> None:
-        """Queue a job; ``waited_on`` jobs (HTTP uploads) get an event :meth:`wait` can block on."""
+    def _enqueue(self, job_id: str, *, waited_on: bool = True, interactive: bool | None = None) -> None:
+        """Queue a job; ``waited_on`` jobs (HTTP uploads) get an event :meth:`wait` can block on.
+        ``interactive`` jobs (by default the waited-on ones) run before the others."""
         with self._lock:
             if waited_on:
                 self._events.setdefault(job_id, threading.Event())
             self._queued += 1
             metrics.queue_depth(self._queued)
-            heapq.heappush(self._pending, (0 if waited_on else 1, next(self._arrivals), job_id))
+            urgent = waited_on if interactive is None else interactive
+            heapq.heappush(self._pending, (0 if urgent else 1, next(self._arrivals), job_id))
         self._executor.submit(self._run_next)
 
     def _run_next(self) -> None:
