@@ -90,6 +90,9 @@ class AuditOutcome:
     elapsed_s: float
     index_s: float
     engine_stats: EngineStats
+    engine_s: float = 0.0  # the engine's run, start-up and shut-down included
+    #: seconds from the engine's start to each finished task, in order (start-up included)
+    result_times: list[float] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -158,8 +161,11 @@ def run_audit(config: AuditConfig) -> AuditOutcome:
                         console=Console(stderr=True), disable=not config.progress, transient=False)
     bar = progress.add_task("audit", total=len(todo))
 
+    result_times: list[float] = []
+
     def on_result(task: StudyTask, rows: list[dict[str, Any]]) -> None:
         nonlocal new
+        result_times.append(time.perf_counter() - t_engine)
         if not config.include_accession:
             for row in rows:
                 row["accession_number"] = None
@@ -168,6 +174,7 @@ def run_audit(config: AuditConfig) -> AuditOutcome:
         progress.advance(bar)
 
     interrupted = False
+    t_engine = time.perf_counter()
     try:
         with progress:
             if todo:
@@ -177,6 +184,7 @@ def run_audit(config: AuditConfig) -> AuditOutcome:
         complete = False
         logger.warning("audit interrupted: %d studies done in this run are kept; rerun to finish", new)
     finally:
+        engine_s = time.perf_counter() - t_engine
         checkpoint.reload()
         shutil.rmtree(spool, ignore_errors=True)
     rows = checkpoint.rows()
@@ -185,7 +193,8 @@ def run_audit(config: AuditConfig) -> AuditOutcome:
                           models=refs, complete=complete)
     outcome = AuditOutcome(studies=len(tasks), new=new, skipped=skipped, complete=complete, summary=summary,
                            paths=paths, elapsed_s=time.perf_counter() - t_start, index_s=index_s,
-                           engine_stats=engine.stats, rows=rows)
+                           engine_stats=engine.stats, engine_s=engine_s,
+                           result_times=result_times, rows=rows)
     if interrupted:
         raise KeyboardInterrupt
     return outcome

@@ -7,7 +7,8 @@ study: every outcome is a row. A row is a JSON-able dict (the checkpoint stores 
 ``key, study_instance_uid, accession_number, study_month, status, reason, source, priority_score,
 route, rule, findings {code: {probability, positive, model}}, report ("available" | "missing"),
 labels {code: label}, discordant, discordant_findings [codes], evidence {code: sentence},
-images {code: {overlay, thumbnail}}, instances, bad_files [{source, reason}], timing_ms {stage: ms}``
+images {code: {overlay, thumbnail}}, instances, bad_files [{source, reason}], timing_ms {stage: ms},
+clock [started, finished] (Unix seconds, where the study ran: throughput without start-up)``
 
 Discordance as contract 2, by :func:`secondreader.reports.firstread.interpret`: the codes the AI
 calls positive that the report negates or does not mention (``uncertain`` counts as mentioned); a
@@ -94,6 +95,7 @@ class StudyAuditor:
 
     def _audit(self, task: StudyTask) -> list[dict[str, Any]]:
         t_start = time.perf_counter()
+        started_at = time.time()
         fetch_ms = 0.0
         spool: Path | None = None
         items: list[InputFile | InputProblem] = [*task.problems, *task.inputs]
@@ -122,6 +124,7 @@ class StudyAuditor:
                     row["images"] = self._pictures(items, result.study_instance_uid or "", row["discordant_findings"])
                     row["timing_ms"]["overlay"] = (time.perf_counter() - t0) * 1000.0
                 row["timing_ms"]["total"] = (time.perf_counter() - t_start) * 1000.0
+                row["clock"] = [round(started_at, 3), round(time.time(), 3)]
                 rows.append(row)
             return rows
         finally:
