@@ -19,6 +19,7 @@ import bentoml
 with bentoml.importing():
     from secondreader.cli import is_loopback, sample_paths
     from secondreader.config import Settings
+    from secondreader.dicom import gpu_decode
     from secondreader.dicom.scp import server_ssl_context, start_receiver
     from secondreader.logsafe import configure_logging, set_secret
     from secondreader.model.card import load_card
@@ -67,6 +68,7 @@ class SecondReader:
     def __init__(self) -> None:
         settings = _settings()
         configure_logging(os.environ.get("SECONDREADER_LOG_LEVEL", "INFO"))
+        gpu_decode.configure(settings.gpu_decode)  # JPEG 2000 on the GPU where nvImageCodec and CUDA are
         install_access_log_filter()
         set_secret(settings.resolved_secret())
         store = Store(settings.resolved_database_url())
