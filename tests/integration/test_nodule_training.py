@@ -1,0 +1,106 @@
+"""The lesion-insertion dataset on the real backgrounds, and a one-epoch run of the cxr-nodule recipe
+on a tiny subset: leave-one-background-out folds, calibration, FROC, export and reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from secondreader.model.card import load_card
+from secondreader.model.dense import DensePredictor, load_predictor
+from secondreader.preprocessing import InputSpec
+from secondreader.training.config import TrainConfig, load_config
+from secondreader.training.lesions import lung_mask, square_picture
+from secondreader.training.localisation import build_pool, build_test_set, load_backgrounds
+from secondreader.training.train import train
+
+from ..conftest import ROOT
+
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+
+
+def _config(shared_data: Path, tmp_path: Path, keep: tuple[str, ...] | None = None) -> TrainConfig:
+    raw = yaml.safe_load((ROOT / "training" / "configs" / "cxr-nodule.yaml").read_text())
+    raw["data"]["path"] = str(shared_data)
+    if keep is not None:
+        raw["lesions"]["backgrounds"] = [b for b in raw["lesions"]["backgrounds"] if b["id"] in keep]
+    raw["lesions"].update(per_background=12, generated=16, generated_bases=4, validation_per_background=6,
+                          validation_generated=8, test_per_background=6, test_generated=8, input_size=128,
+                          work_size=160, crop=64)
+    raw["schedule"].update({"epochs": 1, "batch_size": 8})
+    raw["output_dir"] = str(tmp_path / "bundle")
+    raw["checkpoint_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "nodule.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+def test_every_configured_background_reads_as_a_chest_with_two_lungs(shared_data: Path, tmp_path: Path) -> None:
+    cfg = _config(shared_data, tmp_path)
+    assert cfg.lesions is not None
+    backgrounds = load_backgrounds(cfg.lesions, cfg.data.path)
+    assert [b.id for b in backgrounds] == [b.id for b in cfg.lesions.backgrounds]
+    assert [b.real_lesions for b in backgrounds] == [False] * 5 + [True]
+    for bg in backgrounds:
+        assert bg.picture.dtype == np.float32 and max(bg.picture.shape) <= cfg.lesions.test_max_side
+        assert 0.0 <= bg.picture.min() and bg.picture.max() <= 1.0 and bg.picture.std() > 0.1
+        picture = square_picture(bg.picture, 256)
+        mask = lung_mask(picture)
+        assert 0.08 < mask.mean() < 0.45, bg.id
+        # lungs are dark in a bright-bone picture: the readers got the polarity right
+        assert picture[mask].mean() < picture[~mask].mean() - 0.05, bg.id
+        rows, cols = np.nonzero(mask)
+        assert rows.mean() < 0.75 * 256, bg.id  # and the orientation (lungs above the abdomen)
+
+
+def test_pools_and_test_sets_hold_the_nodules_they_claim(shared_data: Path, tmp_path: Path) -> None:
+    cfg = _config(shared_data, tmp_path, keep=("nih-00000001-000", "rg1-cr"))
+    lc = cfg.lesions
+    assert lc is not None
+    backgrounds = load_backgrounds(lc, cfg.data.path)
+    pool = build_pool(backgrounds, lc, per_background=10, generated=6, seed=1, stream=1)
+    assert len(pool) == 26 and pool.images.shape == (26, 128, 128)
+    assert sorted(set(pool.groups.tolist())) == [-1, 0, 1]
+    for k in range(len(pool)):
+        assert bool(pool.targets[k].any()) == bool(pool.nodules[k])
+        for n in pool.nodules[k]:
+            assert n.model == "A" and pool.targets[k][int(round(n.row)), int(round(n.col))]
+    # the background with real lesions: its lungs carry no label (weight 0), its nodules do
+    rg1 = pool.groups == 1
+    assert (pool.weights[rg1] == 0).any() and (pool.weights[~rg1] == 1).all()
+    assert (pool.weights[pool.targets == 1] == 1).all()
+    spec = InputSpec(size=(128, 128), mean=0.5, std=0.25)
+    test = build_test_set([backgrounds[0].picture], 6, lc, spec, seed=1, stream=3)
+    assert test.inputs.shape == (6, 1, 128, 128) and test.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert all(n.model == "B" for nodules in test.nodules for n in nodules)
+
+
+def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data: Path, tmp_path: Path) -> None:
+    cfg = _config(shared_data, tmp_path, keep=("nih-00000001-000", "nih-00027426-000", "rg1-cr"))
+    meta = train(cfg)
+    bundle = cfg.output_dir
+    card = load_card(bundle)
+    assert card.name == "cxr-nodule" and card.saliency.method == "dense"
+    assert [f.code for f in card.findings] == ["nodule"]
+    metrics = meta["secondreader"]["metrics"]
+    # leave one background out: the two clean backgrounds are folds, the one with real lesions is not
+    assert [f["background"] for f in metrics["folds"]] == ["nih-00000001-000", "nih-00027426-000"]
+    assert metrics["test"]["study"]["n"] == 12
+    assert set(metrics["test"]["froc"]["sensitivity"]) == {"0.25", "0.5", "1.0", "2.0"}
+    assert set(metrics["real_lesion_backgrounds"]) == {"rg1-cr"}
+    assert (tmp_path / "runs" / "folds" / "nih-00000001-000.json").is_file()
+    text = (bundle / "docs" / "README.md").read_text()
+    assert "SIMULATED" in text and "What it is NOT for" in text and "leave-one-background-out" in text
+    predictor = load_predictor(bundle, device="cpu")
+    assert isinstance(predictor, DensePredictor)
+    (prediction,) = predictor.predict(torch.zeros(1, 1, 128, 128))
+    assert prediction.logits.shape == (1,) and prediction.saliency is not None
+    assert prediction.saliency.shape == (1, 128, 128)
+    assert (bundle / "models" / "model.pt").stat().st_size < 5_000_000
+    # --resume reuses the finished folds (same configuration) and ends with the same weights
+    again = train(cfg, resume=True)
+    assert again["secondreader"]["metrics"]["folds"] == metrics["folds"]
