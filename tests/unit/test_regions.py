@@ -28,3 +28,33 @@ def test_no_spacing_gives_null_area_and_flat_heat_gives_no_region() -> None:
     (region,) = extract_regions(heat, finding="pneumonia", frame=2, spacing_mm=None)
     assert region.area_mm2 is None and region.frame == 2
     assert extract_regions(np.zeros((50, 50), np.float32), finding="x", frame=1, spacing_mm=None) == []
+
+
+def _regions_on_the_whole_frame(heat: np.ndarray, threshold: float = 0.5, min_fraction: float = 0.002
+                                ) -> list[tuple[tuple[int, int, int, int], tuple[float, float], int, float]]:
+    """The straightforward version (label the whole frame), as the reference."""
+    from skimage.measure import label, regionprops
+
+    top = float(heat.max())
+    out = []
+    for props in regionprops(label(heat >= threshold * top, connectivity=2), intensity_image=heat):
+        if props.area < max(1, int(min_fraction * heat.size)):
+            continue
+        c = props.centroid_weighted
+        out.append((tuple(int(v) for v in props.bbox), (round(float(c[0]), 1), round(float(c[1]), 1)),
+                    int(props.area), float(props.intensity_max) / top))
+    out.sort(key=lambda r: (-r[3], r[0]))
+    return out[:3]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_labelling_only_the_hot_box_gives_the_whole_frame_answer(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(300, 900)), int(rng.integers(300, 900)))
+    heat = sum(_blob(shape, (int(rng.integers(0, shape[0])), int(rng.integers(0, shape[1]))),
+                     float(rng.uniform(25, 60)), float(rng.uniform(0.3, 1.0))) for _ in range(4))
+    heat = (heat / heat.max()).astype(np.float32)
+    got = extract_regions(heat, finding="x", frame=1, spacing_mm=None)
+    want = _regions_on_the_whole_frame(heat)
+    assert [(r.bbox, r.centroid, r.area_px, r.peak) for r in got] == want
+    assert got  # the strongest blob always gives a region
