@@ -57,8 +57,8 @@ def build(root: Path, studies: int, kind: str, discordant_fraction: float) -> tu
 
         uids.append(str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID))
     reports = root / "reports.csv"
-    every = max(1, round(1 / discordant_fraction)) if discordant_fraction > 0 else len(uids) + 1
-    texts = ["No focal consolidation." if i % every == 0 else "Right lower lobe consolidation."
+    every = max(1, round(1 / discordant_fraction)) if discordant_fraction > 0 else 0
+    texts = ["No focal consolidation." if every and i % every == 0 else "Right lower lobe consolidation."
              for i in range(len(uids))]
     lines = "".join(f"{u},{t}\n" for u, t in zip(uids, texts, strict=True))
     reports.write_text("study_instance_uid,report_text\n" + lines)
