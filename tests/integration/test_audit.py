@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -188,10 +189,12 @@ def test_ctrl_c_loses_nothing_and_a_rerun_skips_what_was_done(tmp_path: Path, mo
     assert "Partial: the run was interrupted" in page
     assert len(pd.read_csv(out / "audit.csv")) == done_before
 
-    outcome = run_audit(AuditConfig(archive=[str(archive)], reports=reports, out_dir=out,
-                                    model_dirs=[models_dir / "cxr-pneumonia"], device="cpu", workers=1,
-                                    progress=False, secret=b"test-secret"))
-    assert outcome.skipped == done_before and outcome.new == 14 - done_before and outcome.complete
+    rerun = AuditConfig(archive=[str(archive)], reports=reports, out_dir=out,
+                        model_dirs=[models_dir / "cxr-pneumonia"], device="cpu", workers=1, progress=False)
+    chunk = run_audit(replace(rerun, limit=2))  # audits can go in chunks, too
+    assert chunk.skipped == done_before and chunk.new == 2 and not chunk.complete
+    outcome = run_audit(rerun)
+    assert outcome.skipped == done_before + 2 and outcome.new == 12 - done_before and outcome.complete
     table = pd.read_csv(out / "audit.csv", dtype={"study_instance_uid": str})
     assert sorted(table["study_instance_uid"]) == sorted(uids)  # every study once, no duplicates
     tasks = [line.split('"task":"')[1].split('"')[0] for line in checkpoint.read_text().splitlines()]
