@@ -65,6 +65,16 @@ from secondreader.service.batcher import BatchingPredictor
 WORKERS = 4  # the service's screening threads (service/bento.py)
 
 
+def _guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(...)``, or ``None`` (the error printed) when it fails: one failing variant (a
+    compiler missing on the machine, say) must not cost the rest of the run."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+        print(f"  ({getattr(fn, '__name__', fn)} failed: {type(exc).__name__}: {str(exc)[:300]})")
+        return None
+
+
 # -- raw networks ---------------------------------------------------------------------------------
 def _raw_network(predictor: Predictor, device: torch.device, batch: int, mode: str, seconds: float) -> float:
     net = getattr(predictor, "network", None)
@@ -102,10 +112,10 @@ def section_raw(args: argparse.Namespace, predictors: list[Predictor], record: d
     for p in predictors:
         side = "x".join(map(str, p.card.input_spec.size))
         for mode in modes:
-            rates = [_raw_network(p, device, b, mode, args.seconds)
+            rates = [_guarded(_raw_network, p, device, b, mode, args.seconds)
                      if mode != "bf16+compile" or b in compiled_batches else None for b in batches]
             table.add(p.card.ref, side, mode, *rates)
-            best[p.card.ref] = max(best.get(p.card.ref, 0.0), *(r for r in rates if r is not None))
+            best[p.card.ref] = max(best.get(p.card.ref, 0.0), *(r for r in rates if r is not None), 1e-9)
     record["raw"] = table.as_dict()
 
     hb = [1, 8, 64] if cuda else [1, 8]  # on a CPU one image with its heatmap is 64 forwards
@@ -116,10 +126,11 @@ def section_raw(args: argparse.Namespace, predictors: list[Predictor], record: d
         variants: list[tuple[str, Predictor]] = [(getattr(p, "precision", "default"), p)]
         if cuda and args.compile and isinstance(p, TorchPredictor):
             # one compiled shape (64): smaller batches are padded up to it
-            compiled = TorchPredictor(p.card, device=args.device, compile=True, batch_sizes=(64,))
-            print(f"  {p.card.ref}: compiled and warmed up in {compiled.warmup_seconds:.0f} s (at start, "
-                  "never on the request path)")
-            variants.append(("bf16+compile b64", compiled))
+            compiled = _guarded(TorchPredictor, p.card, device=args.device, compile=True, batch_sizes=(64,))
+            if compiled is not None:
+                print(f"  {p.card.ref}: compiled and warmed up in {compiled.warmup_seconds:.0f} s (at start, "
+                      "never on the request path)")
+                variants.append(("bf16+compile b64", compiled))
         for label, q in variants:
             rates = []
             for b in hb:
@@ -377,7 +388,7 @@ def main() -> int:
     record: dict[str, Any] = {"machine": machine(), "device": device_name(args.device),
                               "models": [p.card.ref for p in predictors]}
     print(f"device {record['device']}; models {', '.join(record['models'])}; {record['machine']['date']}")
-    ceiling = section_raw(args, predictors, record) if "raw" in args.sections else None
+    ceiling = _guarded(section_raw, args, predictors, record) if "raw" in args.sections else None
     write_json(args.json, record)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -389,17 +400,18 @@ def main() -> int:
         j2k_reps = reps if gpu_decode.availability()[0] or device.type == "cpu" else max(1, 16 // distinct)
         files = {"raw": raw * reps, "j2k": j2k * j2k_reps}
         if "decode" in args.sections:
-            section_decode(args, {"j2k": j2k}, record)
+            _guarded(section_decode, args, {"j2k": j2k}, record)
             write_json(args.json, record)
-        pipeline = section_pipeline(args, predictors, files, record) if "pipeline" in args.sections else {}
+        pipeline = (_guarded(section_pipeline, args, predictors, files, record) or {}) \
+            if "pipeline" in args.sections else {}
         write_json(args.json, record)
         if "http" in args.sections:
-            section_http(args, files, tmp, record, ceiling, pipeline)
+            _guarded(section_http, args, files, tmp, record, ceiling, pipeline)
     record["bench_process"] = {"peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu_peak_mb()}
     gpu = record["bench_process"]["peak_gpu_mb"]
     print(f"\nbenchmark process: peak RSS {peak_rss_mb():.0f} MiB"
           + (f", peak GPU memory allocated {gpu:.0f} MiB" if gpu is not None else ""))
-    if ceiling and pipeline:
+    if ceiling and pipeline.get("raw") and pipeline.get("j2k"):
         print(f"pipeline / raw ceiling with heatmaps: uncompressed {pipeline['raw'] / ceiling['heatmap']:.3f}, "
               f"JPEG 2000 {pipeline['j2k'] / ceiling['heatmap']:.3f}")
     write_json(args.json, record)
