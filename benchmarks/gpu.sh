@@ -32,7 +32,7 @@ export PYTHONPATH=$ROOT/src:$ROOT/benchmarks:$ROOT${PYTHONPATH:+:$PYTHONPATH}
 [ -d .benchdata ] && export SECONDREADER_BENCH_DATA=$ROOT/.benchdata
 
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    MODE=gpu DEVICE=cuda LIMITS=(110 70 230)
+    MODE=gpu DEVICE=cuda LIMITS=(100 70 220)
     STAGE_ARGS=(--repeats 5) THROUGHPUT_ARGS=(--compile --profile --seconds 1 --studies 32 --concurrency 1 4 16 64)
 else
     MODE=cpu DEVICE=cpu LIMITS=(0 900 1800)
