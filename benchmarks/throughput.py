@@ -251,6 +251,7 @@ class _TreeMemory(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_rss, self.peak_gpu, self.stop = pid, 0.0, 0.0, threading.Event()
+        self.per_process: dict[str, float] = {}  # peak RSS (MiB) by process role
 
     def run(self) -> None:
         import psutil
@@ -259,12 +260,25 @@ class _TreeMemory(threading.Thread):
             try:
                 root = psutil.Process(self.pid)
                 procs = [root, *root.children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in procs if p.is_running())
-                self.peak_rss = max(self.peak_rss, rss / 2**20)
+                sizes = {p.pid: p.memory_info().rss / 2**20 for p in procs if p.is_running()}
+                self.peak_rss = max(self.peak_rss, sum(sizes.values()))
+                for p in procs:
+                    if p.pid in sizes:
+                        role = _role(p.cmdline())
+                        self.per_process[role] = max(self.per_process.get(role, 0.0), sizes[p.pid])
                 self.peak_gpu = max(self.peak_gpu, _gpu_used_mb({p.pid for p in procs}))
             except (psutil.Error, OSError):
                 pass
             self.stop.wait(0.2)
+
+
+def _role(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    for marker, role in (("_bentoml_impl.worker", "BentoML worker (models)"), ("bentoml serve", "BentoML arbiter"),
+                         ("secondreader.cli", "secondreader serve (CLI)")):
+        if marker in text:
+            return role
+    return "other"
 
 
 def _gpu_used_mb(pids: set[int]) -> float:
@@ -351,7 +365,8 @@ def section_http(args: argparse.Namespace, files: dict[str, list[Path]], tmp: Pa
                           studies / ceiling["heatmap"] if ceiling else None)
         record["http"] = table.as_dict()
         record["http_memory"] = {"idle_rss_mb": idle_rss, "peak_rss_mb": memory.peak_rss,
-                                 "peak_gpu_mb": memory.peak_gpu}
+                                 "peak_gpu_mb": memory.peak_gpu, "per_process_peak_mb": memory.per_process}
+        print("service peak RSS by process: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.per_process.items()))
         print(f"service memory: RSS {idle_rss:.0f} MiB idle after warm-up, peak {memory.peak_rss:.0f} MiB "
               f"(process tree); GPU {memory.peak_gpu:.0f} MiB peak")
     finally:
