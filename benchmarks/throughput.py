@@ -278,7 +278,7 @@ def _role(cmdline: list[str]) -> str:
                          ("secondreader.cli", "secondreader serve (CLI)")):
         if marker in text:
             return role
-    return "other"
+    return "other: " + " ".join(Path(a).name for a in cmdline[:3])[:60]
 
 
 def _gpu_used_mb(pids: set[int]) -> float:
