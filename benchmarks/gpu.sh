@@ -67,6 +67,7 @@ timeout "${LIMITS[1]}" "$PY" benchmarks/stage_times.py --device "$DEVICE" "${STA
     2>&1 | tee "$OUT/stage_times.log" || status=1
 echo "== throughput ($MODE)"
 timeout "${LIMITS[2]}" "$PY" benchmarks/throughput.py --device "$DEVICE" "${THROUGHPUT_ARGS[@]}" --json "$OUT/throughput.json" \
+    --pyspy "$OUT/pyspy_worker.txt" \
     2>&1 | tee "$OUT/throughput.log" || status=1
 echo "== done in ${SECONDS}s, status $status; logs and JSON in $OUT"
 exit $status

@@ -299,6 +299,52 @@ def _gpu_used_mb(pids: set[int]) -> float:
         return 0.0
 
 
+def _py_spy() -> str | None:
+    for candidate in (shutil.which("py-spy"), "/tmp/site/bin/py-spy", "/tmp/pyspy-site/bin/py-spy"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def _worker_pid(root: int) -> int | None:
+    import psutil
+
+    try:
+        for p in psutil.Process(root).children(recursive=True):
+            if "_bentoml_impl.worker" in " ".join(p.cmdline()):
+                return int(p.pid)
+    except psutil.Error:
+        return None
+    return None
+
+
+def _summarise_profile(folded: Path, top: int = 12) -> None:
+    """Own time by function, and time inside secondreader's functions, from py-spy's raw output."""
+    own: dict[str, int] = {}
+    inside: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in dict.fromkeys(f.split(" (")[0] + " (" + f.split("/")[-1] for f in frames
+                                   if "secondreader/" in f):
+            inside[frame] = inside.get(frame, 0) + count
+    if not total:
+        print("  py-spy recorded no samples")
+        return
+    print(f"  py-spy, service worker, {total} samples: own time by function")
+    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"    {100 * n / total:5.1f}%  {name[:110]}")
+    print("  time inside secondreader functions (inclusive)")
+    for name, n in sorted(inside.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"    {100 * n / total:5.1f}%  {name[:110]}")
+
+
 def _post(files: list[Path], concurrency: int, base: str, key: str) -> tuple[float, list[float]]:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/dicom"}
     bodies = [f.read_bytes() for f in files]
@@ -359,13 +405,31 @@ def section_http(args: argparse.Namespace, files: dict[str, list[Path]], tmp: Pa
             for concurrency in args.concurrency:
                 n = max(len(paths), concurrency)
                 batch = (paths * (n // len(paths) + 1))[:n]
+                spy = None
+                if args.pyspy and kind == "raw" and concurrency == max(c for c in args.concurrency if c <= 16):
+                    binary, pid = _py_spy(), _worker_pid(proc.pid)
+                    if binary and pid:
+                        spy = subprocess.Popen([binary, "record", "--pid", str(pid), "--rate", "100", "--format", "raw",
+                                                "--output", args.pyspy, "--nonblocking", "--threads"],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        time.sleep(1.0)
+                    else:
+                        print(f"  (py-spy: {'binary missing' if not binary else 'worker not found'})")
                 studies, lat = _post(batch, concurrency, base, key)
+                if spy is not None:
+                    spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+                    try:
+                        spy.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        spy.kill()
                 table.add(label, concurrency, n, studies, pct(lat, 50), pct(lat, 95), pct(lat, 99),
                           studies / pipeline[kind + "+outputs"] if kind + "+outputs" in pipeline else None,
                           studies / ceiling["heatmap"] if ceiling else None)
         record["http"] = table.as_dict()
         record["http_memory"] = {"idle_rss_mb": idle_rss, "peak_rss_mb": memory.peak_rss,
                                  "peak_gpu_mb": memory.peak_gpu, "per_process_peak_mb": memory.per_process}
+        if args.pyspy and Path(args.pyspy).is_file():
+            _summarise_profile(Path(args.pyspy))
         print("service peak RSS by process: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.per_process.items()))
         print(f"service memory: RSS {idle_rss:.0f} MiB idle after warm-up, peak {memory.peak_rss:.0f} MiB "
               f"(process tree); GPU {memory.peak_gpu:.0f} MiB peak")
@@ -392,6 +456,8 @@ def main() -> int:
                         " where OpenMP threads wait on each other); the HTTP server gets OMP_NUM_THREADS")
     parser.add_argument("--json", help="write every table to this JSON file")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of 8 in-process studies per input")
+    parser.add_argument("--pyspy", help="py-spy the service worker during the uncompressed run at concurrency 16 "
+                        "(folded stacks to this file; needs the py-spy binary)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
