@@ -59,3 +59,19 @@ def test_an_inner_failure_reaches_every_waiting_caller() -> None:
             batcher.predict(torch.zeros(1, 1, 4, 4))
     finally:
         batcher.close()
+
+
+def test_a_lone_caller_does_not_wait_for_companions_unless_told_to() -> None:
+    inner = SlowEcho()
+    adaptive = BatchingPredictor(inner, max_batch=8, max_wait_ms=60_000)  # type: ignore[arg-type]
+    patient = BatchingPredictor(inner, max_batch=8, max_wait_ms=50, adaptive=False)  # type: ignore[arg-type]
+    try:
+        (answer,) = adaptive.predict(torch.full((1, 1, 4, 4), 3.0), explain=False)
+        patient.predict(torch.zeros(1, 1, 4, 4), explain=False)
+    finally:
+        adaptive.close()
+        patient.close()
+    assert float(answer.logits[0]) == 3.0
+    # the adaptive batcher started at once (it would otherwise have waited its full minute);
+    # the non-adaptive one waited its max_wait out
+    assert adaptive.stats.early == 1 and patient.stats.early == 0

@@ -1,8 +1,11 @@
 """``BatchingPredictor``: concurrent studies share model batches.
 
 Each caller's images wait at most ``max_wait_ms`` for others to join; the model then runs once on
-up to ``max_batch`` images. It implements the ``Predictor`` protocol, so the pipeline does not know
-it is there. Decoding and preprocessing happen in the callers' threads, outside the model lock.
+up to ``max_batch`` images. With ``adaptive`` (the default) the wait ends as soon as every caller
+inside ``predict`` has joined the batch: a lone study does not wait for companions that are not
+coming, while under load the requests that queue up during one model call form the next batch.
+It implements the ``Predictor`` protocol, so the pipeline does not know it is there. Decoding and
+preprocessing happen in the callers' threads, outside the model lock.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class BatchStats:
     batches: int = 0
     images: int = 0
     sizes: list[int] = field(default_factory=list)
+    early: int = 0  # batches started before max_wait because every caller had joined
 
     @property
     def mean_batch(self) -> float:
@@ -46,22 +50,32 @@ class _Request:
 class BatchingPredictor:
     """Wraps a predictor with a background thread that merges concurrent ``predict`` calls."""
 
-    def __init__(self, inner: Predictor, *, max_batch: int = 32, max_wait_ms: float = 10.0) -> None:
+    def __init__(self, inner: Predictor, *, max_batch: int = 32, max_wait_ms: float = 10.0,
+                 adaptive: bool = True) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
         self.inner = inner
         self.card: ModelCard = inner.card
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
+        self.adaptive = adaptive
         self.stats = BatchStats()
+        self._inside = 0  # callers between entering predict and getting their answer
+        self._inside_lock = threading.Lock()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.card.name}", daemon=True)
         self._thread.start()
 
     def predict(self, batch: torch.Tensor, *, explain: bool = True) -> list[Prediction]:
         future: Future[list[Prediction]] = Future()
-        self._queue.put(_Request(batch, explain, future))
-        return future.result()
+        with self._inside_lock:
+            self._inside += 1
+        try:
+            self._queue.put(_Request(batch, explain, future))
+            return future.result()
+        finally:
+            with self._inside_lock:
+                self._inside -= 1
 
     def close(self) -> None:
         self._queue.put(None)
@@ -76,6 +90,11 @@ class BatchingPredictor:
             size = first.batch.shape[0]
             deadline = time.monotonic() + self.max_wait
             while size < self.max_batch:
+                # every caller inside predict is in this group (callers of the last batch that
+                # have not left yet make this conservative: then the wait is max_wait as before)
+                if self.adaptive and self._queue.empty() and self._inside <= len(group):
+                    self.stats.early += 1
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
