@@ -231,6 +231,15 @@ def section_pipeline(args: argparse.Namespace, predictors: list[Predictor], file
             table.add(label + " +outputs", workers, studies, pct(lat, 50), pct(lat, 95), batched[0].stats.mean_batch)
             best[kind + "+outputs"] = studies
             shutil.rmtree(outputs.out_dir or "", ignore_errors=True)
+            if resolve_device(args.device).type == "cuda" and kind == "raw":
+                adaptive = [BatchingPredictor(p, max_batch=64, max_wait_ms=5.0, adaptive=True) for p in predictors]
+                try:
+                    studies, lat = _screen(paths, ScreeningOptions(predictors=adaptive), workers)
+                    table.add(label + " adaptive", workers, studies, pct(lat, 50), pct(lat, 95),
+                              adaptive[0].stats.mean_batch)
+                finally:
+                    for b in adaptive:
+                        b.close()
         finally:
             for b in batched:
                 b.close()

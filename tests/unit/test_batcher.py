@@ -63,8 +63,8 @@ def test_an_inner_failure_reaches_every_waiting_caller() -> None:
 
 def test_a_lone_caller_does_not_wait_for_companions_unless_told_to() -> None:
     inner = SlowEcho()
-    adaptive = BatchingPredictor(inner, max_batch=8, max_wait_ms=60_000)  # type: ignore[arg-type]
-    patient = BatchingPredictor(inner, max_batch=8, max_wait_ms=50, adaptive=False)  # type: ignore[arg-type]
+    adaptive = BatchingPredictor(inner, max_batch=8, max_wait_ms=60_000, adaptive=True)  # type: ignore[arg-type]
+    patient = BatchingPredictor(inner, max_batch=8, max_wait_ms=50)  # type: ignore[arg-type]
     try:
         (answer,) = adaptive.predict(torch.full((1, 1, 4, 4), 3.0), explain=False)
         patient.predict(torch.zeros(1, 1, 4, 4), explain=False)

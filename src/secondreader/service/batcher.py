@@ -1,9 +1,11 @@
 """``BatchingPredictor``: concurrent studies share model batches.
 
 Each caller's images wait at most ``max_wait_ms`` for others to join; the model then runs once on
-up to ``max_batch`` images. With ``adaptive`` (the default) the wait ends as soon as every caller
-inside ``predict`` has joined the batch: a lone study does not wait for companions that are not
-coming, while under load the requests that queue up during one model call form the next batch.
+up to ``max_batch`` images. With ``adaptive=True`` the wait ends as soon as every caller inside
+``predict`` has joined the batch: a lone study does not wait for companions that are not coming,
+and the requests that queue up during one model call form the next batch. It batches less when
+studies arrive a few milliseconds apart (``benchmarks/throughput.py`` compares both on a GPU), so
+it is off by default.
 It implements the ``Predictor`` protocol, so the pipeline does not know it is there. Decoding and
 preprocessing happen in the callers' threads, outside the model lock.
 """
@@ -51,7 +53,7 @@ class BatchingPredictor:
     """Wraps a predictor with a background thread that merges concurrent ``predict`` calls."""
 
     def __init__(self, inner: Predictor, *, max_batch: int = 32, max_wait_ms: float = 10.0,
-                 adaptive: bool = True) -> None:
+                 adaptive: bool = False) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
         self.inner = inner
