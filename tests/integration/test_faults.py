@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -42,6 +43,24 @@ pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
 KEY = "faults-key"
 OUTPUT_CLASSES = {"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"}
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (from /proc), deepest first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found[::-1]
 
 
 class Pacs:
@@ -138,6 +157,11 @@ class Serve:
 
     def kill(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            # BentoML starts its workers in sessions of their own: signal them by name as well,
+            # or a SIGKILLed arbiter leaves a worker running that still holds the ports.
+            for pid in _descendants(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
             os.killpg(self.proc.pid, sig)
             try:
                 self.proc.wait(timeout=30)
