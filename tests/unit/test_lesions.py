@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from secondreader.preprocessing import InputSpec, model_input_transform
 from secondreader.training.lesions import (
@@ -13,6 +14,7 @@ from secondreader.training.lesions import (
     augment_geometry,
     footprints,
     generated_chest,
+    insert_distractors,
     insert_model_a,
     insert_model_b,
     lung_mask,
@@ -122,3 +124,13 @@ def test_nodule_validation_and_scaling() -> None:
         Nodule(1, 1, 2, 0.1, "C")
     scaled = Nodule(10.0, 20.0, 4.0, 0.1, "B").scaled(0, 0, 0.5)
     assert (scaled.row, scaled.col, scaled.radius) == (4.75, 9.75, 2.0)
+
+
+def test_distractors_are_sharp_bright_non_nodules() -> None:
+    picture = np.full((128, 128), 0.3, np.float32)
+    assert insert_distractors(picture, np.random.default_rng(2), 4) == 4
+    changed = picture > 0.3 + 1e-3
+    assert 0 < changed.mean() < 0.2 and picture.max() <= 1.0
+    # thin structures: most changed pixels have an unchanged pixel within 3 px
+    near_background = ~ndimage.binary_erosion(changed, iterations=3)
+    assert (near_background & changed).sum() > 0.8 * changed.sum()

@@ -110,7 +110,10 @@ class LesionConfig(BaseModel):
     blur_sigma: tuple[float, float] = (0.0, 1.5)
     blur_probability: float = 0.5
     noise_std: tuple[float, float] = (0.0, 0.03)
+    distractor_fraction: float = Field(0.0, ge=0, le=1, description="training pictures that get 1-4 "
+                                       "non-nodules (wires, clips, electrodes) as negatives")
     dice_weight: float = 1.0
+    pos_weight: float = Field(1.0, gt=0, description="weight of nodule pixels in the cross-entropy")
     hit_radius_min: float = Field(4.0, description="model pixels: a detection this close to a lesion centre hits it")
     folds: Literal["leave_one_background_out", "none"] = "leave_one_background_out"
 

@@ -18,6 +18,9 @@ __all__ = ["evaluate_bundle"]
 def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: str = "cpu") -> dict[str, Any]:
     """Metrics of the bundle's first finding on ``split``, at the bundle's operating point."""
     card = load_card(bundle)
+    if card.saliency.method == "dense":
+        raise ValueError(f"{card.ref} is a localisation model: its metrics come from its training run "
+                         "(leave one background out), reproduced by `secondreader train` with its config")
     predictor = TorchPredictor(card, device="cpu" if device == "auto" else device)
     finding = card.findings[0]
     chosen = load_medmnist(data)[split]

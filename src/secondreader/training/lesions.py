@@ -35,6 +35,7 @@ __all__ = [
     "Nodule",
     "RealBackground",
     "generated_chest",
+    "insert_distractors",
     "insert_model_a",
     "insert_model_b",
     "load_background",
@@ -370,6 +371,39 @@ def insert_model_b(picture: np.ndarray, rng: np.random.Generator, row: float, co
     picture[rs, cs] = after
     contrast = float((after - before).max()) if after.size else 0.0
     return Nodule(row, col, radius, contrast, "B")
+
+
+def insert_distractors(picture: np.ndarray, rng: np.random.Generator, count: int) -> int:
+    """Non-nodules that radiographs are full of, drawn as negatives (``picture`` changed in place):
+    wires and lines (curved, 1-2 px, sharp), surgical clips (small bright rectangles), and ECG
+    electrodes (thin rings). Sharp-edged and mostly brighter than a nodule; returns how many."""
+    rows, cols = picture.shape
+    r, c = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    for _ in range(count):
+        kind = rng.integers(3)
+        y0, x0 = rng.uniform(0.1, 0.9) * rows, rng.uniform(0.1, 0.9) * cols
+        if kind == 0:  # a wire: a gentle arc through (y0, x0)
+            angle, bend = rng.uniform(0, np.pi), rng.uniform(-0.004, 0.004)
+            along = (r - y0) * np.cos(angle) + (c - x0) * np.sin(angle)
+            across = -(r - y0) * np.sin(angle) + (c - x0) * np.cos(angle) - bend * along**2
+            length = rng.uniform(0.15, 0.6) * rows
+            shape = (np.abs(across) < rng.uniform(0.5, 1.2)) & (np.abs(along) < length / 2)
+            amplitude = rng.uniform(0.15, 0.5)
+        elif kind == 1:  # a clip: a small rotated rectangle
+            angle = rng.uniform(0, np.pi)
+            along = (r - y0) * np.cos(angle) + (c - x0) * np.sin(angle)
+            across = -(r - y0) * np.sin(angle) + (c - x0) * np.cos(angle)
+            shape = (np.abs(along) < rng.uniform(2, 5)) & (np.abs(across) < rng.uniform(0.7, 1.8))
+            amplitude = rng.uniform(0.3, 0.7)
+        else:  # an electrode: a thin ring, sometimes with a bright centre
+            d = np.hypot(r - y0, c - x0)
+            radius = rng.uniform(3, 8)
+            shape = (np.abs(d - radius) < rng.uniform(0.5, 1.0)) | ((d < 1.5) & (rng.random() < 0.5))
+            amplitude = rng.uniform(0.15, 0.4)
+        soft = ndimage.gaussian_filter(shape.astype(np.float32), rng.uniform(0.3, 0.7))
+        picture += amplitude * soft
+        np.clip(picture, 0.0, 1.0, out=picture)
+    return count
 
 
 def footprints(shape: tuple[int, int], nodules: Sequence[Nodule]) -> np.ndarray:

@@ -50,6 +50,7 @@ from .lesions import (
     RealBackground,
     augment_geometry,
     generated_chest,
+    insert_distractors,
     insert_model_a,
     insert_model_b,
     load_background,
@@ -165,6 +166,8 @@ def build_pool(backgrounds: Sequence[RealBackground], lc: LesionConfig, *, per_b
         pictures, masks_ = augment_geometry(work, work_mask, rngs, side, scale=lc.scale, rotate_deg=lc.rotate_deg,
                                             translate=lc.translate)
         for rng, picture, mask in zip(rngs, pictures, masks_, strict=True):
+            if rng.random() < lc.distractor_fraction:
+                insert_distractors(picture, rng, int(rng.integers(1, 5)))
             nodules, target = _insert_a(picture, mask, rng, lc)
             pool.images[k] = picture
             pool.targets[k] = target
@@ -282,9 +285,12 @@ def _crops(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, nodules:
     return torch.cat(xs), torch.cat(ts), torch.cat(ws)
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, dice_weight: float) -> torch.Tensor:
-    """Weighted binary cross-entropy plus a soft Dice over the batch (pixels of weight 0 ignored)."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, dice_weight: float,
+          pos_weight: float = 1.0) -> torch.Tensor:
+    """Weighted binary cross-entropy (nodule pixels ``pos_weight`` times) plus a soft Dice over the
+    batch (pixels of weight 0 ignored)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none",
+                                             pos_weight=torch.tensor(pos_weight))
     bce = (bce * weight).sum() / weight.sum().clamp_min(1.0)
     p = torch.sigmoid(logits) * weight
     dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + (target * weight).sum() + 1)
@@ -315,7 +321,7 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
             t = torch.from_numpy(pool.targets[idx].astype(np.float32))[:, None]
             w = torch.from_numpy(pool.weights[idx].astype(np.float32))[:, None]
             xc, tc, wc = _crops(x, t, w, [pool.nodules[i] for i in idx], lc, g)
-            loss = _loss(network(xc), tc, wc, lc.dice_weight)
+            loss = _loss(network(xc), tc, wc, lc.dice_weight, lc.pos_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
