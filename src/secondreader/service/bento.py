@@ -64,6 +64,7 @@ class SecondReader:
     """Screening over HTTP; the models are loaded once per worker, from the BentoML model store."""
 
     pneumonia = bentoml.models.BentoModel(shipped_tag("cxr-pneumonia"))
+    nodule = bentoml.models.BentoModel(shipped_tag("cxr-nodule"))
 
     def __init__(self) -> None:
         settings = _settings()
