@@ -13,6 +13,7 @@ import hmac
 import logging
 import logging.config
 import re
+import warnings
 
 __all__ = ["PhiRedactingFilter", "configure_logging", "set_secret", "study_key"]
 
@@ -86,3 +87,7 @@ def configure_logging(level: str = "INFO") -> None:
         }
     )
     logging.captureWarnings(True)
+    # pydicom's warnings quote header values (names, IDs). The read paths catch them, but
+    # warnings.catch_warnings() swaps one process-global filter list, which the service's screening
+    # threads race on; so they are also ignored process-wide, never printed.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")

@@ -45,6 +45,11 @@ _OCCLUSION_PIXELS_PER_CALL = 1 << 24
 
 logger = logging.getLogger(__name__)
 
+# MONAI 1.6's occlusion sensitivity indexes with a list; torch warns about it on every call. Ignored
+# for the whole process as well as around the call: warnings.catch_warnings() swaps a process-global
+# filter list, so in the service's screening threads one thread's exit can undo another's filter.
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
+
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
