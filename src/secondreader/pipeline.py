@@ -170,7 +170,8 @@ def _predict(
                 if prediction.saliency is not None:
                     frame.heat[spec.code] = heatmap_on_source(prediction.saliency[k], geometry)
             findings.append(
-                FindingResult(spec.code, max(probs), spec.operating_point, spec.urgent_point, card.ref)
+                FindingResult(spec.code, max(probs), spec.operating_point, spec.urgent_point, card.ref,
+                              routes=card.routes)
             )
     return findings
 
@@ -244,7 +245,7 @@ def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[Fi
         mine = [RegionOutput(r.region_id, r.region, frame.probabilities.get(r.region.finding, 0.0))
                 for r in regions if r.sop_instance_uid == frame.sop_instance_uid]
         instance_findings = [FindingResult(f.code, frame.probabilities.get(f.code, f.probability), f.operating_point,
-                                           f.urgent_point, f.model) for f in findings]
+                                           f.urgent_point, f.model, routes=f.routes) for f in findings]
         outputs = build_outputs(frame.dataset, display=frame.display, heats=frame.heat, findings=instance_findings,
                                 regions=mine, priority=priority, provenance=provenance)
         for kind, dataset in outputs.items():

@@ -110,6 +110,7 @@ class StudyResult:
                     "positive": f.positive,
                     "operating_point": round(f.operating_point, 4),
                     "model": f.model,
+                    "routes": f.routes,
                 }
                 for f in self.findings
             ],

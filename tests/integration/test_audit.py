@@ -172,7 +172,8 @@ def test_ctrl_c_loses_nothing_and_a_rerun_skips_what_was_done(tmp_path: Path, mo
     env = {**os.environ, "SECONDREADER_SECRET": "test-secret", "SECONDREADER_MODELS_DIR": str(models_dir)}
     process = subprocess.Popen(
         [sys.executable, "-m", "secondreader.cli", "--log-level", "WARNING", "audit", str(archive),
-         "--reports", str(reports), "--out", str(out), "--workers", "1", "--device", "cpu"],
+         "--reports", str(reports), "--out", str(out), "--workers", "1", "--device", "cpu",
+         "--model", "cxr-pneumonia"],  # the same model set as the in-process rerun below
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     checkpoint = out / "checkpoint.jsonl"
     deadline = time.monotonic() + 180

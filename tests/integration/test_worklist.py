@@ -273,3 +273,20 @@ def test_a_failed_migration_step_leaves_nothing_half_applied(store: Store) -> No
     finally:
         if engine is not store.engine:
             engine.dispose()
+
+
+def test_findings_that_do_not_route_neither_discord_nor_hold_up_the_review(store: Store) -> None:
+    worklist = Worklist(store)
+    uid = _uid()
+    result = _result(uid, 0.9, regions=1)
+    result["findings"][1].update(probability=0.95, positive=True, routes=False)  # an unvalidated nodule model
+    result["regions"].append({"id": "nodule-1", "finding": "nodule", "score": 0.95,
+                              "sop_instance_uid": uid + ".1", "frame": 1, "bbox": [1, 1, 5, 5],
+                              "centroid": [3, 3], "area_mm2": 1.0})
+    worklist.record_result(result)
+    (study,) = worklist.add_report(ReportIn(uid, None, "Right basal consolidation."), actor="t").studies
+    assert study["first_read"]["discordant"] == [] and study["priority"]["rule"] == "concordant"
+    (study,) = worklist.add_report(ReportIn(uid, None, "No consolidation."), actor="t").studies
+    assert study["first_read"]["discordant"] == ["pneumonia"]
+    view = worklist.add_review(uid, "pneumonia-1", "confirmed_miss", "Dr A", actor="k")
+    assert view is not None and view["state"] == "reviewed"  # the nodule region needs no verdict

@@ -55,3 +55,21 @@ def test_device_uid_is_derived_from_name_version_and_weights() -> None:
     assert uid.startswith("2.25.") and len(uid) <= 64
     assert uid != device_uid_for("cxr-pneumonia", "1.0.1", "ab" * 32)
     assert uid != device_uid_for("cxr-pneumonia", "1.0.0", "cd" * 32)
+
+
+def test_findings_of_a_model_that_missed_its_targets_do_not_route() -> None:
+    validated = FindingResult("pneumonia", 0.2, 0.5, 0.9, "cxr-pneumonia@1.0.0")
+    unvalidated = FindingResult("nodule", 0.99, 0.5, 0.9, "cxr-nodule@1.0.0", routes=False)
+    assert prioritise("screened", [validated, unvalidated]) == prioritise("screened", [validated])
+    assert prioritise("screened", [unvalidated]) == Priority(0, Route.NONE, "ai-negative")
+    assert prioritise("screened", [FindingResult("nodule", 0.99, 0.5, 0.9, "m@1")]).route is Route.URGENT
+
+
+def test_the_routing_gate_follows_the_held_out_targets() -> None:
+    from secondreader.training.localisation import routing_gate
+
+    missed = routing_gate({"test": {"study": {"auroc": 0.6}, "froc": {"sensitivity": {"1.0": 0.2}}}})
+    assert missed["enabled"] is False and "AUROC 0.600" in missed["reason"]
+    met = routing_gate({"test": {"study": {"auroc": 0.96}, "froc": {"sensitivity": {"1.0": 0.91}}}})
+    assert met["enabled"] is True
+    assert routing_gate({})["enabled"] is False  # no held-out figures, no routing

@@ -133,7 +133,7 @@ class StudyAuditor:
 
     def _row(self, task: StudyTask, key: str, result: StudyResult) -> dict[str, Any]:
         t0 = time.perf_counter()
-        positive = [f.code for f in result.findings if f.positive]
+        positive = [f.code for f in result.findings if f.positive and f.routes]  # validated models only
         labels: dict[str, str] = {}
         evidence: dict[str, str | None] = {}
         discordant: list[str] = []

@@ -102,6 +102,14 @@ class ModelCard:
             raise ValueError(f"model {self.name} has no valid Device UID")
 
     @property
+    def routes(self) -> bool:
+        """Whether this model's findings may route studies (priority, discordance). A bundle whose
+        held-out metrics missed its targets says ``"routing": {"enabled": false, "reason": ...}``:
+        its findings, heatmaps and regions are still reported, marked ``"routes": false``."""
+        gate = self.metadata.get("secondreader", {}).get("routing", {})
+        return bool(gate.get("enabled", True)) if isinstance(gate, dict) else True
+
+    @property
     def ref(self) -> str:
         """``name@version``, the model reference used in results."""
         return f"{self.name}@{self.version}"

@@ -34,6 +34,8 @@ class FindingResult:
     operating_point: float
     urgent_point: float
     model: str
+    #: False for a model that missed its held-out targets: reported, but never routes a study.
+    routes: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
@@ -78,12 +80,18 @@ def prioritise(status: StudyStatus | str, findings: Sequence[FindingResult]) -> 
     - ``ai-urgent``: some finding at or over its urgent point → route urgent;
     - ``ai-positive``: some finding at or over its operating point → route review;
     - ``ai-negative``: otherwise → route none.
+
+    Findings of models that do not route (``routes`` false: they missed their validation targets)
+    take no part.
     """
     status = StudyStatus(status)
     if status is StudyStatus.INELIGIBLE:
         return Priority(0, Route.NONE, "ineligible")
     if status is StudyStatus.FAILED or not findings:
         return Priority(50, Route.REVIEW, "screening-failed")
+    findings = [f for f in findings if f.routes]
+    if not findings:
+        return Priority(0, Route.NONE, "ai-negative")
     score = int(round(max(finding_score(f.probability, f.operating_point) for f in findings)))
     if any(f.urgent for f in findings):
         return Priority(score, Route.URGENT, "ai-urgent")

@@ -156,7 +156,9 @@ class Worklist:
                          bbox=list(region.bbox), model=model, at=utcnow()))
             s.flush()
             reviewed = set(s.scalars(select(Review.region_id).where(Review.study_instance_uid == study_uid)))
-            regions = set(s.scalars(select(RegionRow.region_id).where(RegionRow.study_instance_uid == study_uid)))
+            routing = {f["code"] for f in study.result.get("findings", []) if f.get("routes", True)}
+            regions = set(s.scalars(select(RegionRow.region_id).where(RegionRow.study_instance_uid == study_uid,
+                                                                      RegionRow.finding.in_(routing))))
             if regions <= reviewed and study.state == State.AWAITING_REVIEW.value:
                 self._set_state(study, State.REVIEWED)
             s.add(AuditEvent(actor=reviewer.strip()[:128], action="review", study_key=study_key(study_uid),
@@ -287,7 +289,8 @@ class Worklist:
             report = ReportIn(row.study_instance_uid, row.accession_number, row.text,
                               {k: Label(v) for k, v in (row.labels or {}).items()}, row.source)
             try:
-                first_read = interpret(report, codes, {f["code"] for f in findings if f["positive"]},
+                first_read = interpret(report, codes, {f["code"] for f in findings
+                                                       if f["positive"] and f.get("routes", True)},
                                        received_at=_iso(row.received_at))
             except InvalidReportError:  # pragma: no cover - validated on the way in
                 first_read = None
