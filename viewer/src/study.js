@@ -186,6 +186,10 @@ export class StudyView {
       el('strong', { text: findingText(f) }),
       el('span', { className: 'muted', text: `  operating point ${f.operating_point ?? '?'} · ${f.model || ''}` }),
       discordant.includes(f.code) ? el('span', { className: 'badge discordant', text: ' discordant' }) : null,
+      f.routes === false
+        ? el('span', { className: 'badge unvalidated', text: ' not validated: does not route',
+                       title: 'This model missed its validation targets: shown for review, never used for priority' })
+        : null,
     ])));
     if (!list.children.length) list.append(el('li', { className: 'muted', text: 'No finding.' }));
   }

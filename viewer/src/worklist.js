@@ -49,7 +49,7 @@ export class Worklist {
       const priority = item.priority || {};
       const firstRead = item.first_read || {};
       const discordant = firstRead.discordant || [];
-      const positives = (item.findings || []).filter((f) => f.positive);
+      const positives = (item.findings || []).filter((f) => f.positive && f.routes !== false);
       const row = el('tr', { attrs: { tabindex: '0', 'data-uid': item.study_instance_uid,
         'aria-label': `priority ${priority.score ?? 0}, route ${priority.route || 'none'}` } }, [
         el('td', {}, [scoreCell(priority.score)]),

@@ -206,8 +206,8 @@ class Worklist:
                     "waiting_seconds": int(waited),
                     "received_at": _iso(study.created_at),
                     "first_read": {"status": first_read["status"], "discordant": list(first_read["discordant"])},
-                    "findings": [{"code": f["code"], "probability": f["probability"], "positive": f["positive"]}
-                                 for f in result.get("findings", [])],
+                    "findings": [{"code": f["code"], "probability": f["probability"], "positive": f["positive"],
+                                  "routes": f.get("routes", True)} for f in result.get("findings", [])],
                     "regions": len(result.get("regions", [])),
                     "modality": result.get("modality"),
                 })
