@@ -58,8 +58,9 @@ def heatmap_on_source(saliency: np.ndarray, geometry: GeometryRecord, *,
     target = out[geometry.crop_row0:geometry.crop_row0 + side, geometry.crop_col0:geometry.crop_col0 + side]
     if device is not None and torch.device(device).type != "cpu":
         dev = torch.device(device)
-        square = (torch.from_numpy(a_rows).to(dev) @ torch.from_numpy(small).to(dev)
-                  @ torch.from_numpy(a_cols).to(dev).T).clamp_(0.0, 1.0)
+        # the cached matrices are read-only: copy them into the device tensors
+        square = (torch.tensor(a_rows, device=dev) @ torch.from_numpy(small).to(dev)
+                  @ torch.tensor(a_cols, device=dev).T).clamp_(0.0, 1.0)
         target[...] = square.cpu().numpy()
     else:
         np.matmul(a_rows @ small, a_cols.T, out=target)
