@@ -6,7 +6,7 @@ Built once at each entry point; components receive typed values, never this obje
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     pacs_destination: str | None = Field(None, description="AE@host:port or DICOMweb base URL")
     study_stable_seconds: float = Field(5.0, description="A study is complete after this long without news")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    precision: str = Field("auto", description="Model arithmetic: auto (bf16 autocast on CUDA, fp32 on the CPU), "
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Model arithmetic: auto (bf16 autocast on CUDA, fp32 on the CPU), "
                            "fp32, or bf16 (CUDA only)")
     compile_models: bool = Field(False, description="torch.compile the networks on CUDA, compiled and warmed up "
                                  "at start for batch shapes 1-64 (slower start, faster batches)")
@@ -89,7 +90,7 @@ class Settings(BaseSettings):
             raise ValueError("SECONDREADER_DICOM_TLS_CA needs SECONDREADER_DICOM_TLS_CERT and _KEY")
         return self
 
-    @field_validator("precision")
+    @field_validator("precision", mode="before")
     @classmethod
     def _check_precision(cls, value: str) -> str:
         if value not in ("auto", "fp32", "bf16"):

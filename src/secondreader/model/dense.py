@@ -28,7 +28,7 @@ from skimage.feature import peak_local_max
 from ..errors import ModelError
 from ..explain.regions import Region, extract_regions
 from .card import ModelCard, load_card
-from .predictor import Prediction, Predictor, TorchPredictor, resolve_device
+from .predictor import Precision, Prediction, Predictor, TorchPredictor, resolve_device
 
 __all__ = ["DENSE_NETWORKS", "DensePredictor", "build_dense_network", "dense_regions", "load_predictor",
            "map_peaks", "predictor_for", "probability_maps", "study_logits"]
@@ -141,12 +141,14 @@ class DensePredictor:
         return [Prediction(logits=logits[i], saliency=heat[i] if explain else None) for i in range(len(logits))]
 
 
-def predictor_for(card: ModelCard, *, device: str = "auto") -> Predictor:
+def predictor_for(card: ModelCard, *, device: str = "auto", precision: Precision = "auto",
+                  compile: bool = False) -> Predictor:
     """The predictor a card needs: :class:`DensePredictor` for dense cards, else
-    :class:`~secondreader.model.predictor.TorchPredictor`."""
+    :class:`~secondreader.model.predictor.TorchPredictor` (with ``precision`` and ``compile``; the
+    dense U-Net runs in fp32, where bf16 measured slower)."""
     if card.saliency.method == "dense":
         return DensePredictor(card, device=device)
-    return TorchPredictor(card, device=device)
+    return TorchPredictor(card, device=device, precision=precision, compile=compile)
 
 
 def load_predictor(bundle_dir: Path, *, device: str = "auto") -> Predictor:

@@ -80,7 +80,8 @@ class SecondReader:
         # loaded from its store path; the class attribute makes `bentoml build` carry the bundle.
         predictors = []
         for tag in import_bundles(Path(settings.models_dir)):
-            predictor = predictor_for(load_card(Path(bentoml.models.get(tag).path)), device=settings.device)
+            predictor = predictor_for(load_card(Path(bentoml.models.get(tag).path)), device=settings.device,
+                                      precision=settings.precision, compile=settings.compile_models)
             predictors.append(BatchingPredictor(predictor, max_batch=32, max_wait_ms=10.0))
             metrics.model_loaded(predictor.card.name, predictor.card.version)
         self.core = ScreeningService(store, predictors, home=settings.home,
