@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,9 +253,12 @@ def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[Fi
             relative = Path(study_uid) / frame.sop_instance_uid / f"{kind}.dcm"
             target = out_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".dcm.tmp")
-            dataset.save_as(tmp, enforce_file_format=True)
-            tmp.replace(target)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # concurrent writers of one study
+            try:
+                dataset.save_as(tmp, enforce_file_format=True)
+                tmp.replace(target)
+            finally:
+                tmp.unlink(missing_ok=True)
             written.append(relative.as_posix())
     return written
 

@@ -58,3 +58,26 @@ def test_encodings_of_one_real_radiograph_agree(shared_data: Path, tmp_path: Pat
     probabilities["png"] = finding.probability
     spread = max(probabilities.values()) - min(probabilities.values())
     assert spread <= 0.02, probabilities
+
+
+def test_concurrent_screens_of_one_study_write_its_outputs_safely(tmp_path: Path, pneumonia_predictor) -> None:  # type: ignore[no-untyped-def]
+    """Two jobs for the same study (a re-send, a duplicate upload) write the same output files at
+    the same time: each write lands whole, none fails, no temporary file is left behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from secondreader.pipeline import screen_paths
+
+    source = tmp_path / "in" / "a.dcm"
+    write(make_cxr_dataset(768, 768, lesion_at=(300, 400)), source)
+    options = ScreeningOptions(predictors=[pneumonia_predictor], max_pixels=64_000_000, out_dir=tmp_path / "out")
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: list(screen_paths([source.parent], options)), range(6)))
+    assert all(r[0].status.value == "screened" and r[0].dicom for r in results)
+    assert [r[0].to_json()["artifacts"] for r in results] == [results[0][0].to_json()["artifacts"]] * 6
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert written and not [p for p in written if p.name.endswith(".tmp")]
+    for path in written:
+        if path.suffix == ".dcm":
+            assert read_dataset(path.read_bytes()).dataset.SOPInstanceUID
+        elif path.suffix == ".png":
+            Image.open(path).verify()

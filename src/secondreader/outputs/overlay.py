@@ -6,6 +6,7 @@ screenshot of it cannot pass for the original image.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -128,8 +129,12 @@ def _legend(image: Image.Image, draw: ImageDraw.ImageDraw) -> None:
 def write_png(image: Image.Image, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".png.tmp")
-        image.save(tmp, format="PNG", compress_level=1)
-        tmp.replace(path)
+        # unique per writer: two jobs screening the same study write the same files at once
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            image.save(tmp, format="PNG", compress_level=1)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise OutputEncodingError(f"could not write overlay PNG ({exc.strerror or type(exc).__name__})") from None
