@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def test_bentoml_build_packages_the_service_and_models(tmp_path: Path) -> None:
     env = {**os.environ, "BENTOML_HOME": str(tmp_path)}
     imported = subprocess.run([sys.executable, "-m", "secondreader.service.modelstore", str(ROOT / "models")],
                               env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert imported.stdout.split() == ["cxr-pneumonia:1.0.0"]
+    shipped = sorted(f"{m['name']}:{m['version']}" for m in (
+        json.loads(path.read_text()) for path in (ROOT / "models").glob("*/configs/metadata.json")))
+    assert "cxr-pneumonia:1.0.0" in shipped and sorted(imported.stdout.split()) == shipped
     proc = subprocess.run([sys.executable, "-m", "bentoml", "build", str(ROOT)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -34,7 +37,7 @@ def test_bentoml_build_packages_the_service_and_models(tmp_path: Path) -> None:
     assert (bento / "src" / "models" / "cxr-pneumonia" / "models" / "model.pt").is_file()
     # the class-level BentoModel reference makes the bento carry the model-store bundle
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert "cxr-pneumonia:1.0.0" in [m["tag"] for m in manifest["services"][0]["models"]]
+    assert sorted(m["tag"] for m in manifest["services"][0]["models"]) == shipped
     assert (bento / "src" / "serving" / "service.py").is_file()
     # the viewer's built page and the default routing rules travel inside the package
     assert (bento / "src" / "src" / "secondreader" / "viewer" / "static" / "index.html").is_file()
