@@ -602,6 +602,22 @@ def _pool_folds(results: list[dict[str, Any]], *, seed: int) -> tuple[dict[str, 
     return pooled, per_fold
 
 
+#: Issue 3's targets on the leave-one-background-out test: a model that misses them is shipped for
+#: its heatmaps and regions, but does not route studies (see ModelCard.routes).
+TARGET_AUROC, TARGET_FROC_AT_1 = 0.95, 0.9
+
+
+def routing_gate(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Whether this model's findings may route studies: only when it met its targets on held-out data."""
+    test = metrics.get("test", {})
+    auroc = float(test.get("study", {}).get("auroc", 0.0))
+    froc_1 = float(test.get("froc", {}).get("sensitivity", {}).get("1.0", 0.0))
+    met = auroc >= TARGET_AUROC and froc_1 >= TARGET_FROC_AT_1
+    reason = (f"held-out study AUROC {auroc:.3f} (target {TARGET_AUROC}), FROC sensitivity at 1 false region "
+              f"per image {froc_1:.3f} (target {TARGET_FROC_AT_1})")
+    return {"enabled": met, "reason": ("targets met: " if met else "targets not met: ") + reason}
+
+
 def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics: dict[str, Any], device_uid: str,
                    weights_sha256: str, config_path: Path | None, seconds: float) -> dict[str, Any]:
     lc = cfg.lesions
@@ -656,6 +672,7 @@ def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics:
                 "urgent_point_method": f"specificity {cfg.operating_point.urgent_specificity} on validation",
             }},
             "metrics": metrics,
+            "routing": routing_gate(metrics),
             "training": {
                 "config": str(config_path) if config_path else None,
                 "seed": cfg.seed,
