@@ -219,13 +219,25 @@ def build_test_set(sources: Sequence[np.ndarray], count: int, lc: LesionConfig, 
 
 # -- the serving transform, batched -----------------------------------------------------------------
 
+def _quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row ``q`` quantile with linear interpolation (``torch.quantile``'s default), from two
+    ``kthvalue`` calls: about twice as fast as ``torch.quantile``, which sorts every row."""
+    n = flat.shape[1]
+    position = q * (n - 1)
+    k = int(math.floor(position))
+    below = flat.kthvalue(k + 1, dim=1).values
+    if k + 1 >= n:
+        return below
+    above = flat.kthvalue(k + 2, dim=1).values
+    return below + (above - below) * (position - k)
+
+
 def standardise(pictures: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """Steps 5-6 of the serving chain on a batch of model-grid pictures (float (N, 1, S, S) in
     [0, 1]): a 0.5-99.5 percentile stretch per image, then the card's normalisation. Equal to
     :func:`secondreader.preprocessing.model_input_transform` image by image."""
     flat = pictures.reshape(pictures.shape[0], -1).float()
-    q = torch.quantile(flat, torch.tensor([0.005, 0.995]), dim=1)
-    low, high = q[0].view(-1, 1, 1, 1), q[1].view(-1, 1, 1, 1)
+    low, high = (_quantile(flat, q).view(-1, 1, 1, 1) for q in (0.005, 0.995))
     stretched = ((pictures.float() - low) / (high - low).clamp_min(1e-8)).clamp(0.0, 1.0)
     return (stretched - spec.mean) / spec.std
 
@@ -311,16 +323,21 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=sched.max_lr,
                                                     total_steps=sched.epochs * steps_per_epoch)
     g = torch.Generator().manual_seed(seed)
+    # the network's steps use ``schedule.threads``; the per-image augmentation runs on one thread
+    # (its small convolutions were 50x slower on two threads of this CPU than on one)
+    threads = torch.get_num_threads()
     network.train()
     for _epoch in range(sched.epochs):
         order = members[torch.randperm(len(members), generator=g).numpy()]
         for step in range(steps_per_epoch):
+            torch.set_num_threads(1)
             idx = np.sort(order[step * sched.batch_size:(step + 1) * sched.batch_size])
             x = torch.from_numpy(pool.images[idx].astype(np.float32))[:, None]
             x = standardise(_augment_intensity(x, lc, g), spec)
             t = torch.from_numpy(pool.targets[idx].astype(np.float32))[:, None]
             w = torch.from_numpy(pool.weights[idx].astype(np.float32))[:, None]
             xc, tc, wc = _crops(x, t, w, [pool.nodules[i] for i in idx], lc, g)
+            torch.set_num_threads(threads)
             loss = _loss(network(xc), tc, wc, lc.dice_weight, lc.pos_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
