@@ -31,9 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import monai
 import numpy as np
-import pydicom
 import torch
 import torch.nn.functional as F
 from monai.utils import set_determinism
@@ -60,6 +58,7 @@ from .lesions import (
     square_picture,
 )
 from .metrics import auroc, binary_metrics, threshold_for_sensitivity, youden_threshold
+from .train import bundle_header
 
 __all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "standardise", "train_localisation"]
 
@@ -642,18 +641,7 @@ def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics:
     code, side = cfg.data.finding, lc.input_size
     threshold = cal.map_threshold(cal.operating_point)
     return {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
-        "version": cfg.version,
-        "changelog": {cfg.version: cfg.description},
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": np.__version__,
-        "pydicom_version": pydicom.__version__,
-        "optional_packages_version": {},
-        "name": cfg.name,
-        "task": f"Chest radiograph localisation: {cfg.data.display_name}",
-        "description": cfg.description,
-        "authors": "secondreader",
+        **bundle_header(cfg, "localisation"),
         "copyright": "secondreader authors; background images under their own licences (see data_source)",
         "data_source": cfg.provenance.get("data_source", ""),
         "data_type": f"greyscale chest radiographs, centre-cropped and resized to {side}x{side}",

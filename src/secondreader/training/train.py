@@ -296,10 +296,8 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     return metadata
 
 
-def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, operating_point: float,
-              urgent_point: float, metrics: dict[str, Any], history: list[dict[str, Any]], device_uid: str,
-              weights_sha256: str, config_path: Path | None, seconds: float) -> dict[str, Any]:
-    code = cfg.data.finding
+def bundle_header(cfg: TrainConfig, task: str) -> dict[str, Any]:
+    """The MONAI bundle metadata fields every secondreader model shares (schema, versions, name)."""
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
         "version": cfg.version,
@@ -310,9 +308,18 @@ def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, 
         "pydicom_version": pydicom.__version__,
         "optional_packages_version": {},
         "name": cfg.name,
-        "task": f"Chest radiograph classification: {cfg.data.display_name}",
+        "task": f"Chest radiograph {task}: {cfg.data.display_name}",
         "description": cfg.description,
         "authors": "secondreader",
+    }
+
+
+def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, operating_point: float,
+              urgent_point: float, metrics: dict[str, Any], history: list[dict[str, Any]], device_uid: str,
+              weights_sha256: str, config_path: Path | None, seconds: float) -> dict[str, Any]:
+    code = cfg.data.finding
+    return {
+        **bundle_header(cfg, "classification"),
         "copyright": "secondreader authors; training data under its own licence (see data_source)",
         "data_source": cfg.provenance.get("data_source", ""),
         "data_type": "8-bit greyscale chest radiographs, centre-cropped and resized to "
