@@ -28,7 +28,7 @@ from skimage.feature import peak_local_max
 from ..errors import ModelError
 from ..explain.regions import Region, extract_regions
 from .card import ModelCard, load_card
-from .predictor import Precision, Prediction, Predictor, TorchPredictor, resolve_device
+from .predictor import Precision, Prediction, Predictor, TorchPredictor, load_weights, resolve_device
 
 __all__ = ["DENSE_NETWORKS", "DensePredictor", "build_dense_network", "dense_regions", "load_predictor",
            "map_peaks", "predictor_for", "probability_maps", "study_logits"]
@@ -108,13 +108,7 @@ class DensePredictor:
             network = build_dense_network(card.network_class, card.network_args)
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model {card.ref}: cannot build its network ({exc})") from None
-        try:
-            state = torch.load(card.weights_path, map_location="cpu", weights_only=True)
-            network.load_state_dict(state)
-        except FileNotFoundError:
-            raise ModelError(f"model {card.ref}: weights file models/{card.weights_file} is missing") from None
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise ModelError(f"model {card.ref}: weights do not fit the network ({type(exc).__name__})") from None
+        load_weights(network, card)
         self.network = network.to(self.device).eval()
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)

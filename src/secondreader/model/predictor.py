@@ -45,6 +45,17 @@ _OCCLUSION_PIXELS_PER_CALL = 1 << 24
 
 logger = logging.getLogger(__name__)
 
+
+def load_weights(network: torch.nn.Module, card: ModelCard) -> None:
+    """Load the bundle's state dict (``weights_only``) into ``network``; ModelError names what is wrong."""
+    try:
+        state = torch.load(card.weights_path, map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+    except FileNotFoundError:
+        raise ModelError(f"model {card.ref}: weights file models/{card.weights_file} is missing") from None
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ModelError(f"model {card.ref}: weights do not fit the network ({type(exc).__name__})") from None
+
 # MONAI 1.6's occlusion sensitivity indexes with a list; torch warns about it on every call. Ignored
 # for the whole process as well as around the call: warnings.catch_warnings() swaps a process-global
 # filter list, so in the service's screening threads one thread's exit can undo another's filter.
@@ -191,13 +202,7 @@ class TorchPredictor:
         if not self.batch_sizes or self.batch_sizes[0] < 1:
             raise ValueError("batch_sizes must be positive")
         network = build_network(card.network_class, card.network_args)
-        try:
-            state = torch.load(card.weights_path, map_location="cpu", weights_only=True)
-            network.load_state_dict(state)
-        except FileNotFoundError:
-            raise ModelError(f"model {card.ref}: weights file models/{card.weights_file} is missing") from None
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise ModelError(f"model {card.ref}: weights do not fit the network ({type(exc).__name__})") from None
+        load_weights(network, card)
         self.network = network.to(self.device).eval()
         if cuda:
             self.network = self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

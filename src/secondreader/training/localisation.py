@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from ..model.dense import build_dense_network, map_peaks, probability_maps, study_logits
 from ..preprocessing import InputSpec, prepare_frame
-from ..scoring.calibration import calibrated_probability, fit_platt
+from ..scoring.calibration import calibrated_probability
 from .config import BackgroundConfig, LesionConfig, TrainConfig
 from .froc import FROC_RATES, ImageDetections, froc_bootstrap, froc_sensitivities, match_image, sensitivity_at_threshold
 from .lesions import (
@@ -57,8 +57,8 @@ from .lesions import (
     shrink,
     square_picture,
 )
-from .metrics import auroc, binary_metrics, threshold_for_sensitivity, youden_threshold
-from .train import bundle_header
+from .metrics import auroc, binary_metrics
+from .train import bundle_header, calibrate_on_validation
 
 __all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "standardise", "train_localisation"]
 
@@ -412,21 +412,7 @@ class Calibration:
 
 
 def calibrate(val: Scored, cfg: TrainConfig) -> Calibration:
-    try:
-        a, b = fit_platt(val.logits, val.labels)
-    except ValueError as exc:
-        logger.warning("Platt scaling failed (%s); keeping uncalibrated probabilities", exc)
-        a, b = 1.0, 0.0
-    p = calibrated_probability(val.logits, a, b)
-    op_cfg = cfg.operating_point
-    if op_cfg.method == "youden":
-        op = youden_threshold(p, val.labels)
-    else:
-        op = threshold_for_sensitivity(p, val.labels, op_cfg.sensitivity)
-    negatives = np.sort(p[val.labels == 0])
-    at_spec = negatives[min(len(negatives) - 1, int(np.ceil(op_cfg.urgent_specificity * len(negatives))))]
-    op = float(np.clip(op, 1e-4, 1 - 1e-4))
-    urgent = float(np.clip(max(at_spec, op), op, 1 - 1e-4))
+    a, b, _p, op, urgent = calibrate_on_validation(val.logits, val.labels, cfg.operating_point)
     return Calibration(a, b, op, urgent)
 
 

@@ -28,7 +28,7 @@ from ..model.card import ModelCard, load_card
 from ..model.network import build_network
 from ..preprocessing import InputSpec, model_input_transform
 from ..scoring.calibration import calibrated_probability, fit_platt
-from .config import TrainConfig
+from .config import OperatingPointConfig, TrainConfig
 from .data import load_splits
 from .metrics import auroc, binary_metrics, threshold_for_sensitivity, youden_threshold
 from .modelcard import write_model_card
@@ -248,24 +248,8 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
 
     # Calibration and operating points: validation split only.
     val_logits = predict_logits(network, val_split.images, spec)
-    try:
-        a, b = fit_platt(val_logits, val_split.labels)
-    except ValueError as exc:
-        # A model that ranks validation backwards (tiny data, too few epochs) keeps raw sigmoid
-        # probabilities; its card shows the AUROC that says so.
-        logger.warning("Platt scaling failed (%s); keeping uncalibrated probabilities", exc)
-        a, b = 1.0, 0.0
-    val_p = calibrated_probability(val_logits, a, b)
-    op_cfg = cfg.operating_point
-    if op_cfg.method == "youden":
-        operating_point = youden_threshold(val_p, val_split.labels)
-    else:
-        operating_point = threshold_for_sensitivity(val_p, val_split.labels, op_cfg.sensitivity)
-    negatives = np.sort(val_p[val_split.labels == 0])
-    at_specificity = negatives[min(len(negatives) - 1, int(np.ceil(op_cfg.urgent_specificity * len(negatives))))]
-    urgent_point = float(max(at_specificity, operating_point))
-    operating_point = float(np.clip(operating_point, 1e-4, 1 - 1e-4))
-    urgent_point = float(np.clip(urgent_point, operating_point, 1 - 1e-4))
+    a, b, val_p, operating_point, urgent_point = calibrate_on_validation(val_logits, val_split.labels,
+                                                                         cfg.operating_point)
 
     # The untouched test split, once.
     test_p = calibrated_probability(predict_logits(network, test_split.images, spec), a, b)
@@ -294,6 +278,31 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
                     {"validation": (val_p, val_split.labels), "test": (test_p, test_split.labels)})
     logger.info("wrote bundle %s (test AUROC %.4f)", cfg.name, metrics["test"]["auroc"])
     return metadata
+
+
+def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: OperatingPointConfig
+                            ) -> tuple[float, float, np.ndarray, float, float]:
+    """Platt calibration fitted on validation, then the operating point (Youden or a target
+    sensitivity) and the urgent point (the given specificity, never below the operating point).
+    Returns ``(a, b, calibrated probabilities, operating point, urgent point)``."""
+    try:
+        a, b = fit_platt(logits, labels)
+    except ValueError as exc:
+        # A model that ranks validation backwards (tiny data, too few epochs) keeps raw sigmoid
+        # probabilities; its card shows the AUROC that says so.
+        logger.warning("Platt scaling failed (%s); keeping uncalibrated probabilities", exc)
+        a, b = 1.0, 0.0
+    p = calibrated_probability(logits, a, b)
+    if op_cfg.method == "youden":
+        operating_point = youden_threshold(p, labels)
+    else:
+        operating_point = threshold_for_sensitivity(p, labels, op_cfg.sensitivity)
+    negatives = np.sort(p[labels == 0])
+    at_specificity = negatives[min(len(negatives) - 1, int(np.ceil(op_cfg.urgent_specificity * len(negatives))))]
+    urgent_point = float(max(at_specificity, operating_point))
+    operating_point = float(np.clip(operating_point, 1e-4, 1 - 1e-4))
+    urgent_point = float(np.clip(urgent_point, operating_point, 1 - 1e-4))
+    return a, b, p, operating_point, urgent_point
 
 
 def bundle_header(cfg: TrainConfig, task: str) -> dict[str, Any]:
