@@ -2,7 +2,8 @@
 receiver and the audit) call it. This is the only module that knows the order of the steps:
 
 read header → eligibility → decode (Modality LUT, VOI) → window/invert → crop/resize/normalise →
-predict (+ GradCAM) → calibrate → heatmap on the source grid → regions → priority → overlays.
+predict (+ GradCAM) → calibrate → heatmap on the source grid → regions → priority → overlays and
+DICOM outputs (written before the result, or by the caller after it: ``defer_outputs``).
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from .outputs.overlay import render_layer, render_overlay, write_png
 from .outputs.provenance import Provenance, SeriesSettings
 from .preprocessing import GeometryRecord, prepare_frame, window_frame
 from .quarantine import Quarantine
-from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult
+from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult, WrittenOutputs
 from .scoring.calibration import calibrated_probability
 from .scoring.priority import FindingResult, Priority, Route, StudyStatus, prioritise
 
-__all__ = ["ParsedInput", "ScreeningOptions", "display_frames", "parse_input", "run_study", "screen_inputs",
-           "screen_paths", "screen_pixels"]
+__all__ = ["ParsedInput", "ScreeningOptions", "StudyOutputs", "display_frames", "parse_input", "run_study",
+           "screen_inputs", "screen_paths", "screen_pixels"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class ScreeningOptions:
     out_dir: Path | None = None
     explain: bool = True
     dicom_outputs: bool = True  # SC, SEG and SR per screened instance, when out_dir is set
+    #: Leave the overlays and DICOM outputs to the caller (``StudyResult.outputs``), so that a
+    #: result can be answered before they are encoded (the service's request path).
+    defer_outputs: bool = False
     series: SeriesSettings = field(default_factory=SeriesSettings)
     #: Where the original bytes of failed inputs are kept with their reason (none: not kept).
     quarantine: Quarantine | None = None
@@ -209,6 +213,11 @@ def _regions(frames: list[_Frame], findings: list[FindingResult],
     return out
 
 
+def _overlay_path(study_uid: str, frame: _Frame, code: str) -> Path:
+    name = f"{code}.png" if frame.frame == 1 else f"{code}-frame{frame.frame}.png"
+    return Path(study_uid) / frame.sop_instance_uid / name
+
+
 def _write_overlays(study_uid: str, frames: list[_Frame], regions: list[RegionResult], out_dir: Path) -> list[str]:
     written = []
     for frame in frames:
@@ -216,8 +225,7 @@ def _write_overlays(study_uid: str, frames: list[_Frame], regions: list[RegionRe
             mine = [r.region for r in regions
                     if r.sop_instance_uid == frame.sop_instance_uid and r.region.frame == frame.frame
                     and r.region.finding == code]
-            name = f"{code}.png" if frame.frame == 1 else f"{code}-frame{frame.frame}.png"
-            relative = Path(study_uid) / frame.sop_instance_uid / name
+            relative = _overlay_path(study_uid, frame, code)
             title = f"{code} p={frame.probabilities.get(code, 0.0):.2f}"
             write_png(render_overlay(frame.display, heat, mine, title=title), out_dir / relative)
             # The same heat as a transparent layer for the viewer's toggleable overlay (not listed
@@ -234,15 +242,27 @@ def screen_pixels(display: np.ndarray, predictors: Sequence[Predictor]) -> list[
     return _predict(frames, predictors, _prepare(frames, predictors), explain=False)
 
 
+_DICOM_KINDS = ("sc", "seg", "sr")
+
+
+def _dicom_frames(frames: list[_Frame]) -> list[_Frame]:
+    """The frames that get SC, SEG and SR: the first frame of each single-frame instance."""
+    return [f for f in frames
+            if f.dataset is not None and f.frame == 1 and int(f.dataset.get("NumberOfFrames", 1) or 1) == 1]
+
+
+def _dicom_path(study_uid: str, frame: _Frame, kind: str) -> Path:
+    return Path(study_uid) / frame.sop_instance_uid / f"{kind}.dcm"
+
+
 def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[FindingResult],
                          regions: list[RegionResult], priority: Priority, predictors: Sequence[Predictor],
                          out_dir: Path, series: SeriesSettings) -> list[str]:
     """SC, SEG and SR for every screened single-frame instance (contract 4)."""
     provenance = Provenance(tuple(p.card for p in predictors), series)
     written = []
-    for frame in frames:
-        if frame.dataset is None or frame.frame != 1 or int(frame.dataset.get("NumberOfFrames", 1) or 1) != 1:
-            continue
+    for frame in _dicom_frames(frames):
+        assert frame.dataset is not None
         mine = [RegionOutput(r.region_id, r.region, frame.probabilities.get(r.region.finding, 0.0))
                 for r in regions if r.sop_instance_uid == frame.sop_instance_uid]
         instance_findings = [FindingResult(f.code, frame.probabilities.get(f.code, f.probability), f.operating_point,
@@ -250,7 +270,7 @@ def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[Fi
         outputs = build_outputs(frame.dataset, display=frame.display, heats=frame.heat, findings=instance_findings,
                                 regions=mine, priority=priority, provenance=provenance)
         for kind, dataset in outputs.items():
-            relative = Path(study_uid) / frame.sop_instance_uid / f"{kind}.dcm"
+            relative = _dicom_path(study_uid, frame, kind)
             target = out_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # concurrent writers of one study
@@ -263,10 +283,64 @@ def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[Fi
     return written
 
 
+@dataclass(slots=True)
+class StudyOutputs:
+    """A screened study's overlays (PNG) and DICOM outputs (SC, SEG, SR), not yet written.
+
+    :func:`run_study` writes them before it returns, unless ``ScreeningOptions.defer_outputs``: then
+    the result lists the files :meth:`planned` (``artifacts.status`` "pending") and carries this
+    object, and the caller writes them with :meth:`write` after the result is answered (the service
+    does, on its own encoder threads), keeping the encoding off the request path.
+    """
+
+    study_uid: str
+    frames: list[_Frame]
+    findings: list[FindingResult]
+    regions: list[RegionResult]
+    options: ScreeningOptions
+
+    def planned(self) -> tuple[list[str], list[str]]:
+        """The heatmap overlays and DICOM files :meth:`write` writes when nothing fails."""
+        heatmaps = [_overlay_path(self.study_uid, f, code).as_posix() for f in self.frames for code in f.heat]
+        dicom: list[str] = []
+        if self.options.dicom_outputs and self.findings:
+            dicom = [_dicom_path(self.study_uid, f, kind).as_posix()
+                     for f in _dicom_frames(self.frames) for kind in _DICOM_KINDS]
+        return heatmaps, dicom
+
+    def write(self) -> WrittenOutputs:
+        """Write the overlays, then the DICOM outputs. Never raises for a bad output: what could not
+        be written is left out of the lists, and ``status`` is "failed"."""
+        out_dir = self.options.out_dir
+        assert out_dir is not None
+        t0 = time.perf_counter()
+        heatmaps: list[str] = []
+        dicom: list[str] = []
+        status = "written"
+        try:
+            heatmaps = _write_overlays(self.study_uid, self.frames, self.regions, out_dir)
+        except OutputEncodingError as exc:
+            logger.warning("study %s: overlays not written (%s)", study_key(self.study_uid), exc)
+            status = "failed"
+        if self.options.dicom_outputs and self.findings:
+            try:
+                dicom = _write_dicom_outputs(self.study_uid, self.frames, self.findings, self.regions,
+                                             prioritise(StudyStatus.SCREENED, self.findings),
+                                             self.options.predictors, out_dir, self.options.series)
+            except OutputEncodingError as exc:
+                logger.warning("study %s: DICOM outputs not written (%s)", study_key(self.study_uid), exc)
+                status = "failed"
+            except OSError as exc:
+                logger.warning("study %s: DICOM outputs not written (%s)", study_key(self.study_uid),
+                               exc.strerror or type(exc).__name__)
+                status = "failed"
+        return WrittenOutputs(heatmaps, dicom, status, (time.perf_counter() - t0) * 1000.0)
+
+
 def run_study(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:
     """Screen one study's instances (already parsed, in arrival order)."""
     t_start = time.perf_counter()
-    timing = {"load": 0.0, "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+    timing = {"load": 0.0, "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0, "encode": 0.0}
     instances: list[InstanceResult] = []
     frames: list[_Frame] = []
     handled: set[str] = set()  # SOP Instance UIDs already screened or refused
@@ -310,6 +384,8 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
     regions: list[RegionResult] = []
     heatmaps: list[str] = []
     dicom_files: list[str] = []
+    outputs: StudyOutputs | None = None
+    artifacts_status = "none"
     status_reason: str | None = None
     if frames:
         t0 = time.perf_counter()
@@ -328,16 +404,17 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
         timing["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         regions = _regions(frames, findings, options.predictors) if frames else []
-        if frames and options.out_dir is not None:
-            heatmaps = _write_overlays(study_uid, frames, regions, options.out_dir)
-            if options.dicom_outputs and findings:
-                try:
-                    dicom_files = _write_dicom_outputs(study_uid, frames, findings, regions,
-                                                       prioritise(StudyStatus.SCREENED, findings),
-                                                       options.predictors, options.out_dir, options.series)
-                except OutputEncodingError as exc:
-                    logger.warning("study %s: DICOM outputs not written (%s)", study_key(study_uid), exc)
         timing["postprocess"] = time.perf_counter() - t0
+        if frames and options.out_dir is not None:
+            outputs = StudyOutputs(study_uid, frames, findings, regions, options)
+            if options.defer_outputs:
+                heatmaps, dicom_files = outputs.planned()
+                artifacts_status = "pending"
+            else:
+                written = outputs.write()
+                heatmaps, dicom_files, artifacts_status = written.heatmaps, written.dicom, written.status
+                timing["encode"] = written.encode_ms / 1000.0
+                outputs = None
 
     statuses = {i.status for i in instances}
     if InstanceStatus.SCREENED in statuses:
@@ -349,9 +426,9 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
         status = StudyStatus.INELIGIBLE
         status_reason = _join_reasons(i.reason for i in instances if i.status is InstanceStatus.INELIGIBLE)
     if status is not StudyStatus.SCREENED:
-        findings, regions, heatmaps, dicom_files = [], [], [], []
+        findings, regions, heatmaps, dicom_files, outputs, artifacts_status = [], [], [], [], None, "none"
     timing["total"] = (time.perf_counter() - t_start) * 1000.0
-    for key in ("load", "preprocess", "inference", "postprocess"):
+    for key in ("load", "preprocess", "inference", "postprocess", "encode"):
         timing[key] *= 1000.0
     result = StudyResult(
         study_instance_uid=study_uid,
@@ -365,6 +442,8 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
                 for p in options.predictors],
         heatmaps=heatmaps,
         dicom=dicom_files,
+        artifacts_status=artifacts_status,
+        outputs=outputs,
         timing_ms=timing,
         files=files if status is StudyStatus.SCREENED else {},
         modality=next((m.instance.modality for m in members if m.instance is not None and m.instance.modality), None),

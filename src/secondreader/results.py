@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from .explain.regions import Region
 from .scoring.priority import FindingResult, Priority, StudyStatus
 
-__all__ = ["InstanceResult", "InstanceStatus", "RegionResult", "StudyResult"]
+__all__ = ["ARTIFACT_STATUSES", "InstanceResult", "InstanceStatus", "RegionResult", "StudyResult", "WrittenOutputs"]
 
 
-TIMING_STAGES = ("load", "preprocess", "inference", "postprocess", "total")
+#: ``encode`` is the overlays' and DICOM outputs' encoding, reported apart from the screening: it is
+#: 0 in a result answered before its outputs were written (``artifacts.status`` "pending").
+TIMING_STAGES = ("load", "preprocess", "inference", "postprocess", "encode", "total")
+
+#: ``artifacts.status``: ``none`` (nothing to write), ``pending`` (listed, being written),
+#: ``written``, or ``failed`` (the lists hold what was written).
+ARTIFACT_STATUSES = ("none", "pending", "written", "failed")
 
 
 class InstanceStatus(str, Enum):
@@ -71,6 +77,23 @@ class RegionResult:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class WrittenOutputs:
+    """What writing a study's outputs produced: paths relative to the output folder."""
+
+    heatmaps: list[str]
+    dicom: list[str]
+    status: str
+    encode_ms: float
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"heatmaps": list(self.heatmaps), "dicom": list(self.dicom), "status": self.status}
+
+
+class DeferredOutputs(Protocol):
+    def write(self) -> WrittenOutputs: ...
+
+
 @dataclass(slots=True)
 class StudyResult:
     study_instance_uid: str | None
@@ -83,6 +106,9 @@ class StudyResult:
     models: list[dict[str, str]] = field(default_factory=list)
     heatmaps: list[str] = field(default_factory=list)
     dicom: list[str] = field(default_factory=list)
+    artifacts_status: str = "none"
+    #: The outputs still to be written when screening deferred them (never in ``to_json``).
+    outputs: DeferredOutputs | None = field(default=None, repr=False)
     timing_ms: dict[str, float] = field(default_factory=dict)
     source: str | None = None  # only for results without a study UID
     modality: str | None = None  # of the study's instances (CR, DX...), for worklists
@@ -116,7 +142,8 @@ class StudyResult:
             ],
             "regions": [r.to_json() for r in self.regions],
             "first_read": {"status": "none", "labels": {}, "discordant": []},
-            "artifacts": {"heatmaps": list(self.heatmaps), "dicom": list(self.dicom)},
+            "artifacts": {"heatmaps": list(self.heatmaps), "dicom": list(self.dicom),
+                          "status": self.artifacts_status},
             "timing_ms": {k: round(self.timing_ms.get(k, 0.0), 1) for k in TIMING_STAGES},
             "models": list(self.models),
             "modality": self.modality,

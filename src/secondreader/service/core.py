@@ -3,6 +3,11 @@
 Framework-free (the HTTP layer and the BentoML service wrap it). Uploads are written to the spool
 with fsync and their job recorded in the store *before* the caller hears back, so a job that was
 accepted survives a restart: unfinished jobs are resumed at start-up.
+
+Output encoding is off the request path: a job's results are recorded and answered as soon as its
+studies are screened (``artifacts.status`` "pending"); encoder threads then write the overlays and
+DICOM outputs, record them, queue them for the PACS, and only then mark the job done. A job killed
+in between is unfinished, so its restart screens it again and writes them.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import uuid
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ from ..model.predictor import Predictor
 from ..outputs.provenance import SeriesSettings, is_own_result
 from ..pipeline import ScreeningOptions, screen_paths
 from ..quarantine import Quarantine
+from ..results import DeferredOutputs
 from ..store import JobRecord, Store
 from ..worklist import RoutingRules, Worklist
 from . import metrics
@@ -90,7 +96,7 @@ class ScreeningService:
     def __init__(self, store: Store, predictors: Sequence[Predictor], *, home: Path, max_image_pixels: int,
                  workers: int = 4, pacs_destination: str | None = None, calling_ae: str = "SECONDREADER",
                  series: SeriesSettings | None = None, routing: RoutingRules | None = None,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, encode_workers: int | None = None) -> None:
         self.store = store
         self.worklist = Worklist(store, routing)
         # who claims jobs in a shared store (stable across restarts of this process, so a job it was
@@ -105,8 +111,17 @@ class ScreeningService:
         self.quarantine = Quarantine(home / "quarantine")
         self.options = ScreeningOptions(predictors=self.predictors, max_pixels=max_image_pixels,
                                         out_dir=self.artifacts, series=series or SeriesSettings(),
-                                        quarantine=self.quarantine, quarantine_channel="job")
+                                        quarantine=self.quarantine, quarantine_channel="job",
+                                        defer_outputs=True)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="screen")
+        # Overlays and DICOM outputs are encoded here, after the job's answer; at most two jobs per
+        # encoder wait for one (a screening worker blocks beyond that), so a backlog of decoded
+        # images cannot grow without bound.
+        encoders = max(1, encode_workers if encode_workers is not None else workers)
+        self._encoder = ThreadPoolExecutor(max_workers=encoders, thread_name_prefix="encode")
+        self._encode_slots = threading.BoundedSemaphore(2 * encoders)
+        self._answers: dict[str, tuple[list[str], list[dict[str, Any]]]] = {}  # screened, outputs pending
+        self._outputs_pending: dict[str, threading.Event] = {}  # study UID -> set when its outputs are written
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._queued = 0
@@ -189,48 +204,107 @@ class ScreeningService:
         with self._lock:
             self._queued -= 1
             metrics.queue_depth(self._queued)
+        encoding = False
         try:
             job = self.store.get_job(job_id)
             if job is None or not self.store.claim_job(job_id, self.worker_id):
                 return  # gone, or another worker sharing the store runs it
             study_uids: list[str] = []
             unreadable: list[dict[str, Any]] = []
+            deferred: list[tuple[str, DeferredOutputs]] = []
             for result in screen_paths([Path(job.spool_dir)], self.options):
                 data = result.to_json()
                 metrics.study_done(data)
                 if result.study_instance_uid is None:
                     unreadable.append(data)
                     continue
+                uid = result.study_instance_uid
+                if result.outputs is not None:
+                    with self._lock:
+                        self._outputs_pending.setdefault(uid, threading.Event())
+                    deferred.append((uid, result.outputs))
                 data = self.worklist.record_result(data, accession_number=result.accession_number,
                                                    files=result.files)
-                study_uids.append(result.study_instance_uid)
-                if self.pacs_destination and data["artifacts"]["dicom"]:
-                    self.store.enqueue_outbox(result.study_instance_uid,
-                                              [self.artifacts / p for p in data["artifacts"]["dicom"]],
-                                              self.pacs_destination)
-                logger.info("job %s: study %s %s", job_id[:8], study_key(result.study_instance_uid),
-                            result.status.value)
-            self.store.set_job(job_id, "done", study_uids=study_uids, unreadable=unreadable)
+                study_uids.append(uid)
+                self._deliver(uid, data["artifacts"]["dicom"] if result.outputs is None else [])
+                logger.info("job %s: study %s %s", job_id[:8], study_key(uid), result.status.value)
+            if deferred:
+                # answer whoever waits now; the job is done once its outputs are written
+                with self._lock:
+                    self._answers[job_id] = (study_uids, unreadable)
+                self._encode_slots.acquire()
+                self._encoder.submit(self._write_outputs, job_id, deferred, study_uids, unreadable)
+                encoding = True
+            else:
+                self.store.set_job(job_id, "done", study_uids=study_uids, unreadable=unreadable)
         except Exception as exc:  # noqa: BLE001 - boundary: the job fails, the service lives
-            logger.error("job %s failed: %s", job_id[:8], type(exc).__name__)
-            try:
-                self.store.set_job(job_id, "failed", error=f"internal error ({type(exc).__name__})")
-            except Exception:  # noqa: BLE001 - the store itself is down; the job stays queued/running
-                logger.error("job %s: could not record the failure", job_id[:8])
+            self._job_failed(job_id, exc)
+        finally:
+            self._answered(job_id, keep=encoding)
+
+    def _write_outputs(self, job_id: str, deferred: list[tuple[str, DeferredOutputs]], study_uids: list[str],
+                       unreadable: list[dict[str, Any]]) -> None:
+        """Encoder thread: write each study's outputs, record them, queue the DICOM ones for the
+        PACS, then mark the job done."""
+        try:
+            for uid, outputs in deferred:
+                try:
+                    written = outputs.write()
+                    metrics.stage_time("encode", written.encode_ms / 1000.0)
+                    self.worklist.record_artifacts(uid, written.artifacts(), encode_ms=written.encode_ms)
+                    self._deliver(uid, written.dicom)
+                finally:
+                    with self._lock:
+                        event = self._outputs_pending.pop(uid, None)
+                    if event is not None:
+                        event.set()
+            self.store.set_job(job_id, "done", study_uids=study_uids, unreadable=unreadable)
+        except Exception as exc:  # noqa: BLE001 - boundary: the job stays unfinished (resumed at restart)
+            logger.error("job %s: outputs not recorded: %s", job_id[:8], type(exc).__name__)
         finally:
             with self._lock:
-                event = self._events.pop(job_id, None)  # waiters hold their own reference
-            if event is not None:
-                event.set()
+                self._answers.pop(job_id, None)
+            self._encode_slots.release()
+
+    def _deliver(self, study_uid: str, dicom: Sequence[str]) -> None:
+        if self.pacs_destination and dicom:
+            self.store.enqueue_outbox(study_uid, [self.artifacts / p for p in dicom], self.pacs_destination)
+
+    def _job_failed(self, job_id: str, exc: Exception) -> None:
+        logger.error("job %s failed: %s", job_id[:8], type(exc).__name__)
+        try:
+            self.store.set_job(job_id, "failed", error=f"internal error ({type(exc).__name__})")
+        except Exception:  # noqa: BLE001 - the store itself is down; the job stays queued/running
+            logger.error("job %s: could not record the failure", job_id[:8])
+
+    def _answered(self, job_id: str, *, keep: bool) -> None:
+        """Wake whoever waits on ``job_id`` (its answer is in the store, or in ``_answers`` while
+        its outputs are written when ``keep``)."""
+        with self._lock:
+            event = self._events.pop(job_id, None)  # waiters hold their own reference
+            if not keep:
+                self._answers.pop(job_id, None)
+        if event is not None:
+            event.set()
 
     # -- reading ------------------------------------------------------------------------------
     def wait(self, job_id: str, timeout: float) -> JobRecord | None:
-        """The job, after waiting up to ``timeout`` seconds for it to finish."""
+        """The job, after waiting up to ``timeout`` seconds for it to be answered."""
         with self._lock:
             event = self._events.get(job_id)
         if event is not None:
             event.wait(timeout=max(0.0, timeout))
-        return self.store.get_job(job_id)
+        return self.job(job_id)
+
+    def job(self, job_id: str) -> JobRecord | None:
+        """The job as a client sees it: done as soon as its results are recorded, although its
+        overlays and DICOM outputs may still be being written (their ``artifacts.status`` says)."""
+        with self._lock:
+            answer = self._answers.get(job_id)
+        record = self.store.get_job(job_id)
+        if record is not None and answer is not None and record.status in ("queued", "running"):
+            return replace(record, status="done", study_uids=tuple(answer[0]), unreadable=tuple(answer[1]))
+        return record
 
     def job_view(self, job: JobRecord) -> dict[str, Any]:
         """``{"status", "studies"}`` as contract 3 answers ``GET /v1/jobs/{id}``."""
@@ -246,8 +320,15 @@ class ScreeningService:
             view["reason"] = job.error
         return view
 
-    def heatmap(self, study_uid: str, sop_uid: str, finding: str) -> Path | None:
+    def heatmap(self, study_uid: str, sop_uid: str, finding: str, *, wait: float = 30.0) -> Path | None:
+        """An overlay's file; while the study's outputs are being written, after waiting up to
+        ``wait`` seconds for them."""
         path = self.artifacts / study_uid / sop_uid / f"{finding}.png"
+        if not path.is_file():
+            with self._lock:
+                pending = self._outputs_pending.get(study_uid)
+            if pending is not None:
+                pending.wait(timeout=wait)
         return path if path.is_file() else None
 
     # -- DICOM in, results out ---------------------------------------------------------------
@@ -321,6 +402,7 @@ class ScreeningService:
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         self._executor.shutdown(wait=True, cancel_futures=False)
+        self._encoder.shutdown(wait=True, cancel_futures=False)  # after the screening: it feeds this
         for predictor in self.predictors:
             close = getattr(predictor, "close", None)
             if close is not None:

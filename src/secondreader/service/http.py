@@ -124,7 +124,7 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         if not re.fullmatch(r"[0-9a-f]{32}", job_id):
             return _error(404, "not found", "no such job")
         service = get_service()
-        record = await asyncio.to_thread(service.store.get_job, job_id)
+        record = await asyncio.to_thread(service.job, job_id)
         if record is None:
             return _error(404, "not found", "no such job")
         return JSONResponse(service.job_view(record))
@@ -133,7 +133,7 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         uid, sop, finding = (request.path_params[k] for k in ("study_uid", "sop_uid", "finding"))
         if not (_UID.fullmatch(uid) and _UID.fullmatch(sop) and _FINDING.fullmatch(finding)):
             return _error(400, "bad request", "UIDs must be DICOM UIDs and the finding a finding code")
-        path = get_service().heatmap(uid, sop, finding)
+        path = await asyncio.to_thread(get_service().heatmap, uid, sop, finding)
         if path is None:
             return _error(404, "not found", "no heatmap for this instance and finding")
         return FileResponse(path, media_type="image/png")
@@ -143,7 +143,7 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         uid, sop, finding = (request.path_params[k] for k in ("study_uid", "sop_uid", "finding"))
         if not (_UID.fullmatch(uid) and _UID.fullmatch(sop) and _FINDING.fullmatch(finding)):
             return _error(400, "bad request", "UIDs must be DICOM UIDs and the finding a finding code")
-        path = get_service().heatmap(uid, sop, f"{finding}.layer")
+        path = await asyncio.to_thread(get_service().heatmap, uid, sop, f"{finding}.layer")
         if path is None:
             return _error(404, "not found", "no heatmap layer for this instance and finding")
         return FileResponse(path, media_type="image/png")

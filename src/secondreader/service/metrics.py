@@ -22,7 +22,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-__all__ = ["MetricsMiddleware", "batch_size", "exposition", "model_loaded", "queue_depth", "route_of", "study_done"]
+__all__ = ["MetricsMiddleware", "batch_size", "exposition", "model_loaded", "queue_depth", "route_of", "stage_time",
+           "study_done"]
 
 _STAGES = ("load", "preprocess", "inference", "postprocess", "total")
 
@@ -49,6 +50,11 @@ def study_done(result: dict[str, Any]) -> None:
     for stage in _STAGES:
         if stage in timing:
             _stage_seconds.labels(stage=stage).observe(float(timing[stage]) / 1000.0)
+
+
+def stage_time(stage: str, seconds: float) -> None:
+    """A stage timed apart from the study's result (``encode``: outputs written after the answer)."""
+    _stage_seconds.labels(stage=stage).observe(seconds)
 
 
 def queue_depth(depth: int) -> None:

@@ -25,7 +25,7 @@ from ..logsafe import study_key
 from ..reports.firstread import FirstRead, ReportIn, interpret
 from ..reports.labeler import Label
 from ..scoring.priority import Priority, Route
-from ..store.models import AuditEvent, Finding, FirstReadRow, Instance, RegionRow, Review, Study, utcnow
+from ..store.models import AuditEvent, Finding, FirstReadRow, Instance, RegionRow, Result, Review, Study, utcnow
 from ..store.store import Store, write_result
 from .routing import RoutingRules, Situation, load_rules
 from .states import State, check_transition
@@ -96,6 +96,21 @@ class Worklist:
             s.add(AuditEvent(actor=actor, action="screened", study_key=study_key(uid),
                              detail={"status": study.status, "route": study.route, "rule": study.rule}))
             return dict(study.result)
+
+    def record_artifacts(self, study_uid: str, artifacts: Mapping[str, Any], *, encode_ms: float) -> None:
+        """The files a study's outputs were written to, once written (``artifacts`` of contract 2, with
+        its ``status``), into its latest result and that result's history entry."""
+        with self.store.transaction("record written outputs") as s:
+            study = self._lock(s, study_uid)
+            if study is None:
+                return
+            latest = s.scalars(select(Result).where(Result.study_instance_uid == study_uid)
+                               .order_by(Result.id.desc()).limit(1)).first()
+            for row in (study, latest):
+                if row is None:
+                    continue
+                timing = {**row.result.get("timing_ms", {}), "encode": round(encode_ms, 1)}
+                row.result = {**row.result, "artifacts": dict(artifacts), "timing_ms": timing}
 
     # -- first reads --------------------------------------------------------------------------
     def add_report(self, report: ReportIn, *, actor: str) -> ReportOutcome:
