@@ -13,7 +13,8 @@ Tables: raw images/s of each bare network by batch size and precision (logits on
 the heatmap the service asks for; JPEG 2000 decode images/s on the CPU (1 process and one per
 core) and on the GPU (nvImageCodec, batched); pipeline studies/s (one thread, and one thread per
 service worker sharing batched models); HTTP studies/s of ``secondreader serve`` at each
-concurrency with p50/p95/p99 latency; peak RSS and GPU memory; service/raw ratios. The machine
+concurrency with p50/p95/p99 latency of the answer, and studies/s until the overlays and DICOM
+outputs (written after the answer) exist too; peak RSS and GPU memory; service/raw ratios. The machine
 may be noisy: compare ratios from one run, not figures from different runs.
 """
 
@@ -354,24 +355,39 @@ def _summarise_profile(folded: Path, top: int = 12) -> None:
         print(f"    {100 * n / total:5.1f}%  {name[:110]}")
 
 
-def _post(files: list[Path], concurrency: int, base: str, key: str) -> tuple[float, list[float]]:
+def _post(files: list[Path], concurrency: int, base: str, key: str) -> tuple[float, list[float], float]:
+    """POST each file to /v1/screen from ``concurrency`` clients. Returns studies/s answered,
+    the answers' latencies (s), and studies/s until every study's overlays and DICOM outputs were
+    written too (the service answers before it encodes them: ``artifacts.status`` "pending")."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/dicom"}
     bodies = [f.read_bytes() for f in files]
     client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4))
 
-    def one(body: bytes) -> float:
+    def one(body: bytes) -> tuple[float, str]:
         t0 = time.perf_counter()
         r = client.post(f"{base}/v1/screen?wait=300", content=body, headers=headers)
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}")
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, r.json()["studies"][0]["study_instance_uid"]
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        latencies = list(pool.map(one, bodies))
-    elapsed = time.perf_counter() - start
+        answers = list(pool.map(one, bodies))
+    answered = time.perf_counter() - start
+    waiting = {uid for _, uid in answers}
+    deadline = time.monotonic() + 600
+    while waiting and time.monotonic() < deadline:
+        for uid in list(waiting):
+            study = client.get(f"{base}/v1/studies/{uid}", headers={"Authorization": f"Bearer {key}"}).json()
+            if study.get("artifacts", {}).get("status") in ("written", "failed"):
+                waiting.discard(uid)
+        if waiting:
+            time.sleep(0.05)
+    written = time.perf_counter() - start
     client.close()
-    return len(bodies) / elapsed, latencies
+    if waiting:
+        raise RuntimeError(f"{len(waiting)} studies' outputs were not written in 600 s")
+    return len(bodies) / answered, [lat for lat, _ in answers], len(bodies) / written
 
 
 def section_http(args: argparse.Namespace, files: dict[str, list[Path]], tmp: Path, record: dict[str, Any],
@@ -408,7 +424,7 @@ def section_http(args: argparse.Namespace, files: dict[str, list[Path]], tmp: Pa
         idle_rss = memory.peak_rss
         table = Table(f"HTTP service (secondreader serve, ready in {ready_s:.0f} s, idle RSS {idle_rss:.0f} MiB)",
                       ["input", "concurrency", "studies", "studies/s", "p50 ms", "p95 ms", "p99 ms",
-                       "/pipe+out", "/raw heat"], [30, 12, 9, 11, 9, 9, 9, 11, 11])
+                       "with outputs/s", "/pipe+out", "/raw heat"], [30, 12, 9, 11, 9, 9, 9, 15, 11, 11])
         for kind, paths in files.items():
             label = "2048x2048 uncompressed" if kind == "raw" else "2048x2048 JPEG 2000 lossless"
             for concurrency in args.concurrency:
@@ -424,14 +440,14 @@ def section_http(args: argparse.Namespace, files: dict[str, list[Path]], tmp: Pa
                         time.sleep(1.0)
                     else:
                         print(f"  (py-spy: {'binary missing' if not binary else 'worker not found'})")
-                studies, lat = _post(batch, concurrency, base, key)
+                studies, lat, with_outputs = _post(batch, concurrency, base, key)
                 if spy is not None:
                     spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
                     try:
                         spy.wait(timeout=30)
                     except subprocess.TimeoutExpired:
                         spy.kill()
-                table.add(label, concurrency, n, studies, pct(lat, 50), pct(lat, 95), pct(lat, 99),
+                table.add(label, concurrency, n, studies, pct(lat, 50), pct(lat, 95), pct(lat, 99), with_outputs,
                           studies / pipeline[kind + "+outputs"] if kind + "+outputs" in pipeline else None,
                           studies / ceiling["heatmap"] if ceiling else None)
         record["http"] = table.as_dict()

@@ -232,7 +232,8 @@ class ScreeningService:
                 # answer whoever waits now; the job is done once its outputs are written
                 with self._lock:
                     self._answers[job_id] = (study_uids, unreadable)
-                self._encode_slots.acquire()
+                self._answered(job_id, keep=True)
+                self._encode_slots.acquire()  # back-pressure: this worker waits while the encoders are behind
                 self._encoder.submit(self._write_outputs, job_id, deferred, study_uids, unreadable)
                 encoding = True
             else:
