@@ -33,6 +33,8 @@ export PYTHONPATH=$ROOT/src:$ROOT/benchmarks:$ROOT${PYTHONPATH:+:$PYTHONPATH}
 
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     MODE=gpu DEVICE=cuda LIMITS=(100 70 220)
+    # 16 host cores: more screening threads keep the GPU fed; outputs are encoded after the answer
+    export SECONDREADER_SCREEN_WORKERS=${SECONDREADER_SCREEN_WORKERS:-12}
     STAGE_ARGS=(--repeats 5) THROUGHPUT_ARGS=(--compile --profile --seconds 1 --studies 32 --concurrency 1 4 16 64)
 else
     MODE=cpu DEVICE=cpu LIMITS=(0 900 1800)

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
         64_000_000, description="Largest Rows x Columns x Frames decoded; larger images fail before allocation"
     )
     routing_rules: Path | None = Field(None, description="Routing rules file; default: packaged rules")
+    screen_workers: int = Field(4, ge=1, le=256, description="Service threads that decode and screen studies "
+                                "(they share the batched models; more keep a GPU fed)")
+    encode_workers: int | None = Field(None, ge=1, le=256, description="Service threads that write overlays and "
+                                       "DICOM outputs after a study is answered; default screen_workers")
     dicom_max_associations: int = Field(16, ge=1, le=1000,
                                         description="Concurrent DICOM associations accepted; more are rejected")
     dicom_tls_cert: Path | None = Field(None, description="PEM certificate: the DICOM receiver speaks TLS only")

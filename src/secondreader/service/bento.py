@@ -85,7 +85,8 @@ class SecondReader:
             predictors.append(BatchingPredictor(predictor, max_batch=32, max_wait_ms=10.0))
             metrics.model_loaded(predictor.card.name, predictor.card.version)
         self.core = ScreeningService(store, predictors, home=settings.home,
-                                     max_image_pixels=settings.max_image_pixels, workers=4,
+                                     max_image_pixels=settings.max_image_pixels,
+                                     workers=settings.screen_workers, encode_workers=settings.encode_workers,
                                      pacs_destination=settings.pacs_destination,
                                      calling_ae=settings.dicom_ae_title, series=settings.output_series(),
                                      routing=load_rules(settings.routing_rules))
