@@ -34,6 +34,7 @@ def _config(shared_data: Path, tmp_path: Path, keep: tuple[str, ...] | None = No
     raw["schedule"].update({"epochs": 1, "batch_size": 8})
     raw["output_dir"] = str(tmp_path / "bundle")
     raw["checkpoint_dir"] = str(tmp_path / "runs")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "nodule.yaml"
     path.write_text(yaml.safe_dump(raw))
     return load_config(path)
@@ -104,3 +105,22 @@ def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data
     # --resume reuses the finished folds (same configuration) and ends with the same weights
     again = train(cfg, resume=True)
     assert again["secondreader"]["metrics"]["folds"] == metrics["folds"]
+    assert again["secondreader"]["weights_sha256"] == meta["secondreader"]["weights_sha256"]
+
+
+def test_fits_in_worker_processes_give_the_same_model_as_in_one(shared_data: Path, tmp_path: Path) -> None:
+    """The shipped config fits its folds and final model in two processes: the bundle must not
+    depend on that (every fit is seeded alone; one thread each is bit-for-bit repeatable)."""
+    keep = ("nih-00000001-000", "nih-00027426-000")
+    one = _config(shared_data, tmp_path / "one", keep=keep).model_copy(deep=True)
+    one.schedule.workers = 1
+    two = _config(shared_data, tmp_path / "two", keep=keep)
+    assert two.schedule.workers == 2, "the shipped config trains in two processes"
+    a, b = train(one)["secondreader"], train(two)["secondreader"]
+    assert a["weights_sha256"] == b["weights_sha256"]
+
+    def without_seconds(folds: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+        return [{k: v for k, v in f.items() if k != "seconds"} for f in folds]
+
+    assert without_seconds(a["metrics"]["folds"]) == without_seconds(b["metrics"]["folds"])
+    assert len(a["metrics"]["folds"]) == 2 and not (tmp_path / "two" / "runs" / "pools").exists()

@@ -40,7 +40,7 @@ def chests(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, tuple[
     """A chest phantom with a round opacity at ``LESION`` and the same phantom without it, as two
     studies; returns their files and the opacity's centre (row, col) in source pixels.
 
-    (On real backgrounds the shipped cxr-nodule model misses most nodules: see its model card.)"""
+    (On real backgrounds the shipped cxr-nodule model misses many nodules: see its model card.)"""
     folder = tmp_path_factory.mktemp("two-models")
     a = write(make_cxr_dataset(ROWS, COLS, lesion_at=LESION, spacing=(0.35, 0.35)), folder / "nodule.dcm")
     b = write(make_cxr_dataset(ROWS, COLS, spacing=(0.35, 0.35)), folder / "clear.dcm")

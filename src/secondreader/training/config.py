@@ -43,6 +43,8 @@ class ScheduleConfig(BaseModel):
     max_lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     threads: int = Field(2, ge=1)
+    workers: int = Field(1, ge=1, description="processes that fit the localisation folds and final model side "
+                                              "by side (each with ``threads`` threads)")
 
 
 class AugmentConfig(BaseModel):

@@ -21,6 +21,7 @@ noise, scale (random-size crops) and geometry (scale, rotation, translation, lef
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -58,7 +59,7 @@ from .lesions import (
     square_picture,
 )
 from .metrics import auroc, binary_metrics
-from .train import bundle_header, calibrate_on_validation
+from .train import _state_dict_bytes, bundle_header, calibrate_on_validation
 
 __all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "standardise", "train_localisation"]
 
@@ -444,6 +445,118 @@ def localisation_metrics(scored: Scored, cal: Calibration, *, seed: int) -> dict
     return out
 
 
+# -- fitting the folds and the final model, in this process or in worker processes -----------------
+
+@dataclass(frozen=True, slots=True)
+class _FitData:
+    """What every fit of one run needs (a worker process gets it once, the pools memory-mapped)."""
+
+    cfg: TrainConfig
+    pool: Pool
+    val_pool: Pool
+    backgrounds: list[RealBackground]
+    spec: InputSpec
+    digest: str
+
+
+def _fold(data: _FitData, f: int, advance: Callable[[], None]) -> dict[str, Any]:
+    """Leave background ``f`` out: train without it, calibrate on validation without it, test on
+    it with model-B nodules. Returns the fold's state (kept as JSON, reused by ``--resume``)."""
+    cfg, pool, val_pool, spec = data.cfg, data.pool, data.val_pool, data.spec
+    lc = cfg.lesions
+    assert lc is not None
+    sigma = cfg.saliency.smoothing_sigma
+    held = data.backgrounds[f]
+    t0 = time.time()
+    network = _fit(cfg, pool, np.nonzero(pool.groups != f)[0], spec, cfg.seed + 1000 * (f + 1), advance)
+    val = score_set(network, _val_set(val_pool, val_pool.groups != f), spec, lc, sigma)
+    cal = calibrate(val, cfg)
+    test = build_test_set([held.picture], lc.test_per_background, lc, spec, seed=cfg.seed, stream=_TEST + f)
+    scored = score_set(network, test, spec, lc, sigma)
+    return {"config": data.digest, "background": held.id, "seconds": round(time.time() - t0, 1),
+            "calibration": [cal.a, cal.b, cal.operating_point, cal.urgent_point], "test": scored.to_json()}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _save_pool(pool: Pool, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("images", "targets", "weights", "groups"):
+        np.save(folder / f"{name}.npy", getattr(pool, name))
+    (folder / "nodules.json").write_text(json.dumps([[list(_nodule_tuple(n)) for n in ns] for ns in pool.nodules]))
+
+
+def _nodule_tuple(n: Nodule) -> tuple[float, float, float, float, str]:
+    return (n.row, n.col, n.radius, n.contrast, n.model)
+
+
+def _load_pool(folder: Path) -> Pool:
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("images", "targets", "weights")}
+    nodules = [[Nodule(*n) for n in ns] for ns in json.loads((folder / "nodules.json").read_text())]
+    return Pool(arrays["images"], arrays["targets"], arrays["weights"], np.load(folder / "groups.npy"), nodules)
+
+
+def _worker_init(cfg: TrainConfig, backgrounds: list[RealBackground], spec: InputSpec, digest: str, folder: str,
+                 counter: Any) -> None:
+    torch.set_num_threads(cfg.schedule.threads)
+    set_determinism(seed=cfg.seed)
+    torch.use_deterministic_algorithms(False)
+    logging.getLogger("secondreader").setLevel(logging.WARNING)  # the parent reports progress
+    _WORKER["data"] = _FitData(cfg, _load_pool(Path(folder) / "train"), _load_pool(Path(folder) / "validation"),
+                               backgrounds, spec, digest)
+    _WORKER["counter"] = counter
+
+
+def _worker_advance() -> None:
+    counter = _WORKER["counter"]
+    with counter.get_lock():
+        counter.value += 1
+
+
+def _worker_fold(f: int) -> dict[str, Any]:
+    return _fold(_WORKER["data"], f, _worker_advance)
+
+
+def _worker_final() -> bytes:
+    data: _FitData = _WORKER["data"]
+    network = _fit(data.cfg, data.pool, np.arange(len(data.pool)), data.spec, data.cfg.seed, _worker_advance)
+    return _state_dict_bytes(network)
+
+
+def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: Path,
+                      fold_done: Callable[[int, dict[str, Any]], None], progress: Callable[[int], None]) -> bytes:
+    """The final model's weights, fitted beside the folds (each fold's state goes to ``fold_done``
+    as it finishes) in ``workers`` spawned processes with ``schedule.threads`` threads each; the
+    pools reach them as memory-mapped files under ``run_dir``. Every fit is seeded as in one
+    process, so the result does not depend on ``workers``."""
+    import multiprocessing
+    import shutil
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    folder = run_dir / "pools"
+    _save_pool(data.pool, folder / "train")
+    _save_pool(data.val_pool, folder / "validation")
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                                 initargs=(data.cfg, data.backgrounds, data.spec, data.digest, str(folder),
+                                           counter)) as executor:
+            final = executor.submit(_worker_final)
+            by_fold = {executor.submit(_worker_fold, f): f for f in folds}
+            pending: set[Future[Any]] = {final, *by_fold}
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                progress(int(counter.value))
+                for future in done:
+                    if future in by_fold:
+                        fold_done(by_fold[future], future.result())
+            return final.result()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 # -- the whole run ---------------------------------------------------------------------------------
 
 def _digest(cfg: TrainConfig) -> str:
@@ -455,7 +568,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     """Train ``cfg`` (``data.kind: lesion_insertion``), evaluate it leaving one real background out
     at a time, and write its bundle. ``resume`` reuses the folds a previous run of the same
     configuration finished (kept in ``checkpoint_dir``). Returns the bundle's metadata."""
-    from .train import _state_dict_bytes, device_uid_for
+    from .train import device_uid_for
 
     lc = cfg.lesions
     if lc is None:
@@ -488,41 +601,47 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     total = sum(steps(int((pool.groups != f).sum())) for f in folds) + steps(len(pool))
     run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
     digest = _digest(cfg)
-    fold_results: list[dict[str, Any]] = []
+    fold_results: dict[int, dict[str, Any]] = {}
+    for f in folds:
+        saved = run_dir / "folds" / f"{backgrounds[f].id}.json"
+        if resume and saved.is_file():
+            state = json.loads(saved.read_text())
+            if state.get("config") == digest:
+                fold_results[f] = state
+                logger.info("fold %s: reused from %s", backgrounds[f].id, saved.name)
+    todo = [f for f in folds if f not in fold_results]
+    reused = sum(steps(int((pool.groups != f).sum())) for f in fold_results)
+    data = _FitData(cfg, pool, val_pool, backgrounds, spec, digest)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   transient=False) as progress:
-        task = progress.add_task(f"training {cfg.name}", total=total)
+        task = progress.add_task(f"training {cfg.name} ({len(todo)} folds and the final model)", total=total,
+                                 completed=reused)
 
-        def advance() -> None:
-            progress.advance(task)
-
-        for f in folds:
-            held = backgrounds[f]
-            saved = run_dir / "folds" / f"{held.id}.json"
-            if resume and saved.is_file():
-                state = json.loads(saved.read_text())
-                if state.get("config") == digest:
-                    fold_results.append(state)
-                    progress.advance(task, steps(int((pool.groups != f).sum())))
-                    logger.info("fold %s: reused from %s", held.id, saved.name)
-                    continue
-            progress.update(task, description=f"fold without {held.id}")
-            t0 = time.time()
-            network = _fit(cfg, pool, np.nonzero(pool.groups != f)[0], spec, cfg.seed + 1000 * (f + 1), advance)
-            val = score_set(network, _val_set(val_pool, val_pool.groups != f), spec, lc, sigma)
-            cal = calibrate(val, cfg)
-            test = build_test_set([held.picture], lc.test_per_background, lc, spec, seed=cfg.seed, stream=_TEST + f)
-            scored = score_set(network, test, spec, lc, sigma)
-            state = {"config": digest, "background": held.id, "seconds": round(time.time() - t0, 1),
-                     "calibration": [cal.a, cal.b, cal.operating_point, cal.urgent_point],
-                     "test": scored.to_json()}
+        def fold_done(f: int, state: dict[str, Any]) -> None:  # kept at once, for --resume
+            saved = run_dir / "folds" / f"{backgrounds[f].id}.json"
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(state))
-            fold_results.append(state)
-            logger.info("fold %s: %s", held.id, json.dumps(localisation_metrics(scored, cal, seed=cfg.seed)["study"]))
+            fold_results[f] = state
 
-        progress.update(task, description=f"final {cfg.name}")
-        network = _fit(cfg, pool, np.arange(len(pool)), spec, cfg.seed, advance)
+        workers = min(cfg.schedule.workers, len(todo) + 1)
+        if workers > 1:
+            weights = _fit_in_processes(data, todo, workers, run_dir, fold_done,
+                                        lambda done: progress.update(task, completed=reused + done))
+        else:
+            def advance() -> None:
+                progress.advance(task)
+
+            for f in todo:
+                fold_done(f, _fold(data, f, advance))
+            weights = _state_dict_bytes(_fit(cfg, pool, np.arange(len(pool)), spec, cfg.seed, advance))
+    for f in folds:
+        cal = Calibration(*fold_results[f]["calibration"])
+        scored = Scored.from_json(fold_results[f]["test"])
+        logger.info("fold %s (%.0f s): %s", backgrounds[f].id, fold_results[f]["seconds"],
+                    json.dumps(localisation_metrics(scored, cal, seed=cfg.seed)["study"]))
+    network = build_dense_network(cfg.network.class_, cfg.network.args)
+    network.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    network.eval()
     val = score_set(network, _val_set(val_pool, np.ones(len(val_pool), bool)), spec, lc, sigma)
     cal = calibrate(val, cfg)
     generated_sources = [generated_chest(np.random.default_rng([cfg.seed, _TEST_GENERATED, k]), 2 * side)[0]
@@ -534,7 +653,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
         "test_generated": localisation_metrics(score_set(network, test_generated, spec, lc, sigma), cal, seed=cfg.seed),
     }
     if fold_results:
-        pooled, per_fold = _pool_folds(fold_results, seed=cfg.seed)
+        pooled, per_fold = _pool_folds([fold_results[f] for f in folds], seed=cfg.seed)
         metrics["test"] = pooled
         metrics["folds"] = per_fold
     else:
@@ -546,7 +665,6 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
         probs = cal.probability(study_logits(torch.from_numpy(maps)[:, None])[:, 0].astype(np.float64))
         metrics["real_lesion_backgrounds"] = {bg.id: round(float(p), 4) for bg, p in zip(real, probs, strict=True)}
 
-    weights = _state_dict_bytes(network)
     weights_sha256 = hashlib.sha256(weights).hexdigest()
     out = cfg.output_dir
     for sub in ("configs", "models", "docs"):
