@@ -162,6 +162,30 @@ def test_a_job_killed_before_its_outputs_is_screened_again(tmp_path: Path, store
         first.close()
 
 
+def test_a_slow_encoder_holds_back_the_screening(tmp_path: Path, store: Store, pneumonia_predictor,  # type: ignore[no-untyped-def]
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """One encoder, held; two screening workers. Three jobs get answered (one being encoded, two
+    workers each holding theirs); the fourth is not screened until the encoder moves on, so at most
+    workers + encoders studies wait in memory for their outputs."""
+    gate = _Gate(monkeypatch)
+    core = ScreeningService(store, [pneumonia_predictor], home=tmp_path, max_image_pixels=64_000_000, workers=2,
+                            encode_workers=1)
+    try:
+        jobs = [core.submit([_upload()]) for _ in range(4)]
+        answered = [core.wait(j, 60) for j in jobs[:3]]
+        assert all(r is not None and r.status == "done" for r in answered)
+        held = core.wait(jobs[3], 3)
+        assert held is not None and held.status == "queued", "a fourth study was screened past the back-pressure"
+        gate.open()
+        last = core.wait(jobs[3], 60)
+        assert last is not None and last.status == "done"
+        for job in jobs:
+            _wait_done(store, job, 60)
+    finally:
+        gate.open()
+        core.close()
+
+
 def _upload() -> Upload:
     return Upload("a.dcm", to_bytes(make_cxr_dataset(400, 400)))
 

@@ -114,12 +114,13 @@ class ScreeningService:
                                         quarantine=self.quarantine, quarantine_channel="job",
                                         defer_outputs=True)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="screen")
-        # Overlays and DICOM outputs are encoded here, after the job's answer; at most two jobs per
-        # encoder wait for one (a screening worker blocks beyond that), so a backlog of decoded
-        # images cannot grow without bound.
+        # Overlays and DICOM outputs are encoded here, after the job's answer. A screened job holds
+        # its decoded images and heatmaps (about 50 MB for a 2k CR with two models) until its outputs
+        # are written, so no job waits for a free encoder: a screening worker that would queue one
+        # blocks instead (back-pressure), and at most ``workers + encoders`` studies are in memory.
         encoders = max(1, encode_workers if encode_workers is not None else workers)
         self._encoder = ThreadPoolExecutor(max_workers=encoders, thread_name_prefix="encode")
-        self._encode_slots = threading.BoundedSemaphore(2 * encoders)
+        self._encode_slots = threading.BoundedSemaphore(encoders)
         self._answers: dict[str, tuple[list[str], list[dict[str, Any]]]] = {}  # screened, outputs pending
         self._outputs_pending: dict[str, threading.Event] = {}  # study UID -> set when its outputs are written
         self._events: dict[str, threading.Event] = {}
