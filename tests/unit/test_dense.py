@@ -19,6 +19,7 @@ from secondreader.model.dense import (
     load_predictor,
     map_peaks,
     probability_maps,
+    smoothed_logits,
     study_logits,
 )
 from secondreader.model.predictor import TorchPredictor
@@ -44,16 +45,26 @@ def write_dense_bundle(folder: Path, *, region_threshold: float = 0.6) -> Path:
     return folder
 
 
-def test_probability_maps_are_smoothed_sigmoids() -> None:
-    logits = torch.full((1, 1, 21, 21), -20.0)
-    logits[0, 0, 10, 10] = 20.0
-    raw = probability_maps(logits, 0.0)
-    assert raw[0, 0, 10, 10] == pytest.approx(1.0) and float(raw.sum()) == pytest.approx(1.0, abs=1e-6)
-    smooth = probability_maps(logits, 1.0)
-    assert float(smooth.sum()) == pytest.approx(1.0, abs=1e-4)  # mass kept, spread out
-    assert 0.1 < float(smooth[0, 0, 10, 10]) < 0.2 and float(smooth[0, 0, 10, 11]) > 0.05
-    top = float(smooth.max())
-    assert study_logits(smooth)[0, 0] == pytest.approx(np.log(top / (1 - top)), abs=1e-4)
+def test_heatmaps_are_sigmoids_of_smoothed_logits_and_scores_do_not_saturate() -> None:
+    r, c = np.mgrid[0:41, 0:41]
+    disc = torch.from_numpy(((r - 20) ** 2 + (c - 20) ** 2 <= 16).astype(np.float32))
+    strong = torch.stack([-12.0 + 40.0 * disc, -12.0 + 60.0 * disc])[:, None]  # two confident nodules
+    assert torch.equal(smoothed_logits(strong, 0.0), strong)
+    smooth = smoothed_logits(strong, 1.0)
+    assert float(smooth[0, 0, 20, 20]) == pytest.approx(28.0, abs=0.01)  # flat inside the disc
+    assert float(smooth[0, 0, 20, 25]) < float(smooth[0, 0, 20, 24]) < 28.0  # the edge is smoothed
+    heat = probability_maps(strong, 1.0)
+    assert torch.allclose(heat, torch.sigmoid(smooth)) and 0 <= float(heat.min()) and float(heat.max()) <= 1
+    # both heatmaps top out at a probability of 1.0 in float32, so their maxima tie; the study
+    # scores are the smoothed logits and keep the more confident one ahead
+    assert float(heat[0].max()) == float(heat[1].max()) == 1.0
+    scores = study_logits(smooth)
+    assert scores.shape == (2, 1) and scores[0, 0] == pytest.approx(28.0, abs=0.01)
+    assert scores[1, 0] == pytest.approx(48.0, abs=0.01)
+    # an isolated one-pixel spike is smoothed away rather than kept as a probability-mass blob
+    spike = torch.full((1, 1, 21, 21), -20.0)
+    spike[0, 0, 10, 10] = 20.0
+    assert float(probability_maps(spike, 1.0).max()) < 1e-4
 
 
 def test_peaks_and_regions_of_a_two_blob_map() -> None:
@@ -85,9 +96,9 @@ def test_a_dense_bundle_reloads_into_a_dense_predictor(tmp_path: Path) -> None:
         assert prediction.logits.shape == (1,) and np.isfinite(prediction.logits).all()
         assert prediction.saliency is not None and prediction.saliency.shape == (1, 32, 32)
         assert 0 <= prediction.saliency.min() and prediction.saliency.max() <= 1
-        # the study logit is the logit of the map's maximum
+        # the study logit is the map's maximum smoothed logit: the heatmap's maximum is its sigmoid
         top = float(prediction.saliency.max())
-        assert prediction.logits[0] == pytest.approx(np.log(top / (1 - top)), abs=1e-4)
+        assert 1 / (1 + np.exp(-float(prediction.logits[0]))) == pytest.approx(top, abs=1e-5)
     assert predictor.predict(batch, explain=False)[0].saliency is None
 
 

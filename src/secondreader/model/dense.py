@@ -2,8 +2,9 @@
 
 ``DensePredictor`` implements the ``Predictor`` protocol for bundles whose card says
 ``saliency.method == "dense"`` (``cxr-nodule``): the heatmap is the network's own probability map
-(sigmoid, smoothed by a small Gaussian), not a saliency method; the study-level logit is the logit
-of that map's maximum (calibrated by the card's Platt parameters like any other finding). Regions
+(the sigmoid of its logits smoothed by a small Gaussian), not a saliency method; the study-level
+logit is the maximum of the smoothed logits (calibrated by the card's Platt parameters like any
+other finding), so confident maps do not tie at a probability of 1.0. Regions
 are the parts of the map over the card's ``region_floor`` that peak at or over its
 ``region_threshold``. :func:`load_predictor` picks the right predictor for any bundle.
 
@@ -31,7 +32,7 @@ from .card import ModelCard, load_card
 from .predictor import Precision, Prediction, Predictor, TorchPredictor, load_weights, resolve_device
 
 __all__ = ["DENSE_NETWORKS", "DensePredictor", "build_dense_network", "dense_regions", "load_predictor",
-           "map_peaks", "predictor_for", "probability_maps", "study_logits"]
+           "map_peaks", "predictor_for", "probability_maps", "smoothed_logits", "study_logits"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,30 +54,38 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
-def probability_maps(logit_maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """float (N, C, H, W) logits → probabilities, each channel smoothed by a Gaussian of ``sigma``
-    pixels (separable, reflect padding); float32, same shape, in [0, 1]."""
-    p = torch.sigmoid(logit_maps.float())
+def smoothed_logits(logit_maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """float (N, C, H, W) logits, each channel smoothed by a Gaussian of ``sigma`` pixels
+    (separable, reflect padding); float32, same shape. Scores are taken here, before the sigmoid:
+    a confident network's probabilities saturate at 1.0 and would tie, its logits do not."""
+    x = logit_maps.float()
     if sigma <= 0:
-        return p
-    k = _gaussian_kernel(sigma).to(p.device)
-    n, c, h, w = p.shape
+        return x
+    k = _gaussian_kernel(sigma).to(x.device)
+    n, c, h, w = x.shape
     r = k.numel() // 2
-    x = p.reshape(n * c, 1, h, w)
+    x = x.reshape(n * c, 1, h, w)
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-    return x.reshape(n, c, h, w).clamp_(0.0, 1.0)
+    return x.reshape(n, c, h, w)
 
 
-def study_logits(maps: torch.Tensor | np.ndarray) -> np.ndarray:
-    """The logit of each map's maximum: (N, C, H, W) probabilities → float32 (N, C)."""
-    m = torch.as_tensor(maps).float().amax(dim=(-2, -1)).clamp(1e-6, 1 - 1e-6)
-    return torch.logit(m).cpu().numpy().astype(np.float32)
+def probability_maps(logit_maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """float (N, C, H, W) logits → the heatmaps: the sigmoid of :func:`smoothed_logits`; float32,
+    same shape, in [0, 1]."""
+    return torch.sigmoid(smoothed_logits(logit_maps, sigma))
+
+
+def study_logits(smoothed: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Each map's maximum smoothed logit: (N, C, H, W) → float32 (N, C). The study score before
+    calibration; the heatmap's maximum is its sigmoid."""
+    return torch.as_tensor(smoothed).float().amax(dim=(-2, -1)).cpu().numpy().astype(np.float32)
 
 
 def map_peaks(prob_map: np.ndarray, *, floor: float = 0.02, min_distance: int = 3) -> list[tuple[float, float, float]]:
-    """Local maxima of one probability map (float (H, W)) at or over ``floor``, as
-    ``(row, col, probability)``, strongest first (at least ``min_distance`` pixels apart)."""
+    """Local maxima of one map (float (H, W): probabilities, or smoothed logits with a logit
+    ``floor``) at or over ``floor``, as ``(row, col, value)``, strongest first (at least
+    ``min_distance`` pixels apart)."""
     peaks = peak_local_max(np.asarray(prob_map, dtype=np.float32), min_distance=min_distance, threshold_abs=floor,
                            exclude_border=False)
     found = [(float(r), float(c), float(prob_map[r, c])) for r, c in peaks]
@@ -121,17 +130,17 @@ class DensePredictor:
         return cls(load_card(bundle_dir), device=device)
 
     def maps(self, batch: torch.Tensor) -> torch.Tensor:
-        """float32 (N, 1, H, W) model inputs → probability maps (N, n_findings, H, W) on the CPU."""
+        """float32 (N, 1, H, W) model inputs → smoothed logit maps (N, n_findings, H, W) on the CPU."""
         if batch.ndim != 4 or batch.shape[1] != 1:
             raise ValueError(f"batch must be (N, 1, H, W), not {tuple(batch.shape)}")
         with self._lock, torch.inference_mode():
             logits = self.network(batch.to(self.device, dtype=torch.float32))[:, self._channels]
-            return probability_maps(logits, self.card.saliency.smoothing_sigma).cpu()
+            return smoothed_logits(logits, self.card.saliency.smoothing_sigma).cpu()
 
     def predict(self, batch: torch.Tensor, *, explain: bool = True) -> list[Prediction]:
         maps = self.maps(batch)
         logits = study_logits(maps)
-        heat = maps.numpy().astype(np.float32)
+        heat = torch.sigmoid(maps).numpy().astype(np.float32)
         return [Prediction(logits=logits[i], saliency=heat[i] if explain else None) for i in range(len(logits))]
 
 

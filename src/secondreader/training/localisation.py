@@ -39,7 +39,7 @@ from monai.utils import set_determinism
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from scipy import ndimage
 
-from ..model.dense import build_dense_network, map_peaks, probability_maps, study_logits
+from ..model.dense import build_dense_network, map_peaks, smoothed_logits, study_logits
 from ..preprocessing import InputSpec, prepare_frame
 from ..scoring.calibration import calibrated_probability
 from .config import BackgroundConfig, LesionConfig, TrainConfig
@@ -347,13 +347,18 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
     return network.eval()
 
 
+#: Peaks of a smoothed logit map below this (a probability of 0.02) are not detections.
+_PEAK_FLOOR = math.log(0.02 / 0.98)
+
+
 def predict_maps(network: torch.nn.Module, inputs: torch.Tensor, *, sigma: float, batch: int = 32) -> np.ndarray:
-    """Probability maps float32 (N, S, S) of channel 0 for normalised inputs (N, 1, S, S)."""
+    """Smoothed logit maps float32 (N, S, S) of channel 0 for normalised inputs (N, 1, S, S), as
+    the served predictor makes them (its heatmap is their sigmoid)."""
     out = []
     network.eval()
     with torch.inference_mode():
         for i in range(0, len(inputs), batch):
-            out.append(probability_maps(network(inputs[i:i + batch])[:, :1], sigma)[:, 0].numpy())
+            out.append(smoothed_logits(network(inputs[i:i + batch])[:, :1], sigma)[:, 0].numpy())
     return np.concatenate(out) if out else np.zeros((0,) + tuple(inputs.shape[-2:]), np.float32)
 
 
@@ -385,7 +390,8 @@ def score_set(network: torch.nn.Module, data: EvalSet, spec: InputSpec, lc: Lesi
     inputs = data.inputs if data.normalised else standardise(data.inputs, spec)
     maps = predict_maps(network, inputs, sigma=sigma)
     logits = study_logits(torch.from_numpy(maps)[:, None])[:, 0].astype(np.float64)
-    images = [match_image(map_peaks(m), [(n.row, n.col, n.radius) for n in nods], min_radius=lc.hit_radius_min)
+    images = [match_image(map_peaks(m, floor=_PEAK_FLOOR), [(n.row, n.col, n.radius) for n in nods],
+                          min_radius=lc.hit_radius_min)
               for m, nods in zip(maps, data.nodules, strict=True)]
     return Scored(logits, data.labels, images)
 
@@ -418,11 +424,10 @@ def calibrate(val: Scored, cfg: TrainConfig) -> Calibration:
 
 
 def _cal_scores(map_values: np.ndarray, cal: Calibration) -> np.ndarray:
-    """Map values (peak probabilities) → calibrated study-scale probabilities (-inf stays -inf)."""
+    """Map values (peaks' smoothed logits) → calibrated study-scale probabilities (-inf stays -inf)."""
     out = np.full(map_values.shape, -np.inf)
     finite = np.isfinite(map_values)
-    v = np.clip(map_values[finite], 1e-6, 1 - 1e-6)
-    out[finite] = cal.probability(np.log(v / (1 - v)))
+    out[finite] = cal.probability(map_values[finite])
     return out
 
 
@@ -772,7 +777,7 @@ def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics:
             "findings": {code: {
                 "channel": 0,
                 "display_name": cfg.data.display_name,
-                "study_score": "maximum of the smoothed probability map",
+                "study_score": "maximum of the smoothed logit map (the heatmap is its sigmoid)",
                 "calibration": {"method": "platt", "a": round(cal.a, 6), "b": round(cal.b, 6),
                                 "fitted_on": "validation"},
                 "operating_point": round(cal.operating_point, 6),
