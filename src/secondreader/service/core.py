@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -206,13 +206,13 @@ class ScreeningService:
             self._queued -= 1
             metrics.queue_depth(self._queued)
         encoding = False
+        deferred: list[tuple[str, DeferredOutputs]] = []
         try:
             job = self.store.get_job(job_id)
             if job is None or not self.store.claim_job(job_id, self.worker_id):
                 return  # gone, or another worker sharing the store runs it
             study_uids: list[str] = []
             unreadable: list[dict[str, Any]] = []
-            deferred: list[tuple[str, DeferredOutputs]] = []
             for result in screen_paths([Path(job.spool_dir)], self.options):
                 data = result.to_json()
                 metrics.study_done(data)
@@ -242,6 +242,8 @@ class ScreeningService:
         except Exception as exc:  # noqa: BLE001 - boundary: the job fails, the service lives
             self._job_failed(job_id, exc)
         finally:
+            if not encoding:  # nobody will write these: heatmap requests must not wait for them
+                self._outputs_written(uid for uid, _ in deferred)
             self._answered(job_id, keep=encoding)
 
     def _write_outputs(self, job_id: str, deferred: list[tuple[str, DeferredOutputs]], study_uids: list[str],
@@ -256,10 +258,7 @@ class ScreeningService:
                     self.worklist.record_artifacts(uid, written.artifacts(), encode_ms=written.encode_ms)
                     self._deliver(uid, written.dicom)
                 finally:
-                    with self._lock:
-                        event = self._outputs_pending.pop(uid, None)
-                    if event is not None:
-                        event.set()
+                    self._outputs_written([uid])
             self.store.set_job(job_id, "done", study_uids=study_uids, unreadable=unreadable)
         except Exception as exc:  # noqa: BLE001 - boundary: the job stays unfinished (resumed at restart)
             logger.error("job %s: outputs not recorded: %s", job_id[:8], type(exc).__name__)
@@ -267,6 +266,14 @@ class ScreeningService:
             with self._lock:
                 self._answers.pop(job_id, None)
             self._encode_slots.release()
+
+    def _outputs_written(self, study_uids: Iterable[str]) -> None:
+        """Wake heatmap requests waiting on these studies' outputs."""
+        with self._lock:
+            events = [self._outputs_pending.pop(uid, None) for uid in study_uids]
+        for event in events:
+            if event is not None:
+                event.set()
 
     def _deliver(self, study_uid: str, dicom: Sequence[str]) -> None:
         if self.pacs_destination and dicom:
