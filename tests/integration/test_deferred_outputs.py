@@ -1,7 +1,7 @@
 """Output encoding off the request path (issue 9): the service answers a screened study before its
 overlays and SC/SEG/SR are written, writes them on its encoder threads, and only then marks the job
 done and queues the DICOM outputs for the PACS. A job killed in between is screened again by the
-restart, which writes the outputs."""
+restart, which writes the outputs. The store is SQLite and PostgreSQL (the shared ``store`` fixture)."""
 
 from __future__ import annotations
 
@@ -41,13 +41,6 @@ class _Gate:
 
     def open(self) -> None:
         self.opened.set()
-
-
-@pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'sr.db'}")
-    s.migrate()
-    return s
 
 
 def _service(store: Store, home: Path, predictor, **kwargs) -> ScreeningService:  # type: ignore[no-untyped-def]
