@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from secondreader.results import ARTIFACT_STATUSES
+
 STUDY_STATUSES = {"screened", "ineligible", "failed"}
 INSTANCE_STATUSES = {"screened", "ineligible", "failed", "duplicate"}
 ROUTES = {"urgent", "review", "none"}
@@ -48,4 +50,5 @@ def assert_study_result(d: dict[str, Any]) -> None:
     fr = d["first_read"]
     assert fr["status"] in ("none", "negative", "positive", "uncertain")
     assert set(d["artifacts"]) >= {"heatmaps", "dicom"}
+    assert d["artifacts"]["status"] in ARTIFACT_STATUSES
     assert set(d["timing_ms"]) >= {"load", "preprocess", "inference", "postprocess", "total"}

@@ -340,7 +340,8 @@ class StudyOutputs:
 def run_study(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:
     """Screen one study's instances (already parsed, in arrival order)."""
     t_start = time.perf_counter()
-    timing = {"load": 0.0, "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0, "encode": 0.0}
+    timing = {"load": 0.0, "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+    encode_ms = 0.0  # outputs written here (not deferred), in ms
     instances: list[InstanceResult] = []
     frames: list[_Frame] = []
     handled: set[str] = set()  # SOP Instance UIDs already screened or refused
@@ -413,7 +414,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
             else:
                 written = outputs.write()
                 heatmaps, dicom_files, artifacts_status = written.heatmaps, written.dicom, written.status
-                timing["encode"] = written.encode_ms / 1000.0
+                encode_ms = written.encode_ms
                 outputs = None
 
     statuses = {i.status for i in instances}
@@ -428,8 +429,9 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
     if status is not StudyStatus.SCREENED:
         findings, regions, heatmaps, dicom_files, outputs, artifacts_status = [], [], [], [], None, "none"
     timing["total"] = (time.perf_counter() - t_start) * 1000.0
-    for key in ("load", "preprocess", "inference", "postprocess", "encode"):
+    for key in ("load", "preprocess", "inference", "postprocess"):
         timing[key] *= 1000.0
+    timing["encode"] = encode_ms
     result = StudyResult(
         study_instance_uid=study_uid,
         status=status,

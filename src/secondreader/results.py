@@ -87,7 +87,14 @@ class WrittenOutputs:
     encode_ms: float
 
     def artifacts(self) -> dict[str, Any]:
-        return {"heatmaps": list(self.heatmaps), "dicom": list(self.dicom), "status": self.status}
+        return artifacts_json(self.heatmaps, self.dicom, self.status)
+
+
+def artifacts_json(heatmaps: list[str], dicom: list[str], status: str) -> dict[str, Any]:
+    """Contract 2's ``artifacts``: output files relative to the output folder, and their status."""
+    if status not in ARTIFACT_STATUSES:
+        raise ValueError(f"artifacts status must be one of {ARTIFACT_STATUSES}, not {status!r}")
+    return {"heatmaps": list(heatmaps), "dicom": list(dicom), "status": status}
 
 
 class DeferredOutputs(Protocol):
@@ -142,8 +149,7 @@ class StudyResult:
             ],
             "regions": [r.to_json() for r in self.regions],
             "first_read": {"status": "none", "labels": {}, "discordant": []},
-            "artifacts": {"heatmaps": list(self.heatmaps), "dicom": list(self.dicom),
-                          "status": self.artifacts_status},
+            "artifacts": artifacts_json(self.heatmaps, self.dicom, self.artifacts_status),
             "timing_ms": {k: round(self.timing_ms.get(k, 0.0), 1) for k in TIMING_STAGES},
             "models": list(self.models),
             "modality": self.modality,

@@ -8,8 +8,9 @@ other finding), so confident maps do not tie at a probability of 1.0. Regions
 are the parts of the map over the card's ``region_floor`` that peak at or over its
 ``region_threshold``. :func:`load_predictor` picks the right predictor for any bundle.
 
-Training (:mod:`secondreader.training.localisation`) uses :func:`probability_maps` and
-:func:`map_peaks` too, so the evaluated maps are the served maps.
+Training (:mod:`secondreader.training.localisation`) uses :func:`smoothed_logits`, :func:`study_logits`
+and :func:`map_peaks` too, so the evaluated scores are the served scores (:func:`probability_maps`
+is the served heatmap in one call, from raw logits).
 """
 
 from __future__ import annotations

@@ -224,10 +224,8 @@ class ScreeningService:
                     with self._lock:
                         self._outputs_pending.setdefault(uid, threading.Event())
                     deferred.append((uid, result.outputs))
-                data = self.worklist.record_result(data, accession_number=result.accession_number,
-                                                   files=result.files)
+                self.worklist.record_result(data, accession_number=result.accession_number, files=result.files)
                 study_uids.append(uid)
-                self._deliver(uid, data["artifacts"]["dicom"] if result.outputs is None else [])
                 logger.info("job %s: study %s %s", job_id[:8], study_key(uid), result.status.value)
             if deferred:
                 # answer whoever waits now; the job is done once its outputs are written
@@ -256,7 +254,9 @@ class ScreeningService:
                     written = outputs.write()
                     metrics.stage_time("encode", written.encode_ms / 1000.0)
                     self.worklist.record_artifacts(uid, written.artifacts(), encode_ms=written.encode_ms)
-                    self._deliver(uid, written.dicom)
+                    if self.pacs_destination and written.dicom:  # results reach the PACS once written
+                        self.store.enqueue_outbox(uid, [self.artifacts / p for p in written.dicom],
+                                                  self.pacs_destination)
                 finally:
                     self._outputs_written([uid])
             self.store.set_job(job_id, "done", study_uids=study_uids, unreadable=unreadable)
@@ -274,10 +274,6 @@ class ScreeningService:
         for event in events:
             if event is not None:
                 event.set()
-
-    def _deliver(self, study_uid: str, dicom: Sequence[str]) -> None:
-        if self.pacs_destination and dicom:
-            self.store.enqueue_outbox(study_uid, [self.artifacts / p for p in dicom], self.pacs_destination)
 
     def _job_failed(self, job_id: str, exc: Exception) -> None:
         logger.error("job %s failed: %s", job_id[:8], type(exc).__name__)
