@@ -30,7 +30,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -491,11 +491,7 @@ def _save_pool(pool: Pool, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("images", "targets", "weights", "groups"):
         np.save(folder / f"{name}.npy", getattr(pool, name))
-    (folder / "nodules.json").write_text(json.dumps([[list(_nodule_tuple(n)) for n in ns] for ns in pool.nodules]))
-
-
-def _nodule_tuple(n: Nodule) -> tuple[float, float, float, float, str]:
-    return (n.row, n.col, n.radius, n.contrast, n.model)
+    (folder / "nodules.json").write_text(json.dumps([[astuple(n) for n in ns] for ns in pool.nodules]))
 
 
 def _load_pool(folder: Path) -> Pool:
@@ -610,8 +606,12 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
     digest = _digest(cfg)
     fold_results: dict[int, dict[str, Any]] = {}
+
+    def fold_file(f: int) -> Path:
+        return run_dir / "folds" / f"{backgrounds[f].id}.json"
+
     for f in folds:
-        saved = run_dir / "folds" / f"{backgrounds[f].id}.json"
+        saved = fold_file(f)
         if resume and saved.is_file():
             state = json.loads(saved.read_text())
             if state.get("config") == digest:
@@ -626,7 +626,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
                                  completed=reused)
 
         def fold_done(f: int, state: dict[str, Any]) -> None:  # kept at once, for --resume
-            saved = run_dir / "folds" / f"{backgrounds[f].id}.json"
+            saved = fold_file(f)
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(state))
             fold_results[f] = state
