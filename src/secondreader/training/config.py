@@ -63,6 +63,17 @@ class OperatingPointConfig(BaseModel):
     urgent_specificity: float = Field(0.99, gt=0, lt=1)
 
 
+class UnknownRegion(BaseModel):
+    """A disc of a real background whose label is unknown (a real opacity that may be a lesion):
+    centre and radius as fractions of the picture's rows, columns and width."""
+
+    model_config = ConfigDict(extra="forbid")
+    row: float = Field(ge=0, le=1)
+    col: float = Field(ge=0, le=1)
+    radius: float = Field(gt=0, le=0.5)
+    note: str = Field("", description="what is there and why its label is unknown (goes into the model card)")
+
+
 class BackgroundConfig(BaseModel):
     """One real chest radiograph used as a background for inserted lesions."""
 
@@ -77,6 +88,9 @@ class BackgroundConfig(BaseModel):
     invert: bool = False
     real_lesions: bool = Field(False, description="holds real, unannotated lesions: its lung pixels carry no "
                                                   "negative label in training and it is never a test fold")
+    unknown: list[UnknownRegion] = Field(default_factory=list, description="real opacities of unknown nature: "
+                                         "no label in training; in tests no nodule goes there and what the model "
+                                         "finds there is neither a hit nor a false region")
     source: str = Field("", description="where it comes from and its licence (goes into the model card)")
 
 
@@ -114,6 +128,10 @@ class LesionConfig(BaseModel):
     noise_std: tuple[float, float] = (0.0, 0.03)
     distractor_fraction: float = Field(0.0, ge=0, le=1, description="training pictures that get 1-4 "
                                        "non-nodules (wires, clips, electrodes) as negatives")
+    hard_negative_epochs: list[int] = Field(default_factory=list, description="after these epochs, find the "
+                                            "model's false peaks on the real backgrounds' training pictures")
+    hard_negative_fraction: float = Field(0.0, ge=0, le=1, description="crops centred on one of a picture's "
+                                          "false peaks, when it has some")
     dice_weight: float = 1.0
     pos_weight: float = Field(1.0, gt=0, description="weight of nodule pixels in the cross-entropy")
     hit_radius_min: float = Field(4.0, description="model pixels: a detection this close to a lesion centre hits it")

@@ -34,6 +34,7 @@ from skimage.measure import label, regionprops
 __all__ = [
     "Nodule",
     "RealBackground",
+    "discs",
     "generated_chest",
     "insert_distractors",
     "insert_model_a",
@@ -72,11 +73,23 @@ class Nodule:
 
 @dataclass(frozen=True, slots=True)
 class RealBackground:
-    """A real chest radiograph used as a background: ``picture`` float32 (rows, cols) in [0, 1]."""
+    """A real chest radiograph used as a background: ``picture`` float32 (rows, cols) in [0, 1];
+    ``unknown`` bool (rows, cols) where a real opacity's label is unknown, or None."""
 
     id: str
     picture: np.ndarray
     real_lesions: bool = False
+    unknown: np.ndarray | None = None
+
+
+def discs(shape: tuple[int, int], regions: Sequence[tuple[float, float, float]]) -> np.ndarray:
+    """bool ``shape``: discs ``(row, col, radius)`` given as fractions of the rows, columns and width."""
+    rows, cols = shape
+    r, c = np.mgrid[0:rows, 0:cols]
+    out = np.zeros(shape, dtype=bool)
+    for row, col, radius in regions:
+        out |= (r - row * rows) ** 2 + (c - col * cols) ** 2 <= (radius * cols) ** 2
+    return out
 
 
 # -- reading real backgrounds ---------------------------------------------------------------------
@@ -419,10 +432,11 @@ def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random
                      scale: tuple[float, float], rotate_deg: float, translate: float,
                      flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Random similarity transforms (scale, rotation, translation, left-right flip) of a square
-    ``picture`` (float (n, n)) and its ``mask``, one per generator in ``rngs``, onto ``side`` x
-    ``side`` grids (edge values outside the picture, no lung outside the mask).
+    ``picture`` (float (n, n)) and its ``mask`` (bool (n, n), or (k, n, n) for k masks), one per
+    generator in ``rngs``, onto ``side`` x ``side`` grids (edge values outside the picture, nothing
+    outside the mask).
 
-    Returns float32 (len(rngs), side, side) pictures and bool masks of the same shape.
+    Returns float32 (len(rngs), side, side) pictures and bool masks (len(rngs), [k,] side, side).
     """
     thetas = []
     for rng in rngs:
@@ -439,7 +453,9 @@ def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random
     grid = torch.nn.functional.affine_grid(theta, [len(rngs), 1, side, side], align_corners=False)
     n = len(rngs)
     src = torch.as_tensor(np.ascontiguousarray(picture), dtype=torch.float32)[None, None].expand(n, 1, -1, -1)
-    msk = torch.as_tensor(np.ascontiguousarray(mask), dtype=torch.float32)[None, None].expand(n, 1, -1, -1)
+    stacked = np.asarray(mask).reshape((-1,) + picture.shape)
+    msk = torch.as_tensor(np.ascontiguousarray(stacked), dtype=torch.float32)[None].expand(n, -1, -1, -1)
     out = torch.nn.functional.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out_mask = torch.nn.functional.grid_sample(msk, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out[:, 0].numpy().astype(np.float32), out_mask[:, 0].numpy() > 0.5
+    masks = out_mask.numpy() > 0.5
+    return out[:, 0].numpy().astype(np.float32), masks[:, 0] if np.asarray(mask).ndim == 2 else masks

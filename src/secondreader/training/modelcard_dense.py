@@ -41,8 +41,19 @@ def write_dense_model_card(path: Path, meta: dict[str, Any]) -> None:
         f"{f['froc_1']:.3f} |" for f in folds)
     caveat = (" (holds real, unannotated lesions: used for training only, its lung pixels carry no "
               "negative label)")
-    backgrounds = "\n".join(f"- `{b['id']}`{caveat if b['real_lesions'] else ''}: {b['source']}"
-                            for b in training["backgrounds"])
+    backgrounds = "\n".join(
+        f"- `{b['id']}`{caveat if b['real_lesions'] else ''}: {b['source']}"
+        + "".join(f" Label unknown (no training label, not counted in its tests): {note}."
+                  for note in b.get("unknown", []))
+        for b in training["backgrounds"])
+    strict = metrics.get("test_strict")
+    strict_name = "leave-one-background-out, unknown opacities counted as false"
+    strict_study = f"\n{_study_row(strict_name, strict)}" if strict else ""
+    strict_froc = f"\n{_froc_row(strict_name, strict)}" if strict else ""
+    fold_rows += "".join(
+        f"\n| {f['background']} (its unknown opacity counted as false) | {f['n']} | {f['auroc']:.3f} | "
+        f"{f['sensitivity']:.3f} | {f['specificity']:.3f} | {f['froc_1']:.3f} |"
+        for f in metrics.get("folds_strict", []))
     args = ", ".join(f"{k}={v}" for k, v in sr["network"]["args"].items())
     shape = sr["input"]["spatial_shape"]
     table = "\n".join(f"| {k} | {v} |" for k, v in [
@@ -61,11 +72,13 @@ def write_dense_model_card(path: Path, meta: dict[str, Any]) -> None:
         ("weights", f"`models/model.pt`, a state dict (sha256 `{sr['weights_sha256'][:16]}...`), loaded with "
                     "`weights_only=True`"),
     ])
-    auc = metrics["test"]["study"]["auroc"]
-    froc_1 = metrics["test"].get("froc", {}).get("sensitivity", {}).get("1.0", 0.0)
+    tests = [metrics["test"]] + ([strict] if strict else [])
+    auc = min(t["study"]["auroc"] for t in tests)
+    froc_1 = min(t.get("froc", {}).get("sensitivity", {}).get("1.0", 0.0) for t in tests)
     met = auc >= 0.95 and froc_1 >= 0.9
     verdict = (f"Targets of issue 3 on the leave-one-background-out test (study AUROC >= 0.95 and FROC "
-               f"sensitivity >= 0.9 at 1 false region per image): **{'met' if met else 'NOT met'}** "
+               f"sensitivity >= 0.9 at 1 false region per image; the lower of the two scorings): "
+               f"**{'met' if met else 'NOT met'}** "
                f"(AUROC {auc:.3f}, FROC sensitivity at 1 false region per image {froc_1:.3f}).")
     real = metrics.get("real_lesion_backgrounds", {})
     real_text = ", ".join(f"`{k}` {v:.3f}" for k, v in real.items())
@@ -95,13 +108,16 @@ before the serving chain crops and resizes. The training insertion model (A) is 
 projected sphere with a logistic edge and additive contrast, drawn on the model grid. The test
 predictions of all folds are pooled. A detection is a peak of the probability map; it hits a nodule
 within max(radius, {lesions['hit_radius_min']} px) of its centre on the {sr['input']['spatial_shape'][0]}-px grid.
-Intervals: 95% percentile bootstrap over images.
+Where a background holds a real opacity that may be a lesion (its label unknown; listed under the
+backgrounds below), no test nodule is placed on it, and what the model finds there neither counts
+as a false region nor scores the study; the "counted as false" rows score the same predictions as
+if the opacity were known to be harmless. Intervals: 95% percentile bootstrap over images.
 
 Study level (AUROC [95% CI]; sensitivity and specificity at the operating point):
 
 | test set | images | AUROC [95% CI] | sensitivity | specificity |
 |---|---|---|---|---|
-{_study_row('leave-one-background-out, model B (pooled)', metrics['test'])}
+{_study_row('leave-one-background-out, model B (pooled)', metrics['test'])}{strict_study}
 {_study_row('generated chests, model B (shipped model)', metrics['test_generated'])}
 {_study_row('validation, model A (shipped model)', metrics['validation'])}
 
@@ -109,7 +125,7 @@ FROC: lesion sensitivity at 0.25 / 0.5 / 1 / 2 false regions per image [95% CI]:
 
 | test set | nodules | 0.25 | 0.5 | 1 | 2 |
 |---|---|---|---|---|---|
-{_froc_row('leave-one-background-out, model B (pooled)', metrics['test'])}
+{_froc_row('leave-one-background-out, model B (pooled)', metrics['test'])}{strict_froc}
 {_froc_row('generated chests, model B (shipped model)', metrics['test_generated'])}
 {_froc_row('validation, model A (shipped model)', metrics['validation'])}
 
