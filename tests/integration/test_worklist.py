@@ -86,7 +86,7 @@ def test_a_report_before_the_images_is_kept_and_applied_when_they_arrive(store: 
     assert outcome.studies == []  # kept for later (HTTP answers 202)
     stored = worklist.record_result(_result(uid, 0.9), accession_number="ACC-EARLY")
     assert stored["first_read"]["status"] == "negative"
-    assert stored["first_read"]["labels"] == {"pneumonia": "negated", "nodule": "not_mentioned"}
+    assert stored["first_read"]["labels"] == {"pneumonia": "negated", "nodule": "negated"}  # "lungs are clear"
     assert stored["first_read"]["discordant"] == ["pneumonia"]
     assert stored["priority"]["route"] == "review" and stored["priority"]["rule"] == "discordant"
     assert "consolidation" in stored["first_read"]["evidence"]["pneumonia"]

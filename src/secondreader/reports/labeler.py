@@ -6,6 +6,11 @@ governs it (before it: "no", "without", "negative for", "resolution of"...; afte
 similar); *uncertain* when an uncertainty cue governs it ("cannot exclude", "possible", "may
 represent", "suspicious for"...); otherwise *present* ("nodule unchanged" is present). A finding's
 label is the strongest of its mentions: present > uncertain > negated > not_mentioned.
+
+A statement about both lungs negates findings it never names, as a radiologist reads it: "the lungs
+are clear" negates pneumonia and nodules, "no acute cardiopulmonary process" negates pneumonia
+only (a chronic nodule is not acute). A named finding anywhere in the report still outranks it, and
+a statement about one lung ("the left lung is clear") negates nothing.
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ _NEGATION_AFTER = ("is not seen", "are not seen", "not seen", "is absent", "are 
                    "have resolved", "resolved", "is no longer seen", "are no longer seen", "no longer seen",
                    "not identified", "is not identified", "are not identified", "has cleared", "have cleared",
                    "ruled out")
+#: Whole-lung normal statements and the findings each negates without naming them.
+_NORMAL_STATEMENTS: Sequence[tuple[re.Pattern[str], tuple[str, ...]]] = (
+    (re.compile(r"\b(?:(?:both\s+)?lungs|lung\s+fields)\s+(?:are\s+|remain\s+|appear\s+|look\s+)?"
+                r"(?:(?:well[\s-]+)?(?:expanded|inflated|aerated)\s+and\s+)?(?:clear|normal)\b"
+                r"|\bclear\s+lungs\b|\bnormal\s+lungs\b"), ("pneumonia", "nodule")),
+    (re.compile(r"\bno\s+acute\s+(?:cardiopulmonary|cardiothoracic|pulmonary|intrathoracic)\s+"
+                r"(?:process|abnormality|abnormalities|disease|findings?)\b"), ("pneumonia",)),
+)
 _SCOPE_END = re.compile(r"\b(but|however|although|though|apart from|except|aside from|yet|whereas|"
                         r"otherwise|which|with the exception of)\b|[:,;]\s*(but|however)\b")
 _AIRSPACE = re.compile(r"\bair[\s-]+space\b")  # "air space", "air-space" → "airspace"
@@ -118,8 +131,10 @@ def _classify(sentence: str, start: int, end: int) -> Label:
 
 
 def mentions(text: str, findings: Sequence[str] | None = None) -> list[Mention]:
-    """Every mention of the findings' terms in ``text``, each with its label."""
+    """Every mention of the findings' terms in ``text``, each with its label; then the findings a
+    whole-lung normal statement negates without naming them."""
     out: list[Mention] = []
+    implied: list[Mention] = []
     codes = list(findings) if findings is not None else list(FINDING_TERMS)
     normalised = _AIRSPACE.sub("airspace", text.lower())
     for sentence in (s.strip() for s in _SENTENCE.split(normalised) if s and s.strip()):
@@ -129,7 +144,11 @@ def mentions(text: str, findings: Sequence[str] | None = None) -> list[Mention]:
                 raise ValueError(f"no terms for finding {code!r}")
             for match in pattern.finditer(sentence):
                 out.append(Mention(code, match.group(0), _classify(sentence, match.start(), match.end()), sentence))
-    return out
+            for statement, negates in _NORMAL_STATEMENTS:
+                found = statement.search(sentence) if code in negates else None
+                if found and not _cue(_scope_before(sentence, found.start()), _UNCERTAIN_BEFORE, at_end=True):
+                    implied.append(Mention(code, found.group(0), Label.NEGATED, sentence))
+    return out + implied  # a finding named in words comes first, as the better evidence
 
 
 _RANK = {Label.PRESENT: 3, Label.UNCERTAIN: 2, Label.NEGATED: 1, Label.NOT_MENTIONED: 0}
