@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from secondreader.pipeline import ScreeningOptions, StudyOutputs, screen_paths
 from secondreader.results import WrittenOutputs
+from secondreader.service import metrics
 from secondreader.service.core import ScreeningService, Upload
 from secondreader.service.http import build_app
 from secondreader.store import Store
@@ -170,14 +171,22 @@ def test_a_slow_encoder_holds_back_the_screening(tmp_path: Path, store: Store, p
         assert all(r is not None and r.status == "done" for r in answered)
         held = core.wait(jobs[3], 3)
         assert held is not None and held.status == "queued", "a fourth study was screened past the back-pressure"
+        assert _gauge("secondreader_outputs_pending") == 3.0  # the backlog a PACS administrator sees
         gate.open()
         last = core.wait(jobs[3], 60)
         assert last is not None and last.status == "done"
         for job in jobs:
             _wait_done(store, job, 60)
+        assert _gauge("secondreader_outputs_pending") == 0.0
     finally:
         gate.open()
         core.close()
+
+
+def _gauge(name: str) -> float:
+    text = metrics.exposition()[0].decode()
+    (line,) = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
 
 
 def _upload() -> Upload:

@@ -223,6 +223,7 @@ class ScreeningService:
                 if result.outputs is not None:
                     with self._lock:
                         self._outputs_pending.setdefault(uid, threading.Event())
+                        metrics.outputs_pending(len(self._outputs_pending))
                     deferred.append((uid, result.outputs))
                 self.worklist.record_result(data, accession_number=result.accession_number, files=result.files)
                 study_uids.append(uid)
@@ -271,6 +272,7 @@ class ScreeningService:
         """Wake heatmap requests waiting on these studies' outputs."""
         with self._lock:
             events = [self._outputs_pending.pop(uid, None) for uid in study_uids]
+            metrics.outputs_pending(len(self._outputs_pending))
         for event in events:
             if event is not None:
                 event.set()

@@ -22,8 +22,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-__all__ = ["MetricsMiddleware", "batch_size", "exposition", "model_loaded", "queue_depth", "route_of", "stage_time",
-           "study_done"]
+__all__ = ["MetricsMiddleware", "batch_size", "exposition", "model_loaded", "outputs_pending", "queue_depth",
+           "route_of", "stage_time", "study_done"]
 
 _STAGES = ("load", "preprocess", "inference", "postprocess", "total")
 
@@ -35,6 +35,8 @@ _stage_seconds = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 _queue = Gauge(name="secondreader_queue_depth", documentation="Jobs waiting for a worker")
+_outputs = Gauge(name="secondreader_outputs_pending",
+                 documentation="Screened studies whose overlays and DICOM outputs are not yet written")
 _models = Gauge(
     name="secondreader_model_info", documentation="Loaded models (value 1)", labelnames=["model", "version"]
 )
@@ -59,6 +61,10 @@ def stage_time(stage: str, seconds: float) -> None:
 
 def queue_depth(depth: int) -> None:
     _queue.set(depth)
+
+
+def outputs_pending(count: int) -> None:
+    _outputs.set(count)
 
 
 def model_loaded(name: str, version: str) -> None:
