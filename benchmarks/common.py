@@ -168,3 +168,24 @@ def median(values: Sequence[float]) -> float:
 def write_json(path: str | None, payload: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(payload, indent=1, default=str))
+
+
+def wait_until_ready(base: str, *, timeout: float, stopped: Callable[[], str | None]) -> float:
+    """Poll ``base/readyz`` until it answers 200; seconds waited. Raises RuntimeError with
+    ``stopped()``'s reason when the service stops while starting (None while it runs), or after
+    ``timeout`` s."""
+    import httpx
+
+    t0 = time.monotonic()
+    while True:
+        reason = stopped()
+        if reason is not None:
+            raise RuntimeError(reason)
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"the service was not ready in {timeout:.0f} s")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 import pydicom
-from common import Table, machine, pct, synthetic_cr, write_json
+from common import Table, machine, pct, synthetic_cr, wait_until_ready, write_json
 from pynetdicom import AE
 from sqlalchemy import create_engine, text
 
@@ -132,18 +132,13 @@ def main() -> int:
         proc = subprocess.Popen([sys.executable, "-m", "secondreader.cli", "serve", "--port", str(http_port),
                                  "--no-samples"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        t_start = time.monotonic()
-        while True:
-            if proc.poll() is not None or time.monotonic() - t_start > 300:
-                print((home / "serve.log").read_text()[-3000:], file=sys.stderr)
-                raise SystemExit("the service did not start")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        print(f"service ready in {time.monotonic() - t_start:.1f} s; sending for {args.seconds:.0f} s from "
+        try:
+            ready_s = wait_until_ready(base, timeout=300, stopped=lambda: None if proc.poll() is None else
+                                       f"serve exited with {proc.returncode}")
+        except RuntimeError as exc:
+            print((home / "serve.log").read_text()[-3000:], file=sys.stderr)
+            raise SystemExit(f"the service did not start: {exc}") from None
+        print(f"service ready in {ready_s:.1f} s; sending for {args.seconds:.0f} s from "
               f"{args.associations} association(s) and {args.http_clients} HTTP client(s), {args.side}^2 CR",
               flush=True)
         dicom, http = Tally(), Tally()

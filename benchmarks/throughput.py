@@ -53,6 +53,7 @@ from common import (
     rate,
     rg1_j2k,
     synthetic_cr,
+    wait_until_ready,
     write_json,
 )
 from pydicom.encaps import generate_frames
@@ -406,19 +407,9 @@ def section_http(args: argparse.Namespace, files: dict[str, list[Path]], tmp: Pa
     memory.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"secondreader serve exited with {proc.returncode}: "
-                                   + (tmp / "serve.log").read_text(errors="replace")[-2000:])
-            if time.monotonic() > deadline:
-                raise RuntimeError("secondreader serve was not ready in 240 s")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_until_ready(base, timeout=240, stopped=lambda: None if proc.poll() is None else
+                         f"secondreader serve exited with {proc.returncode}: "
+                         + (tmp / "serve.log").read_text(errors="replace")[-2000:])
         ready_s = time.perf_counter() - t_start
         _post(files["raw"][:2], 1, base, key)  # warm-up
         idle_rss = memory.peak_rss

@@ -38,6 +38,7 @@ from secondreader.store import Store
 
 from ..conftest import require
 from ..factories import make_cxr_dataset
+from ..readiness import wait_until_ready
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
@@ -143,17 +144,9 @@ class Serve:
             self.proc = subprocess.Popen([sys.executable, "-m", "secondreader.cli", "serve", "--port",
                                           str(self.http_port), "--no-samples"], env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"serve exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"serve not ready in 180 s: {self.log.read_text()[-3000:]}")
+        proc = self.proc
+        wait_until_ready(self.base, timeout=180, stopped=lambda: None if proc.poll() is None else
+                         f"serve exited with {proc.returncode}: {self.log.read_text()[-3000:]}")
 
     def kill(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -16,6 +16,7 @@ import pytest
 
 from ..conftest import CANARY_NAME
 from ..factories import make_cxr_dataset, to_bytes
+from ..readiness import wait_until_ready
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
@@ -42,18 +43,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
                                 start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"service not ready in 120 s: {log.read_text()[-3000:]}")
+        wait_until_ready(base, timeout=120, stopped=lambda: None if proc.poll() is None else
+                         f"serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
         yield base, log
     finally:
         os.killpg(proc.pid, 15)

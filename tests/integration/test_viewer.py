@@ -18,7 +18,6 @@ import io
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from PIL import Image
 from ..conftest import CANARY_ID, CANARY_NAME, require
 from ..conftest import testdata_file as sample_file
 from ..orthanc import in_private_network_namespace
+from ..readiness import wait_until_ready
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
@@ -73,18 +73,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if not thread.is_alive():
-                pytest.fail("the service stopped while starting")
-            time.sleep(0.3)
-        else:
-            pytest.fail("the service was not ready within 120 s")
+        wait_until_ready(base, timeout=120, poll=0.3,
+                         stopped=lambda: None if thread.is_alive() else "the service stopped while starting")
         yield base
     finally:
         server.should_exit = True
