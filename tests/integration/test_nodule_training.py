@@ -80,6 +80,27 @@ def test_pools_and_test_sets_hold_the_nodules_they_claim(shared_data: Path, tmp_
     assert all(n.model == "B" for nodules in test.nodules for n in nodules)
 
 
+def test_a_real_opacity_of_unknown_nature_gets_no_label_and_no_test_nodule(shared_data: Path, tmp_path: Path) -> None:
+    cfg = _config(shared_data, tmp_path, keep=("nih-00027426-000",))
+    lc = cfg.lesions
+    assert lc is not None and lc.backgrounds[0].unknown, "the shipped config marks its round opacity"
+    (background,) = load_backgrounds(lc, cfg.data.path)
+    assert background.unknown is not None and 0 < background.unknown.mean() < 0.02
+    pool = build_pool([background], lc, per_background=10, generated=0, seed=1, stream=1)
+    unlabelled = (pool.weights == 0) & (pool.targets == 0)
+    assert unlabelled.any(axis=(1, 2)).sum() >= 8  # the opacity stays in view under most geometries
+    for k in range(len(pool)):
+        for n in pool.nodules[k]:  # no training nodule is inserted over it
+            assert pool.weights[k][int(round(n.row)), int(round(n.col))] == 1
+    spec = InputSpec(size=(128, 128), mean=0.5, std=0.25)
+    test = build_test_set([background.picture], 6, lc, spec, seed=1, stream=3, unknowns=[background.unknown])
+    assert test.unknown is not None and all(u is not None and u.any() for u in test.unknown)
+    for where, nodules in zip(test.unknown, test.nodules, strict=True):
+        assert where is not None
+        for n in nodules:
+            assert not where[int(round(n.row)), int(round(n.col))]
+
+
 def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data: Path, tmp_path: Path) -> None:
     cfg = _config(shared_data, tmp_path, keep=("nih-00000001-000", "nih-00027426-000", "rg1-cr"))
     meta = train(cfg)
@@ -93,9 +114,13 @@ def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data
     assert metrics["test"]["study"]["n"] == 12
     assert set(metrics["test"]["froc"]["sensitivity"]) == {"0.25", "0.5", "1.0", "2.0"}
     assert set(metrics["real_lesion_backgrounds"]) == {"rg1-cr"}
+    # nih-00027426-000's round opacity: its fold is also scored as if the opacity were no nodule
+    assert [f["background"] for f in metrics["folds_strict"]] == ["nih-00027426-000"]
+    assert metrics["test_strict"]["study"]["n"] == 12
     assert (tmp_path / "runs" / "folds" / "nih-00000001-000.json").is_file()
     text = (bundle / "docs" / "README.md").read_text()
     assert "SIMULATED" in text and "What it is NOT for" in text and "leave-one-background-out" in text
+    assert "unknown opacities counted as false" in text and "nipple shadow" in text
     predictor = load_predictor(bundle, device="cpu")
     assert isinstance(predictor, DensePredictor)
     (prediction,) = predictor.predict(torch.zeros(1, 1, 128, 128))

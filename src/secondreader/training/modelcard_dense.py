@@ -43,7 +43,7 @@ def write_dense_model_card(path: Path, meta: dict[str, Any]) -> None:
               "negative label)")
     backgrounds = "\n".join(
         f"- `{b['id']}`{caveat if b['real_lesions'] else ''}: {b['source']}"
-        + "".join(f" Label unknown (no training label, not counted in its tests): {note}."
+        + "".join(f"; label unknown (no training label, not counted in its tests): {note}"
                   for note in b.get("unknown", []))
         for b in training["backgrounds"])
     strict = metrics.get("test_strict")
@@ -164,8 +164,9 @@ made by `secondreader.training.lesions.generated_chest`. {prov.get('data_source'
 ```
 
 Training and the leave-one-background-out evaluation took {training['seconds']} s on {training['machine']}
-(seed {training['seed']}, {training['epochs']} epochs per model, the CPU shared with other jobs). Training is
-seeded but not in torch's deterministic mode (ten times slower on the CPU), so a retrained model's
-weights differ slightly; how far its metrics move has not been measured by a second run yet.
+(seed {training['seed']}, {training['epochs']} epochs per model). Every fit is seeded and runs on one CPU
+thread, which is bit-for-bit repeatable on the same software without torch's deterministic mode (ten
+times slower on the CPU): two full runs of the 1.2.0 config gave weights with the same sha256. Other
+CPUs or library versions may differ in the last bits and move the metrics slightly.
 """
     path.write_text(text)
