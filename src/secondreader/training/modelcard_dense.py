@@ -166,8 +166,8 @@ made by `secondreader.training.lesions.generated_chest`. {prov.get('data_source'
 Training and the leave-one-background-out evaluation took {training['seconds']} s on {training['machine']}
 (seed {training['seed']}, {training['epochs']} epochs per model). Every fit is seeded and runs on one CPU
 thread, which is bit-for-bit repeatable on the same software without torch's deterministic mode (ten
-times slower on the CPU): two full runs of the 1.2.0 config, and two of 1.3.0, each gave weights and metrics
-that were identical bit for bit. Other
+times slower on the CPU): two full runs of the 1.2.0 config gave weights with the same sha256, and two
+of 1.3.0 gave the same weights and identical metrics. Other
 CPUs or library versions may differ in the last bits and move the metrics slightly.
 """
     path.write_text(text)
