@@ -365,7 +365,6 @@ def mine_hard_negatives(network: torch.nn.Module, pool: Pool, members: np.ndarra
                     break
             if found:
                 out[int(i)] = found
-    network.train()
     return out
 
 
@@ -390,6 +389,7 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
         if lc.hard_negative_fraction > 0 and epoch in lc.hard_negative_epochs:
             torch.set_num_threads(threads)
             hard = mine_hard_negatives(network, pool, members, spec, sigma=cfg.saliency.smoothing_sigma)
+            network.train()  # predict_maps left it in eval mode
             logger.debug("epoch %d: false peaks on %d pictures", epoch, len(hard))
         order = members[torch.randperm(len(members), generator=g).numpy()]
         for step in range(steps_per_epoch):
