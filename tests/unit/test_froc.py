@@ -9,6 +9,7 @@ from secondreader.training.froc import (
     ImageDetections,
     froc_bootstrap,
     froc_sensitivities,
+    froc_threshold,
     match_image,
     sensitivity_at_threshold,
 )
@@ -48,6 +49,19 @@ def test_froc_by_hand() -> None:
     froc = froc_sensitivities(_three_images())
     assert froc == pytest.approx({0.25: 0.0, 0.5: 1 / 3, 1.0: 1.0, 2.0: 1.0})
     assert froc_sensitivities(_three_images(), rates=(0.7,)) == pytest.approx({0.7: 1 / 3})
+
+
+def test_the_threshold_of_a_froc_point_gives_that_point() -> None:
+    # from the table above: the lowest threshold with at most 1 FP/image is 0.4 (3/3 found, 1 FP/image);
+    # at most 0.5 FP/image: 0.9 (1/3); at most 0.25: none of the thresholds but infinity
+    assert froc_threshold(_three_images(), 1.0) == pytest.approx(0.4)
+    assert froc_threshold(_three_images(), 0.5) == pytest.approx(0.9)
+    assert froc_threshold(_three_images(), 0.25) == np.inf
+    for rate in (0.5, 1.0, 2.0):
+        t = froc_threshold(_three_images(), rate)
+        sensitivity, per_image = sensitivity_at_threshold(_three_images(), t)
+        assert sensitivity == pytest.approx(froc_sensitivities(_three_images(), rates=(rate,))[rate])
+        assert per_image <= rate
 
 
 def test_sensitivity_at_a_threshold() -> None:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from secondreader.preprocessing import InputSpec
 from secondreader.training.config import LesionConfig
 from secondreader.training.lesions import Nodule, augment_geometry, discs
-from secondreader.training.localisation import EvalSet, Pool, mine_hard_negatives, score_set
+from secondreader.training.localisation import (
+    EvalSet,
+    Pool,
+    Scored,
+    mine_hard_negatives,
+    score_set,
+    sensitivity_by_band,
+)
+from secondreader.training.modelcard_dense import _band_table
 
 SIDE = 64
 SPEC = InputSpec(size=(SIDE, SIDE), mean=0.0, std=1.0)
@@ -83,3 +92,35 @@ def test_hard_negatives_are_the_real_backgrounds_false_peaks_only() -> None:
     pool.images[:, 0, 0] = [0, 1]  # the stand-in network reads the index from the first pixel
     mined = mine_hard_negatives(_FixedMaps(maps), pool, np.arange(2), SPEC, sigma=0.0)
     assert mined == {0: [(12, 50)]}
+
+
+def test_sensitivity_by_band_counts_each_nodule_in_its_contrast_and_diameter_band() -> None:
+    # (radius on a 100-px grid, contrast), score: found at a threshold of 1.0 when the score is >= 1
+    nodules = [(1.5, 0.05), (1.5, 0.12), (2.5, 0.12), (4.0, 0.30), (4.0, 0.18)]
+    scores = np.array([-np.inf, 2.0, 0.5, 3.0, 1.0])
+    bands = sensitivity_by_band(scores, nodules, 1.0, side=100)
+    contrast = {(b["from"], b["to"]): (b["n"], b["sensitivity"]) for b in bands["contrast"]}
+    assert contrast == {(0.0, 0.10): (1, 0.0), (0.10, 0.15): (2, 0.5), (0.15, 0.20): (1, 1.0), (0.20, None): (1, 1.0)}
+    # diameters 3%, 3%, 5%, 8%, 8% of the side
+    diameter = {(b["from"], b["to"]): (b["n"], b["sensitivity"]) for b in bands["diameter_fraction"]}
+    assert diameter == {(0.0, 0.04): (2, 0.5), (0.04, 0.06): (1, 0.0), (0.06, None): (2, 1.0)}
+    empty = sensitivity_by_band(np.zeros(0), [], 1.0, side=100)
+    assert all(b["n"] == 0 and b["sensitivity"] is None for b in empty["contrast"])
+    card = _band_table({"by_band_at_1": bands})
+    assert "| contrast 0.1-0.15 | 2 | 0.500 |" in card
+    assert "| diameter < 4% of the width (about < 14 mm) | 2 | 0.500 |" in card
+    assert _band_table({}) == ""
+
+
+def test_scored_sets_keep_each_nodules_size_and_contrast_through_json() -> None:
+    maps = [_blob(20, 20, 6.0), _blob(40, 40, 6.0)]
+    nodules = [[Nodule(20.0, 20.0, 3.0, 0.12, "B")], []]
+    scored = score_set(_FixedMaps(maps), EvalSet(_indexed_inputs(2), nodules, normalised=True), SPEC,
+                       LesionConfig(backgrounds=[], input_size=SIDE), 1.0)
+    assert scored.nodules == [[(3.0, 0.12)], []]
+    again = Scored.from_json(scored.to_json())
+    assert again.nodules == scored.nodules
+    assert again.images[0].lesion_scores == pytest.approx(scored.images[0].lesion_scores, abs=1e-6)
+    legacy = scored.to_json()
+    del legacy["nodules"]  # a fold kept by an older version
+    assert Scored.from_json(legacy).nodules is None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FROC_RATES", "ImageDetections", "froc_bootstrap", "froc_sensitivities", "match_image",
+__all__ = ["FROC_RATES", "ImageDetections", "froc_bootstrap", "froc_sensitivities", "froc_threshold", "match_image",
            "sensitivity_at_threshold"]
 
 #: False regions per image at which sensitivities are reported (issue 3).
@@ -53,14 +53,9 @@ def match_image(detections: Sequence[tuple[float, float, float]], lesions: Seque
     return ImageDetections(best, np.asarray(false, dtype=np.float64))
 
 
-def froc_sensitivities(images: Sequence[ImageDetections], rates: Sequence[float] = FROC_RATES) -> dict[float, float]:
-    """Lesion sensitivity at each rate of false regions per image (see the module docstring).
-
-    Raises
-    ------
-    ValueError
-        When there are no images or no lesions.
-    """
+def _curve(images: Sequence[ImageDetections]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every candidate threshold, ascending, with the lesion sensitivity and false regions per image
+    of the detections at or over it."""
     if not images:
         raise ValueError("FROC needs at least one image")
     lesion = np.concatenate([im.lesion_scores for im in images])
@@ -72,13 +67,31 @@ def froc_sensitivities(images: Sequence[ImageDetections], rates: Sequence[float]
     # counts of scores >= t for every candidate threshold t
     found = lesion.size - np.searchsorted(lesion_sorted, thresholds, side="left")
     false_count = false.size - np.searchsorted(false, thresholds, side="left")
-    sensitivity = found / lesion.size
-    per_image = false_count / len(images)
+    return thresholds, found / lesion.size, false_count / len(images)
+
+
+def froc_sensitivities(images: Sequence[ImageDetections], rates: Sequence[float] = FROC_RATES) -> dict[float, float]:
+    """Lesion sensitivity at each rate of false regions per image (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        When there are no images or no lesions.
+    """
+    _thresholds, sensitivity, per_image = _curve(images)
     out = {}
     for rate in rates:
         allowed = per_image <= rate + 1e-12
         out[float(rate)] = float(sensitivity[allowed].max()) if allowed.any() else 0.0
     return out
+
+
+def froc_threshold(images: Sequence[ImageDetections], rate: float) -> float:
+    """The score threshold of the FROC point at ``rate`` false regions per image: the lowest one
+    that keeps the false regions at or under ``rate`` (``inf`` when even the highest does not)."""
+    thresholds, _sensitivity, per_image = _curve(images)
+    allowed = per_image <= rate + 1e-12
+    return float(thresholds[allowed].min()) if allowed.any() else float("inf")
 
 
 def sensitivity_at_threshold(images: Sequence[ImageDetections], threshold: float) -> tuple[float, float]:

@@ -45,7 +45,15 @@ from ..model.dense import build_dense_network, map_peaks, smoothed_logits, study
 from ..preprocessing import InputSpec, prepare_frame
 from ..scoring.calibration import calibrated_probability
 from .config import BackgroundConfig, LesionConfig, TrainConfig
-from .froc import FROC_RATES, ImageDetections, froc_bootstrap, froc_sensitivities, match_image, sensitivity_at_threshold
+from .froc import (
+    FROC_RATES,
+    ImageDetections,
+    froc_bootstrap,
+    froc_sensitivities,
+    froc_threshold,
+    match_image,
+    sensitivity_at_threshold,
+)
 from .lesions import (
     Nodule,
     RealBackground,
@@ -433,21 +441,27 @@ class Scored:
     logits: np.ndarray
     labels: np.ndarray
     images: list[ImageDetections]
+    #: per image, ``(radius, contrast)`` of each nodule, in the order of its ``lesion_scores``
+    nodules: list[list[tuple[float, float]]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         def enc(a: np.ndarray) -> list[float | None]:
             return [None if not np.isfinite(v) else round(float(v), 6) for v in a]
 
-        return {"logits": enc(self.logits), "labels": self.labels.tolist(),
-                "images": [[enc(im.lesion_scores), enc(im.false_scores)] for im in self.images]}
+        out: dict[str, Any] = {"logits": enc(self.logits), "labels": self.labels.tolist(),
+                               "images": [[enc(im.lesion_scores), enc(im.false_scores)] for im in self.images]}
+        if self.nodules is not None:
+            out["nodules"] = [[[round(r, 3), round(c, 4)] for r, c in ns] for ns in self.nodules]
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Scored:
         def dec(values: list[float | None]) -> np.ndarray:
             return np.asarray([-np.inf if v is None else v for v in values], dtype=np.float64)
 
+        nodules = [[(float(r), float(c)) for r, c in ns] for ns in data["nodules"]] if "nodules" in data else None
         return cls(dec(data["logits"]), np.asarray(data["labels"], dtype=np.int64),
-                   [ImageDetections(dec(a), dec(b)) for a, b in data["images"]])
+                   [ImageDetections(dec(a), dec(b)) for a, b in data["images"]], nodules)
 
 
 def score_set(network: torch.nn.Module, data: EvalSet, spec: InputSpec, lc: LesionConfig, sigma: float) -> Scored:
@@ -465,7 +479,7 @@ def score_set(network: torch.nn.Module, data: EvalSet, spec: InputSpec, lc: Lesi
             peaks = [p for p in peaks if not where[int(p[0]), int(p[1])]]
         logits[k] = float(m.max()) if np.isfinite(m).any() else float(maps[k].max())
         images.append(match_image(peaks, [(n.row, n.col, n.radius) for n in nods], min_radius=lc.hit_radius_min))
-    return Scored(logits, data.labels, images)
+    return Scored(logits, data.labels, images, [[(n.radius, n.contrast) for n in nods] for nods in data.nodules])
 
 
 def _val_set(pool: Pool, keep: np.ndarray) -> EvalSet:
@@ -740,11 +754,11 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     }
     if fold_results:
         states = [fold_results[f] for f in folds]
-        pooled, per_fold = _pool_folds(states, seed=cfg.seed)
+        pooled, per_fold = _pool_folds(states, seed=cfg.seed, side=side)
         metrics["test"] = pooled
         metrics["folds"] = per_fold
         if any("test_strict" in state for state in states):
-            strict, strict_folds = _pool_folds(states, seed=cfg.seed, key="test_strict")
+            strict, strict_folds = _pool_folds(states, seed=cfg.seed, side=side, key="test_strict")
             metrics["test_strict"] = {**strict, "method": strict["method"] + "; real opacities of unknown "
                                       "nature counted as false regions and scoring the study"}
             metrics["folds_strict"] = [f for f, state in zip(strict_folds, states, strict=True)
@@ -773,16 +787,49 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     return metadata
 
 
-def _pool_folds(results: list[dict[str, Any]], *, seed: int,
+#: Bands of the held-out nodules for the sensitivity breakdown: contrast (the largest rise of the
+#: display value the nodule made where it was inserted) and diameter (a fraction of the model grid's
+#: side; about 14 and 21 mm on a 35 cm film).
+CONTRAST_BANDS = (0.0, 0.10, 0.15, 0.20)
+DIAMETER_BANDS = (0.0, 0.04, 0.06)
+
+
+def sensitivity_by_band(lesion_scores: np.ndarray, nodules: Sequence[tuple[float, float]], threshold: float,
+                        side: int) -> dict[str, list[dict[str, Any]]]:
+    """Lesion sensitivity at ``threshold`` within each contrast and diameter band. ``lesion_scores``
+    float (n,) and ``nodules`` ``(radius, contrast)`` (n,) in the same order; radii on a ``side``
+    grid."""
+    attrs = np.asarray(nodules, dtype=np.float64).reshape(-1, 2)
+    found = lesion_scores >= threshold
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, values, edges in (("contrast", attrs[:, 1], CONTRAST_BANDS),
+                                ("diameter_fraction", 2 * attrs[:, 0] / side, DIAMETER_BANDS)):
+        rows = []
+        for lo, hi in zip(edges, (*edges[1:], math.inf), strict=True):
+            inside = (values >= lo) & (values < hi)
+            rows.append({"from": lo, "to": None if math.isinf(hi) else hi, "n": int(inside.sum()),
+                         "sensitivity": round(float(found[inside].mean()), 4) if inside.any() else None})
+        out[name] = rows
+    return out
+
+
+def _pool_folds(results: list[dict[str, Any]], *, seed: int, side: int,
                 key: str = "test") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Pooled leave-one-background-out metrics: each fold's test set scored by its own model and
     calibrated by its own validation fit, then pooled; and each fold's own figures. ``key`` picks
-    the scoring (``test_strict`` where a fold has it: unknown opacities counted, else ``test``)."""
+    the scoring (``test_strict`` where a fold has it: unknown opacities counted, else ``test``).
+    The pooled FROC also breaks the sensitivity at 1 false region per image down by the nodules'
+    contrast and diameter (``by_band_at_1``; radii on a ``side`` grid)."""
     probs, labels, images, per_fold = [], [], [], []
-    ops = []
+    ops: list[float] = []
+    nodules: list[tuple[float, float]] | None = []
     for state in results:
         cal = Calibration(*state["calibration"])
         scored = Scored.from_json(state.get(key, state["test"]))
+        if scored.nodules is None or nodules is None:
+            nodules = None  # a fold kept by an older version: no breakdown
+        else:
+            nodules.extend(n for ns in scored.nodules for n in ns)
         p = cal.probability(scored.logits)
         probs.append(p)
         labels.append(scored.labels)
@@ -809,11 +856,15 @@ def _pool_folds(results: list[dict[str, Any]], *, seed: int,
                   "threshold": "each fold's own operating point"})
     froc = froc_sensitivities(images)
     ci = froc_bootstrap(images, seed=seed)
-    pooled = {"study": study, "froc": {
+    pooled_froc: dict[str, Any] = {
         "n_images": len(images), "n_lesions": int(sum(im.lesion_scores.size for im in images)),
         "sensitivity": {str(r): round(froc[r], 4) for r in FROC_RATES},
-        "sensitivity_ci95": {str(r): [round(ci[r][0], 4), round(ci[r][1], 4)] for r in FROC_RATES}},
-        "method": "leave one real background out; test nodules by insertion model B at source resolution"}
+        "sensitivity_ci95": {str(r): [round(ci[r][0], 4), round(ci[r][1], 4)] for r in FROC_RATES}}
+    if nodules is not None:
+        scores = np.concatenate([im.lesion_scores for im in images])
+        pooled_froc["by_band_at_1"] = sensitivity_by_band(scores, nodules, froc_threshold(images, 1.0), side)
+    pooled = {"study": study, "froc": pooled_froc,
+              "method": "leave one real background out; test nodules by insertion model B at source resolution"}
     return pooled, per_fold
 
 

@@ -26,6 +26,30 @@ def _froc_row(name: str, m: dict[str, Any]) -> str:
     return f"| {name} | {f['n_lesions']} | " + " | ".join(cells) + " |"
 
 
+def _band_label(band: dict[str, Any], unit: str, scale: float = 1.0) -> str:
+    lo, hi = band["from"] * scale, band["to"]
+    if hi is None:
+        return f">= {lo:g}{unit}"
+    return f"< {hi * scale:g}{unit}" if lo == 0 else f"{lo:g}-{hi * scale:g}{unit}"
+
+
+def _band_table(froc: dict[str, Any]) -> str:
+    """Where the held-out nodules were missed: sensitivity at 1 false region per image by band."""
+    bands = froc.get("by_band_at_1")
+    if not bands:
+        return ""
+    rows = [f"| contrast {_band_label(b, '')} | {b['n']} | "
+            f"{'-' if b['sensitivity'] is None else format(b['sensitivity'], '.3f')} |" for b in bands["contrast"]]
+    # a fraction of the film's width; x 350 mm for a 35 cm film
+    rows += [f"| diameter {_band_label(b, '% of the width', 100)} (about {_band_label(b, ' mm', 350)}) | {b['n']} | "
+             f"{'-' if b['sensitivity'] is None else format(b['sensitivity'], '.3f')} |"
+             for b in bands["diameter_fraction"]]
+    return ("\n\nWhich held-out nodules it finds (pooled leave-one-background-out, at the threshold that "
+            "gives 1 false region per image; contrast is the largest rise of the display value, 0-1, that "
+            "the nodule made where it was inserted):\n\n| nodules | n | sensitivity |\n|---|---|---|\n"
+            + "\n".join(rows))
+
+
 def write_dense_model_card(path: Path, meta: dict[str, Any]) -> None:
     sr = meta["secondreader"]
     (code, finding), = sr["findings"].items()
@@ -124,7 +148,7 @@ FROC: lesion sensitivity at 0.25 / 0.5 / 1 / 2 false regions per image [95% CI]:
 {_froc_row('generated chests, model B (shipped model)', metrics['test_generated'])}
 {_froc_row('validation, model A (shipped model)', metrics['validation'])}
 
-{verdict}
+{verdict}{_band_table(metrics['test'].get('froc', {}))}
 
 Per held-out background (each fold's own model and operating point):
 
