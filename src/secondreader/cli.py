@@ -118,9 +118,20 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from .training.evaluate import evaluate_bundle
+    from .training.evaluate import evaluate_bundle, evaluate_dense_bundle
 
-    report = evaluate_bundle(args.bundle, args.data, split=args.split, device=args.device or settings.device)
+    try:
+        if (args.data is None) == (args.config is None):
+            raise ValueError("evaluate needs one of --data (a classification model's MedMNIST .npz) and --config "
+                             "(the training config of a localisation model)")
+        if args.config is not None:
+            report = evaluate_dense_bundle(args.bundle, args.config)
+        else:
+            report = evaluate_bundle(args.bundle, args.data, split=args.split,
+                                     device=args.device or settings.device)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
     sys.stdout.write(json.dumps(report) + "\n")
     return 0
 
@@ -225,7 +236,9 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="recompute a bundle's metrics on a data split")
     evaluate.add_argument("bundle", type=Path, metavar="BUNDLE")
-    evaluate.add_argument("--data", type=Path, required=True, help="MedMNIST .npz file")
+    evaluate.add_argument("--data", type=Path, help="MedMNIST .npz file (a classification model)")
+    evaluate.add_argument("--config", type=Path, help="the training config of a localisation model: recomputes its "
+                          "generated-chest test and scores the test images of the backgrounds it trained on")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     evaluate.set_defaults(func=_cmd_evaluate)

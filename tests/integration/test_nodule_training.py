@@ -3,6 +3,7 @@ on a tiny subset: leave-one-background-out folds, calibration, FROC, export and 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from secondreader.cli import main
 from secondreader.model.card import load_card
 from secondreader.model.dense import DensePredictor, load_predictor
 from secondreader.preprocessing import InputSpec
@@ -101,7 +103,8 @@ def test_a_real_opacity_of_unknown_nature_gets_no_label_and_no_test_nodule(share
             assert not where[int(round(n.row)), int(round(n.col))]
 
 
-def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data: Path, tmp_path: Path) -> None:
+def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _config(shared_data, tmp_path, keep=("nih-00000001-000", "nih-00027426-000", "rg1-cr"))
     meta = train(cfg)
     bundle = cfg.output_dir
@@ -127,6 +130,27 @@ def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data
     assert prediction.logits.shape == (1,) and prediction.saliency is not None
     assert prediction.saliency.shape == (1, 128, 128)
     assert (bundle / "models" / "model.pt").stat().st_size < 5_000_000
+    # the pooled held-out FROC says which nodules it found, by contrast and by size; so does the card
+    bands = metrics["test"]["froc"]["by_band_at_1"]
+    for name in ("contrast", "diameter_fraction"):
+        assert sum(b["n"] for b in bands[name]) == metrics["test"]["froc"]["n_lesions"]
+    assert "Which held-out nodules it finds" in text and "| diameter < 4% of the width" in text
+    # `secondreader evaluate BUNDLE --config` recomputes the generated-chest test from the shipped weights
+    # (the card's input normalisation is rounded to 6 decimals: equal within the issue's +-0.01)
+    capsys.readouterr()  # the training's progress
+    assert main(["evaluate", str(bundle), "--config", str(tmp_path / "nodule.yaml")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == card.ref
+    for key in ("auroc", "sensitivity", "specificity"):
+        assert report["test_generated"]["study"][key] == pytest.approx(metrics["test_generated"]["study"][key],
+                                                                       abs=0.01)
+    assert report["test_generated"]["froc"]["sensitivity"] == pytest.approx(
+        metrics["test_generated"]["froc"]["sensitivity"], abs=0.01)
+    seen = report["trained_on_backgrounds"]
+    assert set(seen) == {"nih-00000001-000", "nih-00027426-000"}
+    assert all(s["study"]["n"] == 6 for s in seen.values())
+    assert main(["evaluate", str(bundle)]) == 2  # neither --data nor --config
+    assert "--config" in capsys.readouterr().err
     # --resume reuses the finished folds (same configuration) and ends with the same weights
     again = train(cfg, resume=True)
     assert again["secondreader"]["metrics"]["folds"] == metrics["folds"]

@@ -247,6 +247,24 @@ def build_test_set(sources: Sequence[np.ndarray], count: int, lc: LesionConfig, 
     return EvalSet(torch.stack(tensors), nodules, normalised=True, unknown=unknown)
 
 
+def generated_test_set(lc: LesionConfig, spec: InputSpec, *, seed: int) -> EvalSet:
+    """The shipped model's generated-chest test: ``test_generated`` images on new generated chests
+    (one per ten images, at twice the model grid), half of them with model-B nodules."""
+    side = lc.input_size
+    sources = [generated_chest(np.random.default_rng([seed, _TEST_GENERATED, k]), 2 * side)[0]
+               for k in range(max(1, lc.test_generated // 10))]
+    return build_test_set(sources, max(2, lc.test_generated // len(sources)), lc, spec, seed=seed,
+                          stream=_TEST_GENERATED)
+
+
+def background_test_set(lc: LesionConfig, backgrounds: Sequence[RealBackground], f: int, spec: InputSpec, *,
+                        seed: int) -> EvalSet:
+    """Background ``f``'s test images (model-B nodules): its fold's held-out test."""
+    held = backgrounds[f]
+    return build_test_set([held.picture], lc.test_per_background, lc, spec, seed=seed, stream=_TEST + f,
+                          unknowns=[held.unknown])
+
+
 # -- the serving transform, batched -----------------------------------------------------------------
 
 def _quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
@@ -520,8 +538,9 @@ def _cal_scores(map_values: np.ndarray, cal: Calibration) -> np.ndarray:
     return out
 
 
-def localisation_metrics(scored: Scored, cal: Calibration, *, seed: int) -> dict[str, Any]:
-    """Study-level metrics at the operating point and the FROC, with bootstrap intervals."""
+def localisation_metrics(scored: Scored, cal: Calibration, *, seed: int, side: int = 0) -> dict[str, Any]:
+    """Study-level metrics at the operating point and the FROC, with bootstrap intervals; with the
+    model grid's ``side``, the FROC's sensitivity at 1 false region per image by nodule band too."""
     p = cal.probability(scored.logits)
     images = [ImageDetections(_cal_scores(im.lesion_scores, cal), _cal_scores(im.false_scores, cal))
               for im in scored.images]
@@ -536,6 +555,10 @@ def localisation_metrics(scored: Scored, cal: Calibration, *, seed: int) -> dict
                        "sensitivity_ci95": {str(r): [round(ci[r][0], 4), round(ci[r][1], 4)] for r in FROC_RATES},
                        "at_operating_point": {"sensitivity": round(sens_op, 4),
                                               "false_regions_per_image": round(fp_op, 4)}}
+        if scored.nodules is not None and side:
+            scores = np.concatenate([im.lesion_scores for im in images])
+            nodules = [n for ns in scored.nodules for n in ns]
+            out["froc"]["by_band_at_1"] = sensitivity_by_band(scores, nodules, froc_threshold(images, 1.0), side)
     return out
 
 
@@ -565,8 +588,7 @@ def _fold(data: _FitData, f: int, advance: Callable[[], None]) -> dict[str, Any]
     network = _fit(cfg, pool, np.nonzero(pool.groups != f)[0], spec, cfg.seed + 1000 * (f + 1), advance)
     val = score_set(network, _val_set(val_pool, val_pool.groups != f), spec, lc, sigma)
     cal = calibrate(val, cfg)
-    test = build_test_set([held.picture], lc.test_per_background, lc, spec, seed=cfg.seed, stream=_TEST + f,
-                          unknowns=[held.unknown])
+    test = background_test_set(lc, data.backgrounds, f, spec, seed=cfg.seed)
     scored = score_set(network, test, spec, lc, sigma)
     state = {"config": data.digest, "background": held.id, "seconds": round(time.time() - t0, 1),
              "calibration": [cal.a, cal.b, cal.operating_point, cal.urgent_point], "test": scored.to_json()}
@@ -744,13 +766,10 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     network.eval()
     val = score_set(network, _val_set(val_pool, np.ones(len(val_pool), bool)), spec, lc, sigma)
     cal = calibrate(val, cfg)
-    generated_sources = [generated_chest(np.random.default_rng([cfg.seed, _TEST_GENERATED, k]), 2 * side)[0]
-                         for k in range(max(1, lc.test_generated // 10))]
-    test_generated = build_test_set(generated_sources, max(2, lc.test_generated // len(generated_sources)), lc, spec,
-                                    seed=cfg.seed, stream=_TEST_GENERATED)
     metrics: dict[str, Any] = {
         "validation": localisation_metrics(val, cal, seed=cfg.seed),
-        "test_generated": localisation_metrics(score_set(network, test_generated, spec, lc, sigma), cal, seed=cfg.seed),
+        "test_generated": localisation_metrics(score_set(network, generated_test_set(lc, spec, seed=cfg.seed), spec, lc,
+                                                         sigma), cal, seed=cfg.seed),
     }
     if fold_results:
         states = [fold_results[f] for f in folds]
