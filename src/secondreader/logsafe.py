@@ -44,6 +44,20 @@ def redact(text: str) -> str:
     return _PATH.sub("<path>", text)
 
 
+#: The DICOM libraries, whose warnings quote header values (a person name in any spelling, an ID).
+_DICOM_LIBRARIES = ("pydicom", "highdicom", "pynetdicom")
+_WARNING_SOURCE = re.compile(r"[/\\](" + "|".join(_DICOM_LIBRARIES) + r")[/\\]\S*?:\d+: (\w+):")
+
+
+def _dicom_warning(message: str) -> str | None:
+    """A captured warning raised inside a DICOM library, told by its library and category only: its
+    text may quote a header value that no pattern recognises as a name (``JOHN SMITH``)."""
+    found = _WARNING_SOURCE.search(message)
+    if found is None:
+        return None
+    return f"a {found.group(2)} from {found.group(1)} (its text may quote header values: not logged)"
+
+
 class PhiRedactingFilter(logging.Filter):
     """Rewrites every record's message with :func:`redact` (args are merged first)."""
 
@@ -52,6 +66,8 @@ class PhiRedactingFilter(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):
             message = str(record.msg)
+        if record.name == "py.warnings":
+            message = _dicom_warning(message) or message
         record.msg = redact(message)
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
@@ -87,7 +103,10 @@ def configure_logging(level: str = "INFO") -> None:
         }
     )
     logging.captureWarnings(True)
-    # pydicom's warnings quote header values (names, IDs). The read paths catch them, but
+    # The DICOM libraries' warnings quote header values (names, IDs). The read paths catch them, but
     # warnings.catch_warnings() swaps one process-global filter list, which the service's screening
     # threads race on; so they are also ignored process-wide, never printed.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+    # highdicom's too: it warns about a PatientName it finds odd by quoting it, from the output
+    # encoder's threads (a leak a new user saw once, under concurrent uploads).
+    for library in _DICOM_LIBRARIES:
+        warnings.filterwarnings("ignore", category=UserWarning, module=rf"{library}(\.|$)")

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
-from secondreader.logsafe import PhiRedactingFilter, redact, set_secret, study_key
+from secondreader.logsafe import PhiRedactingFilter, configure_logging, redact, set_secret, study_key
 
 
 def test_study_key_is_a_stable_pseudonym() -> None:
@@ -27,3 +28,34 @@ def test_filter_drops_exception_text() -> None:
     PhiRedactingFilter().filter(record)
     assert "DOE" not in record.getMessage() and record.exc_info is None
     assert "ValueError" in record.getMessage()
+
+
+def test_a_dicom_librarys_warning_is_logged_without_its_text() -> None:
+    # what logging.captureWarnings makes of highdicom's warning about an odd PatientName: the name has
+    # no "^", so no pattern would recognise it
+    text = warnings.formatwarning('The string "CANARY ZEBEDEE" is unlikely to represent the intended person name',
+                                  UserWarning, "/usr/lib/python3/site-packages/highdicom/sr/value_types.py", 220)
+    record = logging.LogRecord("py.warnings", logging.WARNING, __file__, 1, "%s", (text,), None)
+    PhiRedactingFilter().filter(record)
+    assert "CANARY" not in record.getMessage()
+    assert record.getMessage() == "a UserWarning from highdicom (its text may quote header values: not logged)"
+    # other libraries' warnings keep their (redacted) text
+    other = warnings.formatwarning("an op is deprecated", FutureWarning, "/x/site-packages/torch/nn/f.py", 3)
+    record = logging.LogRecord("py.warnings", logging.WARNING, __file__, 1, "%s", (other,), None)
+    PhiRedactingFilter().filter(record)
+    assert "an op is deprecated" in record.getMessage()
+
+
+def test_the_dicom_libraries_user_warnings_are_ignored_process_wide() -> None:
+    before = list(warnings.filters)
+    try:
+        configure_logging("WARNING")
+        for module in ("pydicom.valuerep", "highdicom.valuerep", "pynetdicom.dsutils"):
+            with warnings.catch_warnings(record=True) as caught:
+                # keep the filters configure_logging installed, minus pytest's "error" override
+                warnings.filters[:] = [f for f in warnings.filters if f[0] != "error"]
+                warnings.warn_explicit("CANARY^ZEBEDEE", UserWarning, f"/x/{module}.py", 1, module=module)
+            assert caught == [], module
+    finally:
+        warnings.filters[:] = before
+        logging.captureWarnings(False)
