@@ -86,5 +86,10 @@ class StoreError(InfrastructureError):
     """The result/job store failed."""
 
 
+class StoreConflictError(StoreError):
+    """A transaction lost a race with another one (a duplicate key, a lock or a serialisation
+    failure): running it again sees the other's work."""
+
+
 class PacsError(InfrastructureError):
     """The PACS refused or could not be reached."""

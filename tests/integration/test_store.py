@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,27 @@ def test_unreachable_database_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="store unavailable while trying to read a study"):
         broken.get_study("1.2.3")
     broken.engine.dispose()
+
+
+def test_instances_of_one_new_study_received_at_once_are_all_recorded(store: Store, tmp_path: Path) -> None:
+    """Several associations deliver instances of a study the store has not seen, at the same moment:
+    each is recorded once (no Out of Resources for a lost race)."""
+    results: list[bool] = []
+    errors: list[BaseException] = []
+
+    def receive(uid: str, sop: str, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            results.append(store.record_inbound(uid, sop, tmp_path))
+        except Exception as exc:  # noqa: BLE001 - every failure is the finding
+            errors.append(exc)
+
+    for k in range(5):
+        uid, barrier = f"1.2.3.{k}", threading.Barrier(4)
+        threads = [threading.Thread(target=receive, args=(uid, f"{uid}.{i}", barrier)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [] and results == [True] * 20
+    assert not store.record_inbound("1.2.3.0", "1.2.3.0.0", tmp_path)  # a re-send of one of them

@@ -290,3 +290,29 @@ def test_findings_that_do_not_route_neither_discord_nor_hold_up_the_review(store
     assert study["first_read"]["discordant"] == ["pneumonia"]
     view = worklist.add_review(uid, "pneumonia-1", "confirmed_miss", "Dr A", actor="k")
     assert view is not None and view["state"] == "reviewed"  # the nodule region needs no verdict
+
+
+def test_the_same_new_study_saved_by_two_threads_at_once_keeps_both_results(store: Store) -> None:
+    """A PACS re-sends a study while it is still being screened: two results of one study that is not
+    stored yet are saved at the same moment. Both must land (the second as the newer result), on
+    SQLite and PostgreSQL alike, not fail the second job on a duplicate key or a lock."""
+    worklist = Worklist(store)
+    errors: list[BaseException] = []
+
+    def save(uid: str, probability: float, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            worklist.record_result(_result(uid, probability))
+        except Exception as exc:  # noqa: BLE001 - every failure is the finding
+            errors.append(exc)
+
+    for _round in range(5):
+        uid, barrier = _uid(), threading.Barrier(4)
+        threads = [threading.Thread(target=save, args=(uid, p, barrier)) for p in (0.6, 0.7, 0.8, 0.9)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert store.results_count(uid) == 4
+        assert store.get_study(uid) is not None

@@ -8,26 +8,28 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import and_, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import CursorResult, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import StoreError
+from ..errors import StoreConflictError, StoreError
 from .models import InboundInstance, InboundStudy, Instance, Job, Outbox, Result, Study, utcnow
 
 __all__ = ["JOB_STATES", "JobRecord", "Store", "write_result"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 JOB_STATES = ("queued", "running", "done", "failed")
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -105,12 +107,29 @@ class Store:
         naming ``operation``."""
         return self._session(operation)
 
+    def retrying(self, operation: str, body: Callable[[Session], _T], *, attempts: int = 5) -> _T:
+        """``body`` in one transaction, run again (up to ``attempts`` times) when it lost a race
+        with another transaction: two threads or workers inserting the same new study."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self._session(operation, quiet_conflicts=attempt < attempts) as s:
+                    return body(s)
+            except StoreConflictError:
+                if attempt == attempts:
+                    raise
+                logger.info("store %s: lost a race with another transaction, trying again", operation)
+        raise AssertionError("unreachable")
+
     @contextmanager
-    def _session(self, operation: str) -> Iterator[Session]:
+    def _session(self, operation: str, *, quiet_conflicts: bool = False) -> Iterator[Session]:
         try:
             with self._sessions.begin() as session:
                 yield session
         except SQLAlchemyError as exc:
+            if _is_conflict(exc):
+                if not quiet_conflicts:
+                    logger.error("store %s failed: %s", operation, type(exc).__name__)
+                raise StoreConflictError(f"store conflict while trying to {operation}") from None
             logger.error("store %s failed: %s", operation, type(exc).__name__)
             raise StoreError(f"store unavailable while trying to {operation}") from None
 
@@ -182,8 +201,7 @@ class Store:
     # -- results ------------------------------------------------------------------------------
     def save_result(self, result: dict[str, Any]) -> None:
         """Store a study result (contract 2) as the study's latest, plus its instances and history."""
-        with self._session("save a result") as s:
-            write_result(s, result)
+        self.retrying("save a result", lambda s: write_result(s, result))
 
     def get_study(self, study_uid: str) -> dict[str, Any] | None:
         with self._session("read a study") as s:
@@ -198,8 +216,11 @@ class Store:
 
     # -- received instances and the outbox ------------------------------------------------------
     def record_inbound(self, study_uid: str, sop_uid: str, spool_dir: Path) -> bool:
-        """Record a received instance; False when its SOP Instance UID was already received."""
-        with self._session("record a received instance") as s:
+        """Record a received instance; False when its SOP Instance UID was already received.
+        Instances of one new study arriving on several associations at once may race to create it:
+        the loser runs again."""
+
+        def record(s: Session) -> bool:
             if s.get(InboundInstance, sop_uid) is not None:
                 return False
             s.add(InboundInstance(sop_instance_uid=sop_uid, study_instance_uid=study_uid))
@@ -210,6 +231,8 @@ class Store:
             study.state = "receiving"
             study.last_received_at = utcnow()
             return True
+
+        return self.retrying("record a received instance", record)
 
 
     def stable_studies(self, quiet_seconds: float) -> list[tuple[str, str]]:
@@ -262,6 +285,18 @@ class Store:
             for status in s.scalars(select(Outbox.status)):
                 counts[status] = counts.get(status, 0) + 1
             return counts
+
+
+def _is_conflict(exc: SQLAlchemyError) -> bool:
+    """A lost race, not a broken store: a duplicate key (IntegrityError), SQLite's "database is
+    locked" when two deferred transactions both want to write, PostgreSQL's deadlock or
+    serialisation failure (SQLSTATE 40P01, 40001)."""
+    if isinstance(exc, IntegrityError):
+        return True
+    if isinstance(exc, OperationalError):
+        code = getattr(exc.orig, "sqlstate", None)
+        return code in ("40P01", "40001") or "locked" in str(exc.orig).lower()
+    return False
 
 
 def write_result(s: Session, result: dict[str, Any]) -> Study:

@@ -72,7 +72,8 @@ class Worklist:
         if not uid:
             raise ValueError("only results with a Study Instance UID go on the worklist")
         data["ai_priority"] = dict(data["priority"])
-        with self.store.transaction("save a result") as s:
+
+        def save(s: Session) -> dict[str, Any]:
             existing = self._lock(s, uid)
             if existing is not None and existing.result.get("ai_priority") is None:
                 existing.result = {**existing.result, "ai_priority": dict(existing.result["priority"])}
@@ -96,6 +97,9 @@ class Worklist:
             s.add(AuditEvent(actor=actor, action="screened", study_key=study_key(uid),
                              detail={"status": study.status, "route": study.route, "rule": study.rule}))
             return dict(study.result)
+
+        # two results of a study not stored yet can race (a PACS re-sends it while it is screened)
+        return self.store.retrying("save a result", save)
 
     def record_artifacts(self, study_uid: str, artifacts: Mapping[str, Any], *, encode_ms: float) -> None:
         """The files a study's outputs were written to, once written (``artifacts`` of contract 2, with
