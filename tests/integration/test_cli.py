@@ -122,6 +122,10 @@ def test_usage_errors_exit_non_zero(tmp_path: Path) -> None:
     assert _run("screen", env_home=tmp_path).returncode == 2
     assert _run("screen", "--format", "xml", "x", env_home=tmp_path).returncode == 2
     assert _run("bogus", env_home=tmp_path).returncode == 2
+    # a device torch does not know is named, without a traceback
+    proc = _run("screen", "--device", "gpu", str(tmp_path / "x.dcm"), env_home=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "device 'gpu' is not one of auto, cpu, cuda or cuda:N" in proc.stderr
 
 
 def test_missing_path_is_a_failed_result_not_a_crash(tmp_path: Path) -> None:

@@ -113,12 +113,19 @@ def _zip_members(path: Path) -> Iterator[InputFile | InputProblem]:
 
 
 def iter_inputs(paths: list[Path]) -> Iterator[InputFile | InputProblem]:
-    """Expand files, folders (recursively, sorted) and zips into inputs, in a stable order."""
+    """Expand files, folders (recursively, sorted) and zips into inputs, in a stable order. Hidden
+    files and everything under a hidden folder inside a given folder are passed over: ``.git``,
+    a virtual environment, and secondreader's own ``.secondreader`` home (its key and quarantined
+    copies) when a user screens the folder they ran it in."""
     for root in paths:
         if not root.exists():
             yield InputProblem(root.name, "no such file or folder")
             continue
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        if root.is_dir():
+            files = sorted(p for p in root.rglob("*")
+                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        else:
+            files = [root]
         for path in files:
             if path.name.startswith("."):
                 continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import threading
 import time
 import warnings
@@ -96,6 +97,8 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {device} was asked for but no CUDA device is available")
+    if device != "cpu" and re.fullmatch(r"cuda(:\d+)?", device) is None:
+        raise ModelError(f"device {device!r} is not one of auto, cpu, cuda or cuda:N")
     return torch.device(device)
 
 
