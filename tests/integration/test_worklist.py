@@ -175,6 +175,12 @@ def test_failed_and_ineligible_studies(store: Store) -> None:
     failed, ineligible = _uid(), _uid()
     assert worklist.record_result(_result(failed, 0, status="failed"))["priority"]["rule"] == "screening-failed"
     assert worklist.study(failed)["state"] == "awaiting_review"  # type: ignore[index]
+    # its report is still read: a positive report is positive, not "negative" for want of findings
+    (study,) = worklist.add_report(ReportIn(failed, None, "Patchy airspace opacity, consistent with pneumonia."),
+                                   actor="t").studies
+    assert study["first_read"]["status"] == "positive"
+    assert study["first_read"]["labels"]["pneumonia"] == "present" and study["first_read"]["discordant"] == []
+    assert study["priority"]["rule"] == "screening-failed"
     assert worklist.record_result(_result(ineligible, 0, status="ineligible"))["priority"]["rule"] == "ineligible"
     assert worklist.study(ineligible)["state"] == "ineligible"  # type: ignore[index]
     # a later upload that screens it moves it on

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from ..errors import InvalidInputError, InvalidReportError
 from ..logsafe import study_key
 from ..reports.firstread import FirstRead, ReportIn, interpret
-from ..reports.labeler import Label
+from ..reports.labeler import FINDING_TERMS, Label
 from ..scoring.priority import Priority, Route
 from ..store.models import AuditEvent, Finding, FirstReadRow, Instance, RegionRow, Result, Review, Study, utcnow
 from ..store.store import Store, write_result
@@ -302,7 +302,8 @@ class Worklist:
         ai = result.get("ai_priority") or result["priority"]
         ai_priority = Priority(int(ai["score"]), Route(ai["route"]), str(ai["rule"]))
         findings = result.get("findings", [])
-        codes = [f["code"] for f in findings]
+        # a study without findings (failed, ineligible) still shows what its report says
+        codes = [f["code"] for f in findings] or sorted(FINDING_TERMS)
         first_read: FirstRead | None = None
         if row is not None:
             report = ReportIn(row.study_instance_uid, row.accession_number, row.text,
