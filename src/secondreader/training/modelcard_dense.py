@@ -186,7 +186,11 @@ Training and the leave-one-background-out evaluation took {training['seconds']} 
 (seed {training['seed']}, {training['epochs']} epochs per model). Every fit is seeded and runs on one CPU
 thread, which is bit-for-bit repeatable on the same software without torch's deterministic mode (ten
 times slower on the CPU): two full runs of the 1.2.0 config gave weights with the same sha256, and two
-of 1.3.0 gave the same weights and identical metrics. Other
-CPUs or library versions may differ in the last bits and move the metrics slightly.
+of 1.3.0 gave the same weights and identical metrics. Other CPUs or library versions differ in the
+last bits: a run of the 1.3.0 config on another CPU came within 0.01 of its study AUROCs, but its
+FROC sensitivities moved by up to 0.07 (`training/README.md`, "Repeatable on one machine, not across CPUs").
+
+`secondreader evaluate <this bundle> --config {training.get('config') or 'CONFIG'}` recomputes the
+generated-chest test from these weights and scores the test images of the backgrounds it trained on.
 """
     path.write_text(text)
