@@ -37,11 +37,41 @@ def study_key(study_instance_uid: str | None) -> str:
     return hmac.new(_secret, study_instance_uid.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def redact(text: str) -> str:
-    """Mask UIDs, person names and paths in ``text``."""
-    text = _UID.sub("<uid>", text)
-    text = _PERSON_NAME.sub("<name>", text)
+#: An HTTP request line in an access log: its path is shown as the route's shape.
+_REQUEST = re.compile(r"\b(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/[^\s\"]*)")
+#: The words of the service's routes; any other segment (a UID, a pseudonym, a name) is masked.
+_ROUTE_WORDS = frozenset({"v1", "dicomweb", "studies", "instances", "dicom", "heatmaps", "jobs", "reports",
+                          "reviews", "manifest.csv", "screen", "worklist", "viewer", "assets", "healthz", "livez",
+                          "readyz", "metrics", "docs", "docs.json", "index.html"})
+_HEATMAP = re.compile(r"[a-z][a-z0-9_-]*(?:\.layer)?\.png")
+#: HL7 v2 message types (ORU^R01, ADT^A08^ADT_A01) look like person names; an IPv4 address like a UID.
+_HL7_TYPE = re.compile(r"[A-Z]{3}\^[A-Z]\d{2}(?:\^[A-Z0-9_]+)?[,.;:]?")
+_IPV4 = re.compile(r"(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}")
+
+
+def _route(match: re.Match[str]) -> str:
+    """``GET /v1/studies/1.2.3/heatmaps/nodule.png?x=1`` → ``GET /v1/studies/<id>/heatmaps/nodule.png?...``."""
+    path, _, query = match.group(2).partition("?")
+    parts = path.split("/")
+    segments = [s if not s or s in _ROUTE_WORDS or (k and parts[k - 1] == "heatmaps" and _HEATMAP.fullmatch(s))
+                else "<id>" for k, s in enumerate(parts)]
+    return f"{match.group(1)} {'/'.join(segments)}{'?...' if query else ''}"
+
+
+def _redact_text(text: str) -> str:
+    text = _UID.sub(lambda m: m.group(0) if _IPV4.fullmatch(m.group(0)) else "<uid>", text)
+    text = _PERSON_NAME.sub(lambda m: m.group(0) if _HL7_TYPE.fullmatch(m.group(0)) else "<name>", text)
     return _PATH.sub("<path>", text)
+
+
+def redact(text: str) -> str:
+    """Mask UIDs, person names and paths in ``text``. Request lines keep their route's shape, HL7
+    message types and IPv4 addresses stay."""
+    out, last = [], 0
+    for match in _REQUEST.finditer(text):
+        out += [_redact_text(text[last:match.start()]), _route(match)]
+        last = match.end()
+    return "".join(out) + _redact_text(text[last:])
 
 
 #: The DICOM libraries, whose warnings quote header values (a person name in any spelling, an ID).

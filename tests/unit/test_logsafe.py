@@ -59,3 +59,24 @@ def test_the_dicom_libraries_user_warnings_are_ignored_process_wide() -> None:
     finally:
         warnings.filters[:] = before
         logging.captureWarnings(False)
+
+
+def test_access_log_lines_keep_the_route_and_mask_everything_else() -> None:
+    line = ('127.0.0.1:5000 - "GET /v1/studies/1.2.840.113619.2.55.3/instances/1.2.840.113619.2.55.3.1/heatmaps/'
+            'nodule.layer.png?token=DOE HTTP/1.1" 200')
+    assert redact(line) == ('127.0.0.1:5000 - "GET /v1/studies/<id>/instances/<id>/heatmaps/nodule.layer.png?... '
+                            'HTTP/1.1" 200')
+    assert redact('"GET /v1/studies/study:54ade8dd02edddea HTTP/1.1" 404') == '"GET /v1/studies/<id> HTTP/1.1" 404'
+    # a segment that is no route word is masked, whatever it looks like
+    assert redact("GET /v1/smith_john.png") == "GET /v1/<id>"
+    assert redact("POST /v1/screen?wait=0") == "POST /v1/screen?..."
+    # outside request lines, paths are still masked
+    assert redact("wrote /data/DOE_JOHN/x.dcm") == "wrote <path>"
+
+
+def test_hl7_message_types_and_ip_addresses_are_not_taken_for_names_or_uids() -> None:
+    assert redact("HL7 message rejected: ORU^R01 message has no OBR segment") == (
+        "HL7 message rejected: ORU^R01 message has no OBR segment")
+    assert redact("refusing to serve on 0.0.0.0 without API keys") == "refusing to serve on 0.0.0.0 without API keys"
+    assert redact("ADT^A08^ADT_A01 from DOE^JANE") == "ADT^A08^ADT_A01 from <name>"
+    assert redact("study 1.2.840.10008.5.1.4") == "study <uid>"
