@@ -95,8 +95,9 @@ def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _text_line(data: dict[str, Any]) -> str:
-    findings = ", ".join(
-        f"{f['code']} {f['probability']:.2f}{' +' if f['positive'] else ''}" for f in data["findings"]
+    findings = ", ".join(  # a finding of a model that missed its targets is shown, marked, and routes nothing
+        f"{f['code']} {f['probability']:.2f}{' +' if f['positive'] else ''}"
+        f"{'' if f.get('routes', True) else ' (not routing)'}" for f in data["findings"]
     )
     priority = data["priority"]
     uid = data["study_instance_uid"] or f"(no study UID: {data.get('source')})"

@@ -15,7 +15,7 @@ import logging.config
 import re
 import warnings
 
-__all__ = ["PhiRedactingFilter", "configure_logging", "set_secret", "study_key"]
+__all__ = ["PhiRedactingFilter", "configure_logging", "redact", "redact_report_text", "set_secret", "study_key"]
 
 _secret: bytes = b"secondreader-unset-secret"
 
@@ -72,6 +72,30 @@ def redact(text: str) -> str:
         out += [_redact_text(text[last:match.start()]), _route(match)]
         last = match.end()
     return "".join(out) + _redact_text(text[last:])
+
+
+#: In report free text: a name after a cue that introduces one, an identifier after its label, dates,
+#: and tokens that mix letters and digits or run to five digits (record numbers).
+_NAME_AFTER_CUE = re.compile(
+    r"\b(patient'?s? name|name|mrs?|ms|miss|dr|(?:electronically )?signed by|seen by|dictated by|reported by|"
+    r"read by|referred by|transcribed by|verified by)(\.?:?\s+)((?:(?:dr|mrs?|ms|prof)\.?\s+)?"
+    r"[a-z][a-z'-]*(?:\s+[a-z][a-z'-]*){0,2})",
+    re.IGNORECASE)
+_ID_AFTER_CUE = re.compile(r"\b(mrn|id|accession(?: number)?|dob|date of birth|nhs(?: number)?)"
+                           r"(\.?:?\s*#?\s*)([a-z0-9][a-z0-9/-]*)", re.IGNORECASE)
+_DATE = re.compile(r"\b\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}\b")
+_ID_TOKEN = re.compile(r"\b(?:(?=[a-z]*\d)(?=\d*[a-z])[a-z0-9]{5,}|\d{5,})\b", re.IGNORECASE)
+
+
+def redact_report_text(text: str) -> str:
+    """:func:`redact` for a sentence of a report, which may name the patient, the readers, record
+    numbers and dates in any spelling: a name after a cue ("seen by", "Dr", "name:"), an identifier
+    after its label (MRN, ID, accession, DOB), dates and letter-digit or long digit tokens are masked
+    too. A heuristic: free text can name someone no pattern foresees."""
+    text = _NAME_AFTER_CUE.sub(lambda m: f"{m.group(1)}{m.group(2)}<name>", text)
+    text = _ID_AFTER_CUE.sub(lambda m: f"{m.group(1)}{m.group(2)}<id>", text)
+    text = _DATE.sub("<date>", text)
+    return redact(_ID_TOKEN.sub("<id>", text))
 
 
 #: The DICOM libraries, whose warnings quote header values (a person name in any spelling, an ID).

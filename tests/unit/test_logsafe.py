@@ -3,7 +3,14 @@ from __future__ import annotations
 import logging
 import warnings
 
-from secondreader.logsafe import PhiRedactingFilter, configure_logging, redact, set_secret, study_key
+from secondreader.logsafe import (
+    PhiRedactingFilter,
+    configure_logging,
+    redact,
+    redact_report_text,
+    set_secret,
+    study_key,
+)
 
 
 def test_study_key_is_a_stable_pseudonym() -> None:
@@ -80,3 +87,16 @@ def test_hl7_message_types_and_ip_addresses_are_not_taken_for_names_or_uids() ->
     assert redact("refusing to serve on 0.0.0.0 without API keys") == "refusing to serve on 0.0.0.0 without API keys"
     assert redact("ADT^A08^ADT_A01 from DOE^JANE") == "ADT^A08^ADT_A01 from <name>"
     assert redact("study 1.2.840.10008.5.1.4") == "study <uid>"
+
+
+def test_a_report_sentence_loses_names_identifiers_and_dates_but_keeps_its_findings() -> None:
+    sentence = "patient canary^zebedee, mrn pidcanary42, seen by john smith on 28/11/2026: no consolidation."
+    masked = redact_report_text(sentence)
+    for leak in ("canary", "zebedee", "pidcanary42", "john", "smith", "2026"):
+        assert leak not in masked, leak
+    assert masked.endswith("no consolidation.") and "seen by <name>" in masked and "mrn <id>" in masked
+    assert redact_report_text("Signed by: Dr. Jane Doe. Accession # A1234567.") == (
+        "Signed by: <name>. Accession # <id>.")
+    # clinical words and small numbers stay
+    clinical = "a 5 mm nodule in the right upper lobe, unchanged since the prior study; no pneumothorax."
+    assert redact_report_text(clinical) == clinical

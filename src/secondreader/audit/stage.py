@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..dicom.io import InputFile, InputProblem
 from ..errors import InfrastructureError, SecondReaderError
-from ..logsafe import redact, study_key
+from ..logsafe import redact_report_text, study_key
 from ..model.predictor import Predictor
 from ..pipeline import ScreeningOptions, display_frames, parse_input, screen_inputs
 from ..reports.firstread import interpret
@@ -144,7 +144,8 @@ class StudyAuditor:
             first_read = interpret(report, assessable, positive)
             labels = {c: first_read.labels[c].value if c in first_read.labels else UNKNOWN for c in self.codes}
             discordant = list(first_read.discordant)
-            evidence = {c: redact(first_read.evidence[c]) if c in first_read.evidence else None for c in discordant}
+            evidence = {c: redact_report_text(first_read.evidence[c]) if c in first_read.evidence else None
+                        for c in discordant}
         timing = {k: round(v, 1) for k, v in result.timing_ms.items() if k != "total"}
         timing["reconcile"] = (time.perf_counter() - t0) * 1000.0
         return {
