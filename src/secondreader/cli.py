@@ -223,7 +223,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="also screen the sample studies of the pydicom-data package")
     screen.set_defaults(func=_cmd_screen)
 
-    serve = sub.add_parser("serve", help="run the HTTP service (BentoML) on the embedded default")
+    serve = sub.add_parser("serve", help="run the HTTP service (BentoML) with its viewer and DICOM receiver (SQLite "
+                           "store and local spool unless configured otherwise)")
     serve.add_argument("--host", help="bind address (default SECONDREADER_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default SECONDREADER_HTTP_PORT, 3000)")
     serve.add_argument("--models-dir", type=Path, help="models folder (default SECONDREADER_MODELS_DIR)")
