@@ -107,7 +107,9 @@ def test_slow_work_answers_202_then_the_job_finishes(client: TestClient, service
     ("kwargs", "status", "reason"),
     [
         ({"content": b"hello", "headers": {"Content-Type": "application/dicom"}}, 400,
-         "nothing in the upload is DICOM"),
+         "nothing in the upload is DICOM (no Part 10 file, no zip holding one): a text file"),
+        ({"content": b"\x89PNG\r\n\x1a\n" + bytes(200), "headers": {"Content-Type": "application/dicom"}}, 400,
+         "nothing in the upload is DICOM (no Part 10 file, no zip holding one): a PNG image"),
         ({"content": b"x", "headers": {"Content-Type": "text/plain"}}, 400, "Content-Type must be"),
         ({"data": {"url": "http://example.invalid/x.dcm"}, "files": [("f", ("a.dcm", b"DICM", "application/dicom"))]},
          400, "is not a file"),

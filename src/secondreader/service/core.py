@@ -32,6 +32,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from ..dicom.io import sniff_non_dicom
 from ..errors import InvalidInputError
 from ..logsafe import study_key
 from ..model.predictor import Predictor
@@ -152,7 +153,10 @@ class ScreeningService:
         if not uploads:
             raise InvalidInputError("the upload holds no files")
         if not any(has_dicom(u) for u in uploads):
-            reason = "nothing in the upload is DICOM (no Part 10 file, no zip holding one)"
+            kinds = sorted({(sniff_non_dicom(u.data[:1024]) or "a file of another kind") if u.data else "an empty file"
+                            for u in uploads})
+            reason = ("nothing in the upload is DICOM (no Part 10 file, no zip holding one): "
+                      + ", ".join(kinds))
             for upload in uploads:
                 self.quarantine.keep(upload.data, reason=reason, channel="http", kind="upload")
             raise InvalidInputError(reason)
