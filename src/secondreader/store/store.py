@@ -288,14 +288,15 @@ class Store:
 
 
 def _is_conflict(exc: SQLAlchemyError) -> bool:
-    """A lost race, not a broken store: a duplicate key (IntegrityError), SQLite's "database is
-    locked" when two deferred transactions both want to write, PostgreSQL's deadlock or
-    serialisation failure (SQLSTATE 40P01, 40001)."""
+    """A lost race, not a broken store: a duplicate key (SQLSTATE 23505, SQLite's UNIQUE constraint),
+    SQLite's "database is locked" when two deferred transactions both want to write, PostgreSQL's
+    deadlock or serialisation failure (40P01, 40001). Other integrity errors are bugs, not races."""
+    code = getattr(exc.orig, "sqlstate", None) if isinstance(exc, IntegrityError | OperationalError) else None
+    text = str(getattr(exc, "orig", exc)).lower()
     if isinstance(exc, IntegrityError):
-        return True
+        return code == "23505" or "unique constraint" in text
     if isinstance(exc, OperationalError):
-        code = getattr(exc.orig, "sqlstate", None)
-        return code in ("40P01", "40001") or "locked" in str(exc.orig).lower()
+        return code in ("40P01", "40001") or "locked" in text
     return False
 
 
