@@ -110,15 +110,14 @@ class Store:
     def retrying(self, operation: str, body: Callable[[Session], _T], *, attempts: int = 5) -> _T:
         """``body`` in one transaction, run again (up to ``attempts`` times) when it lost a race
         with another transaction: two threads or workers inserting the same new study."""
-        for attempt in range(1, attempts + 1):
+        for _attempt in range(attempts - 1):
             try:
-                with self._session(operation, quiet_conflicts=attempt < attempts) as s:
+                with self._session(operation, quiet_conflicts=True) as s:
                     return body(s)
             except StoreConflictError:
-                if attempt == attempts:
-                    raise
                 logger.info("store %s: lost a race with another transaction, trying again", operation)
-        raise AssertionError("unreachable")
+        with self._session(operation) as s:  # the last try: a conflict now is an error
+            return body(s)
 
     @contextmanager
     def _session(self, operation: str, *, quiet_conflicts: bool = False) -> Iterator[Session]:

@@ -545,20 +545,28 @@ def localisation_metrics(scored: Scored, cal: Calibration, *, seed: int, side: i
     images = [ImageDetections(_cal_scores(im.lesion_scores, cal), _cal_scores(im.false_scores, cal))
               for im in scored.images]
     out: dict[str, Any] = {"study": binary_metrics(p, scored.labels, cal.operating_point, seed=seed).to_json()}
-    n_lesions = int(sum(im.lesion_scores.size for im in images))
-    if n_lesions:
-        froc = froc_sensitivities(images)
-        ci = froc_bootstrap(images, seed=seed)
+    if any(im.lesion_scores.size for im in images):
+        nodules = [n for ns in scored.nodules for n in ns] if scored.nodules is not None and side else None
         sens_op, fp_op = sensitivity_at_threshold(images, cal.operating_point)
-        out["froc"] = {"n_images": len(images), "n_lesions": n_lesions,
-                       "sensitivity": {str(r): round(froc[r], 4) for r in FROC_RATES},
-                       "sensitivity_ci95": {str(r): [round(ci[r][0], 4), round(ci[r][1], 4)] for r in FROC_RATES},
+        out["froc"] = {**_froc_summary(images, nodules, side, seed=seed),
                        "at_operating_point": {"sensitivity": round(sens_op, 4),
                                               "false_regions_per_image": round(fp_op, 4)}}
-        if scored.nodules is not None and side:
-            scores = np.concatenate([im.lesion_scores for im in images])
-            nodules = [n for ns in scored.nodules for n in ns]
-            out["froc"]["by_band_at_1"] = sensitivity_by_band(scores, nodules, froc_threshold(images, 1.0), side)
+    return out
+
+
+def _froc_summary(images: Sequence[ImageDetections], nodules: Sequence[tuple[float, float]] | None, side: int, *,
+                  seed: int) -> dict[str, Any]:
+    """The FROC of ``images`` (calibrated scores) with bootstrap intervals and, given each lesion's
+    ``(radius, contrast)`` in order, its sensitivity at 1 false region per image by band."""
+    froc = froc_sensitivities(images)
+    ci = froc_bootstrap(images, seed=seed)
+    out: dict[str, Any] = {
+        "n_images": len(images), "n_lesions": int(sum(im.lesion_scores.size for im in images)),
+        "sensitivity": {str(r): round(froc[r], 4) for r in FROC_RATES},
+        "sensitivity_ci95": {str(r): [round(ci[r][0], 4), round(ci[r][1], 4)] for r in FROC_RATES}}
+    if nodules is not None:
+        scores = np.concatenate([im.lesion_scores for im in images])
+        out["by_band_at_1"] = sensitivity_by_band(scores, nodules, froc_threshold(images, 1.0), side)
     return out
 
 
@@ -873,16 +881,7 @@ def _pool_folds(results: list[dict[str, Any]], *, seed: int, side: int,
                   "sensitivity": round(float(positive[y].mean()), 4),
                   "specificity": round(float((~positive[~y]).mean()), 4),
                   "threshold": "each fold's own operating point"})
-    froc = froc_sensitivities(images)
-    ci = froc_bootstrap(images, seed=seed)
-    pooled_froc: dict[str, Any] = {
-        "n_images": len(images), "n_lesions": int(sum(im.lesion_scores.size for im in images)),
-        "sensitivity": {str(r): round(froc[r], 4) for r in FROC_RATES},
-        "sensitivity_ci95": {str(r): [round(ci[r][0], 4), round(ci[r][1], 4)] for r in FROC_RATES}}
-    if nodules is not None:
-        scores = np.concatenate([im.lesion_scores for im in images])
-        pooled_froc["by_band_at_1"] = sensitivity_by_band(scores, nodules, froc_threshold(images, 1.0), side)
-    pooled = {"study": study, "froc": pooled_froc,
+    pooled = {"study": study, "froc": _froc_summary(images, nodules, side, seed=seed),
               "method": "leave one real background out; test nodules by insertion model B at source resolution"}
     return pooled, per_fold
 
