@@ -14,6 +14,7 @@ from secondreader.errors import ModelError
 from secondreader.model.card import load_card
 from secondreader.model.dense import (
     DensePredictor,
+    MapRecipe,
     build_dense_network,
     dense_regions,
     load_predictor,
@@ -28,7 +29,7 @@ NETWORK = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [
            "num_res_units": 0}
 
 
-def write_dense_bundle(folder: Path, *, region_threshold: float = 0.6) -> Path:
+def write_dense_bundle(folder: Path, *, region_threshold: float = 0.6, flip_average: bool = False) -> Path:
     torch.manual_seed(0)
     network = build_dense_network("UNet", NETWORK)
     (folder / "configs").mkdir(parents=True)
@@ -37,7 +38,7 @@ def write_dense_bundle(folder: Path, *, region_threshold: float = 0.6) -> Path:
     meta = {"name": "tiny-nodule", "version": "0.0.1", "secondreader": {
         "device_uid": "2.25.1", "network": {"class": "UNet", "args": NETWORK},
         "saliency": {"method": "dense", "smoothing_sigma": 1.0, "region_threshold": region_threshold,
-                     "region_floor": region_threshold / 2},
+                     "region_floor": region_threshold / 2, "flip_average": flip_average},
         "input": {"spatial_shape": [32, 32], "mean": 0.5, "std": 0.25},
         "findings": {"nodule": {"channel": 0, "operating_point": 0.5, "urgent_point": 0.9,
                                 "calibration": {"method": "platt", "a": 1.0, "b": 0.0}}}}}
@@ -100,6 +101,28 @@ def test_a_dense_bundle_reloads_into_a_dense_predictor(tmp_path: Path) -> None:
         top = float(prediction.saliency.max())
         assert 1 / (1 + np.exp(-float(prediction.logits[0]))) == pytest.approx(top, abs=1e-5)
     assert predictor.predict(batch, explain=False)[0].saliency is None
+
+
+def test_flip_averaged_maps_are_mirror_symmetric_and_served_as_the_card_says(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    network = build_dense_network("UNet", NETWORK).eval()
+    x = torch.randn(3, 1, 32, 32)
+    mirrored = torch.flip(x, dims=(-1,))
+    with torch.inference_mode():
+        plain = MapRecipe(1.0).logits(network, x)
+        averaged = MapRecipe(1.0, flip_average=True).logits(network, x)
+        by_hand = smoothed_logits(0.5 * (network(x) + torch.flip(network(mirrored), dims=(-1,))), 1.0)
+        # the averaged map of the mirror image is the mirror of the averaged map; the plain map's is not
+        assert torch.allclose(MapRecipe(1.0, flip_average=True).logits(network, mirrored),
+                              torch.flip(averaged, dims=(-1,)), atol=1e-5)
+        assert not torch.allclose(MapRecipe(1.0).logits(network, mirrored), torch.flip(plain, dims=(-1,)), atol=1e-3)
+    assert torch.allclose(averaged, by_hand, atol=1e-5)
+    served = load_predictor(write_dense_bundle(tmp_path / "flip", flip_average=True), device="cpu")
+    unflipped = load_predictor(write_dense_bundle(tmp_path / "plain"), device="cpu")
+    assert isinstance(served, DensePredictor) and served.recipe.flip_average
+    assert isinstance(unflipped, DensePredictor) and not unflipped.recipe.flip_average
+    assert torch.allclose(served.maps(x), MapRecipe(1.0, flip_average=True).logits(served.network, x), atol=1e-5)
+    assert not torch.allclose(served.maps(x), unflipped.maps(x), atol=1e-3)
 
 
 def test_a_classifier_bundle_still_gets_the_torch_predictor(models_dir: Path) -> None:

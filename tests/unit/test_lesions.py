@@ -12,6 +12,7 @@ from secondreader.preprocessing import InputSpec, model_input_transform
 from secondreader.training.lesions import (
     Nodule,
     augment_geometry,
+    density_gain,
     footprints,
     generated_chest,
     insert_distractors,
@@ -105,6 +106,33 @@ def test_identity_geometry_keeps_the_picture() -> None:
     half, _ = augment_geometry(picture, mask, [np.random.default_rng(1)], 32, scale=(1.0, 1.0),
                                rotate_deg=0.0, translate=0.0, flip=False)
     assert np.allclose(half[0], picture.reshape(32, 2, 32, 2).mean(axis=(1, 3)), atol=0.2)
+
+
+def test_elastic_geometry_bends_the_picture_by_at_most_its_largest_shift() -> None:
+    side = 64
+    ramp = np.tile((np.arange(side, dtype=np.float32) + 0.5) / side, (side, 1))  # value = column position
+    ramp_t = ramp.T.copy()  # value = row position
+    kwargs = {"scale": (1.0, 1.0), "rotate_deg": 0.0, "translate": 0.0, "flip": False}
+    mask = np.ones((side, side), bool)
+    for picture in (ramp, ramp_t):
+        bent, _ = augment_geometry(picture, mask, [np.random.default_rng(3)], side, elastic=0.05, **kwargs)
+        inner = (slice(8, -8), slice(8, -8))  # away from the border, where values are clamped
+        shift = np.abs(bent[0] - picture)[inner]
+        assert shift.max() <= 0.05 + 1e-3  # a ramp's value moves by the shift, a fraction of the side
+        assert shift.max() > 0.01
+        again, _ = augment_geometry(picture, mask, [np.random.default_rng(3)], side, elastic=0.05, **kwargs)
+        assert np.array_equal(bent, again)
+    plain, _ = augment_geometry(ramp, mask, [np.random.default_rng(3)], side, **kwargs)
+    assert np.allclose(plain[0], ramp, atol=1e-5)  # elastic 0 (the default) draws nothing and bends nothing
+
+
+def test_density_gain_is_smooth_and_bounded() -> None:
+    picture = np.full((64, 64), 0.5, np.float32)
+    out = density_gain(picture, np.random.default_rng(5), 0.2)
+    gain = out / picture
+    assert gain.min() >= 0.8 - 1e-6 and gain.max() <= 1.2 + 1e-6 and gain.max() - gain.min() > 0.05
+    assert np.abs(np.diff(gain, axis=1)).max() < 0.05  # smooth: no edges that could look like a nodule
+    assert np.array_equal(out, density_gain(picture, np.random.default_rng(5), 0.2))
 
 
 def test_batched_standardise_equals_the_serving_transform() -> None:

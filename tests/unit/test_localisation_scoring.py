@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from secondreader.model.dense import MapRecipe
 from secondreader.preprocessing import InputSpec
 from secondreader.training.config import LesionConfig
 from secondreader.training.lesions import Nodule, augment_geometry, discs
@@ -72,11 +73,11 @@ def test_what_the_model_finds_where_the_label_is_unknown_is_neither_hit_nor_fals
     unknown = discs((SIDE, SIDE), [(15 / SIDE, 15 / SIDE, 12 / SIDE)])
     data = EvalSet(_indexed_inputs(2), [[nodule], []], normalised=True)
     lc = LesionConfig(backgrounds=[])
-    strict = score_set(_FixedMaps(maps), data, SPEC, lc, sigma=0.0)
+    strict = score_set(_FixedMaps(maps), data, SPEC, lc, MapRecipe(0.0))
     assert strict.logits.tolist() == [3.0, 3.0]  # the opacity scores both studies
     assert strict.images[0].false_scores.size == 1 and strict.images[1].false_scores.size == 1
     data.unknown = [unknown, unknown]
-    kind = score_set(_FixedMaps(maps), data, SPEC, lc, sigma=0.0)
+    kind = score_set(_FixedMaps(maps), data, SPEC, lc, MapRecipe(0.0))
     assert abs(kind.logits[0] - (-1.0)) < 1e-3 and kind.logits[1] < -5.9  # the rest of each map scores it
     assert kind.images[0].false_scores.size == 0 and kind.images[1].false_scores.size == 0
     assert kind.images[0].lesion_scores.tolist() == strict.images[0].lesion_scores.tolist()
@@ -90,7 +91,7 @@ def test_hard_negatives_are_the_real_backgrounds_false_peaks_only() -> None:
     pool = Pool(np.zeros((2, SIDE, SIDE), np.float16), np.zeros((2, SIDE, SIDE), np.uint8), weights,
                 np.asarray([0, -1], np.int16), [[Nodule(40.0, 40.0, 4.0, 0.2, "A")], []])
     pool.images[:, 0, 0] = [0, 1]  # the stand-in network reads the index from the first pixel
-    mined = mine_hard_negatives(_FixedMaps(maps), pool, np.arange(2), SPEC, sigma=0.0)
+    mined = mine_hard_negatives(_FixedMaps(maps), pool, np.arange(2), SPEC, recipe=MapRecipe(0.0))
     assert mined == {0: [(12, 50)]}
 
 
@@ -116,7 +117,7 @@ def test_scored_sets_keep_each_nodules_size_and_contrast_through_json() -> None:
     maps = [_blob(20, 20, 6.0), _blob(40, 40, 6.0)]
     nodules = [[Nodule(20.0, 20.0, 3.0, 0.12, "B")], []]
     scored = score_set(_FixedMaps(maps), EvalSet(_indexed_inputs(2), nodules, normalised=True), SPEC,
-                       LesionConfig(backgrounds=[], input_size=SIDE), 1.0)
+                       LesionConfig(backgrounds=[], input_size=SIDE), MapRecipe(1.0))
     assert scored.nodules == [[(3.0, 0.12)], []]
     again = Scored.from_json(scored.to_json())
     assert again.nodules == scored.nodules

@@ -50,8 +50,9 @@ class SaliencySpec:
     drops when a ``mask_size`` square is replaced by the image mean), ``gradcam`` on ``layer``, or
     ``dense``: the network itself outputs a per-pixel logit map (a localisation model, see
     :mod:`secondreader.model.dense`). Its probability map is smoothed with a Gaussian of
-    ``smoothing_sigma`` model pixels; regions are its parts over ``region_floor`` whose peak
-    reaches ``region_threshold`` (both probabilities on the map)."""
+    ``smoothing_sigma`` model pixels, after averaging with the mirror image's map when
+    ``flip_average``; regions are its parts over ``region_floor`` whose peak reaches
+    ``region_threshold`` (both probabilities on the map)."""
 
     method: str
     mask_size: int = 7
@@ -60,6 +61,7 @@ class SaliencySpec:
     smoothing_sigma: float = 1.0
     region_threshold: float = 0.5
     region_floor: float = 0.25
+    flip_average: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in ("occlusion", "gradcam", "dense"):

@@ -8,7 +8,7 @@ other finding), so confident maps do not tie at a probability of 1.0. Regions
 are the parts of the map over the card's ``region_floor`` that peak at or over its
 ``region_threshold``. :func:`load_predictor` picks the right predictor for any bundle.
 
-Training (:mod:`secondreader.training.localisation`) uses :func:`smoothed_logits`, :func:`study_logits`
+Training (:mod:`secondreader.training.localisation`) uses :class:`MapRecipe`, :func:`study_logits`
 and :func:`map_peaks` too, so the evaluated scores are the served scores (:func:`probability_maps`
 is the served heatmap in one call, from raw logits).
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from ..explain.regions import Region, extract_regions
 from .card import ModelCard, load_card
 from .predictor import Precision, Prediction, Predictor, TorchPredictor, load_weights, resolve_device
 
-__all__ = ["DENSE_NETWORKS", "DensePredictor", "build_dense_network", "dense_regions", "load_predictor",
+__all__ = ["DENSE_NETWORKS", "DensePredictor", "MapRecipe", "build_dense_network", "dense_regions", "load_predictor",
            "map_peaks", "predictor_for", "probability_maps", "smoothed_logits", "study_logits"]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,29 @@ def smoothed_logits(logit_maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
     return x.reshape(n, c, h, w)
+
+
+@dataclass(frozen=True, slots=True)
+class MapRecipe:
+    """How a dense network's raw output becomes the scored map: its logits, averaged with the
+    mirror image's (the network applied to the left-right flipped input, flipped back) when
+    ``flip_average``, then smoothed by a Gaussian of ``sigma`` pixels. Serving
+    (:class:`DensePredictor`) and training's evaluation both use :meth:`logits`, so the
+    evaluated maps are the served maps."""
+
+    sigma: float = 1.0
+    flip_average: bool = False
+
+    def logits(self, network: torch.nn.Module, inputs: torch.Tensor,
+               channels: Sequence[int] | slice = slice(None)) -> torch.Tensor:
+        """float (N, 1, H, W) inputs → smoothed logit maps float32 (N, C, H, W) of ``channels``
+        (the caller holds inference mode). With ``flip_average`` the input and its mirror go
+        through the network as one batch of 2N (eval-mode batch norm keeps them independent)."""
+        if not self.flip_average:
+            return smoothed_logits(network(inputs)[:, channels], self.sigma)
+        both = network(torch.cat([inputs, torch.flip(inputs, dims=(-1,))]))[:, channels]
+        n = inputs.shape[0]
+        return smoothed_logits(0.5 * (both[:n] + torch.flip(both[n:], dims=(-1,))), self.sigma)
 
 
 def probability_maps(logit_maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -123,6 +148,7 @@ class DensePredictor:
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)
         self._channels = [f.channel for f in card.findings]
+        self.recipe = MapRecipe(card.saliency.smoothing_sigma, card.saliency.flip_average)
         self._lock = threading.Lock()
         logger.info("loaded dense model %s on %s", card.ref, self.device)
 
@@ -135,8 +161,7 @@ class DensePredictor:
         if batch.ndim != 4 or batch.shape[1] != 1:
             raise ValueError(f"batch must be (N, 1, H, W), not {tuple(batch.shape)}")
         with self._lock, torch.inference_mode():
-            logits = self.network(batch.to(self.device, dtype=torch.float32))[:, self._channels]
-            return smoothed_logits(logits, self.card.saliency.smoothing_sigma).cpu()
+            return self.recipe.logits(self.network, batch.to(self.device, dtype=torch.float32), self._channels).cpu()
 
     def predict(self, batch: torch.Tensor, *, explain: bool = True) -> list[Prediction]:
         maps = self.maps(batch)

@@ -34,6 +34,8 @@ class SaliencyConfig(BaseModel):
     overlap: float = Field(0.5, ge=0, lt=1)
     layer: str | None = None
     smoothing_sigma: float = Field(1.0, ge=0, description="dense: Gaussian smoothing of the probability map (px)")
+    flip_average: bool = Field(False, description="dense: average the map with the left-right mirror image's "
+                               "(the network run on the flipped input), in evaluation and in serving")
 
 
 class ScheduleConfig(BaseModel):
@@ -119,6 +121,10 @@ class LesionConfig(BaseModel):
     scale: tuple[float, float] = (0.85, 1.2)
     rotate_deg: float = 8.0
     translate: float = 0.06
+    elastic: float = Field(0.0, ge=0, le=0.1, description="smooth random displacement of real and generated "
+                           "backgrounds before nodules go in: its largest shift, a fraction of the side")
+    density_field: float = Field(0.0, ge=0, le=0.5, description="a smooth random gain on the background's "
+                                 "display values (1 +/- this at most), so its anatomy's density varies")
     crop: int = Field(128, ge=32, description="training crop side (the network is fully convolutional)")
     crop_scale: tuple[float, float] = (0.8, 1.25)
     lesion_crop_fraction: float = Field(0.5, ge=0, le=1, description="crops centred near a lesion")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model.card import load_card
-from ..model.dense import DensePredictor
+from ..model.dense import DensePredictor, MapRecipe
 from ..model.predictor import TorchPredictor
 from ..scoring.calibration import calibrated_probability
 from .config import load_config
@@ -61,10 +61,11 @@ def evaluate_dense_bundle(bundle: Path, config: Path) -> dict[str, Any]:
     network = DensePredictor(card, device="cpu").network
     finding = card.findings[0]
     cal = Calibration(finding.calibration_a, finding.calibration_b, finding.operating_point, finding.urgent_point)
-    spec, sigma, side = card.input_spec, card.saliency.smoothing_sigma, lc.input_size
+    spec, side = card.input_spec, lc.input_size
+    recipe = MapRecipe(card.saliency.smoothing_sigma, card.saliency.flip_average)
 
     def metrics(data: Any) -> dict[str, Any]:
-        return localisation_metrics(score_set(network, data, spec, lc, sigma), cal, seed=cfg.seed, side=side)
+        return localisation_metrics(score_set(network, data, spec, lc, recipe), cal, seed=cfg.seed, side=side)
 
     backgrounds = load_backgrounds(lc, cfg.data.path)
     seen = {bg.id: metrics(background_test_set(lc, backgrounds, f, spec, seed=cfg.seed))

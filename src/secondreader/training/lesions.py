@@ -34,6 +34,7 @@ from skimage.measure import label, regionprops
 __all__ = [
     "Nodule",
     "RealBackground",
+    "density_gain",
     "discs",
     "generated_chest",
     "insert_distractors",
@@ -430,11 +431,13 @@ def footprints(shape: tuple[int, int], nodules: Sequence[Nodule]) -> np.ndarray:
 
 def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random.Generator], side: int, *,
                      scale: tuple[float, float], rotate_deg: float, translate: float,
-                     flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                     flip: bool = True, elastic: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Random similarity transforms (scale, rotation, translation, left-right flip) of a square
     ``picture`` (float (n, n)) and its ``mask`` (bool (n, n), or (k, n, n) for k masks), one per
     generator in ``rngs``, onto ``side`` x ``side`` grids (edge values outside the picture, nothing
-    outside the mask).
+    outside the mask). With ``elastic`` > 0, each grid is also displaced by a smooth random field
+    (cubic interpolation of a 5 x 5 lattice of shifts) whose largest shift is ``elastic`` x the side:
+    ribs, vessels and lung outlines bend differently in every picture.
 
     Returns float32 (len(rngs), side, side) pictures and bool masks (len(rngs), [k,] side, side).
     """
@@ -451,6 +454,8 @@ def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random
         thetas.append(np.concatenate([inv, -(inv @ shift)[:, None]], axis=1))
     theta = torch.as_tensor(np.stack(thetas), dtype=torch.float32)
     grid = torch.nn.functional.affine_grid(theta, [len(rngs), 1, side, side], align_corners=False)
+    if elastic > 0:
+        grid = grid + _displacements(rngs, side, elastic)
     n = len(rngs)
     src = torch.as_tensor(np.ascontiguousarray(picture), dtype=torch.float32)[None, None].expand(n, 1, -1, -1)
     stacked = np.asarray(mask).reshape((-1,) + picture.shape)
@@ -459,3 +464,22 @@ def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random
     out_mask = torch.nn.functional.grid_sample(msk, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     masks = out_mask.numpy() > 0.5
     return out[:, 0].numpy().astype(np.float32), masks[:, 0] if np.asarray(mask).ndim == 2 else masks
+
+
+def _displacements(rngs: Sequence[np.random.Generator], side: int, largest: float) -> torch.Tensor:
+    """Smooth random displacement fields (len(rngs), side, side, 2) in grid units (the side is 2),
+    each scaled so that its largest shift is ``largest`` x the side."""
+    lattice = torch.as_tensor(np.stack([rng.standard_normal((2, 5, 5)) for rng in rngs]), dtype=torch.float32)
+    fields = torch.nn.functional.interpolate(lattice, size=(side, side), mode="bicubic", align_corners=True)
+    peak = fields.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (fields / peak * (2 * largest)).permute(0, 2, 3, 1)
+
+
+def density_gain(picture: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """``picture`` (float32 (n, n) in [0, 1]) times a smooth random gain between ``1 - strength``
+    and ``1 + strength`` (cubic interpolation of a 4 x 4 lattice): the anatomy's density varies
+    from picture to picture, as it does between patients and exposures."""
+    lattice = torch.as_tensor(rng.uniform(-1.0, 1.0, (1, 1, 4, 4)), dtype=torch.float32)
+    field = torch.nn.functional.interpolate(lattice, size=picture.shape, mode="bicubic", align_corners=True)
+    gain = 1.0 + strength * field[0, 0].clamp(-1.0, 1.0).numpy()
+    return np.clip(picture * gain, 0.0, 1.0).astype(np.float32)

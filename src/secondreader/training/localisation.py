@@ -41,7 +41,7 @@ from monai.utils import set_determinism
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from scipy import ndimage
 
-from ..model.dense import build_dense_network, map_peaks, smoothed_logits, study_logits
+from ..model.dense import MapRecipe, build_dense_network, map_peaks, study_logits
 from ..preprocessing import InputSpec, prepare_frame
 from ..scoring.calibration import calibrated_probability
 from .config import BackgroundConfig, LesionConfig, TrainConfig
@@ -58,6 +58,7 @@ from .lesions import (
     Nodule,
     RealBackground,
     augment_geometry,
+    density_gain,
     discs,
     generated_chest,
     insert_distractors,
@@ -182,9 +183,11 @@ def build_pool(backgrounds: Sequence[RealBackground], lc: LesionConfig, *, per_b
         rngs = [np.random.default_rng([seed, stream, group + 1000, j]) for j in members]
         work, work_mask = (works[group], work_masks[group]) if group >= 0 else bases[-1 - group]
         pictures, masks_ = augment_geometry(work, work_mask, rngs, side, scale=lc.scale, rotate_deg=lc.rotate_deg,
-                                            translate=lc.translate)
+                                            translate=lc.translate, elastic=lc.elastic)
         for rng, picture, masks in zip(rngs, pictures, masks_, strict=True):
             mask, unknown = (masks[0], masks[1]) if masks.ndim == 3 else (masks, None)
+            if lc.density_field > 0:
+                picture[:] = density_gain(picture, rng, lc.density_field)
             if rng.random() < lc.distractor_fraction:
                 insert_distractors(picture, rng, int(rng.integers(1, 5)))
             nodules, target = _insert_a(picture, mask if unknown is None else mask & ~unknown, rng, lc)
@@ -363,6 +366,11 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, dice
     return bce + dice_weight * dice
 
 
+def map_recipe(cfg: TrainConfig) -> MapRecipe:
+    """The config's map recipe (smoothing, flip averaging), as the bundle's card will serve it."""
+    return MapRecipe(cfg.saliency.smoothing_sigma, cfg.saliency.flip_average)
+
+
 # -- training one model ------------------------------------------------------------------------------
 
 #: A mined false peak must lie this many model pixels beyond a nodule's radius.
@@ -370,7 +378,7 @@ _HARD_MARGIN = 3.0
 
 
 def mine_hard_negatives(network: torch.nn.Module, pool: Pool, members: np.ndarray, spec: InputSpec, *,
-                        sigma: float, floor: float = 0.0, per_image: int = 4) -> dict[int, list[tuple[int, int]]]:
+                        recipe: MapRecipe, floor: float = 0.0, per_image: int = 4) -> dict[int, list[tuple[int, int]]]:
     """The model's false peaks on the real backgrounds' pictures among ``members``: up to
     ``per_image`` strongest local maxima of the smoothed logit map at or over ``floor`` that are
     farther than a nodule's radius (+3 px) from every inserted nodule and lie where the label is
@@ -380,7 +388,7 @@ def mine_hard_negatives(network: torch.nn.Module, pool: Pool, members: np.ndarra
     for start in range(0, len(real), 32):
         idx = np.sort(real[start:start + 32])
         x = standardise(torch.from_numpy(pool.images[idx].astype(np.float32))[:, None], spec)
-        for i, logit_map in zip(idx, predict_maps(network, x, sigma=sigma), strict=True):
+        for i, logit_map in zip(idx, predict_maps(network, x, recipe=recipe), strict=True):
             found = []
             for row, col, _value in map_peaks(logit_map, floor=floor):
                 r, c = int(row), int(col)
@@ -414,7 +422,7 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
     for epoch in range(sched.epochs):
         if lc.hard_negative_fraction > 0 and epoch in lc.hard_negative_epochs:
             torch.set_num_threads(threads)
-            hard = mine_hard_negatives(network, pool, members, spec, sigma=cfg.saliency.smoothing_sigma)
+            hard = mine_hard_negatives(network, pool, members, spec, recipe=map_recipe(cfg))
             network.train()  # predict_maps left it in eval mode
             logger.debug("epoch %d: false peaks on %d pictures", epoch, len(hard))
         order = members[torch.randperm(len(members), generator=g).numpy()]
@@ -441,14 +449,14 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
 _PEAK_FLOOR = math.log(0.02 / 0.98)
 
 
-def predict_maps(network: torch.nn.Module, inputs: torch.Tensor, *, sigma: float, batch: int = 32) -> np.ndarray:
+def predict_maps(network: torch.nn.Module, inputs: torch.Tensor, *, recipe: MapRecipe, batch: int = 32) -> np.ndarray:
     """Smoothed logit maps float32 (N, S, S) of channel 0 for normalised inputs (N, 1, S, S), as
     the served predictor makes them (its heatmap is their sigmoid)."""
     out = []
     network.eval()
     with torch.inference_mode():
         for i in range(0, len(inputs), batch):
-            out.append(smoothed_logits(network(inputs[i:i + batch])[:, :1], sigma)[:, 0].numpy())
+            out.append(recipe.logits(network, inputs[i:i + batch], [0])[:, 0].numpy())
     return np.concatenate(out) if out else np.zeros((0,) + tuple(inputs.shape[-2:]), np.float32)
 
 
@@ -482,11 +490,12 @@ class Scored:
                    [ImageDetections(dec(a), dec(b)) for a, b in data["images"]], nodules)
 
 
-def score_set(network: torch.nn.Module, data: EvalSet, spec: InputSpec, lc: LesionConfig, sigma: float) -> Scored:
+def score_set(network: torch.nn.Module, data: EvalSet, spec: InputSpec, lc: LesionConfig,
+              recipe: MapRecipe) -> Scored:
     """Study logits and matched peaks of ``data``; where an image's label is unknown, the map
     neither scores the study nor yields detections."""
     inputs = data.inputs if data.normalised else standardise(data.inputs, spec)
-    maps = predict_maps(network, inputs, sigma=sigma)
+    maps = predict_maps(network, inputs, recipe=recipe)
     unknown = data.unknown or [None] * len(maps)
     logits = np.empty(len(maps), dtype=np.float64)
     images = []
@@ -590,19 +599,19 @@ def _fold(data: _FitData, f: int, advance: Callable[[], None]) -> dict[str, Any]
     cfg, pool, val_pool, spec = data.cfg, data.pool, data.val_pool, data.spec
     lc = cfg.lesions
     assert lc is not None
-    sigma = cfg.saliency.smoothing_sigma
+    recipe = map_recipe(cfg)
     held = data.backgrounds[f]
     t0 = time.time()
     network = _fit(cfg, pool, np.nonzero(pool.groups != f)[0], spec, cfg.seed + 1000 * (f + 1), advance)
-    val = score_set(network, _val_set(val_pool, val_pool.groups != f), spec, lc, sigma)
+    val = score_set(network, _val_set(val_pool, val_pool.groups != f), spec, lc, recipe)
     cal = calibrate(val, cfg)
     test = background_test_set(lc, data.backgrounds, f, spec, seed=cfg.seed)
-    scored = score_set(network, test, spec, lc, sigma)
+    scored = score_set(network, test, spec, lc, recipe)
     state = {"config": data.digest, "background": held.id, "seconds": round(time.time() - t0, 1),
              "calibration": [cal.a, cal.b, cal.operating_point, cal.urgent_point], "test": scored.to_json()}
     if held.unknown is not None:  # also scored as if the real opacity were known to be no nodule
         strict = EvalSet(test.inputs, test.nodules, normalised=True)
-        state["test_strict"] = score_set(network, strict, spec, lc, sigma).to_json()
+        state["test_strict"] = score_set(network, strict, spec, lc, recipe).to_json()
     return state
 
 
@@ -715,7 +724,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     sample = torch.from_numpy(pool.images[:: max(1, len(pool) // 256)].astype(np.float32))[:, None]
     stretched = standardise(sample, InputSpec(size=(side, side), mean=0.0, std=1.0))
     spec = InputSpec(size=(side, side), mean=float(stretched.mean()), std=float(stretched.std()))
-    sigma = cfg.saliency.smoothing_sigma
+    recipe = map_recipe(cfg)
     logger.info("pools ready: %d training, %d validation pictures (%.0f s)", len(pool), len(val_pool),
                 time.time() - started)
 
@@ -772,12 +781,12 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     network = build_dense_network(cfg.network.class_, cfg.network.args)
     network.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     network.eval()
-    val = score_set(network, _val_set(val_pool, np.ones(len(val_pool), bool)), spec, lc, sigma)
+    val = score_set(network, _val_set(val_pool, np.ones(len(val_pool), bool)), spec, lc, recipe)
     cal = calibrate(val, cfg)
     metrics: dict[str, Any] = {
         "validation": localisation_metrics(val, cal, seed=cfg.seed),
         "test_generated": localisation_metrics(score_set(network, generated_test_set(lc, spec, seed=cfg.seed), spec, lc,
-                                                         sigma), cal, seed=cfg.seed),
+                                                         recipe), cal, seed=cfg.seed),
     }
     if fold_results:
         states = [fold_results[f] for f in folds]
@@ -795,7 +804,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     real = [bg for bg in backgrounds if bg.real_lesions]
     if real:
         inputs = torch.stack([prepare_frame(bg.picture, spec)[0] for bg in real])
-        maps = predict_maps(network, inputs, sigma=sigma)
+        maps = predict_maps(network, inputs, recipe=recipe)
         probs = cal.probability(study_logits(torch.from_numpy(maps)[:, None])[:, 0].astype(np.float64))
         metrics["real_lesion_backgrounds"] = {bg.id: round(float(p), 4) for bg, p in zip(real, probs, strict=True)}
 
@@ -930,6 +939,7 @@ def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics:
             "weights_sha256": weights_sha256,
             "network": {"class": cfg.network.class_, "args": cfg.network.args},
             "saliency": {"method": "dense", "smoothing_sigma": cfg.saliency.smoothing_sigma,
+                         "flip_average": cfg.saliency.flip_average,
                          "region_threshold": round(threshold, 6),
                          "region_floor": round(max(1e-4, 0.5 * threshold), 6)},
             "input": {"spatial_shape": [side, side], "mean": round(spec.mean, 6), "std": round(spec.std, 6),
