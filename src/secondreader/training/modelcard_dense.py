@@ -79,15 +79,15 @@ def write_dense_model_card(path: Path, meta: dict[str, Any]) -> None:
         f"{f['sensitivity']:.3f} | {f['specificity']:.3f} | {f['froc_1']:.3f} |"
         for f in metrics.get("folds_strict", []))
     args = ", ".join(f"{k}={v}" for k, v in sr["network"]["args"].items())
-    flip = (", averaged with the logits of the left-right mirror image (the network run on the flipped input, "
-            "flipped back)") if sal.get("flip_average") else ""
+    flip = ("; the logits are the mean of the network's on the image and on its left-right mirror image, "
+            "flipped back") if sal.get("flip_average") else ""
     shape = sr["input"]["spatial_shape"]
     table = "\n".join(f"| {k} | {v} |" for k, v in [
         ("finding code", f"`{code}` ({finding['display_name']})"),
         ("network", f"MONAI `{sr['network']['class']}` ({args})"),
         ("input", f"1 x {shape[0]} x {shape[1]}: {sr['input']['preprocessing']} (the serving chain)"),
-        ("heatmap", f"the network's own probability map (the sigmoid of its logits{flip} after Gaussian "
-                    f"smoothing, sigma {sal['smoothing_sigma']} px), resampled onto the source pixel grid"),
+        ("heatmap", f"the network's own probability map (the sigmoid of its logits after Gaussian smoothing, "
+                    f"sigma {sal['smoothing_sigma']} px{flip}), resampled onto the source pixel grid"),
         ("regions", f"connected parts of the map >= {sal['region_floor']} whose peak is >= "
                     f"{sal['region_threshold']} (the operating point on the map)"),
         ("study score", f"{finding['study_score']}, Platt-calibrated on validation (a={cal['a']}, b={cal['b']})"),
