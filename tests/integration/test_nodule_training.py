@@ -126,6 +126,9 @@ def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data
     assert "unknown opacities counted as false" in text and "nipple shadow" in text
     predictor = load_predictor(bundle, device="cpu")
     assert isinstance(predictor, DensePredictor)
+    # the shipped recipe's mirror-averaged map is served as it was evaluated
+    assert cfg.saliency.flip_average and card.saliency.flip_average and predictor.recipe.flip_average
+    assert "left-right mirror image" in text
     (prediction,) = predictor.predict(torch.zeros(1, 1, 128, 128))
     assert prediction.logits.shape == (1,) and prediction.saliency is not None
     assert prediction.saliency.shape == (1, 128, 128)
