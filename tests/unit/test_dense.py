@@ -105,7 +105,13 @@ def test_a_dense_bundle_reloads_into_a_dense_predictor(tmp_path: Path) -> None:
 
 def test_flip_averaged_maps_are_mirror_symmetric_and_served_as_the_card_says(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    network = build_dense_network("UNet", NETWORK).eval()
+    network = build_dense_network("UNet", {**NETWORK, "norm": "batch"})
+    network.train()
+    for _ in range(3):  # batch statistics that are not the identity
+        network(torch.randn(4, 1, 32, 32) * 2 + 1)
+    with pytest.raises(ValueError, match="eval mode"):
+        MapRecipe(1.0, flip_average=True).logits(network, torch.randn(1, 1, 32, 32))
+    network.eval()
     x = torch.randn(3, 1, 32, 32)
     mirrored = torch.flip(x, dims=(-1,))
     with torch.inference_mode():
@@ -116,7 +122,10 @@ def test_flip_averaged_maps_are_mirror_symmetric_and_served_as_the_card_says(tmp
         assert torch.allclose(MapRecipe(1.0, flip_average=True).logits(network, mirrored),
                               torch.flip(averaged, dims=(-1,)), atol=1e-5)
         assert not torch.allclose(MapRecipe(1.0).logits(network, mirrored), torch.flip(plain, dims=(-1,)), atol=1e-3)
+        # the image and its mirror go through as one batch: each image's map is its own
+        one_by_one = torch.cat([MapRecipe(1.0, flip_average=True).logits(network, x[i:i + 1]) for i in range(3)])
     assert torch.allclose(averaged, by_hand, atol=1e-5)
+    assert torch.allclose(averaged, one_by_one, atol=1e-5)
     served = load_predictor(write_dense_bundle(tmp_path / "flip", flip_average=True), device="cpu")
     unflipped = load_predictor(write_dense_bundle(tmp_path / "plain"), device="cpu")
     assert isinstance(served, DensePredictor) and served.recipe.flip_average

@@ -122,8 +122,14 @@ def test_elastic_geometry_bends_the_picture_by_at_most_its_largest_shift() -> No
         assert shift.max() > 0.01
         again, _ = augment_geometry(picture, mask, [np.random.default_rng(3)], side, elastic=0.05, **kwargs)
         assert np.array_equal(bent, again)
-    plain, _ = augment_geometry(ramp, mask, [np.random.default_rng(3)], side, **kwargs)
-    assert np.allclose(plain[0], ramp, atol=1e-5)  # elastic 0 (the default) draws nothing and bends nothing
+    used = np.random.default_rng(3)
+    plain, _ = augment_geometry(ramp, mask, [used], side, **kwargs)
+    assert np.allclose(plain[0], ramp, atol=1e-5)  # elastic 0 (the default) bends nothing
+    # and draws nothing beyond the similarity transform's zoom, angle and shift (no mirror here):
+    # the generator goes on to the same nodules and distractors as before the option existed
+    reference = np.random.default_rng(3)
+    reference.uniform(), reference.uniform(), reference.uniform(size=2)
+    assert used.random() == reference.random()
 
 
 def test_density_gain_is_smooth_and_bounded() -> None:

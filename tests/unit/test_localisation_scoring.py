@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from secondreader.model.dense import MapRecipe
+from secondreader.model.dense import DensePredictor, MapRecipe, load_predictor
 from secondreader.preprocessing import InputSpec
 from secondreader.training.config import LesionConfig
 from secondreader.training.lesions import Nodule, augment_geometry, discs
@@ -15,10 +17,13 @@ from secondreader.training.localisation import (
     Pool,
     Scored,
     mine_hard_negatives,
+    predict_maps,
     score_set,
     sensitivity_by_band,
 )
 from secondreader.training.modelcard_dense import _band_table
+
+from .test_dense import write_dense_bundle
 
 SIDE = 64
 SPEC = InputSpec(size=(SIDE, SIDE), mean=0.0, std=1.0)
@@ -111,6 +116,17 @@ def test_sensitivity_by_band_counts_each_nodule_in_its_contrast_and_diameter_ban
     assert "| contrast 0.1-0.15 | 2 | 0.500 |" in card
     assert "| diameter < 4% of the width (about < 14 mm) | 2 | 0.500 |" in card
     assert _band_table({}) == ""
+
+
+def test_training_evaluates_the_map_the_bundle_serves(tmp_path: Path) -> None:
+    """Training's evaluation (``predict_maps``) and the served ``DensePredictor`` make the same map,
+    with and without the mirror average."""
+    for flip in (False, True):
+        predictor = load_predictor(write_dense_bundle(tmp_path / f"flip-{flip}", flip_average=flip), device="cpu")
+        assert isinstance(predictor, DensePredictor) and predictor.recipe.flip_average is flip
+        x = torch.randn(3, 1, 32, 32)
+        evaluated = predict_maps(predictor.network, x, recipe=predictor.recipe)
+        assert np.allclose(evaluated, predictor.maps(x)[:, 0].numpy(), atol=1e-5)
 
 
 def test_scored_sets_keep_each_nodules_size_and_contrast_through_json() -> None:

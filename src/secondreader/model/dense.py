@@ -9,8 +9,9 @@ are the parts of the map over the card's ``region_floor`` that peak at or over i
 ``region_threshold``. :func:`load_predictor` picks the right predictor for any bundle.
 
 Training (:mod:`secondreader.training.localisation`) uses :class:`MapRecipe`, :func:`study_logits`
-and :func:`map_peaks` too, so the evaluated scores are the served scores (:func:`probability_maps`
-is the served heatmap in one call, from raw logits).
+and :func:`map_peaks` too, so the evaluated scores are the served scores (the served heatmap is
+the sigmoid of :meth:`MapRecipe.logits`; :func:`probability_maps` is that for a card without
+``flip_average``, from raw logits).
 """
 
 from __future__ import annotations
@@ -88,9 +89,13 @@ class MapRecipe:
                channels: Sequence[int] | slice = slice(None)) -> torch.Tensor:
         """float (N, 1, H, W) inputs → smoothed logit maps float32 (N, C, H, W) of ``channels``
         (the caller holds inference mode). With ``flip_average`` the input and its mirror go
-        through the network as one batch of 2N (eval-mode batch norm keeps them independent)."""
+        through the network as one batch of 2N (eval-mode batch norm keeps them independent; in
+        training mode it would mix them, so that is refused)."""
         if not self.flip_average:
             return smoothed_logits(network(inputs)[:, channels], self.sigma)
+        if network.training:
+            raise ValueError("flip-averaged maps need the network in eval mode: batch statistics would mix "
+                             "an image with its mirror")
         both = network(torch.cat([inputs, torch.flip(inputs, dims=(-1,))]))[:, channels]
         n = inputs.shape[0]
         return smoothed_logits(0.5 * (both[:n] + torch.flip(both[n:], dims=(-1,))), self.sigma)

@@ -436,8 +436,10 @@ def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random
     ``picture`` (float (n, n)) and its ``mask`` (bool (n, n), or (k, n, n) for k masks), one per
     generator in ``rngs``, onto ``side`` x ``side`` grids (edge values outside the picture, nothing
     outside the mask). With ``elastic`` > 0, each grid is also displaced by a smooth random field
-    (cubic interpolation of a 5 x 5 lattice of shifts) whose largest shift is ``elastic`` x the side:
-    ribs, vessels and lung outlines bend differently in every picture.
+    (cubic interpolation of a 5 x 5 lattice of shifts) whose largest shift along either axis is
+    ``elastic`` x the side: ribs, vessels and lung outlines bend differently in every picture. The
+    field is drawn from the picture's generator, so turning it on re-draws what comes after it
+    (distractors, nodules); with ``elastic`` 0 nothing more is drawn.
 
     Returns float32 (len(rngs), side, side) pictures and bool masks (len(rngs), [k,] side, side).
     """
@@ -468,7 +470,7 @@ def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random
 
 def _displacements(rngs: Sequence[np.random.Generator], side: int, largest: float) -> torch.Tensor:
     """Smooth random displacement fields (len(rngs), side, side, 2) in grid units (the side is 2),
-    each scaled so that its largest shift is ``largest`` x the side."""
+    each scaled so that its largest component (row or column shift) is ``largest`` x the side."""
     lattice = torch.as_tensor(np.stack([rng.standard_normal((2, 5, 5)) for rng in rngs]), dtype=torch.float32)
     fields = torch.nn.functional.interpolate(lattice, size=(side, side), mode="bicubic", align_corners=True)
     peak = fields.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)

@@ -187,9 +187,9 @@ made by `secondreader.training.lesions.generated_chest`. {prov.get('data_source'
 Training and the leave-one-background-out evaluation took {training['seconds']} s on {training['machine']}
 (seed {training['seed']}, {training['epochs']} epochs per model). Every fit is seeded and runs on one CPU
 thread, which is bit-for-bit repeatable on the same software without torch's deterministic mode (ten
-times slower on the CPU): two full runs of the 1.2.0 config gave weights with the same sha256, two
-of 1.3.0 gave the same weights and identical metrics, and a second fit of 1.4.0's shipped model (its
-config with `lesions.folds: none`, in one process) gave the same weights. Other CPUs or library versions differ in the
+times slower on the CPU). In this project's record, two full runs of the 1.2.0 config gave weights
+with the same sha256, two of 1.3.0 gave the same weights and identical metrics, and a second fit of
+1.4.0's shipped model gave the same weights. Other CPUs or library versions differ in the
 last bits: a run of the 1.3.0 config on another CPU came within 0.01 of its study AUROCs, but its
 FROC sensitivities moved by up to 0.07 (`training/README.md`, "Repeatable on one machine, not across CPUs").
 
