@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model.card import load_card
-from ..model.dense import DensePredictor, MapRecipe
+from ..model.dense import DensePredictor
 from ..model.predictor import TorchPredictor
 from ..scoring.calibration import calibrated_probability
 from .config import load_config
@@ -58,11 +58,11 @@ def evaluate_dense_bundle(bundle: Path, config: Path) -> dict[str, Any]:
     lc = cfg.lesions
     if lc is None or cfg.name != card.name:
         raise ValueError(f"{config} is not the lesion-insertion config of {card.name}")
-    network = DensePredictor(card, device="cpu").network
+    predictor = DensePredictor(card, device="cpu")
+    network, recipe = predictor.network, predictor.recipe  # the served map recipe, not a second copy of it
     finding = card.findings[0]
     cal = Calibration(finding.calibration_a, finding.calibration_b, finding.operating_point, finding.urgent_point)
     spec, side = card.input_spec, lc.input_size
-    recipe = MapRecipe(card.saliency.smoothing_sigma, card.saliency.flip_average)
 
     def metrics(data: Any) -> dict[str, Any]:
         return localisation_metrics(score_set(network, data, spec, lc, recipe), cal, seed=cfg.seed, side=side)
