@@ -151,6 +151,8 @@ def test_a_job_killed_before_its_outputs_is_screened_again(tmp_path: Path, store
         files = result["artifacts"]["dicom"] + result["artifacts"]["heatmaps"]
         assert files and all((second.artifacts / p).is_file() for p in files)
         assert _outbox(store) == ["sc.dcm", "seg.dcm", "sr.dcm"]
+        # the study was screened twice by one job: its history holds one entry, with the outputs
+        assert store.results_count(uid) == 1
     finally:
         second.close()
         gate.open()

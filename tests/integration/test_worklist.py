@@ -256,6 +256,11 @@ def test_migration_from_0002_keeps_results_and_derives_states(store: Store) -> N
             state = c.execute(text("select state from studies where study_instance_uid = :u"), {"u": uid}).scalar()
         assert state == "awaiting_review"
         assert Worklist(old).study(uid)["priority"]["rule"] == "ai-positive"  # type: ignore[index]
+        # the history entry written before 0004 is kept (without a job); a job's entry is its own
+        assert old.results_count(uid) == 1
+        for _ in range(2):
+            Worklist(old).record_result(_result(uid, 0.2), job_id="job-after-0004")
+        assert old.results_count(uid) == 2
     finally:
         old.engine.dispose()
         if schema:

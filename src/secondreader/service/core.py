@@ -229,7 +229,8 @@ class ScreeningService:
                         self._outputs_pending.setdefault(uid, threading.Event())
                         metrics.outputs_pending(len(self._outputs_pending))
                     deferred.append((uid, result.outputs))
-                self.worklist.record_result(data, accession_number=result.accession_number, files=result.files)
+                self.worklist.record_result(data, accession_number=result.accession_number, files=result.files,
+                                            job_id=job_id)
                 study_uids.append(uid)
                 logger.info("job %s: study %s %s", job_id[:8], study_key(uid), result.status.value)
             if deferred:

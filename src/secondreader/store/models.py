@@ -62,6 +62,8 @@ class Result(Base):
     models: Mapped[str] = mapped_column(String(255), default="")
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # the job that computed it (0004): a job run again after a crash replaces its entry, never adds one
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
 
 
 class Job(Base):

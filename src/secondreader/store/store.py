@@ -299,8 +299,10 @@ def _is_conflict(exc: SQLAlchemyError) -> bool:
     return False
 
 
-def write_result(s: Session, result: dict[str, Any]) -> Study:
-    """Write ``result`` as its study's latest (and into the history) inside session ``s``."""
+def write_result(s: Session, result: dict[str, Any], *, job_id: str | None = None) -> Study:
+    """Write ``result`` as its study's latest (and into the history) inside session ``s``. A result
+    of ``job_id`` replaces that job's earlier history entry for the study, if any: a job run again
+    after the service was killed mid-way computes the same screening once more, not a new one."""
     uid = result.get("study_instance_uid")
     if not uid:
         raise ValueError("only results with a Study Instance UID are stored")
@@ -325,7 +327,12 @@ def write_result(s: Session, result: dict[str, Any]) -> Study:
             row = Instance(sop_instance_uid=sop, study_instance_uid=uid)
             s.add(row)
         row.source, row.status, row.reason = inst["source"], inst["status"], inst.get("reason")
-    s.add(Result(study_instance_uid=uid, models=models, result=result))
+    earlier = None if job_id is None else s.scalars(
+        select(Result).where(Result.study_instance_uid == uid, Result.job_id == job_id)).first()
+    if earlier is None:
+        s.add(Result(study_instance_uid=uid, models=models, result=result, job_id=job_id))
+    else:
+        earlier.models, earlier.result, earlier.created_at = models, result, utcnow()
     return study
 
 

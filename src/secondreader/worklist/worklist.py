@@ -65,8 +65,9 @@ class Worklist:
     # -- results ------------------------------------------------------------------------------
     def record_result(self, result: Mapping[str, Any], *, accession_number: str | None = None,
                       files: Mapping[str, tuple[str, str | None]] | None = None,
-                      actor: str = "screening") -> dict[str, Any]:
-        """Store a new result for its study, route it with the latest first read, and return it."""
+                      actor: str = "screening", job_id: str | None = None) -> dict[str, Any]:
+        """Store a new result for its study, route it with the latest first read, and return it (a
+        result of ``job_id`` replaces that job's earlier history entry: see :func:`write_result`)."""
         data = dict(result)
         uid = data.get("study_instance_uid")
         if not uid:
@@ -77,7 +78,7 @@ class Worklist:
             existing = self._lock(s, uid)
             if existing is not None and existing.result.get("ai_priority") is None:
                 existing.result = {**existing.result, "ai_priority": dict(existing.result["priority"])}
-            study = write_result(s, data)
+            study = write_result(s, data, job_id=job_id)
             if accession_number:
                 study.accession_number = accession_number[:64]
             for sop, (path, member) in (files or {}).items():
