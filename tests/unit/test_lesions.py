@@ -20,6 +20,7 @@ from secondreader.training.lesions import (
     insert_model_b,
     lung_mask,
     place_nodules,
+    square_picture,
 )
 from secondreader.training.localisation import standardise
 
@@ -106,6 +107,38 @@ def test_identity_geometry_keeps_the_picture() -> None:
     half, _ = augment_geometry(picture, mask, [np.random.default_rng(1)], 32, scale=(1.0, 1.0),
                                rotate_deg=0.0, translate=0.0, flip=False)
     assert np.allclose(half[0], picture.reshape(32, 2, 32, 2).mean(axis=(1, 3)), atol=0.2)
+
+
+def test_supersampled_geometry_is_the_serving_area_resize() -> None:
+    # a radiograph with fine detail (1-pixel stripes and noise at 1024 px): training pictures made
+    # with supersample 4 from its 256 x 4 work picture are what serving's area resize makes of it,
+    # while sampling straight onto 256 blurs the detail (the train/serve gap this option closes)
+    rng = np.random.default_rng(0)
+    source = (0.5 + 0.2 * rng.standard_normal((1100, 1024)) + 0.2 * (np.arange(1024) % 3 == 0)).astype(np.float32)
+    served = square_picture(source, 256)
+    work = square_picture(source, 1024)
+    lungs = np.zeros(work.shape, bool)
+    lungs[100:700, 200:900] = True
+    identity = {"scale": (1.0, 1.0), "rotate_deg": 0.0, "translate": 0.0, "flip": False}
+    fine, fine_mask = augment_geometry(work, lungs, [np.random.default_rng(1)] * 3, 256, supersample=4, chunk=2,
+                                       **identity)
+    assert fine.shape == (3, 256, 256) and fine_mask.shape == (3, 256, 256)
+    assert np.allclose(fine, served[None], atol=1e-5)
+    assert np.array_equal(fine_mask[0], lungs.reshape(256, 4, 256, 4).mean(axis=(1, 3)) > 0.5)
+    coarse, _ = augment_geometry(square_picture(source, 320), lungs[:320, :320], [np.random.default_rng(1)], 256,
+                                 **identity)
+
+    def detail(x: np.ndarray) -> float:
+        return float(np.abs(np.diff(x, axis=-1)).mean())
+
+    assert detail(coarse[0]) < 0.9 * detail(served)
+    # chunking the pictures changes nothing, and a real transform keeps the same draws per picture
+    moved = {"scale": (0.9, 1.1), "rotate_deg": 8.0, "translate": 0.05, "elastic": 0.03}
+    one, _ = augment_geometry(work, lungs, [np.random.default_rng(k) for k in range(5)], 64, supersample=2, chunk=5,
+                              **moved)
+    parts, _ = augment_geometry(work, lungs, [np.random.default_rng(k) for k in range(5)], 64, supersample=2, chunk=2,
+                                **moved)
+    assert np.array_equal(one, parts)
 
 
 def test_elastic_geometry_bends_the_picture_by_at_most_its_largest_shift() -> None:

@@ -102,7 +102,12 @@ class LesionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     backgrounds: list[BackgroundConfig]
     input_size: int = Field(256, ge=64)
-    work_size: int = Field(320, ge=64, description="side of a real background before geometric augmentation")
+    work_size: int = Field(320, ge=64, description="side of a real background (and of a generated chest) "
+                           "before geometric augmentation")
+    supersample: int = Field(1, ge=1, le=8, description="training pictures are sampled on a grid this many "
+                             "times finer than input_size and area-averaged down, as serving area-reduces a "
+                             "radiograph (with work_size = input_size x supersample, the identity transform is "
+                             "serving's resize)")
     per_background: int = Field(300, ge=1, description="training pictures per real background")
     generated_bases: int = Field(150, ge=0, description="generated chests (each reused with new geometry)")
     generated: int = Field(900, ge=0, description="training pictures on generated chests")

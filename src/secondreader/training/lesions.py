@@ -431,7 +431,8 @@ def footprints(shape: tuple[int, int], nodules: Sequence[Nodule]) -> np.ndarray:
 
 def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random.Generator], side: int, *,
                      scale: tuple[float, float], rotate_deg: float, translate: float,
-                     flip: bool = True, elastic: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                     flip: bool = True, elastic: float = 0.0, supersample: int = 1,
+                     chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Random similarity transforms (scale, rotation, translation, left-right flip) of a square
     ``picture`` (float (n, n)) and its ``mask`` (bool (n, n), or (k, n, n) for k masks), one per
     generator in ``rngs``, onto ``side`` x ``side`` grids (edge values outside the picture, nothing
@@ -440,6 +441,16 @@ def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random
     ``elastic`` x the side: ribs, vessels and lung outlines bend differently in every picture. The
     field is drawn from the picture's generator, so turning it on re-draws what comes after it
     (distractors, nodules); with ``elastic`` 0 nothing more is drawn.
+
+    With ``supersample`` k > 1 each picture is sampled on a grid k times finer and area-averaged
+    (k x k blocks) down to ``side``, as the serving chain area-reduces a radiograph: with a
+    ``picture`` of ``side`` x k, the identity transform gives exactly the serving chain's area
+    resize, and every picture has the sharpness of a served one. (Bilinear sampling straight onto
+    ``side`` blurs: a 320-pixel picture sampled onto 256 had about a fifth less fine detail than the
+    served image of the same radiograph, and the model's largest false logit on served negatives
+    was 3 logits higher than on its training pictures of the same background.) Masks are sampled
+    on the fine grid too and kept where over half a block is inside. Pictures go ``chunk`` at a
+    time (the fine grids are large); the result does not depend on ``chunk``.
 
     Returns float32 (len(rngs), side, side) pictures and bool masks (len(rngs), [k,] side, side).
     """
@@ -455,17 +466,29 @@ def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random
         inv = inv @ np.diag([mirror, 1.0])
         thetas.append(np.concatenate([inv, -(inv @ shift)[:, None]], axis=1))
     theta = torch.as_tensor(np.stack(thetas), dtype=torch.float32)
-    grid = torch.nn.functional.affine_grid(theta, [len(rngs), 1, side, side], align_corners=False)
-    if elastic > 0:
-        grid = grid + _displacements(rngs, side, elastic)
-    n = len(rngs)
-    src = torch.as_tensor(np.ascontiguousarray(picture), dtype=torch.float32)[None, None].expand(n, 1, -1, -1)
+    fine = side * supersample
     stacked = np.asarray(mask).reshape((-1,) + picture.shape)
-    msk = torch.as_tensor(np.ascontiguousarray(stacked), dtype=torch.float32)[None].expand(n, -1, -1, -1)
-    out = torch.nn.functional.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    out_mask = torch.nn.functional.grid_sample(msk, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    masks = out_mask.numpy() > 0.5
-    return out[:, 0].numpy().astype(np.float32), masks[:, 0] if np.asarray(mask).ndim == 2 else masks
+    src = torch.as_tensor(np.ascontiguousarray(picture), dtype=torch.float32)[None, None]
+    msk = torch.as_tensor(np.ascontiguousarray(stacked), dtype=torch.float32)[None]
+    pictures, masks = [], []
+    for start in range(0, len(rngs), chunk):
+        part = theta[start:start + chunk]
+        n = part.shape[0]
+        grid = torch.nn.functional.affine_grid(part, [n, 1, fine, fine], align_corners=False)
+        if elastic > 0:
+            grid = grid + _displacements(rngs[start:start + chunk], fine, elastic)
+        out = torch.nn.functional.grid_sample(src.expand(n, 1, -1, -1), grid, mode="bilinear",
+                                              padding_mode="border", align_corners=False)
+        out_mask = torch.nn.functional.grid_sample(msk.expand(n, -1, -1, -1), grid, mode="nearest",
+                                                   padding_mode="zeros", align_corners=False)
+        if supersample > 1:
+            out = torch.nn.functional.avg_pool2d(out, supersample)
+            out_mask = torch.nn.functional.avg_pool2d(out_mask, supersample)
+        pictures.append(out[:, 0].numpy().astype(np.float32))
+        masks.append(out_mask.numpy() > 0.5)
+    picked = np.concatenate(pictures)
+    chosen = np.concatenate(masks)
+    return picked, chosen[:, 0] if np.asarray(mask).ndim == 2 else chosen
 
 
 def _displacements(rngs: Sequence[np.random.Generator], side: int, largest: float) -> torch.Tensor:

@@ -183,7 +183,8 @@ def build_pool(backgrounds: Sequence[RealBackground], lc: LesionConfig, *, per_b
         rngs = [np.random.default_rng([seed, stream, group + 1000, j]) for j in members]
         work, work_mask = (works[group], work_masks[group]) if group >= 0 else bases[-1 - group]
         pictures, masks_ = augment_geometry(work, work_mask, rngs, side, scale=lc.scale, rotate_deg=lc.rotate_deg,
-                                            translate=lc.translate, elastic=lc.elastic)
+                                            translate=lc.translate, elastic=lc.elastic,
+                                            supersample=lc.supersample)
         for rng, picture, masks in zip(rngs, pictures, masks_, strict=True):
             mask, unknown = (masks[0], masks[1]) if masks.ndim == 3 else (masks, None)
             if lc.density_field > 0:
