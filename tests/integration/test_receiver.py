@@ -163,3 +163,32 @@ def test_store_failure_answers_out_of_resources(tmp_path: Path, pneumonia_predic
         receiver.stop()
         core.close()
         broken.engine.dispose()
+
+
+def test_an_oversized_data_set_aborts_its_association_before_it_is_all_received(
+        tmp_path: Path, pneumonia_predictor, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    store = Store(f"sqlite:///{tmp_path / 'sr.db'}")
+    store.migrate()
+    core = ScreeningService(store, [pneumonia_predictor], home=tmp_path, max_image_pixels=64_000_000)
+    limit = 256 * 1024
+    receiver = start_receiver("127.0.0.1", 0, "SECONDREADER", ["*"], core.receive, max_dataset_bytes=limit)
+    big, small = make_cxr_dataset(1024, 1024), make_cxr_dataset(256, 256)  # 2 MiB and 128 KiB of pixels
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(big.SOPClassUID, big.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", receiver.port, ae_title="SECONDREADER")
+        assert assoc.is_established
+        with caplog.at_level("WARNING", logger="secondreader.dicom.scp"):
+            answer = assoc.send_c_store(big)
+            _wait(lambda: assoc.is_aborted, 30)
+        assert "Status" not in answer  # no DIMSE answer: the association was aborted
+        assert caplog.text.count("passed the 0.25 MiB limit; association aborted") == 1
+        # the receiver lives on, and the limit is per data set: two instances under it on one
+        # association (together over it) are both stored; the big one never was
+        other = make_cxr_dataset(256, 256, study_uid=small.StudyInstanceUID)
+        assert _send(receiver.port, [small, other]) == [0, 0]
+        assert [uid for uid, _spool in store.stable_studies(0)] == [small.StudyInstanceUID]
+        assert "passed the" not in caplog.text.split("association aborted", 1)[1]
+    finally:
+        receiver.stop()
+        core.close()

@@ -10,12 +10,22 @@ Optional TLS (DICOM PS3.15 B.1, "The Basic TLS Secure Transport Connection Profi
 ``ssl.SSLContext`` built by :func:`server_ssl_context`; with a CA, callers must present a
 certificate that CA signed. ``max_associations`` bounds the concurrent associations (more are
 rejected, transiently, by pynetdicom: "local limit exceeded").
+
+``max_dataset_bytes`` bounds one C-STORE's data set as it arrives. DICOM announces no size before
+the data, and pynetdicom gathers a data set's fragments in memory until the last one, so a sender
+of an oversized (or endless) instance would otherwise fill the memory before any handler runs. The
+receiver counts each data set's bytes fragment by fragment and, past the limit, aborts the
+association (A-ABORT): the fragments still in flight are read and dropped (the upper layer ignores
+them while the connection closes), the sender keeps its instance and reports the failure, and the
+refusal is logged without any patient data. Other associations go on.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +78,43 @@ def _handle_store(event: Any, receive: Receive, quarantine: Quarantine | None = 
     return SUCCESS
 
 
+class _DatasetSizeGuard:
+    """``EVT_PDU_RECV`` handler: aborts an association whose current data set passes ``limit``
+    bytes (counted over its P-DATA fragments; a message's last fragment starts a new count)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._sizes: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Any) -> None:
+        items = getattr(event.pdu, "presentation_data_value_items", None)
+        if not items:
+            return
+        assoc = event.assoc
+        with self._lock:
+            size = self._sizes.get(assoc, 0)
+            if size < 0:  # aborted already: what is still in flight is dropped with the association
+                return
+            for item in items:
+                value = item.presentation_data_value
+                header = value[0] if value else 0
+                if header & 0x01:  # a command fragment
+                    continue
+                size += len(value) - 1
+                if size > self.limit:
+                    self._sizes[assoc] = -1
+                    break
+                if header & 0x02:  # the data set's last fragment
+                    size = 0
+            else:
+                self._sizes[assoc] = size
+                return
+        logger.warning("C-STORE refused: a data set passed the %s MiB limit; association aborted",
+                       f"{self.limit / 1024**2:g}")
+        assoc.abort(block=False)
+
+
 class Receiver:
     """A running Storage SCP; ``stop()`` shuts it down."""
 
@@ -109,8 +156,9 @@ def server_ssl_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSL
 
 def start_receiver(host: str, port: int, ae_title: str, allowed_aes: Sequence[str], receive: Receive, *,
                    max_associations: int = 16, ssl_context: ssl.SSLContext | None = None,
-                   quarantine: Quarantine | None = None) -> Receiver:
-    """Start the SCP in background threads (``port`` 0 picks a free one)."""
+                   quarantine: Quarantine | None = None, max_dataset_bytes: int | None = None) -> Receiver:
+    """Start the SCP in background threads (``port`` 0 picks a free one); a C-STORE data set over
+    ``max_dataset_bytes`` aborts its association (see the module's notes)."""
     if max_associations < 1:
         raise ValueError(f"max_associations must be at least 1, not {max_associations}")
     _config.LOG_REQUEST_IDENTIFIERS = False
@@ -126,6 +174,10 @@ def start_receiver(host: str, port: int, ae_title: str, allowed_aes: Sequence[st
     for context in VerificationPresentationContexts:
         ae.add_supported_context(str(context.abstract_syntax))
     handlers: Any = [(evt.EVT_C_STORE, _handle_store, [receive, quarantine])]
+    if max_dataset_bytes is not None:
+        if max_dataset_bytes < 1:
+            raise ValueError(f"max_dataset_bytes must be at least 1, not {max_dataset_bytes}")
+        handlers.append((evt.EVT_PDU_RECV, _DatasetSizeGuard(max_dataset_bytes)))
     server = ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
     assert server is not None
     logger.info("DICOM receiver %s listening on port %d%s (at most %d associations)", ae_title,
