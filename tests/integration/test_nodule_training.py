@@ -152,6 +152,12 @@ def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data
     seen = report["trained_on_backgrounds"]
     assert set(seen) == {"nih-00000001-000", "nih-00027426-000"}
     assert all(s["study"]["n"] == 6 for s in seen.values())
+    # beside them, how the pictures training makes of each background differ from its served images
+    gap = report["train_serve_gap"]
+    assert set(gap) == set(seen)
+    for g in gap.values():
+        assert all(np.isfinite(v) and v > 0 for v in g["fine_detail"].values())
+        assert all(np.isfinite(v) for v in g["largest_logit_median"].values())
     assert main(["evaluate", str(bundle)]) == 2  # neither --data nor --config
     assert "--config" in capsys.readouterr().err
     # --resume reuses the finished folds (same configuration) and ends with the same weights

@@ -184,6 +184,43 @@ def test_batched_standardise_equals_the_serving_transform() -> None:
         assert torch.allclose(batched[i], one, atol=1e-5)
 
 
+def test_stretch_jitter_is_what_a_tighter_field_of_view_does_to_the_served_stretch() -> None:
+    # a film with a dark border; served cropped inside it, the percentile stretch starts at the
+    # anatomy's darkest values instead of the border's: standardise's black and white points
+    # reproduce that from the whole film, pixel for pixel
+    spec = InputSpec(size=(64, 64), mean=0.4, std=0.25)
+    whole = torch.zeros(1, 1, 64, 64)
+    whole[..., 6:58, 6:58] = 0.3 + 0.6 * torch.rand(1, 1, 52, 52, generator=torch.Generator().manual_seed(0))
+    inside = whole[..., 6:58, 6:58]
+    served = standardise(inside, spec)
+    low, high = (float(torch.quantile(whole.flatten(), q)) for q in (0.005, 0.995))
+    in_low, in_high = (float(torch.quantile(inside.flatten(), q)) for q in (0.005, 0.995))
+    points = (torch.tensor([(in_low - low) / (high - low)]), torch.tensor([(in_high - low) / (high - low)]))
+    jittered = standardise(whole, spec, points=points)[..., 6:58, 6:58]
+    # equal but where the first stretch already clipped the brightest pixels (between the whole
+    # film's white point and the crop's: the top fraction of a percent)
+    unclipped = inside < high
+    assert float(unclipped.float().mean()) > 0.99
+    assert torch.allclose(jittered[unclipped], served[unclipped], atol=1e-4)
+    assert not torch.allclose(standardise(whole, spec)[..., 6:58, 6:58], served, atol=0.1)
+    assert torch.equal(standardise(whole, spec, points=(torch.zeros(1), torch.ones(1))), standardise(whole, spec))
+
+
+def test_stretch_points_are_drawn_only_when_configured() -> None:
+    from secondreader.training.config import LesionConfig
+    from secondreader.training.localisation import _stretch_points
+
+    base = LesionConfig(backgrounds=[])
+    g = torch.Generator().manual_seed(1)
+    assert _stretch_points(8, base, g) is None
+    assert torch.equal(torch.rand(1, generator=g), torch.rand(1, generator=torch.Generator().manual_seed(1)))
+    points = _stretch_points(4000, base.model_copy(update={"stretch_jitter": (0.3, 0.05)}), g)
+    assert points is not None
+    black, white = points
+    assert 0 <= float(black.min()) and float(black.max()) <= 0.3 and 0.95 <= float(white.min())
+    assert 0.4 < float((black > 0).float().mean()) < 0.6  # half the pictures (the configured probability)
+
+
 def test_nodule_validation_and_scaling() -> None:
     with pytest.raises(ValueError, match="radius"):
         Nodule(1, 1, 0, 0.1, "A")

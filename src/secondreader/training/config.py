@@ -136,6 +136,12 @@ class LesionConfig(BaseModel):
     gamma: tuple[float, float] = (0.7, 1.4)
     blur_sigma: tuple[float, float] = (0.0, 1.5)
     blur_probability: float = 0.5
+    stretch_jitter: tuple[float, float] = Field((0.0, 0.0), description="after the serving chain's percentile "
+                                                "stretch, a training picture's black point is raised by up to the "
+                                                "first value and its white point lowered by up to the second (of "
+                                                "the 0-1 range), as when a served image's field of view leaves out "
+                                                "the film's dark border or bright labels")
+    stretch_jitter_probability: float = Field(0.5, ge=0, le=1)
     noise_std: tuple[float, float] = (0.0, 0.03)
     distractor_fraction: float = Field(0.0, ge=0, le=1, description="training pictures that get 1-4 "
                                        "non-nodules (wires, clips, electrodes) as negatives")
