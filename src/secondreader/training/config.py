@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,6 +96,10 @@ class BackgroundConfig(BaseModel):
     source: str = Field("", description="where it comes from and its licence (goes into the model card)")
 
 
+#: one bound of ``LesionConfig.stretch_jitter`` (the two together stay under the whole range)
+_Jitter = Annotated[float, Field(ge=0, le=0.45)]
+
+
 class LesionConfig(BaseModel):
     """The lesion-insertion dataset and the localisation schedule (see ``training/lesions.py``)."""
 
@@ -136,11 +140,10 @@ class LesionConfig(BaseModel):
     gamma: tuple[float, float] = (0.7, 1.4)
     blur_sigma: tuple[float, float] = (0.0, 1.5)
     blur_probability: float = 0.5
-    stretch_jitter: tuple[float, float] = Field((0.0, 0.0), description="after the serving chain's percentile "
-                                                "stretch, a training picture's black point is raised by up to the "
-                                                "first value and its white point lowered by up to the second (of "
-                                                "the 0-1 range), as when a served image's field of view leaves out "
-                                                "the film's dark border or bright labels")
+    stretch_jitter: tuple[_Jitter, _Jitter] = Field(
+        (0.0, 0.0), description="after the serving chain's percentile stretch, a training picture's black point "
+        "is raised by up to the first value and its white point lowered by up to the second (of the 0-1 range), "
+        "as when a served image's field of view leaves out the film's dark border or bright labels")
     stretch_jitter_probability: float = Field(0.5, ge=0, le=1)
     noise_std: tuple[float, float] = (0.0, 0.03)
     distractor_fraction: float = Field(0.0, ge=0, le=1, description="training pictures that get 1-4 "

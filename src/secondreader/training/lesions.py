@@ -446,9 +446,9 @@ def augment_geometry(picture: np.ndarray, mask: np.ndarray, rngs: list[np.random
     (k x k blocks) down to ``side``, as the serving chain area-reduces a radiograph: with a
     ``picture`` of ``side`` x k, the identity transform gives exactly the serving chain's area
     resize, and every picture has the sharpness of a served one. (Bilinear sampling straight onto
-    ``side`` blurs: a 320-pixel picture sampled onto 256 had about a fifth less fine detail than the
-    served image of the same radiograph, and the model's largest false logit on served negatives
-    was 3 logits higher than on its training pictures of the same background.) Masks are sampled
+    ``side`` blurs: a 320-pixel picture sampled onto 256 had up to a fifth less fine detail than the
+    served image of the same radiograph. Closing that gap did not make the model better held out;
+    see training/README.md.) Masks are sampled
     on the fine grid too and kept where over half a block is inside. Pictures go ``chunk`` at a
     time (the fine grids are large); the result does not depend on ``chunk``.
 
