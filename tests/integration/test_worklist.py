@@ -327,3 +327,22 @@ def test_the_same_new_study_saved_by_two_threads_at_once_keeps_both_results(stor
         assert errors == []
         assert store.results_count(uid) == 4
         assert store.get_study(uid) is not None
+
+
+def test_a_job_run_again_replaces_its_own_history_entry(store: Store) -> None:
+    # job A is killed before its outputs, job B screens the same study, A runs again: the history
+    # holds one entry per job, A's is the newest, and A's outputs go onto A's entry, not B's
+    worklist, uid = Worklist(store), _uid()
+    worklist.record_result(_result(uid, 0.9), job_id="job-a")
+    worklist.record_result(_result(uid, 0.2), job_id="job-b")
+    worklist.record_result(_result(uid, 0.8), job_id="job-a")
+    assert store.results_count(uid) == 2
+    worklist.record_artifacts(uid, {"status": "written", "dicom": ["sr.dcm"], "heatmaps": []}, encode_ms=1.0)
+    with store.engine.connect() as c:
+        rows = c.execute(text("select job_id, result from results where study_instance_uid = :u order by id"),
+                         {"u": uid}).all()
+    entries = [(job, json.loads(r) if isinstance(r, str) else r) for job, r in rows]
+    assert [job for job, _ in entries] == ["job-b", "job-a"]
+    assert "artifacts" not in entries[0][1] or entries[0][1]["artifacts"].get("status") != "written"
+    assert entries[1][1]["artifacts"]["status"] == "written"
+    assert entries[1][1]["findings"][0]["probability"] == 0.8

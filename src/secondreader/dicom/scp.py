@@ -11,10 +11,12 @@ Optional TLS (DICOM PS3.15 B.1, "The Basic TLS Secure Transport Connection Profi
 certificate that CA signed. ``max_associations`` bounds the concurrent associations (more are
 rejected, transiently, by pynetdicom: "local limit exceeded").
 
-``max_dataset_bytes`` bounds one C-STORE's data set as it arrives. DICOM announces no size before
-the data, and pynetdicom gathers a data set's fragments in memory until the last one, so a sender
-of an oversized (or endless) instance would otherwise fill the memory before any handler runs. The
-receiver counts each data set's bytes fragment by fragment and, past the limit, aborts the
+``max_dataset_bytes`` bounds one C-STORE's data set (and command set) as it arrives. DICOM
+announces no size before the data, and pynetdicom gathers a message's fragments in memory until the
+last one, so a sender of an oversized instance, or of fragments that never end, would otherwise
+fill the memory before any handler runs. The receiver counts the bytes PDU by PDU (pynetdicom reads
+each PDU whole first, so this bounds the fragments, not one PDU's announced length) and, past the
+limit, aborts the
 association (A-ABORT): the fragments still in flight are read and dropped (the upper layer ignores
 them while the connection closes), the sender keeps its instance and reports the failure, and the
 refusal is logged without any patient data. Other associations go on.
@@ -53,7 +55,10 @@ _TRANSFER_SYNTAXES = [
 ]
 
 
-def _handle_store(event: Any, receive: Receive, quarantine: Quarantine | None = None) -> int:
+def _handle_store(event: Any, receive: Receive, quarantine: Quarantine | None = None,
+                  guard: _DatasetSizeGuard | None = None) -> int:
+    if guard is not None and guard.refused(event.assoc):
+        return OUT_OF_RESOURCES  # over the size limit: its association is being aborted, nothing is kept
     try:
         ds = event.dataset
         ds.StudyInstanceUID, ds.SOPInstanceUID  # noqa: B018 - both must be readable
@@ -79,13 +84,21 @@ def _handle_store(event: Any, receive: Receive, quarantine: Quarantine | None = 
 
 
 class _DatasetSizeGuard:
-    """``EVT_PDU_RECV`` handler: aborts an association whose current data set passes ``limit``
-    bytes (counted over its P-DATA fragments; a message's last fragment starts a new count)."""
+    """``EVT_PDU_RECV`` handler: aborts an association whose current command set or data set passes
+    ``limit`` bytes, counted over its P-DATA fragments (each kind's last fragment starts a new
+    count). An association it aborted is remembered (:meth:`refused`): a data set whose last
+    fragment crossed the limit has reached pynetdicom whole, and the C-STORE handler must not
+    store it."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._sizes: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        # per association: bytes of the current command set and data set; None once aborted
+        self._sizes: weakref.WeakKeyDictionary[Any, tuple[int, int] | None] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+
+    def refused(self, assoc: Any) -> bool:
+        with self._lock:
+            return assoc in self._sizes and self._sizes[assoc] is None
 
     def __call__(self, event: Any) -> None:
         items = getattr(event.pdu, "presentation_data_value_items", None)
@@ -93,22 +106,24 @@ class _DatasetSizeGuard:
             return
         assoc = event.assoc
         with self._lock:
-            size = self._sizes.get(assoc, 0)
-            if size < 0:  # aborted already: what is still in flight is dropped with the association
+            sizes = self._sizes.get(assoc, (0, 0))
+            if sizes is None:  # aborted already: what is still in flight is dropped with the association
                 return
+            command, dataset = sizes
             for item in items:
-                value = item.presentation_data_value
-                header = value[0] if value else 0
-                if header & 0x01:  # a command fragment
-                    continue
-                size += len(value) - 1
-                if size > self.limit:
-                    self._sizes[assoc] = -1
+                value = item.presentation_data_value or b"\x00"
+                header, length = value[0], len(value) - 1
+                if header & 0x01:
+                    command += length
+                else:
+                    dataset += length
+                if max(command, dataset) > self.limit:
+                    self._sizes[assoc] = None
                     break
-                if header & 0x02:  # the data set's last fragment
-                    size = 0
+                if header & 0x02:  # the last fragment of a command set or a data set
+                    command, dataset = (0, dataset) if header & 0x01 else (0, 0)
             else:
-                self._sizes[assoc] = size
+                self._sizes[assoc] = (command, dataset)
                 return
         logger.warning("C-STORE refused: a data set passed the %s MiB limit; association aborted",
                        f"{self.limit / 1024**2:g}")
@@ -173,11 +188,14 @@ def start_receiver(host: str, port: int, ae_title: str, allowed_aes: Sequence[st
         ae.add_supported_context(str(context.abstract_syntax), _TRANSFER_SYNTAXES)
     for context in VerificationPresentationContexts:
         ae.add_supported_context(str(context.abstract_syntax))
-    handlers: Any = [(evt.EVT_C_STORE, _handle_store, [receive, quarantine])]
+    guard = None
     if max_dataset_bytes is not None:
         if max_dataset_bytes < 1:
             raise ValueError(f"max_dataset_bytes must be at least 1, not {max_dataset_bytes}")
-        handlers.append((evt.EVT_PDU_RECV, _DatasetSizeGuard(max_dataset_bytes)))
+        guard = _DatasetSizeGuard(max_dataset_bytes)
+    handlers: Any = [(evt.EVT_C_STORE, _handle_store, [receive, quarantine, guard])]
+    if guard is not None:
+        handlers.append((evt.EVT_PDU_RECV, guard))
     server = ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
     assert server is not None
     logger.info("DICOM receiver %s listening on port %d%s (at most %d associations)", ae_title,

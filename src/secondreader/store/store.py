@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, create_engine, event, func, or_, select, update
+from sqlalchemy import and_, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -327,12 +327,9 @@ def write_result(s: Session, result: dict[str, Any], *, job_id: str | None = Non
             row = Instance(sop_instance_uid=sop, study_instance_uid=uid)
             s.add(row)
         row.source, row.status, row.reason = inst["source"], inst["status"], inst.get("reason")
-    earlier = None if job_id is None else s.scalars(
-        select(Result).where(Result.study_instance_uid == uid, Result.job_id == job_id)).first()
-    if earlier is None:
-        s.add(Result(study_instance_uid=uid, models=models, result=result, job_id=job_id))
-    else:
-        earlier.models, earlier.result, earlier.created_at = models, result, utcnow()
+    if job_id is not None:  # removed and added again: the newest entry stays the one with the highest id
+        s.execute(delete(Result).where(Result.study_instance_uid == uid, Result.job_id == job_id))
+    s.add(Result(study_instance_uid=uid, models=models, result=result, job_id=job_id))
     return study
 
 

@@ -99,8 +99,10 @@ def train_serve_gap(network: torch.nn.Module, recipe: MapRecipe, lc: LesionConfi
                     served: EvalSet, spec: InputSpec, *, seed: int, count: int = 24) -> dict[str, Any]:
     """How the pictures training makes of ``background`` differ from its served images (``served``,
     its test set: the negatives are used): their fine detail, and the median over pictures of the
-    map's largest logit. A model sees on duty what it learned on only if both are close; a higher
-    largest logit on served negatives is false regions that training never showed it."""
+    map's largest logit. Training pictures are taken as the pool holds them (geometry and density),
+    before the blur and noise each training step adds. A model sees on duty what it learned on only
+    if both are close; a higher largest logit on served negatives is false regions that training
+    never showed it."""
     import numpy as np
 
     from .localisation import build_pool, predict_maps, standardise
