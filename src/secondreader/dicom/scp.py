@@ -16,10 +16,9 @@ announces no size before the data, and pynetdicom gathers a message's fragments 
 last one, so a sender of an oversized instance, or of fragments that never end, would otherwise
 fill the memory before any handler runs. The receiver counts the bytes PDU by PDU (pynetdicom reads
 each PDU whole first, so this bounds the fragments, not one PDU's announced length) and, past the
-limit, aborts the
-association (A-ABORT): the fragments still in flight are read and dropped (the upper layer ignores
-them while the connection closes), the sender keeps its instance and reports the failure, and the
-refusal is logged without any patient data. Other associations go on.
+limit, aborts the association (A-ABORT): the fragments still in flight are read and dropped (the
+upper layer ignores them while the connection closes), the sender keeps its instance and reports
+the failure, and the refusal is logged without any patient data. Other associations go on.
 """
 
 from __future__ import annotations

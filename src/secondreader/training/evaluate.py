@@ -9,6 +9,7 @@ held-out performance (the card's leave-one-background-out figures are that).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +25,10 @@ from .metrics import binary_metrics
 from .train import predict_logits
 
 if TYPE_CHECKING:
-    from ..model.dense import MapRecipe
     from ..preprocessing import InputSpec
     from .config import LesionConfig
     from .lesions import RealBackground
-    from .localisation import EvalSet
+    from .localisation import EvalSet, Scored
 
 __all__ = ["evaluate_bundle", "evaluate_dense_bundle", "train_serve_gap"]
 
@@ -73,8 +73,11 @@ def evaluate_dense_bundle(bundle: Path, config: Path) -> dict[str, Any]:
     cal = Calibration(finding.calibration_a, finding.calibration_b, finding.operating_point, finding.urgent_point)
     spec, side = card.input_spec, lc.input_size
 
-    def metrics(data: Any) -> dict[str, Any]:
-        return localisation_metrics(score_set(network, data, spec, lc, recipe), cal, seed=cfg.seed, side=side)
+    def score(data: EvalSet) -> Scored:
+        return score_set(network, data, spec, lc, recipe)
+
+    def metrics(scored: Scored) -> dict[str, Any]:
+        return localisation_metrics(scored, cal, seed=cfg.seed, side=side)
 
     backgrounds = load_backgrounds(lc, cfg.data.path)
     seen, gap = {}, {}
@@ -82,10 +85,11 @@ def evaluate_dense_bundle(bundle: Path, config: Path) -> dict[str, Any]:
         if bg.real_lesions:
             continue
         test = background_test_set(lc, backgrounds, f, spec, seed=cfg.seed)
-        seen[bg.id] = metrics(test)
-        gap[bg.id] = train_serve_gap(network, recipe, lc, bg, test, spec, seed=cfg.seed)
+        served = score(test)  # scored once: its metrics, and its negatives' largest logits for the gap
+        seen[bg.id] = metrics(served)
+        gap[bg.id] = train_serve_gap(score, lc, bg, test, served, spec, seed=cfg.seed)
     return {"model": card.ref, "finding": finding.code,
-            "test_generated": metrics(generated_test_set(lc, spec, seed=cfg.seed)),
+            "test_generated": metrics(score(generated_test_set(lc, spec, seed=cfg.seed))),
             "trained_on_backgrounds": seen,
             "train_serve_gap": gap,
             "note": "trained_on_backgrounds: the held-out folds' test images of each real background, scored by "
@@ -95,34 +99,28 @@ def evaluate_dense_bundle(bundle: Path, config: Path) -> dict[str, Any]:
                     "pixels of the model input) and the map's largest logit"}
 
 
-def train_serve_gap(network: torch.nn.Module, recipe: MapRecipe, lc: LesionConfig, background: RealBackground,
-                    served: EvalSet, spec: InputSpec, *, seed: int, count: int = 24) -> dict[str, Any]:
+def train_serve_gap(score: Callable[[EvalSet], Scored], lc: LesionConfig, background: RealBackground,
+                    served: EvalSet, served_scores: Scored, spec: InputSpec, *, seed: int,
+                    count: int = 24) -> dict[str, Any]:
     """How the pictures training makes of ``background`` differ from its served images (``served``,
-    its test set: the negatives are used): their fine detail, and the median over pictures of the
-    map's largest logit. Training pictures are taken as the pool holds them (geometry and density),
-    before the blur and noise each training step adds. A model sees on duty what it learned on only
-    if both are close; a higher largest logit on served negatives is false regions that training
-    never showed it."""
+    its test set, as ``score`` scored it: the negatives are used): their fine detail, and the median
+    over pictures of the map's largest logit (a region of unknown label left out, as in scoring).
+    Training pictures are taken as the pool holds them (geometry and density), before the blur and
+    noise each training step adds. A model sees on duty what it learned on only if both are close; a
+    higher largest logit on served negatives is false regions that training never showed it."""
     import numpy as np
 
-    from .localisation import build_pool, predict_maps, standardise
+    from .localisation import build_pool, pool_eval_set, standardise
 
     plain = lc.model_copy(update={"positive_fraction": 1e-9, "distractor_fraction": 0.0})
     pool = build_pool([background], plain, per_background=count, generated=0, seed=seed, stream=77)
-    trained = standardise(torch.from_numpy(pool.images.astype(np.float32))[:, None], spec)
-    trained_unknown = [np.asarray(w) == 0 for w in pool.weights]  # a real opacity of unknown nature
-    keep = [k for k, nodules in enumerate(served.nodules) if not nodules]
-    negatives = served.inputs[keep]
-    served_unknown = [served.unknown[k] if served.unknown else None for k in keep]
+    training = pool_eval_set(pool, np.ones(len(pool), dtype=bool))
+    negatives = served_scores.labels == 0
 
     def detail(x: torch.Tensor) -> float:
         return float((x[..., :, 1:] - x[..., :, :-1]).abs().mean())
 
-    def top(x: torch.Tensor, unknown: list[Any]) -> float:
-        maps = predict_maps(network, x, recipe=recipe)
-        return float(np.median([np.where(u, -np.inf, m).max() if u is not None and u.any() else m.max()
-                                for m, u in zip(maps, unknown, strict=True)]))
-
-    return {"fine_detail": {"training": round(detail(trained), 4), "served": round(detail(negatives), 4)},
-            "largest_logit_median": {"training": round(top(trained, trained_unknown), 3),
-                                     "served": round(top(negatives, served_unknown), 3)}}
+    return {"fine_detail": {"training": round(detail(standardise(training.inputs, spec)), 4),
+                            "served": round(detail(served.inputs[torch.from_numpy(negatives)]), 4)},
+            "largest_logit_median": {"training": round(float(np.median(score(training).logits)), 3),
+                                     "served": round(float(np.median(served_scores.logits[negatives])), 3)}}

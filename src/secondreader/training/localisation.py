@@ -73,7 +73,7 @@ from .lesions import (
 from .metrics import auroc, binary_metrics
 from .train import _state_dict_bytes, bundle_header, calibrate_on_validation
 
-__all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "standardise", "train_localisation"]
+__all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "pool_eval_set", "standardise", "train_localisation"]
 
 logger = logging.getLogger(__name__)
 
@@ -532,7 +532,7 @@ def score_set(network: torch.nn.Module, data: EvalSet, spec: InputSpec, lc: Lesi
     return Scored(logits, data.labels, images, [[(n.radius, n.contrast) for n in nods] for nods in data.nodules])
 
 
-def _val_set(pool: Pool, keep: np.ndarray) -> EvalSet:
+def pool_eval_set(pool: Pool, keep: np.ndarray) -> EvalSet:
     """The pool's pictures where ``keep``; where a picture's label is unknown (loss weight 0: real
     lesions, unknown regions), detections are not counted."""
     idx = np.nonzero(keep)[0]
@@ -626,7 +626,7 @@ def _fold(data: _FitData, f: int, advance: Callable[[], None]) -> dict[str, Any]
     held = data.backgrounds[f]
     t0 = time.time()
     network = _fit(cfg, pool, np.nonzero(pool.groups != f)[0], spec, cfg.seed + 1000 * (f + 1), advance)
-    val = score_set(network, _val_set(val_pool, val_pool.groups != f), spec, lc, recipe)
+    val = score_set(network, pool_eval_set(val_pool, val_pool.groups != f), spec, lc, recipe)
     cal = calibrate(val, cfg)
     test = background_test_set(lc, data.backgrounds, f, spec, seed=cfg.seed)
     scored = score_set(network, test, spec, lc, recipe)
@@ -804,7 +804,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     network = build_dense_network(cfg.network.class_, cfg.network.args)
     network.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     network.eval()
-    val = score_set(network, _val_set(val_pool, np.ones(len(val_pool), bool)), spec, lc, recipe)
+    val = score_set(network, pool_eval_set(val_pool, np.ones(len(val_pool), bool)), spec, lc, recipe)
     cal = calibrate(val, cfg)
     metrics: dict[str, Any] = {
         "validation": localisation_metrics(val, cal, seed=cfg.seed),
