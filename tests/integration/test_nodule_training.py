@@ -82,6 +82,19 @@ def test_pools_and_test_sets_hold_the_nodules_they_claim(shared_data: Path, tmp_
     assert all(n.model == "B" for nodules in test.nodules for n in nodules)
 
 
+def test_vessel_mimics_change_the_pictures_but_not_the_recipes_nodules(shared_data: Path, tmp_path: Path) -> None:
+    cfg = _config(shared_data, tmp_path, keep=("nih-00000001-000",))
+    lc = cfg.lesions
+    assert lc is not None
+    backgrounds = load_backgrounds(lc, cfg.data.path)
+    plain = build_pool(backgrounds, lc, per_background=8, generated=4, seed=1, stream=1)
+    with_mimics = build_pool(backgrounds, lc.model_copy(update={"vessel_mimic_fraction": 1.0}), per_background=8,
+                             generated=4, seed=1, stream=1)
+    assert plain.nodules == with_mimics.nodules and np.array_equal(plain.targets, with_mimics.targets)
+    changed = np.abs(plain.images.astype(np.float32) - with_mimics.images.astype(np.float32)) > 1e-3
+    assert changed.any(axis=(1, 2)).all()  # every picture got its trees
+
+
 def test_a_real_opacity_of_unknown_nature_gets_no_label_and_no_test_nodule(shared_data: Path, tmp_path: Path) -> None:
     cfg = _config(shared_data, tmp_path, keep=("nih-00027426-000",))
     lc = cfg.lesions

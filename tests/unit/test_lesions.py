@@ -18,6 +18,7 @@ from secondreader.training.lesions import (
     insert_distractors,
     insert_model_a,
     insert_model_b,
+    insert_vessel_mimics,
     lung_mask,
     place_nodules,
     square_picture,
@@ -238,3 +239,28 @@ def test_distractors_are_sharp_bright_non_nodules() -> None:
     # thin structures: most changed pixels have an unchanged pixel within 3 px
     near_background = ~ndimage.binary_erosion(changed, iterations=3)
     assert (near_background & changed).sum() > 0.8 * changed.sum()
+
+
+def test_vessel_mimics_are_branching_tubes_and_round_dots_inside_the_lungs() -> None:
+    picture, lungs = generated_chest(np.random.default_rng(4), 256)
+    before = picture.copy()
+    assert insert_vessel_mimics(picture, np.random.default_rng(8), lungs, 3) == 3
+    added = picture - before
+    drawn = added > 1e-3
+    assert 0.002 < drawn.mean() < 0.1 and added.min() >= -1e-6  # denser, never lighter
+    # they stay in the lungs (fading over a couple of pixels at the edge)
+    far_outside = ~ndimage.binary_dilation(lungs, iterations=6)
+    assert not drawn[far_outside].any()
+    # thin: no vessel wider than the largest calibre (radius 1% of the side, 2.6 px) ...
+    assert not ndimage.binary_erosion(drawn, iterations=5).any()
+    # ... and the densest spots are the end-on dots: small compact blobs, denser than the tubes
+    dense = added > 0.75 * added.max()
+    blobs, n = ndimage.label(dense)
+    assert n >= 1 and max(int((blobs == k).sum()) for k in range(1, n + 1)) < 60
+    assert np.percentile(added[drawn], 50) < 0.6 * added.max()
+    again = before.copy()
+    insert_vessel_mimics(again, np.random.default_rng(8), lungs, 3)
+    assert np.array_equal(again, picture)
+    untouched = before.copy()
+    assert insert_vessel_mimics(untouched, np.random.default_rng(8), lungs, 0) == 0
+    assert np.array_equal(untouched, before)

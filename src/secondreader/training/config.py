@@ -148,6 +148,9 @@ class LesionConfig(BaseModel):
     noise_std: tuple[float, float] = (0.0, 0.03)
     distractor_fraction: float = Field(0.0, ge=0, le=1, description="training pictures that get 1-4 "
                                        "non-nodules (wires, clips, electrodes) as negatives")
+    vessel_mimic_fraction: float = Field(0.0, ge=0, le=1, description="training pictures that get 1-3 "
+                                         "branching vessel trees with end-on vessels beside them (nodule "
+                                         "look-alikes made of lung anatomy) as negatives")
     hard_negative_epochs: list[int] = Field(default_factory=list, description="after these epochs, find the "
                                             "model's false peaks on the real backgrounds' training pictures")
     hard_negative_fraction: float = Field(0.0, ge=0, le=1, description="crops centred on one of a picture's "

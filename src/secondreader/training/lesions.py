@@ -40,6 +40,7 @@ __all__ = [
     "insert_distractors",
     "insert_model_a",
     "insert_model_b",
+    "insert_vessel_mimics",
     "load_background",
     "lung_mask",
     "place_nodules",
@@ -417,6 +418,71 @@ def insert_distractors(picture: np.ndarray, rng: np.random.Generator, count: int
         soft = ndimage.gaussian_filter(shape.astype(np.float32), rng.uniform(0.3, 0.7))
         picture += amplitude * soft
         np.clip(picture, 0.0, 1.0, out=picture)
+    return count
+
+
+def _capsule_distance(r: np.ndarray, c: np.ndarray, a: tuple[float, float], b: tuple[float, float]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Distance of each grid point from the segment ``a``-``b`` and where along it (0-1) it is nearest."""
+    (ay, ax), (by, bx) = a, b
+    dy, dx = by - ay, bx - ax
+    t = np.clip(((r - ay) * dy + (c - ax) * dx) / max(dy * dy + dx * dx, 1e-6), 0.0, 1.0)
+    return np.hypot(r - ay - t * dy, c - ax - t * dx), t
+
+
+def insert_vessel_mimics(picture: np.ndarray, rng: np.random.Generator, mask: np.ndarray, count: int) -> int:
+    """Nodule mimics made of the lungs' own vessels, drawn as negatives (``picture`` changed in place).
+
+    Each is a branching vessel tree growing out from the hilar (medial) part of a lung in ``mask``
+    (bool, the picture's shape): two or three generations of tapering branches seen side-on (a
+    cylinder's projected profile, ``sqrt(1 - (d / r)^2)``), and beside them one to three vessels seen
+    end-on, small dense round dots of the branch's calibre (a flat disc with a soft edge: the whole
+    length of the vessel lies along the beam, so it is denser than the tube beside it). Calibres are
+    2.5-7 mm on a 35 cm film, their density that of a faint nodule; the tree fades at the lung's
+    edge. An end-on vessel and a hilar vessel turning towards the beam are the classic look-alikes of
+    a nodule on a chest radiograph. Returns how many trees were drawn."""
+    rows, cols = picture.shape
+    side = min(rows, cols)
+    where = np.argwhere(mask)
+    if count <= 0 or len(where) == 0:
+        return 0
+    off_midline = np.abs(where[:, 1] - cols / 2)
+    hilar = where[off_midline <= np.quantile(off_midline, 0.35)]
+    r, c = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    density = np.zeros(picture.shape, np.float32)
+    for _ in range(count):
+        y0, x0 = (float(v) for v in hilar[rng.integers(len(hilar))])
+        outward = 1.0 if x0 >= cols / 2 else -1.0
+        heading = float(np.arctan2(rng.uniform(-1.0, 1.0), outward))
+        calibre = rng.uniform(0.0035, 0.01) * side  # radius, px
+        amplitude = rng.uniform(0.02, 0.07)
+        branches = [((y0, x0), heading, rng.uniform(0.07, 0.15) * side, calibre)]
+        segments: list[tuple[tuple[float, float], tuple[float, float], float]] = []
+        for _generation in range(int(rng.integers(2, 4))):
+            grown = []
+            for (y, x), angle, length, radius in branches:
+                end = (y + length * np.sin(angle), x + length * np.cos(angle))
+                segments.append(((y, x), end, radius))
+                for turn in (-1.0, 1.0):
+                    grown.append((end, angle + turn * rng.uniform(0.3, 0.8), length * rng.uniform(0.6, 0.8),
+                                  radius * rng.uniform(0.65, 0.8)))
+            branches = grown
+        for a, b, radius in segments:
+            d, t = _capsule_distance(r, c, a, b)
+            local = radius * (1.0 - 0.3 * t)  # tapering along the branch
+            density = np.maximum(density, amplitude * np.sqrt(np.clip(1.0 - (d / local) ** 2, 0.0, 1.0)))
+        for _dot in range(int(rng.integers(1, 4))):
+            a, b, radius = segments[int(rng.integers(len(segments)))]
+            along = float(rng.uniform(0.2, 1.0))
+            across = float(np.arctan2(b[0] - a[0], b[1] - a[1]) + np.pi / 2 * rng.choice([-1.0, 1.0]))
+            gap = radius * rng.uniform(2.5, 5.0)
+            cy = a[0] + along * (b[0] - a[0]) + gap * np.sin(across)
+            cx = a[1] + along * (b[1] - a[1]) + gap * np.cos(across)
+            dot = np.clip(radius * rng.uniform(0.9, 1.3) - np.hypot(r - cy, c - cx) + 0.5, 0.0, 1.0)
+            density = np.maximum(density, amplitude * rng.uniform(1.5, 2.5) * dot)
+    fade = ndimage.gaussian_filter(mask.astype(np.float32), max(1.0, side / 128))
+    picture += density * fade
+    np.clip(picture, 0.0, 1.0, out=picture)
     return count
 
 

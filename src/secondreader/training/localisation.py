@@ -64,6 +64,7 @@ from .lesions import (
     insert_distractors,
     insert_model_a,
     insert_model_b,
+    insert_vessel_mimics,
     load_background,
     lung_mask,
     place_nodules,
@@ -185,12 +186,16 @@ def build_pool(backgrounds: Sequence[RealBackground], lc: LesionConfig, *, per_b
         pictures, masks_ = augment_geometry(work, work_mask, rngs, side, scale=lc.scale, rotate_deg=lc.rotate_deg,
                                             translate=lc.translate, elastic=lc.elastic,
                                             supersample=lc.supersample)
-        for rng, picture, masks in zip(rngs, pictures, masks_, strict=True):
+        for j, rng, picture, masks in zip(members, rngs, pictures, masks_, strict=True):
             mask, unknown = (masks[0], masks[1]) if masks.ndim == 3 else (masks, None)
             if lc.density_field > 0:
                 picture[:] = density_gain(picture, rng, lc.density_field)
             if rng.random() < lc.distractor_fraction:
                 insert_distractors(picture, rng, int(rng.integers(1, 5)))
+            if lc.vessel_mimic_fraction > 0:  # its own stream: the nodules and geometry stay the recipe's
+                mimics = np.random.default_rng([seed, stream, group + 1000, j, 1])
+                if mimics.random() < lc.vessel_mimic_fraction:
+                    insert_vessel_mimics(picture, mimics, mask, int(mimics.integers(1, 4)))
             nodules, target = _insert_a(picture, mask if unknown is None else mask & ~unknown, rng, lc)
             pool.images[k] = picture
             pool.targets[k] = target
