@@ -108,6 +108,9 @@ class Settings(BaseSettings):
         return SeriesSettings(self.series_number_sc, self.series_number_seg, self.series_number_sr,
                               self.series_description_prefix)
 
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'secondreader.db'}"
 

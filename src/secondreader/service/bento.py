@@ -45,7 +45,7 @@ def _settings() -> Settings:
 
 
 v1 = build_app(lambda: bentoml.get_current_service().core,
-               max_upload_bytes=lambda: _settings().max_upload_mb * 1024 * 1024)
+               max_upload_bytes=lambda: _settings().max_upload_bytes())
 
 # One GPU per worker is declared; without one the same service runs on the CPU
 # (SECONDREADER_DEVICE=auto picks it).
@@ -100,7 +100,7 @@ class SecondReader:
         self.receiver = start_receiver(settings.host, settings.dicom_port, settings.dicom_ae_title, allowed,
                                        self.core.receive, max_associations=settings.dicom_max_associations,
                                        ssl_context=tls, quarantine=self.core.quarantine,
-                                       max_dataset_bytes=settings.max_upload_mb * 1024 * 1024)
+                                       max_dataset_bytes=settings.max_upload_bytes())
         # First reads over HL7 v2 (ORU^R01 over MLLP), into the same worklist as POST /v1/reports.
         self.hl7 = Hl7Listener(settings.host, settings.hl7_port, self._first_read)
         self.hl7.start()
