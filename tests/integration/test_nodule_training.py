@@ -174,9 +174,12 @@ def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data
     assert main(["evaluate", str(bundle)]) == 2  # neither --data nor --config
     assert "--config" in capsys.readouterr().err
     # --resume reuses the finished folds (same configuration) and ends with the same weights
-    again = train(cfg, resume=True)
+    # (a new version number alone keeps them: it labels the bundle and its Device UID, not the fits)
+    bumped = cfg.model_copy(update={"version": cfg.version + "-next"})
+    again = train(bumped, resume=True)
     assert again["secondreader"]["metrics"]["folds"] == metrics["folds"]
     assert again["secondreader"]["weights_sha256"] == meta["secondreader"]["weights_sha256"]
+    assert again["secondreader"]["device_uid"] != meta["secondreader"]["device_uid"]
 
 
 def test_fits_in_worker_processes_give_the_same_model_as_in_one(shared_data: Path, tmp_path: Path) -> None:

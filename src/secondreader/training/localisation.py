@@ -722,7 +722,10 @@ def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: P
 # -- the whole run ---------------------------------------------------------------------------------
 
 def _digest(cfg: TrainConfig) -> str:
-    relevant = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "output_dir", "provenance", "description"})
+    """What the folds depend on: the configuration less its labels and places (a new version number alone
+    keeps the folds a run finished)."""
+    relevant = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "output_dir", "provenance", "description",
+                                                    "version"})
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
