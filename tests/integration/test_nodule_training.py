@@ -180,6 +180,12 @@ def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data
     assert again["secondreader"]["metrics"]["folds"] == metrics["folds"]
     assert again["secondreader"]["weights_sha256"] == meta["secondreader"]["weights_sha256"]
     assert again["secondreader"]["device_uid"] != meta["secondreader"]["device_uid"]
+    # the record and the card say which folds came from the earlier run (their seconds are not this run's)
+    assert meta["secondreader"]["training"]["folds_reused"] == []
+    assert again["secondreader"]["training"]["folds_reused"] == ["nih-00000001-000", "nih-00027426-000"]
+    card_text = (bundle / "docs" / "README.md").read_text()
+    assert "resumed with `--resume`" in card_text and "nih-00027426-000; their own fitting times" in card_text
+    assert "resumed" not in text
 
 
 def test_fits_in_worker_processes_give_the_same_model_as_in_one(shared_data: Path, tmp_path: Path) -> None:

@@ -845,7 +845,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / "models" / "model.pt").write_bytes(weights)
     metadata = dense_metadata(cfg, spec, cal, metrics, device_uid_for(cfg.name, cfg.version, weights_sha256),
-                              weights_sha256, config_path, time.time() - started)
+                              weights_sha256, config_path, time.time() - started,
+                              [backgrounds[f].id for f in folds if f not in todo])
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     from .modelcard_dense import write_dense_model_card
 
@@ -945,7 +946,8 @@ def routing_gate(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics: dict[str, Any], device_uid: str,
-                   weights_sha256: str, config_path: Path | None, seconds: float) -> dict[str, Any]:
+                   weights_sha256: str, config_path: Path | None, seconds: float,
+                   folds_reused: Sequence[str] = ()) -> dict[str, Any]:
     lc = cfg.lesions
     assert lc is not None
     code, side = cfg.data.finding, lc.input_size
@@ -998,6 +1000,7 @@ def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics:
                                  "unknown": [u.note for u in b.unknown]} for b in lc.backgrounds],
                 "seconds": round(seconds, 1),
                 "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                "folds_reused": list(folds_reused),
             },
             "provenance": cfg.provenance,
         },
