@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     http_port: int = Field(3000, description="HTTP port")
     hl7_port: int = Field(2575, description="HL7 v2 MLLP port")
     secret: str | None = Field(None, description="Key for pseudonymous study keys in logs")
-    max_upload_mb: int = Field(512, description="Size limit in MiB of an HTTP upload and of one C-STORE "
+    max_upload_mb: int = Field(512, ge=1, description="Size limit in MiB of an HTTP upload and of one C-STORE "
                                "data set (a larger one aborts its association)")
     max_image_pixels: int = Field(
         64_000_000, description="Largest Rows x Columns x Frames decoded; larger images fail before allocation"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -183,3 +187,27 @@ class TrainConfig(BaseModel):
 
 def load_config(path: Path) -> TrainConfig:
     return TrainConfig.model_validate(yaml.safe_load(path.read_text()))
+
+
+def run_digest(cfg: TrainConfig, *inputs: str) -> str:
+    """What a run's saved state (a checkpoint, the folds it finished) depends on, for ``--resume``: the
+    configuration less its labels and places (a new version number alone keeps the state), the installed
+    secondreader code and numeric libraries (any edit or upgrade refits), and ``inputs``, digests of
+    the data the run read."""
+    relevant = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "output_dir", "provenance", "description",
+                                                    "version"})
+    h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
+    for part in (_code_digest(), *inputs):
+        h.update(part.encode())
+    return h.hexdigest()
+
+
+@functools.cache
+def _code_digest() -> str:
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    for name in ("torch", "monai", "numpy", "scipy", "scikit-image"):
+        h.update(f"{name}=={importlib.metadata.version(name)}".encode())
+    return h.hexdigest()

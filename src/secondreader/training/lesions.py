@@ -437,10 +437,11 @@ def insert_vessel_mimics(picture: np.ndarray, rng: np.random.Generator, mask: np
     (bool, the picture's shape): two or three generations of tapering branches seen side-on (a
     cylinder's projected profile, ``sqrt(1 - (d / r)^2)``), and beside them one to three vessels seen
     end-on, small dense round dots of the branch's calibre (a flat disc with a soft edge: the whole
-    length of the vessel lies along the beam, so it is denser than the tube beside it). Calibres are
-    2.5-7 mm on a 35 cm film, their density that of a faint nodule; the tree fades at the lung's
-    edge. An end-on vessel and a hilar vessel turning towards the beam are the classic look-alikes of
-    a nodule on a chest radiograph. Returns how many trees were drawn."""
+    length of the vessel lies along the beam, so it is denser than the tube beside it). Trunks are
+    2.5-7 mm across on a 35 cm film, each branch 0.65-0.8 of its parent's calibre; the trunks start
+    among the 35% of lung pixels nearest the midline; the density is that of a faint nodule; the
+    tree fades at the lung's edge. An end-on vessel and a hilar vessel turning towards the beam are
+    the classic look-alikes of a nodule on a chest radiograph. Returns how many trees were drawn."""
     rows, cols = picture.shape
     side = min(rows, cols)
     where = np.argwhere(mask)

@@ -44,7 +44,7 @@ from scipy import ndimage
 from ..model.dense import MapRecipe, build_dense_network, map_peaks, study_logits
 from ..preprocessing import InputSpec, prepare_frame
 from ..scoring.calibration import calibrated_probability
-from .config import BackgroundConfig, LesionConfig, TrainConfig
+from .config import BackgroundConfig, LesionConfig, TrainConfig, run_digest
 from .froc import (
     FROC_RATES,
     ImageDetections,
@@ -721,14 +721,6 @@ def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: P
 
 # -- the whole run ---------------------------------------------------------------------------------
 
-def _digest(cfg: TrainConfig) -> str:
-    """What the folds depend on: the configuration less its labels and places (a new version number alone
-    keeps the folds a run finished)."""
-    relevant = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "output_dir", "provenance", "description",
-                                                    "version"})
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
-
-
 def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg`` (``data.kind: lesion_insertion``), evaluate it leaving one real background out
     at a time, and write its bundle. ``resume`` reuses the folds a previous run of the same
@@ -766,7 +758,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
 
     total = sum(steps(int((pool.groups != f).sum())) for f in folds) + steps(len(pool))
     run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
-    digest = _digest(cfg)
+    digest = run_digest(cfg, *(hashlib.sha256(np.ascontiguousarray(bg.picture).tobytes()).hexdigest()
+                                for bg in backgrounds))
     fold_results: dict[int, dict[str, Any]] = {}
 
     def fold_file(f: int) -> Path:

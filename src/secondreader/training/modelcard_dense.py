@@ -50,16 +50,17 @@ def _band_table(froc: dict[str, Any]) -> str:
             + "\n".join(rows))
 
 
-def _timing(training: dict[str, Any]) -> str:
+def _timing(training: dict[str, Any], n_folds: int) -> str:
     """How long the run that wrote the bundle took, and which folds it took from an earlier run."""
     reused = training.get("folds_reused") or []
     if not reused:
         return (f"Training and the leave-one-background-out evaluation took {training['seconds']} s on "
                 f"{training['machine']}")
-    return (f"This bundle was written by a run resumed with `--resume`: it reused the folds of an earlier run "
-            f"of the same configuration, version number aside ({', '.join(reused)}; their own fitting times are "
-            f"in the folds' `seconds` in metadata.json) and fitted the shipped model and evaluated in "
-            f"{training['seconds']} s on {training['machine']}")
+    fitted = "the shipped model" if len(reused) == n_folds else "the other folds and the shipped model"
+    return (f"This bundle was written by a run resumed with `--resume`: it reused {len(reused)} of its {n_folds} "
+            f"folds from an earlier run of the same configuration, version number aside "
+            f"({', '.join(reused)}; their own fitting times are in the folds' `seconds` in metadata.json), and "
+            f"fitted {fitted} and evaluated in {training['seconds']} s on {training['machine']}")
 
 
 def write_dense_model_card(path: Path, meta: dict[str, Any]) -> None:
@@ -145,6 +146,7 @@ Where a background holds a real opacity that may be a lesion (its label unknown;
 backgrounds below), no test nodule is placed on it, and what the model finds there neither counts
 as a false region nor scores the study; the "counted as false" rows score the same predictions as
 if the opacity were known to be harmless. Intervals: 95% percentile bootstrap over images.
+{prov.get('selection', '')}
 
 Study level (AUROC [95% CI]; sensitivity and specificity at the operating point):
 
@@ -196,15 +198,10 @@ made by `secondreader.training.lesions.generated_chest`. {prov.get('data_source'
 {prov.get('reproduce', '')}
 ```
 
-{_timing(training)}
+{_timing(training, len(metrics.get('folds', [])))}
 (seed {training['seed']}, {training['epochs']} epochs per model). Every fit is seeded and runs on one CPU
 thread, which is bit-for-bit repeatable on the same software without torch's deterministic mode (ten
-times slower on the CPU). In this project's record, two full runs of the 1.2.0 config gave weights
-with the same sha256, two of 1.3.0 gave the same weights and identical metrics, and a second fit of
-1.4.0's shipped model gave the same weights, and so did 1.5.0's final model
-fitted again on resuming its leave-one-out run. Other CPUs or library versions differ in the
-last bits: a run of the 1.3.0 config on another CPU came within 0.01 of its study AUROCs, but its
-FROC sensitivities moved by up to 0.07 (`training/README.md`, "Repeatable on one machine, not across CPUs").
+times slower on the CPU); other CPUs or library versions differ in the last bits. {prov.get('repeatability', '')}
 
 `secondreader evaluate <this bundle> --config {training.get('config') or 'CONFIG'}` recomputes the
 generated-chest test from these weights and scores the test images of the backgrounds it trained on.

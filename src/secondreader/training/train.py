@@ -28,7 +28,7 @@ from ..model.card import ModelCard, load_card
 from ..model.network import build_network
 from ..preprocessing import InputSpec, model_input_transform
 from ..scoring.calibration import calibrated_probability, fit_platt
-from .config import OperatingPointConfig, TrainConfig
+from .config import OperatingPointConfig, TrainConfig, run_digest
 from .data import load_splits
 from .metrics import auroc, binary_metrics, threshold_for_sensitivity, youden_threshold
 from .modelcard import write_model_card
@@ -113,11 +113,6 @@ def _checkpoint_path(cfg: TrainConfig) -> Path:
     return (cfg.checkpoint_dir or Path("runs") / cfg.name) / "checkpoint.pt"
 
 
-def _config_digest(cfg: TrainConfig) -> str:
-    relevant = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "output_dir", "provenance", "description"})
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
-
-
 def _randomizables(transform: Any) -> list[Any]:
     """Every object with its own random state inside ``transform`` (RandAffine keeps a second one
     in its RandAffineGrid), in a stable order."""
@@ -198,10 +193,14 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     history: list[dict[str, Any]] = []
     first_epoch = 0
     checkpoint = _checkpoint_path(cfg)
+    digest = run_digest(cfg, *(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+                               for a in (train_split.images, train_split.labels)),
+                        hashlib.sha256(source.weights_path.read_bytes()).hexdigest() if source else "")
     if resume and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state["config"] != _config_digest(cfg):
-            raise ValueError("the checkpoint was made with another configuration; delete it or fix the config")
+        if state["config"] != digest:
+            raise ValueError("the checkpoint was made with another configuration, code or training data; delete it "
+                             "or fix the config")
         network.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
@@ -237,7 +236,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
             progress.update(task, status=f"epoch {epoch + 1} loss {total / len(order):.4f} val AUROC {val_auc:.4f}")
             logger.info("epoch %d loss %.4f val_auroc %.4f", epoch + 1, total / len(order), val_auc)
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"epoch": epoch + 1, "config": _config_digest(cfg), "model": network.state_dict(),
+            torch.save({"epoch": epoch + 1, "config": digest, "model": network.state_dict(),
                         "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
                         "generator": generator.get_state(), "history": history,
                         "augment": [_rng_state(t) for t in _randomizables(augment)]}, checkpoint.with_suffix(".tmp"))

@@ -1,0 +1,45 @@
+"""What ``--resume`` may reuse: the run digest of a training configuration, and the upload limit's
+conversion (both plain settings arithmetic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from secondreader.config import Settings
+from secondreader.training.config import TrainConfig, load_config, run_digest
+
+CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "cxr-nodule.yaml"
+
+
+def _changed(cfg: TrainConfig, section: str, **values: object) -> TrainConfig:
+    part = getattr(cfg, section)
+    return cfg.model_copy(update={section: part.model_copy(update=values)})
+
+
+def test_a_new_version_or_label_keeps_the_digest_and_anything_the_fits_read_changes_it() -> None:
+    cfg = load_config(CONFIG)
+    base = run_digest(cfg, "backgrounds")
+    for same in (cfg.model_copy(update={"version": "9.9.9", "description": "another text"}),
+                 cfg.model_copy(update={"output_dir": Path("elsewhere"), "checkpoint_dir": Path("runs/x")}),
+                 cfg.model_copy(update={"provenance": {"reproduce": "something else"}})):
+        assert run_digest(same, "backgrounds") == base
+    assert cfg.lesions is not None
+    for other in (cfg.model_copy(update={"seed": cfg.seed + 1}),
+                  _changed(cfg, "schedule", epochs=cfg.schedule.epochs + 1),
+                  _changed(cfg, "lesions", vessel_mimic_fraction=0.3),
+                  _changed(cfg, "saliency", flip_average=not cfg.saliency.flip_average),
+                  _changed(cfg, "network", args={**cfg.network.args, "num_res_units": 3})):
+        assert run_digest(other, "backgrounds") != base
+    # the data read is part of it: another background picture refits
+    assert run_digest(cfg, "other backgrounds") != base
+
+
+def test_the_upload_limit_is_whole_mebibytes_and_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECONDREADER_MAX_UPLOAD_MB", "3")
+    assert Settings().max_upload_bytes() == 3 * 1024 * 1024
+    monkeypatch.setenv("SECONDREADER_MAX_UPLOAD_MB", "0")
+    with pytest.raises(ValidationError, match="max_upload_mb"):
+        Settings()
