@@ -1,5 +1,5 @@
-"""What ``--resume`` may reuse: the run digest of a training configuration, and the upload limit's
-conversion (both plain settings arithmetic)."""
+"""What ``--resume`` may reuse: the run digest of a training configuration; the changelog a config
+must keep; and the upload limit's conversion (plain settings arithmetic)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from secondreader.config import Settings
 from secondreader.training.config import TrainConfig, load_config, run_digest
+from secondreader.training.modelcard import versions_section
+from secondreader.training.train import bundle_header
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "cxr-nodule.yaml"
 
@@ -22,7 +24,8 @@ def _changed(cfg: TrainConfig, section: str, **values: object) -> TrainConfig:
 def test_a_new_version_or_label_keeps_the_digest_and_anything_the_fits_read_changes_it() -> None:
     cfg = load_config(CONFIG)
     base = run_digest(cfg, "backgrounds")
-    for same in (cfg.model_copy(update={"version": "9.9.9", "description": "another text"}),
+    for same in (cfg.model_copy(update={"version": "9.9.9", "description": "another text",
+                                        "changelog": {"9.9.9": "what changed", **cfg.changelog}}),
                  cfg.model_copy(update={"output_dir": Path("elsewhere"), "checkpoint_dir": Path("runs/x")}),
                  cfg.model_copy(update={"provenance": {"reproduce": "something else"}})):
         assert run_digest(same, "backgrounds") == base
@@ -35,6 +38,21 @@ def test_a_new_version_or_label_keeps_the_digest_and_anything_the_fits_read_chan
         assert run_digest(other, "backgrounds") != base
     # the data read is part of it: another background picture refits
     assert run_digest(cfg, "other backgrounds") != base
+
+
+def test_a_config_with_a_changelog_must_say_what_its_version_changes() -> None:
+    raw = load_config(CONFIG).model_dump(mode="json", by_alias=True)
+    assert raw["version"] in raw["changelog"]
+    with pytest.raises(ValidationError, match="changelog has no entry for version 9.9.9"):
+        TrainConfig.model_validate({**raw, "version": "9.9.9"})
+    bumped = TrainConfig.model_validate({**raw, "version": "9.9.9",
+                                         "changelog": {"9.9.9": "more epochs", **raw["changelog"]}})
+    header = bundle_header(bumped, "localisation")
+    assert list(header["changelog"])[:2] == ["9.9.9", raw["version"]]
+    assert "- **9.9.9**: more epochs\n" in versions_section(header)
+    # without a changelog the bundle still has one: its version and description
+    bare = TrainConfig.model_validate({**raw, "changelog": {}})
+    assert bundle_header(bare, "localisation")["changelog"] == {bare.version: bare.description}
 
 
 def test_the_upload_limit_is_whole_mebibytes_and_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:

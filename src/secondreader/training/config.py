@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["TrainConfig", "load_config"]
 
@@ -183,6 +183,14 @@ class TrainConfig(BaseModel):
     output_dir: Path
     checkpoint_dir: Path | None = Field(None, description="per-epoch checkpoints; default runs/<name>")
     provenance: dict[str, Any] = Field(default_factory=dict)
+    changelog: dict[str, str] = Field(default_factory=dict, description="what each version changed, newest "
+                                      "first; the bundle's changelog. When given, it must name `version`.")
+
+    @model_validator(mode="after")
+    def _changelog_names_version(self) -> TrainConfig:
+        if self.changelog and self.version not in self.changelog:
+            raise ValueError(f"changelog has no entry for version {self.version}: say what this version changes")
+        return self
 
 
 def load_config(path: Path) -> TrainConfig:
@@ -195,7 +203,7 @@ def run_digest(cfg: TrainConfig, *inputs: str) -> str:
     secondreader code and numeric libraries (any edit or upgrade refits), and ``inputs``, digests of
     the data the run read."""
     relevant = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "output_dir", "provenance", "description",
-                                                    "version"})
+                                                    "version", "changelog"})
     h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     for part in (_code_digest(), *inputs):
         h.update(part.encode())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_model_card"]
+__all__ = ["versions_section", "write_model_card"]
 
 
 def _row(split: str, m: dict[str, Any]) -> str:
@@ -75,5 +75,11 @@ ResNet-50 (224) 0.962 / 0.884, Google AutoML Vision 0.991 / 0.946.
 Training took {sr['training']['seconds']} s on {sr['training']['machine']} (seed {sr['training']['seed']},
 {sr['training']['epochs']} epochs). Metrics of a retrained model agree with this card within about 0.01;
 bit-identical weights are not expected across CPUs.
-"""
+{versions_section(meta)}"""
     path.write_text(text)
+
+
+def versions_section(meta: dict[str, Any]) -> str:
+    """The card's closing "Versions" section: the bundle's changelog, one line per version."""
+    lines = "\n".join(f"- **{version}**: {change}" for version, change in meta.get("changelog", {}).items())
+    return f"\n## Versions\n\n{lines}\n" if lines else ""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .modelcard import versions_section
+
 __all__ = ["write_dense_model_card"]
 
 
@@ -205,5 +207,5 @@ times slower on the CPU); other CPUs or library versions differ in the last bits
 
 `secondreader evaluate <this bundle> --config {training.get('config') or 'CONFIG'}` recomputes the
 generated-chest test from these weights and scores the test images of the backgrounds it trained on.
-"""
+{versions_section(meta)}"""
     path.write_text(text)

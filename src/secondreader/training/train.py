@@ -309,7 +309,7 @@ def bundle_header(cfg: TrainConfig, task: str) -> dict[str, Any]:
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
         "version": cfg.version,
-        "changelog": {cfg.version: cfg.description},
+        "changelog": cfg.changelog or {cfg.version: cfg.description},
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
