@@ -112,6 +112,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from .training.train import train
 
     cfg = load_config(args.config)
+    if args.device:  # checked where it is resolved (ModelError: not a device, or no CUDA)
+        cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"device": args.device})})
     meta = train(cfg, config_path=args.config, resume=args.resume)
     test = meta["secondreader"]["metrics"]["test"]
     sys.stdout.write(json.dumps({"model": f"{meta['name']}@{meta['version']}", "test": test}) + "\n")
@@ -234,6 +236,8 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from a YAML config and write its bundle")
     train.add_argument("config", type=Path, metavar="CONFIG")
     train.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's schedule.device, auto: "
+                       "the first CUDA device when there is one); bfloat16 autocast on CUDA (schedule.mixed_precision)")
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="recompute a bundle's metrics on a data split")

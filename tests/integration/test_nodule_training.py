@@ -33,7 +33,8 @@ def _config(shared_data: Path, tmp_path: Path, keep: tuple[str, ...] | None = No
     raw["lesions"].update(per_background=12, generated=16, generated_bases=4, validation_per_background=6,
                           validation_generated=8, test_per_background=6, test_generated=8, input_size=128,
                           work_size=160, crop=64)
-    raw["schedule"].update({"epochs": 1, "batch_size": 8})
+    # the CPU: its bit-for-bit repeatability is what these tests compare (tests/gpu covers CUDA)
+    raw["schedule"].update({"epochs": 1, "batch_size": 8, "device": "cpu"})
     raw["output_dir"] = str(tmp_path / "bundle")
     raw["checkpoint_dir"] = str(tmp_path / "runs")
     tmp_path.mkdir(parents=True, exist_ok=True)

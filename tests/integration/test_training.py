@@ -23,7 +23,8 @@ def _tiny(shared_data: Path, tmp_path: Path, name: str) -> TrainConfig:
     raw = yaml.safe_load((ROOT / "training" / "configs" / "cxr-pneumonia.yaml").read_text())
     raw["data"]["path"] = str(shared_data / "pneumoniamnist" / "pneumoniamnist.npz")
     raw["data"]["limit"] = 192
-    raw["schedule"].update({"epochs": 2, "batch_size": 64})
+    # the CPU: its bit-for-bit repeatability is what these tests compare (tests/gpu covers CUDA)
+    raw["schedule"].update({"epochs": 2, "batch_size": 64, "device": "cpu"})
     raw["output_dir"] = str(tmp_path / name / "bundle")
     raw["checkpoint_dir"] = str(tmp_path / name / "runs")
     path = tmp_path / f"{name}.yaml"
@@ -39,6 +40,8 @@ def test_tiny_training_exports_a_bundle_that_reloads_and_predicts(shared_data: P
     assert card.name == "cxr-pneumonia" and card.device_uid == meta["secondreader"]["device_uid"]
     assert set(meta["secondreader"]["metrics"]) == {"validation", "test"}
     assert meta["secondreader"]["metrics"]["test"]["n"] == 192
+    training = meta["secondreader"]["training"]
+    assert training["device"] == "cpu, float32" and training["machine"].endswith("; cpu, float32")
     assert (bundle / "docs" / "README.md").is_file()
     assert (bundle / "docs" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     predictor = TorchPredictor(card, device="cpu")

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["TrainConfig", "load_config"]
+__all__ = ["ScheduleConfig", "TrainConfig", "load_config", "run_digest"]
 
 
 class DataConfig(BaseModel):
@@ -51,6 +51,11 @@ class ScheduleConfig(BaseModel):
     threads: int = Field(2, ge=1)
     workers: int = Field(1, ge=1, description="processes that fit the localisation folds and final model side "
                                               "by side (each with ``threads`` threads)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto (the first CUDA device when there is one, else the CPU), cpu, cuda or "
+                                    "cuda:N; `secondreader train --device` overrides it")
+    mixed_precision: bool = Field(True, description="on a CUDA device, forward passes in bfloat16 autocast (the "
+                                                    "loss and the weights stay float32); the CPU trains in float32")
 
 
 class AugmentConfig(BaseModel):
@@ -201,7 +206,7 @@ def run_digest(cfg: TrainConfig, *inputs: str) -> str:
     """What a run's saved state (a checkpoint, the folds it finished) depends on, for ``--resume``: the
     configuration less its labels and places (a new version number alone keeps the state), the installed
     secondreader code and numeric libraries (any edit or upgrade refits), and ``inputs``, digests of
-    the data the run read."""
+    the data the run read and the kind of device it trains on."""
     relevant = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "output_dir", "provenance", "description",
                                                     "version", "changelog"})
     h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())

@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
@@ -72,7 +71,7 @@ from .lesions import (
     square_picture,
 )
 from .metrics import auroc, binary_metrics
-from .train import _state_dict_bytes, bundle_header, calibrate_on_validation
+from .train import _state_dict_bytes, bundle_header, calibrate_on_validation, training_device, training_hardware
 
 __all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "pool_eval_set", "standardise", "train_localisation"]
 
@@ -387,7 +386,7 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, dice
     """Weighted binary cross-entropy (nodule pixels ``pos_weight`` times) plus a soft Dice over the
     batch (pixels of weight 0 ignored)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none",
-                                             pos_weight=torch.tensor(pos_weight))
+                                             pos_weight=torch.tensor(pos_weight, device=logits.device))
     bce = (bce * weight).sum() / weight.sum().clamp_min(1.0)
     p = torch.sigmoid(logits) * weight
     dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + (target * weight).sum() + 1)
@@ -432,10 +431,14 @@ def mine_hard_negatives(network: torch.nn.Module, pool: Pool, members: np.ndarra
 
 def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, seed: int,
          advance: Callable[[], None]) -> torch.nn.Module:
+    """A network fitted on the pool's ``members``, left on the training device in eval mode. The
+    batches and their augmentation are drawn on the CPU from one seeded generator, so a GPU run sees
+    the same crops as a CPU run; only the arithmetic differs."""
     lc = cfg.lesions
     assert lc is not None
+    device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
     torch.manual_seed(seed)
-    network = build_dense_network(cfg.network.class_, cfg.network.args)
+    network = build_dense_network(cfg.network.class_, cfg.network.args).to(device)
     sched = cfg.schedule
     optimiser = torch.optim.AdamW(network.parameters(), lr=sched.max_lr, weight_decay=sched.weight_decay)
     steps_per_epoch = max(1, len(members) // sched.batch_size)
@@ -464,7 +467,9 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
             xc, tc, wc = _crops(x, t, w, [pool.nodules[i] for i in idx], lc, g,
                                 [hard.get(int(i), []) for i in idx] if hard else ())
             torch.set_num_threads(threads)
-            loss = _loss(network(xc), tc, wc, lc.dice_weight, lc.pos_weight)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = network(xc.to(device))
+            loss = _loss(out.float(), tc.to(device), wc.to(device), lc.dice_weight, lc.pos_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
@@ -479,12 +484,13 @@ _PEAK_FLOOR = math.log(0.02 / 0.98)
 
 def predict_maps(network: torch.nn.Module, inputs: torch.Tensor, *, recipe: MapRecipe, batch: int = 32) -> np.ndarray:
     """Smoothed logit maps float32 (N, S, S) of channel 0 for normalised inputs (N, 1, S, S), as
-    the served predictor makes them (its heatmap is their sigmoid)."""
+    the served predictor makes them (its heatmap is their sigmoid), on the network's device (float32)."""
     out = []
     network.eval()
+    device = next(network.parameters(), torch.empty(0)).device  # a module without weights: the CPU
     with torch.inference_mode():
         for i in range(0, len(inputs), batch):
-            out.append(recipe.logits(network, inputs[i:i + batch], [0])[:, 0].numpy())
+            out.append(recipe.logits(network, inputs[i:i + batch].to(device), [0])[:, 0].float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,) + tuple(inputs.shape[-2:]), np.float32)
 
 
@@ -731,6 +737,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     if lc is None:
         raise ValueError("data.kind lesion_insertion needs a lesions: section")
     started = time.time()
+    device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
+    logger.info("training %s on %s", cfg.name, training_hardware(device, amp)["device"])
     torch.set_num_threads(cfg.schedule.threads)
     set_determinism(seed=cfg.seed)
     # Seeded, but not torch's deterministic mode: on the CPU it made each U-Net step ten times slower.
@@ -759,7 +767,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     total = sum(steps(int((pool.groups != f).sum())) for f in folds) + steps(len(pool))
     run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
     digest = run_digest(cfg, *(hashlib.sha256(np.ascontiguousarray(bg.picture).tobytes()).hexdigest()
-                                for bg in backgrounds))
+                                for bg in backgrounds), f"{device.type} amp={amp}")
     fold_results: dict[int, dict[str, Any]] = {}
 
     def fold_file(f: int) -> Path:
@@ -804,7 +812,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
                     json.dumps(localisation_metrics(scored, cal, seed=cfg.seed)["study"]))
     network = build_dense_network(cfg.network.class_, cfg.network.args)
     network.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
-    network.eval()
+    network.to(device).eval()
     val = score_set(network, pool_eval_set(val_pool, np.ones(len(val_pool), bool)), spec, lc, recipe)
     cal = calibrate(val, cfg)
     metrics: dict[str, Any] = {
@@ -839,7 +847,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     (out / "models" / "model.pt").write_bytes(weights)
     metadata = dense_metadata(cfg, spec, cal, metrics, device_uid_for(cfg.name, cfg.version, weights_sha256),
                               weights_sha256, config_path, time.time() - started,
-                              [backgrounds[f].id for f in folds if f not in todo])
+                              [backgrounds[f].id for f in folds if f not in todo], training_hardware(device, amp))
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     from .modelcard_dense import write_dense_model_card
 
@@ -940,7 +948,7 @@ def routing_gate(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics: dict[str, Any], device_uid: str,
                    weights_sha256: str, config_path: Path | None, seconds: float,
-                   folds_reused: Sequence[str] = ()) -> dict[str, Any]:
+                   folds_reused: Sequence[str], hardware: dict[str, str]) -> dict[str, Any]:
     lc = cfg.lesions
     assert lc is not None
     code, side = cfg.data.finding, lc.input_size
@@ -992,7 +1000,7 @@ def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics:
                 "backgrounds": [{"id": b.id, "source": b.source, "real_lesions": b.real_lesions,
                                  "unknown": [u.note for u in b.unknown]} for b in lc.backgrounds],
                 "seconds": round(seconds, 1),
-                "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                **hardware,
                 "folds_reused": list(folds_reused),
             },
             "provenance": cfg.provenance,

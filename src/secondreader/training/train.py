@@ -1,7 +1,8 @@
 """``secondreader train CONFIG``: train, calibrate on validation, evaluate on test, write a bundle.
 
 Reproducible: a fixed seed, deterministic algorithms, and a fixed thread count. Test data is used
-once, after every choice (calibration, operating point) was made on the validation split.
+once, after every choice (calibration, operating point) was made on the validation split. Trains on
+the first CUDA device when there is one (``schedule.device``), with bfloat16 autocast there.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import platform
 import time
 import uuid
@@ -26,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..model.card import ModelCard, load_card
 from ..model.network import build_network
+from ..model.predictor import resolve_device
 from ..preprocessing import InputSpec, model_input_transform
 from ..scoring.calibration import calibrated_probability, fit_platt
 from .config import OperatingPointConfig, TrainConfig, run_digest
@@ -34,7 +37,7 @@ from .metrics import auroc, binary_metrics, threshold_for_sensitivity, youden_th
 from .modelcard import write_model_card
 from .plots import reliability_png
 
-__all__ = ["predict_inputs", "predict_logits", "train"]
+__all__ = ["predict_inputs", "predict_logits", "train", "training_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +65,43 @@ def predict_inputs(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
 
 
 def predict_logits(network: torch.nn.Module, images: torch.Tensor, spec: InputSpec, *, batch: int = 512) -> np.ndarray:
-    """Logits of channel 0 for float32 (N, 1, H, W) images in [0, 1], through the serving transform."""
+    """Logits of channel 0 for float32 (N, 1, H, W) images in [0, 1], through the serving transform,
+    on the network's device (float32)."""
     network.eval()
+    device = next(network.parameters(), torch.empty(0)).device  # a module without weights: the CPU
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            out.append(network(predict_inputs(images[i:i + batch], spec))[:, 0].float().numpy())
+            x = predict_inputs(images[i:i + batch], spec).to(device)
+            out.append(network(x)[:, 0].float().cpu().numpy())
     return np.concatenate(out)
+
+
+def training_device(device: str, mixed_precision: bool) -> tuple[torch.device, bool]:
+    """The device ``schedule.device`` names (``auto``: the first CUDA device when there is one) and
+    whether forward passes run in bfloat16 autocast there (CUDA only). Asking for CUDA where there
+    is none is an error, not a silent fall back to the CPU."""
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace (torch's reproducibility notes)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return resolved, resolved.type == "cuda" and mixed_precision
+
+
+def training_hardware(device: torch.device, amp: bool) -> dict[str, str]:
+    """What a run trained on, for its bundle: ``machine`` (the CPU, its threads and the device) and
+    ``device``. Weights are bit-for-bit repeatable only on the same kind of CPU or GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    if device.type == "cuda":
+        where = f"{device}, {torch.cuda.get_device_name(device)}, {'bfloat16 autocast' if amp else 'float32'}"
+    else:
+        where = "cpu, float32"
+    return {"machine": f"{platform.machine()} {torch.get_num_threads()} threads ({cpu}); {where}", "device": where}
 
 
 def _state_dict_bytes(network: torch.nn.Module) -> bytes:
@@ -159,6 +192,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
 
         return train_localisation(cfg, config_path=config_path, resume=resume)
     started = time.time()
+    device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
     torch.set_num_threads(cfg.schedule.threads)
     set_determinism(seed=cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -182,6 +216,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     if source is not None:
         network.load_state_dict(torch.load(source.weights_path, map_location="cpu", weights_only=True))
         logger.info("fine-tuning from %s", source.ref)
+    network.to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=cfg.schedule.max_lr, weight_decay=cfg.schedule.weight_decay)
     steps_per_epoch = (len(train_split.labels) + cfg.schedule.batch_size - 1) // cfg.schedule.batch_size
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.schedule.max_lr,
@@ -189,13 +224,15 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     loss_fn = torch.nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(cfg.seed)
     labels = torch.as_tensor(train_split.labels, dtype=torch.float32)
+    logger.info("training %s on %s", cfg.name, training_hardware(device, amp)["device"])
 
     history: list[dict[str, Any]] = []
     first_epoch = 0
     checkpoint = _checkpoint_path(cfg)
     digest = run_digest(cfg, *(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
                                for a in (train_split.images, train_split.labels)),
-                        hashlib.sha256(source.weights_path.read_bytes()).hexdigest() if source else "")
+                        hashlib.sha256(source.weights_path.read_bytes()).hexdigest() if source else "",
+                        f"{device.type} amp={amp}")
     if resume and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state["config"] != digest:
@@ -224,7 +261,9 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
                     torch.as_tensor(to_model(augment(train_split.images[i]))).as_subclass(torch.Tensor)
                     for i in idx.tolist()
                 ])
-                loss = loss_fn(network(x)[:, 0], labels[idx])
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = network(x.to(device))
+                loss = loss_fn(out[:, 0].float(), labels[idx].to(device))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -267,7 +306,8 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     (out / "models" / "model.pt").write_bytes(weights)
 
     metadata = _metadata(cfg, spec, side, a, b, operating_point, urgent_point, metrics, history,
-                         device_uid, weights_sha256, config_path, time.time() - started)
+                         device_uid, weights_sha256, config_path, time.time() - started,
+                         training_hardware(device, amp))
     if source is not None:
         metadata["secondreader"]["training"]["init_from"] = {
             "model": source.ref, "weights_sha256": source.metadata["secondreader"].get("weights_sha256")}
@@ -324,7 +364,8 @@ def bundle_header(cfg: TrainConfig, task: str) -> dict[str, Any]:
 
 def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, operating_point: float,
               urgent_point: float, metrics: dict[str, Any], history: list[dict[str, Any]], device_uid: str,
-              weights_sha256: str, config_path: Path | None, seconds: float) -> dict[str, Any]:
+              weights_sha256: str, config_path: Path | None, seconds: float,
+              hardware: dict[str, str]) -> dict[str, Any]:
     code = cfg.data.finding
     return {
         **bundle_header(cfg, "classification"),
@@ -388,7 +429,7 @@ def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, 
                 "epochs": cfg.schedule.epochs,
                 "history": history,
                 "seconds": round(seconds, 1),
-                "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                **hardware,
             },
             "provenance": cfg.provenance,
         },
