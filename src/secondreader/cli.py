@@ -114,7 +114,11 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     cfg = load_config(args.config)
     if args.device:  # checked where it is resolved (ModelError: not a device, or no CUDA)
         cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"device": args.device})})
-    meta = train(cfg, config_path=args.config, resume=args.resume)
+    try:
+        meta = train(cfg, config_path=args.config, resume=args.resume)
+    except (ValueError, FileNotFoundError) as exc:  # the data or the config: say which, without a traceback
+        logger.error("%s", exc)
+        return 2
     test = meta["secondreader"]["metrics"]["test"]
     sys.stdout.write(json.dumps({"model": f"{meta['name']}@{meta['version']}", "test": test}) + "\n")
     return 0
@@ -125,14 +129,14 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         if (args.data is None) == (args.config is None):
-            raise ValueError("evaluate needs one of --data (a classification model's MedMNIST .npz) and --config "
+            raise ValueError("evaluate needs one of --data (a classification model's .npz or manifest) and --config "
                              "(the training config of a localisation model)")
         if args.config is not None:
             report = evaluate_dense_bundle(args.bundle, args.config)
         else:
             report = evaluate_bundle(args.bundle, args.data, split=args.split,
                                      device=args.device or settings.device)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
     sys.stdout.write(json.dumps(report) + "\n")
@@ -242,7 +246,9 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="recompute a bundle's metrics on a data split")
     evaluate.add_argument("bundle", type=Path, metavar="BUNDLE")
-    evaluate.add_argument("--data", type=Path, help="MedMNIST .npz file (a classification model)")
+    evaluate.add_argument("--data", type=Path, help="a classification model's test data: a MedMNIST .npz, or a "
+                          "manifest of DICOM files (.csv or .json, as training reads them; boxes or masks add "
+                          "the heatmap pointing game)")
     evaluate.add_argument("--config", type=Path, help="the training config of a localisation model: recomputes its "
                           "generated-chest test and scores the test images of the backgrounds it trained on")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])

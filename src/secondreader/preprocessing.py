@@ -98,6 +98,19 @@ class GeometryRecord:
             self.crop_col0:self.crop_col0 + self.crop_side] = square
         return out
 
+    def to_model_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A mask on the source frame (rows, cols; non-zero marks) → bool (``input_size``) on the
+        model grid: every cell that holds a marked source pixel of the crop the model saw (a small
+        box never vanishes in the downsampling)."""
+        if mask.shape != (self.source_rows, self.source_cols):
+            raise ValueError(f"mask must have the frame's shape {(self.source_rows, self.source_cols)}, "
+                             f"not {mask.shape}")
+        crop = mask[self.crop_row0:self.crop_row0 + self.crop_side, self.crop_col0:self.crop_col0 + self.crop_side]
+        rows, cols = np.nonzero(crop)
+        out = np.zeros(self.input_size, dtype=bool)
+        out[rows * self.input_size[0] // self.crop_side, cols * self.input_size[1] // self.crop_side] = True
+        return out
+
     def to_source_point(self, row: float, col: float) -> tuple[float, float]:
         """A point on the model grid (pixel centres) → source pixel coordinates."""
         scale_r = self.crop_side / self.input_size[0]

@@ -1,6 +1,8 @@
 """``secondreader evaluate BUNDLE``: recompute a shipped bundle's metrics from its weights.
 
-A classification bundle is scored on a MedMNIST split (``--data``). A localisation bundle is scored
+A classification bundle is scored on a split (``--data``) of a MedMNIST ``.npz`` or of a manifest of
+DICOM files (CSV or JSON); where the manifest marks the finding (boxes, masks), the report adds how
+often the served heatmap's peak falls on the mark (the pointing game). A localisation bundle is scored
 with the config that trained it (``--config``): on the generated-chest test (its card's
 ``test_generated`` figures, recomputed) and on each real background's test images (model-B nodules),
 which the shipped model *trained on*: those show how far the recipe gets on anatomy it has seen, not
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ..model.card import load_card
@@ -20,9 +23,9 @@ from ..model.dense import DensePredictor
 from ..model.predictor import TorchPredictor
 from ..scoring.calibration import calibrated_probability
 from .config import load_config
-from .data import load_medmnist
+from .data import Split, load_manifest, load_medmnist
 from .metrics import binary_metrics
-from .train import predict_logits
+from .train import predict_inputs, predict_logits
 
 if TYPE_CHECKING:
     from ..preprocessing import InputSpec
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from .lesions import RealBackground
     from .localisation import EvalSet, Scored
 
-__all__ = ["evaluate_bundle", "evaluate_dense_bundle", "train_serve_gap"]
+__all__ = ["evaluate_bundle", "evaluate_dense_bundle", "saliency_pointing", "train_serve_gap"]
 
 
 def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: str = "cpu") -> dict[str, Any]:
@@ -41,11 +44,47 @@ def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: st
                          "trained it), not --data")
     predictor = TorchPredictor(card, device="cpu" if device == "auto" else device)
     finding = card.findings[0]
-    chosen = load_medmnist(data)[split]
-    logits = predict_logits(predictor.network.cpu(), chosen.images, card.input_spec)
+    if data.suffix.lower() == ".npz":
+        chosen = load_medmnist(data)[split]
+    else:
+        chosen = load_manifest(data, finding=finding.code, size=card.input_spec.size)[split]
+    logits = predict_logits(predictor.network, chosen.images, card.input_spec)
     p = calibrated_probability(logits, finding.calibration_a, finding.calibration_b)
     metrics = binary_metrics(p, chosen.labels, finding.operating_point).to_json()
-    return {"model": card.ref, "finding": finding.code, "split": split, **metrics}
+    report = {"model": card.ref, "finding": finding.code, "split": split, **metrics}
+    if chosen.annotated is not None:
+        report["saliency_pointing"] = saliency_pointing(predictor, chosen)
+    return report
+
+
+def saliency_pointing(predictor: TorchPredictor, split: Split, *, batch: int = 64) -> dict[str, Any]:
+    """The pointing game on the positive images whose finding was marked: the share whose served
+    heatmap (the bundle's saliency, first finding) peaks on the mark or within one model-grid cell
+    of it, with a Wilson 95% interval. Heatmaps of negatives and unmarked positives are not scored."""
+    assert split.masks is not None and split.annotated is not None
+    chosen = np.nonzero(split.annotated & (split.labels == 1))[0]
+    hits = 0
+    for start in range(0, len(chosen), batch):
+        idx = chosen[start:start + batch]
+        x = predict_inputs(split.images[torch.from_numpy(idx)], predictor.card.input_spec)
+        for k, prediction in zip(idx, predictor.predict(x, explain=True), strict=True):
+            assert prediction.saliency is not None
+            heat = prediction.saliency[0]
+            row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+            near = split.masks[k][max(0, row - 1):row + 2, max(0, col - 1):col + 2]
+            hits += bool(near.any())
+    n = len(chosen)
+    return {"n": n, "hits": hits, "hit_rate": round(hits / n, 4) if n else None,
+            "hit_rate_ci95": [round(v, 4) for v in _wilson(hits, n)] if n else None,
+            "method": "pointing game: the heatmap's peak on the marked region or within one model-grid cell of it, "
+                      "positive images with a box or mask"}
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def evaluate_dense_bundle(bundle: Path, config: Path) -> dict[str, Any]:

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.utils import set_determinism
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from scipy import ndimage
 
 from ..model.dense import MapRecipe, build_dense_network, map_peaks, study_logits
@@ -71,7 +70,14 @@ from .lesions import (
     square_picture,
 )
 from .metrics import auroc, binary_metrics
-from .train import _state_dict_bytes, bundle_header, calibrate_on_validation, training_device, training_hardware
+from .train import (
+    _state_dict_bytes,
+    bundle_header,
+    calibrate_on_validation,
+    training_device,
+    training_hardware,
+    training_progress,
+)
 
 __all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "pool_eval_set", "standardise", "train_localisation"]
 
@@ -783,8 +789,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     todo = [f for f in folds if f not in fold_results]
     reused = sum(steps(int((pool.groups != f).sum())) for f in fold_results)
     data = _FitData(cfg, pool, val_pool, backgrounds, spec, digest)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=False) as progress:
+    with training_progress() as progress:
         task = progress.add_task(f"training {cfg.name} ({len(todo)} folds and the final model)", total=total,
                                  completed=reused)
 

@@ -24,7 +24,8 @@ import pydicom
 import torch
 from monai.transforms import Compose, RandAdjustContrast, RandAffine, Randomizable, RandShiftIntensity
 from monai.utils import set_determinism
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 
 from ..model.card import ModelCard, load_card
 from ..model.network import build_network
@@ -75,6 +76,12 @@ def predict_logits(network: torch.nn.Module, images: torch.Tensor, spec: InputSp
             x = predict_inputs(images[i:i + batch], spec).to(device)
             out.append(network(x)[:, 0].float().cpu().numpy())
     return np.concatenate(out)
+
+
+def training_progress(*extra: ProgressColumn) -> Progress:
+    """A run's progress bar, on stderr: stdout carries ``secondreader train``'s JSON line."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    *extra, console=Console(stderr=True), transient=False)
 
 
 def training_device(device: str, mixed_precision: bool) -> tuple[torch.device, bool]:
@@ -247,8 +254,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
         history = list(state["history"])
         first_epoch = int(state["epoch"])
         logger.info("resuming %s after epoch %d", cfg.name, first_epoch)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[status]}"), transient=False) as progress:
+    with training_progress(TextColumn("{task.fields[status]}")) as progress:
         task = progress.add_task(f"training {cfg.name}", total=cfg.schedule.epochs * steps_per_epoch, status="",
                                  completed=first_epoch * steps_per_epoch)
         for epoch in range(first_epoch, cfg.schedule.epochs):

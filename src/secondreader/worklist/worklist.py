@@ -244,9 +244,10 @@ class Worklist:
 
     def export_manifest(self, out: Path | None = None) -> str:
         """Radiologists' verdicts as a training manifest (the CSV that ``secondreader train`` reads
-        with ``data.kind: manifest``): one row per reviewed instance and finding, label 1 for a
-        confirmed miss or an already reported finding, 0 for a false positive, with the region's
-        box. Instances inside zips are exported only as their zip and member columns."""
+        with ``data.kind: manifest``): one row per reviewed region, label 1 for a confirmed miss or
+        an already reported finding, 0 for a false positive, with the region's box (the reader
+        merges an image's rows: positive when any region is). Split by study: train, val and test.
+        Instances inside zips are exported as their zip and member columns."""
         with self.store.transaction("export reviews") as s:
             rows = s.execute(select(Review, Instance)
                              .join(Instance, Instance.sop_instance_uid == Review.sop_instance_uid)
@@ -265,8 +266,10 @@ class Worklist:
             r0, c0, r1, c1 = (list(review.bbox) + [None] * 4)[:4]
             writer.writerow({
                 "path": instance.path or "", "member": instance.member or "",
-                # a stable split by instance, so a fine-tune keeps some verdicts to validate on
-                "split": "val" if int(study_key(review.sop_instance_uid)[:4], 16) % 5 == 0 else "train",
+                # a stable split by study (its images never straddle two splits): one study in five
+                # validates (calibration, operating point) and one in five is the untouched test
+                "split": ("val", "test", "train", "train", "train")[
+                    int(study_key(instance.study_instance_uid)[:4], 16) % 5],
                 "finding": review.finding, review.finding: label, "label": label, "verdict": review.verdict,
                 "region_id": review.region_id, "frame": review.frame, "bbox_row_min": r0, "bbox_col_min": c0,
                 "bbox_row_max": r1, "bbox_col_max": c1, "model": review.model, "reviewed_at": _iso(review.at),
