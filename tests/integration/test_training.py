@@ -12,6 +12,7 @@ import yaml
 from secondreader.model.card import load_card
 from secondreader.model.predictor import TorchPredictor
 from secondreader.training.config import TrainConfig, load_config
+from secondreader.training.data import load_medmnist
 from secondreader.training.train import train
 
 from ..conftest import ROOT
@@ -34,6 +35,9 @@ def _tiny(shared_data: Path, tmp_path: Path, name: str) -> TrainConfig:
 
 def test_tiny_training_exports_a_bundle_that_reloads_and_predicts(shared_data: Path, tmp_path: Path) -> None:
     cfg = _tiny(shared_data, tmp_path, "a")
+    # a small subset still holds both classes (the file lists the training normals first)
+    subset = load_medmnist(cfg.data.path, limit=cfg.data.limit)["train"].labels
+    assert len(subset) == 192 and 0.5 < subset.mean() < 0.95
     meta = train(cfg)
     bundle = cfg.output_dir
     card = load_card(bundle)

@@ -22,7 +22,8 @@ class DataConfig(BaseModel):
                                    "backgrounds' paths are relative to (relative to the working directory)")
     finding: str = "pneumonia"
     display_name: str = "Pneumonia"
-    limit: int | None = Field(None, ge=8, description="use only the first N images of each split (smoke tests)")
+    limit: int | None = Field(None, ge=8, description="use only N images of each split (smoke tests): evenly "
+                                              "spaced in a MedMNIST file, the first N of a manifest")
 
 
 class NetworkConfig(BaseModel):

@@ -34,19 +34,23 @@ class Split:
 
 
 def load_medmnist(path: Path, *, limit: int | None = None) -> dict[str, Split]:
-    """The train/val/test splits of a MedMNIST npz (binary label in column 0); ``limit`` keeps the
-    first N images of each split."""
+    """The train/val/test splits of a MedMNIST npz (binary label in column 0); ``limit`` keeps N
+    evenly spaced images of each split (files may be ordered by label: PneumoniaMNIST's training
+    split has its 1,214 normals first, so its first N would hold one class only)."""
     if not path.is_file():
         raise FileNotFoundError(f"training data not found: {path}")
     with np.load(path) as npz:
         out = {}
         for split in ("train", "val", "test"):
-            images = npz[f"{split}_images"][:limit]
+            images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
             if images.ndim != 3:
                 raise ValueError(f"{split}_images must be (N, H, W) greyscale, not {images.shape}")
+            if limit is not None and limit < len(images):
+                keep = np.unique(np.linspace(0, len(images) - 1, limit).round().astype(np.int64))
+                images, labels = images[keep], labels[keep]
             out[split] = Split(
                 images=torch.from_numpy(images.astype(np.float32) / 255.0)[:, None],
-                labels=npz[f"{split}_labels"][:limit].reshape(len(images), -1)[:, 0].astype(np.int64),
+                labels=labels.reshape(len(images), -1)[:, 0].astype(np.int64),
             )
     return out
 
