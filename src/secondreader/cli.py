@@ -108,16 +108,18 @@ def _text_line(data: dict[str, Any]) -> str:
 
 
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    import yaml
+
     from .training.config import load_config
     from .training.train import train
 
-    cfg = load_config(args.config)
-    if args.device:  # checked where it is resolved (ModelError: not a device, or no CUDA)
-        cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"device": args.device})})
     try:
+        cfg = load_config(args.config)
+        if args.device:  # checked where it is resolved (ModelError: not a device, or no CUDA)
+            cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"device": args.device})})
         meta = train(cfg, config_path=args.config, resume=args.resume)
-    except (ValueError, FileNotFoundError) as exc:  # the data or the config: say which, without a traceback
-        logger.error("%s", exc)
+    except (ValueError, FileNotFoundError, yaml.YAMLError) as exc:  # the config or the data, without a traceback
+        logger.error("%s: %s", args.config.name, exc)
         return 2
     test = meta["secondreader"]["metrics"]["test"]
     sys.stdout.write(json.dumps({"model": f"{meta['name']}@{meta['version']}", "test": test}) + "\n")

@@ -92,11 +92,14 @@ def test_the_worklists_verdicts_train_and_evaluate_a_model(shared_data: Path, st
     assert lo <= pointing["hit_rate"] <= hi
 
 
-def test_json_manifests_folders_zip_members_frames_and_masks(tmp_path: Path) -> None:
+def test_json_manifests_folders_zip_members_frames_and_masks(tmp_path: Path,
+                                                             capfd: pytest.CaptureFixture[str]) -> None:
     # a folder of negatives (one row), a zip's member, the second frame of a multi-frame image, and
     # marks as JSON boxes, a PNG mask and an .npy mask
     for i in range(3):
         _dicom(tmp_path / "negatives", f"n{i}.dcm")
+    with zipfile.ZipFile(tmp_path / "negatives" / "more.zip", "w") as archive:  # a folder's zips count too
+        archive.writestr("m.dcm", to_bytes(make_cxr_dataset(SIDE, SIDE)))
     with zipfile.ZipFile(tmp_path / "batch.zip", "w") as archive:
         archive.writestr("inner/z.dcm", to_bytes(make_cxr_dataset(SIDE, SIDE)))
     _dicom(tmp_path, "multi.dcm", frames=2)
@@ -119,7 +122,7 @@ def test_json_manifests_folders_zip_members_frames_and_masks(tmp_path: Path) -> 
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"rows": rows}))
     splits = load_manifest(manifest, finding="nodule", size=(28, 28))
-    assert splits["train"].labels.tolist() == [0, 0, 0, 1]
+    assert splits["train"].labels.tolist() == [0, 0, 0, 0, 1]
     assert splits["train"].annotated is None  # nothing marked there
     val = splits["val"]
     assert val.labels.tolist() == [0, 1] and val.annotated is not None and val.masks is not None
@@ -144,4 +147,23 @@ def test_json_manifests_folders_zip_members_frames_and_masks(tmp_path: Path) -> 
     refused(rows[:-1] + [{**rows[-1], "mask": "nowhere.png"}], "row 7: its mask file is not there")
     refused(rows[:-2] + [{**rows[-2], "mask": "npy-mask.npy", "path": "multi.dcm", "frame": 3}],
             "row 6: frame 3 of an image with 2")
+    refused(rows[:-1] + [{**rows[-1], "boxes": [[0, 0, 5, 300]]}], "row 7: a box reaches row 5, column 300 of a 280")
     refused(rows[:-2], "manifest has no usable test images")
+    # only the splits asked for are read (an outside test set needs no train or val rows)
+    test_only = tmp_path / "test-only.json"
+    test_only.write_text(json.dumps(rows[-2:]))
+    assert list(load_manifest(test_only, finding="nodule", size=(28, 28), splits=("test",))) == ["test"]
+
+    # training refuses a split that cannot calibrate or score (here: test has positives only), and a
+    # broken config, with a message and exit status 2 rather than a traceback
+    raw = yaml.safe_load((ROOT / "training" / "configs" / "cxr-pneumonia.yaml").read_text())
+    raw["data"] = {"kind": "manifest", "path": str(manifest), "finding": "nodule"}
+    raw["output_dir"] = str(tmp_path / "bundle")
+    config = tmp_path / "nodule-manifest.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(config)]) == 2
+    assert "the test split holds 2 images, all labelled 1" in capfd.readouterr().err
+    config.write_text("name: [unclosed\n")
+    assert main(["train", str(config)]) == 2
+    assert "nodule-manifest.yaml" in capfd.readouterr().err
+    assert not (tmp_path / "bundle").exists()

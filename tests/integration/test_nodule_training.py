@@ -205,3 +205,31 @@ def test_fits_in_worker_processes_give_the_same_model_as_in_one(shared_data: Pat
 
     assert without_seconds(a["metrics"]["folds"]) == without_seconds(b["metrics"]["folds"])
     assert len(a["metrics"]["folds"]) == 2 and not (tmp_path / "two" / "runs" / "pools").exists()
+
+
+def test_a_nodule_model_fine_tunes_from_a_shipped_one_and_refuses_a_classifier(shared_data: Path, tmp_path: Path,
+                                                                               models_dir: Path) -> None:
+    keep = ("nih-00000001-000",)
+    base = _config(shared_data, tmp_path / "base", keep=keep).model_copy(deep=True)
+    assert base.lesions is not None
+    base.lesions.folds = "none"  # the final model only: what init_from needs
+    source = train(base)["secondreader"]
+    # a learning rate of ~0 from the trained weights: the fine-tuned model is the source model
+    tuned_cfg = _config(shared_data, tmp_path / "tuned", keep=keep).model_copy(
+        update={"init_from": base.output_dir}, deep=True)
+    assert tuned_cfg.lesions is not None
+    tuned_cfg.lesions.folds = "none"
+    tuned_cfg.schedule.max_lr = 1e-9
+    tuned = train(tuned_cfg)["secondreader"]
+    assert tuned["training"]["init_from"] == {"model": load_card(base.output_dir).ref,
+                                              "weights_sha256": source["weights_sha256"]}
+    assert tuned["input"] == source["input"]  # the source's normalisation, not one measured again
+    a = torch.load(base.output_dir / "models" / "model.pt", weights_only=True)
+    b = torch.load(tuned_cfg.output_dir / "models" / "model.pt", weights_only=True)
+    for key, value in a.items():
+        if "running" in key or "num_batches" in key:
+            continue  # batch-norm statistics move in training mode whatever the learning rate
+        assert torch.allclose(value, b[key], atol=1e-5), key
+    wrong = tuned_cfg.model_copy(update={"init_from": models_dir / "cxr-pneumonia"})
+    with pytest.raises(ValueError, match="init_from model cxr-pneumonia@1.0.0 has network"):
+        train(wrong)

@@ -6,6 +6,7 @@ import json
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,3 +46,21 @@ def test_bentoml_build_packages_the_service_and_models(tmp_path: Path) -> None:
     assert not list(bento.rglob(".pytest_cache"))
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "torch>=" in requirements and "==2.13.0" not in requirements
+
+
+def test_the_service_names_the_bundles_of_secondreader_models_dir(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Contract 5: an installed service reads its bundles from SECONDREADER_MODELS_DIR, the class-level
+    model references included (they are resolved when the service module is imported)."""
+    import shutil
+
+    from secondreader.service.modelstore import shipped_tag
+
+    assert shipped_tag("cxr-pneumonia") == "cxr-pneumonia:1.0.0"
+    elsewhere = tmp_path / "models" / "cxr-pneumonia" / "configs"
+    elsewhere.mkdir(parents=True)
+    meta = json.loads((ROOT / "models" / "cxr-pneumonia" / "configs" / "metadata.json").read_text())
+    (elsewhere / "metadata.json").write_text(json.dumps({**meta, "version": "7.0.0"}))
+    shutil.copytree(ROOT / "models" / "cxr-pneumonia" / "models", elsewhere.parent / "models")
+    monkeypatch.setenv("SECONDREADER_MODELS_DIR", str(tmp_path / "models"))
+    assert shipped_tag("cxr-pneumonia") == "cxr-pneumonia:7.0.0"

@@ -3,7 +3,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from secondreader.training.metrics import auroc, binary_metrics, bootstrap_auroc, youden_threshold
+from secondreader.training.config import OperatingPointConfig
+from secondreader.training.metrics import (
+    auroc,
+    binary_metrics,
+    bootstrap_auroc,
+    expected_calibration_error,
+    threshold_for_sensitivity,
+    youden_threshold,
+)
+from secondreader.training.train import calibrate_on_validation
 
 
 def _brute_auroc(s: np.ndarray, y: np.ndarray) -> float:
@@ -33,3 +42,33 @@ def test_operating_point_statistics() -> None:
     m = binary_metrics(p, y, 0.5)
     assert (m.sensitivity, m.specificity, m.accuracy) == (0.75, 1.0, pytest.approx(5 / 6))
     assert 0.2 < youden_threshold(p, y) <= 0.3
+
+
+def test_expected_calibration_error_against_hand_computed_bins() -> None:
+    # bin [0.1, 0.2): predicted 0.1, observed 0/2; bin [0.9, 1.0]: predicted 0.9, observed 1/2
+    p = np.array([0.1, 0.9, 0.9, 0.1])
+    y = np.array([0, 1, 0, 0])
+    assert expected_calibration_error(p, y) == pytest.approx(0.5 * 0.1 + 0.5 * 0.4)
+    assert expected_calibration_error(np.array([0.0, 1.0]), np.array([0, 1])) == 0.0  # perfectly calibrated
+
+
+def test_threshold_for_sensitivity_is_the_highest_that_keeps_it() -> None:
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 0.05, 0.95])
+    y = np.array([1] * 10 + [0, 0])
+    assert threshold_for_sensitivity(p, y, 1.0) == 0.1
+    assert threshold_for_sensitivity(p, y, 0.9) == 0.2  # 9 of 10 positives at >= 0.2
+    assert threshold_for_sensitivity(p, y, 0.95) == 0.1  # 0.2 would give 0.9 < 0.95
+    assert threshold_for_sensitivity(p, y, 0.5) == 0.6
+
+
+def test_operating_and_urgent_points_come_from_validation() -> None:
+    rng = np.random.default_rng(7)
+    y = np.array([0] * 200 + [1] * 100)
+    logits = np.where(y == 1, 2.0, -2.0) + rng.normal(0, 1.5, len(y))
+    a, b, p, op, urgent = calibrate_on_validation(logits, y, OperatingPointConfig(method="sensitivity",
+                                                                                    sensitivity=0.95,
+                                                                                    urgent_specificity=0.99))
+    assert a > 0 and np.all((p > 0) & (p < 1))
+    positives = p[y == 1]
+    assert (positives >= op).mean() >= 0.95 > (positives > op).mean()  # the highest threshold that keeps 95%
+    assert (p[y == 0] < urgent).mean() >= 0.99 and urgent >= op

@@ -11,6 +11,7 @@ build`` packs them into the bento, and loads the weights from the store path.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -30,8 +31,10 @@ def store_tag(card: ModelCard) -> str:
 
 
 def shipped_tag(name: str) -> str:
-    """The store tag of a bundle shipped in this repository's (or image's) ``models/``."""
-    return store_tag(load_card(default_models_dir() / name))
+    """The store tag of the bundle ``name`` in ``SECONDREADER_MODELS_DIR`` (contract 5), else in this
+    repository's (or image's) ``models/``."""
+    models_dir = os.environ.get("SECONDREADER_MODELS_DIR")
+    return store_tag(load_card((Path(models_dir) if models_dir else default_models_dir()) / name))
 
 
 def _weights_sha(card: ModelCard) -> str:

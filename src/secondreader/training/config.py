@@ -22,6 +22,9 @@ class DataConfig(BaseModel):
                                    "backgrounds' paths are relative to (relative to the working directory)")
     finding: str = "pneumonia"
     display_name: str = "Pneumonia"
+    image_size: int = Field(28, ge=8, le=1024, description="manifests: the side of the square model input the "
+                                                         "DICOM images are prepared at (fine-tuning: the shipped "
+                                                         "model's)")
     limit: int | None = Field(None, ge=8, description="use only N images of each split (smoke tests): evenly "
                                               "spaced in a MedMNIST file, the first N of a manifest")
 

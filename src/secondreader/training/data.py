@@ -148,11 +148,11 @@ def _manifest_images(path: Path, rows: list[dict[str, Any]], finding: str) -> tu
         if file.is_dir() and member is None:
             if boxes or mask:
                 raise ValueError(f"manifest row {n}: boxes and masks mark one image, not a folder")
-            files = [item.path for item in iter_inputs([file]) if isinstance(item, InputFile) and item.member is None]
+            inside = [(item.path, item.member) for item in iter_inputs([file]) if isinstance(item, InputFile)]
         else:
-            files = [file]
-        for one in files:
-            image = images.setdefault((one, member, frame), _Image(one, member, frame, split))
+            inside = [(file, member)]
+        for one, one_member in inside:
+            image = images.setdefault((one, one_member, frame), _Image(one, one_member, frame, split))
             if image.split != split:
                 raise ValueError(f"manifest rows {image.rows[0]} and {n} put the same image in {image.split} and "
                                  f"{split}: an image belongs to one split")
@@ -179,6 +179,9 @@ def _source_mask(image: _Image, shape: tuple[int, int]) -> np.ndarray | None:
         return None
     marked = np.zeros(shape, dtype=bool)
     for r0, c0, r1, c1 in image.boxes:
+        if r1 > shape[0] or c1 > shape[1]:
+            raise ValueError(f"manifest row {image.rows[0]}: a box reaches row {r1}, column {c1} of a {shape[0]}x"
+                             f"{shape[1]} frame (rows and columns swapped?)")
         marked[r0:r1, c0:c1] = True
     if image.mask is not None:
         if not image.mask.is_file():
@@ -197,7 +200,8 @@ def _source_mask(image: _Image, shape: tuple[int, int]) -> np.ndarray | None:
     return marked
 
 
-def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int | None = None) -> dict[str, Split]:
+def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int | None = None,
+                  splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Split]:
     """Splits from a manifest (CSV, or JSON with the same keys), one row per image or per marked
     region: ``path`` (a DICOM file, a zip with ``member``, or a folder of them; relative to the
     manifest), ``split`` (train/val/test), a column named after the finding with 1, 0 or empty
@@ -207,6 +211,7 @@ def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int
     Each image goes through the serving chain (header read, eligibility, decode, window, crop,
     resize), so training sees what serving will; its boxes and mask go through the same crop onto
     the model grid. Ineligible or unreadable files are skipped and counted in the log, never fatal.
+    Only ``splits`` are read, and each of them must hold some images.
     """
     from ..errors import SecondReaderError
     from ..pipeline import display_frames, parse_input
@@ -215,8 +220,10 @@ def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int
     spec = InputSpec(size=size, mean=0.0, std=1.0)
     found, skipped = _manifest_images(path, read_manifest_rows(path), finding)
     unreadable = 0
-    by_split: dict[str, list[tuple[torch.Tensor, int, np.ndarray | None]]] = {"train": [], "val": [], "test": []}
+    by_split: dict[str, list[tuple[torch.Tensor, int, np.ndarray | None]]] = {s: [] for s in splits}
     for image in found:
+        if image.split not in by_split:
+            continue
         chosen = by_split[image.split]
         if limit is not None and len(chosen) >= limit:
             continue
@@ -255,9 +262,9 @@ def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int
     return out
 
 
-def load_splits(kind: str, path: Path, *, finding: str, limit: int | None = None) -> dict[str, Split]:
+def load_splits(kind: str, path: Path, *, finding: str, limit: int | None = None, size: int = 28) -> dict[str, Split]:
     if kind == "medmnist_npz":
         return load_medmnist(path, limit=limit)
     if kind == "manifest":
-        return load_manifest(path, finding=finding, size=(28, 28), limit=limit)
+        return load_manifest(path, finding=finding, size=(size, size), limit=limit)
     raise ValueError(f"unknown data kind {kind!r}")

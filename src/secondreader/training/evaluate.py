@@ -47,7 +47,7 @@ def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: st
     if data.suffix.lower() == ".npz":
         chosen = load_medmnist(data)[split]
     else:
-        chosen = load_manifest(data, finding=finding.code, size=card.input_spec.size)[split]
+        chosen = load_manifest(data, finding=finding.code, size=card.input_spec.size, splits=(split,))[split]
     logits = predict_logits(predictor.network, chosen.images, card.input_spec)
     p = calibrated_probability(logits, finding.calibration_a, finding.calibration_b)
     metrics = binary_metrics(p, chosen.labels, finding.operating_point).to_json()

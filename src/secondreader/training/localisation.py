@@ -74,6 +74,7 @@ from .train import (
     _state_dict_bytes,
     bundle_header,
     calibrate_on_validation,
+    init_source,
     training_device,
     training_hardware,
     training_progress,
@@ -444,7 +445,12 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
     assert lc is not None
     device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
     torch.manual_seed(seed)
-    network = build_dense_network(cfg.network.class_, cfg.network.args).to(device)
+    network = build_dense_network(cfg.network.class_, cfg.network.args)
+    if cfg.init_from is not None:  # fine-tuning: every fit (folds included) starts from the shipped weights
+        source = init_source(cfg, dense=True)
+        assert source is not None
+        network.load_state_dict(torch.load(source.weights_path, map_location="cpu", weights_only=True))
+    network.to(device)
     sched = cfg.schedule
     optimiser = torch.optim.AdamW(network.parameters(), lr=sched.max_lr, weight_decay=sched.weight_decay)
     steps_per_epoch = max(1, len(members) // sched.batch_size)
@@ -758,9 +764,17 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
                       stream=_TRAIN)
     val_pool = build_pool(backgrounds, lc, per_background=lc.validation_per_background,
                           generated=lc.validation_generated, seed=cfg.seed, stream=_VAL)
-    sample = torch.from_numpy(pool.images[:: max(1, len(pool) // 256)].astype(np.float32))[:, None]
-    stretched = standardise(sample, InputSpec(size=(side, side), mean=0.0, std=1.0))
-    spec = InputSpec(size=(side, side), mean=float(stretched.mean()), std=float(stretched.std()))
+    source = init_source(cfg, dense=True)
+    if source is not None:  # fine-tuning keeps the shipped model's input normalisation: its weights expect it
+        if source.input_spec.size != (side, side):
+            raise ValueError(f"init_from model {source.ref} takes {source.input_spec.size[0]} px inputs, the config's "
+                             f"lesions.input_size is {side}")
+        spec = source.input_spec
+        logger.info("fine-tuning from %s", source.ref)
+    else:
+        sample = torch.from_numpy(pool.images[:: max(1, len(pool) // 256)].astype(np.float32))[:, None]
+        stretched = standardise(sample, InputSpec(size=(side, side), mean=0.0, std=1.0))
+        spec = InputSpec(size=(side, side), mean=float(stretched.mean()), std=float(stretched.std()))
     recipe = map_recipe(cfg)
     logger.info("pools ready: %d training, %d validation pictures (%.0f s)", len(pool), len(val_pool),
                 time.time() - started)
@@ -773,7 +787,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     total = sum(steps(int((pool.groups != f).sum())) for f in folds) + steps(len(pool))
     run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
     digest = run_digest(cfg, *(hashlib.sha256(np.ascontiguousarray(bg.picture).tobytes()).hexdigest()
-                                for bg in backgrounds), f"{device.type} amp={amp}")
+                                for bg in backgrounds), f"{device.type} amp={amp}",
+                        hashlib.sha256(source.weights_path.read_bytes()).hexdigest() if source else "")
     fold_results: dict[int, dict[str, Any]] = {}
 
     def fold_file(f: int) -> Path:
@@ -853,6 +868,9 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     metadata = dense_metadata(cfg, spec, cal, metrics, device_uid_for(cfg.name, cfg.version, weights_sha256),
                               weights_sha256, config_path, time.time() - started,
                               [backgrounds[f].id for f in folds if f not in todo], training_hardware(device, amp))
+    if source is not None:
+        metadata["secondreader"]["training"]["init_from"] = {
+            "model": source.ref, "weights_sha256": source.metadata["secondreader"].get("weights_sha256")}
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     from .modelcard_dense import write_dense_model_card
 

@@ -69,7 +69,8 @@ def youden_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
 def threshold_for_sensitivity(probabilities: np.ndarray, labels: np.ndarray, sensitivity: float) -> float:
     """The highest threshold whose sensitivity is at least ``sensitivity``."""
     p = np.sort(np.asarray(probabilities, dtype=np.float64).ravel()[np.asarray(labels).ravel().astype(bool)])
-    k = int(np.floor((1.0 - sensitivity) * len(p)))
+    # the small margin keeps a floating-point shortfall ((1 - 0.9) * 10 = 0.99999...) from dropping a step
+    k = int(np.floor((1.0 - sensitivity) * len(p) + 1e-9))
     return float(p[min(k, len(p) - 1)])
 
 

@@ -125,13 +125,14 @@ def device_uid_for(name: str, version: str, weights_sha256: str) -> str:
     return f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
 
 
-def _init_source(cfg: TrainConfig) -> ModelCard | None:
-    """The bundle ``init_from`` names (fine-tuning), checked against the configured network.
+def init_source(cfg: TrainConfig, *, dense: bool = False) -> ModelCard | None:
+    """The bundle ``init_from`` names (fine-tuning), checked against the configured network and
+    the kind of model (``dense``: a localisation model, trained with a lesion_insertion config).
 
     Raises
     ------
     ValueError
-        When its network class or arguments differ from the config's, or it is a dense model.
+        When its network class or arguments differ from the config's, or it is the other kind.
     """
     if cfg.init_from is None:
         return None
@@ -144,8 +145,10 @@ def _init_source(cfg: TrainConfig) -> ModelCard | None:
     if card.network_class != cfg.network.class_ or card.network_args != cfg.network.args:
         raise ValueError(f"init_from model {card.ref} has network {card.network_class} {card.network_args}; "
                          "the config's network must be the same to fine-tune it")
-    if card.saliency.method == "dense":
-        raise ValueError(f"init_from model {card.ref} is a dense model; fine-tune it with a lesion_insertion config")
+    if (card.saliency.method == "dense") != dense:
+        kind = "a dense localisation model" if not dense else "a classification model"
+        fix = "a lesion_insertion config" if not dense else "a medmnist_npz or manifest config"
+        raise ValueError(f"init_from model {card.ref} is {kind}: fine-tune it with {fix}")
     return card
 
 
@@ -202,10 +205,18 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
     torch.set_num_threads(cfg.schedule.threads)
     set_determinism(seed=cfg.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    source = _init_source(cfg)
-    splits = load_splits(cfg.data.kind, cfg.data.path, finding=cfg.data.finding, limit=cfg.data.limit)
+    # Deterministic kernels on the CPU (bit-for-bit repeatable runs). On CUDA some of the ResNet's
+    # backward kernels (adaptive average pooling) have no deterministic version: a GPU run is seeded
+    # and draws the same batches, but is not bit-for-bit repeatable.
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    source = init_source(cfg)
+    splits = load_splits(cfg.data.kind, cfg.data.path, finding=cfg.data.finding, limit=cfg.data.limit,
+                         size=cfg.data.image_size)
     train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
+    for name, chosen in (("val", val_split), ("test", test_split)):
+        if len(np.unique(chosen.labels)) < 2:
+            raise ValueError(f"the {name} split holds {len(chosen.labels)} images, all labelled {chosen.labels[0]}: "
+                             "calibration and AUROC need positives and negatives in it")
     side = int(train_split.images.shape[-1])
     if source is not None:
         # Fine-tuning keeps the shipped model's input normalisation: its weights expect it.
