@@ -73,8 +73,7 @@ ResNet-50 (224) 0.962 / 0.884, Google AutoML Vision 0.991 / 0.946.
 ```
 
 Training took {sr['training']['seconds']} s on {sr['training']['machine']} (seed {sr['training']['seed']},
-{sr['training']['epochs']} epochs). Metrics of a retrained model agree with this card within about 0.01;
-bit-identical weights are not expected across CPUs.
+{sr['training']['epochs']} epochs). {prov.get('repeatability') or 'Bit-identical weights are not expected across CPUs.'}
 {versions_section(meta)}"""
     path.write_text(text)
 
