@@ -138,6 +138,10 @@ def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data
     text = (bundle / "docs" / "README.md").read_text()
     assert "SIMULATED" in text and "What it is NOT for" in text and "leave-one-background-out" in text
     assert "unknown opacities counted as false" in text and "nipple shadow" in text
+    # calibration: ECE per test set in the card and the reliability plot beside it
+    assert "| ECE |" in text and "Calibration: `reliability.png` beside this card" in text
+    assert (bundle / "docs" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert meta["secondreader"]["calibration_plot"] == "docs/reliability.png"
     predictor = load_predictor(bundle, device="cpu")
     assert isinstance(predictor, DensePredictor)
     # the shipped recipe's mirror-averaged map is served as it was evaluated

@@ -70,6 +70,7 @@ from .lesions import (
     square_picture,
 )
 from .metrics import auroc, binary_metrics
+from .plots import reliability_png
 from .train import (
     _state_dict_bytes,
     bundle_header,
@@ -871,6 +872,16 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     if source is not None:
         metadata["secondreader"]["training"]["init_from"] = {
             "model": source.ref, "weights_sha256": source.metadata["secondreader"].get("weights_sha256")}
+    # the calibrated study probabilities against the truth: validation (the shipped model) and the
+    # held-out backgrounds pooled (each fold's model, calibrated on its own validation pool)
+    curves = {"validation": (cal.probability(val.logits), val.labels)}
+    if fold_results:
+        held = [(Calibration(*fold_results[f]["calibration"]), Scored.from_json(fold_results[f]["test"]))
+                for f in folds]
+        curves["held-out backgrounds"] = (np.concatenate([c.probability(s.logits) for c, s in held]),
+                                          np.concatenate([s.labels for _, s in held]))
+    reliability_png(out / "docs" / "reliability.png", curves)
+    metadata["secondreader"]["calibration_plot"] = "docs/reliability.png"
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     from .modelcard_dense import write_dense_model_card
 

@@ -14,7 +14,7 @@ def _study_row(name: str, m: dict[str, Any]) -> str:
     s = m["study"]
     lo, hi = s["auroc_ci95"]
     return (f"| {name} | {s['n']} ({s['n_positive']} with nodules) | {s['auroc']:.3f} [{lo:.3f}, {hi:.3f}] | "
-            f"{s['sensitivity']:.3f} | {s['specificity']:.3f} |")
+            f"{s['sensitivity']:.3f} | {s['specificity']:.3f} | {s['ece']:.3f} |")
 
 
 def _froc_row(name: str, m: dict[str, Any]) -> str:
@@ -63,6 +63,14 @@ def _timing(training: dict[str, Any], n_folds: int) -> str:
             f"folds from an earlier run of the same configuration, version number aside "
             f"({', '.join(reused)}; their own fitting times are in the folds' `seconds` in metadata.json), and "
             f"fitted {fitted} and evaluated in {training['seconds']} s on {training['machine']}")
+
+
+def _reliability_note(sr: dict[str, Any]) -> str:
+    plot = sr.get("calibration_plot")
+    if not plot:
+        return ""
+    return (f"\nCalibration: `{Path(plot).name}` beside this card (observed frequency against calibrated study "
+            "probability: validation, and the held-out backgrounds pooled, each fold calibrated by its own model).\n")
 
 
 def write_dense_model_card(path: Path, meta: dict[str, Any]) -> None:
@@ -150,14 +158,15 @@ as a false region nor scores the study; the "counted as false" rows score the sa
 if the opacity were known to be harmless. Intervals: 95% percentile bootstrap over images.
 {prov.get('selection', '')}
 
-Study level (AUROC [95% CI]; sensitivity and specificity at the operating point):
+Study level (AUROC [95% CI]; sensitivity and specificity at the operating point; expected calibration
+error of the calibrated study probability over 10 bins):
 
-| test set | images | AUROC [95% CI] | sensitivity | specificity |
-|---|---|---|---|---|
+| test set | images | AUROC [95% CI] | sensitivity | specificity | ECE |
+|---|---|---|---|---|---|
 {_study_row('leave-one-background-out, model B (pooled)', metrics['test'])}{strict_study}
 {_study_row('generated chests, model B (shipped model)', metrics['test_generated'])}
 {_study_row('validation, model A (shipped model)', metrics['validation'])}
-
+{_reliability_note(sr)}
 FROC: lesion sensitivity at 0.25 / 0.5 / 1 / 2 false regions per image [95% CI]:
 
 | test set | nodules | 0.25 | 0.5 | 1 | 2 |
