@@ -120,6 +120,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         meta = train(cfg, config_path=args.config, resume=args.resume)
     except (ValueError, FileNotFoundError, yaml.YAMLError) as exc:  # the config or the data, without a traceback
         logger.error("%s: %s", args.config.name, exc)
+        logger.debug("where it was raised", exc_info=True)  # --log-level DEBUG, for a bug rather than bad input
         return 2
     test = meta["secondreader"]["metrics"]["test"]
     sys.stdout.write(json.dumps({"model": f"{meta['name']}@{meta['version']}", "test": test}) + "\n")

@@ -149,6 +149,10 @@ def test_json_manifests_folders_zip_members_frames_and_masks(tmp_path: Path,
             "row 6: frame 3 of an image with 2")
     refused(rows[:-1] + [{**rows[-1], "boxes": [[0, 0, 5, 300]]}], "row 7: a box reaches row 5, column 300 of a 280")
     refused(rows[:-2], "manifest has no usable test images")
+    refused(rows[:-1] + [{**rows[-1], "boxes": {"row": 1}}], "row 7: boxes is a list of")
+    refused(rows[:-1] + [{**rows[-1], "frame": "second"}], "row 7: frame is a number")
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    refused(rows[:-1] + [{**rows[-1], "mask": "broken.png"}], "row 7: its mask cannot be read")
     # only the splits asked for are read (an outside test set needs no train or val rows)
     test_only = tmp_path / "test-only.json"
     test_only.write_text(json.dumps(rows[-2:]))

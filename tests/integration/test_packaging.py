@@ -56,6 +56,7 @@ def test_the_service_names_the_bundles_of_secondreader_models_dir(tmp_path: Path
 
     from secondreader.service.modelstore import shipped_tag
 
+    monkeypatch.delenv("SECONDREADER_MODELS_DIR", raising=False)
     assert shipped_tag("cxr-pneumonia") == "cxr-pneumonia:1.0.0"
     elsewhere = tmp_path / "models" / "cxr-pneumonia" / "configs"
     elsewhere.mkdir(parents=True)

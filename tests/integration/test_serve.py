@@ -105,11 +105,14 @@ def test_refuses_a_public_interface_without_keys(tmp_path: Path) -> None:
 
 def test_stow_rs_with_a_dicomweb_client(server: tuple[str, Path]) -> None:
     from dicomweb_client.api import DICOMwebClient
+    from dicomweb_client.session_utils import create_session
 
     base, _ = server
-    client = DICOMwebClient(url=f"{base}/v1/dicomweb", headers={"Authorization": f"Bearer {KEY}"})
     chest = make_cxr_dataset(400, 400)
-    answer = client.store_instances([chest])
+    with create_session() as session:  # closed after: its sockets would leak into a later test's GC
+        client = DICOMwebClient(url=f"{base}/v1/dicomweb", headers={"Authorization": f"Bearer {KEY}"},
+                                session=session)
+        answer = client.store_instances([chest])
     (referenced,) = answer.ReferencedSOPSequence
     assert referenced.ReferencedSOPInstanceUID == chest.SOPInstanceUID
     headers = {"Authorization": f"Bearer {KEY}"}

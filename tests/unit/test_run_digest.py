@@ -27,7 +27,9 @@ def test_a_new_version_or_label_keeps_the_digest_and_anything_the_fits_read_chan
     for same in (cfg.model_copy(update={"version": "9.9.9", "description": "another text",
                                         "changelog": {"9.9.9": "what changed", **cfg.changelog}}),
                  cfg.model_copy(update={"output_dir": Path("elsewhere"), "checkpoint_dir": Path("runs/x")}),
-                 cfg.model_copy(update={"provenance": {"reproduce": "something else"}})):
+                 cfg.model_copy(update={"provenance": {"reproduce": "something else"}}),
+                 # the device as written: the kind it resolves to is passed in beside the data
+                 _changed(cfg, "schedule", device="cpu"), _changed(cfg, "schedule", mixed_precision=False)):
         assert run_digest(same, "backgrounds") == base
     assert cfg.lesions is not None
     for other in (cfg.model_copy(update={"seed": cfg.seed + 1}),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from secondreader.cli import main
 from secondreader.errors import ModelError
@@ -39,11 +40,13 @@ def test_the_config_names_a_device_or_auto() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_train_refuses_cuda_without_a_cuda_device(capfd: pytest.CaptureFixture[str]) -> None:
-    shipped = CONFIG.parents[2] / "models" / "cxr-pneumonia" / "configs" / "metadata.json"
-    before = shipped.read_bytes()
-    assert main(["train", str(CONFIG), "--device", "cuda"]) == 1
+def test_train_refuses_cuda_without_a_cuda_device(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["output_dir"], raw["checkpoint_dir"] = str(tmp_path / "bundle"), str(tmp_path / "runs")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(config), "--device", "cuda"]) == 1
     assert "device cuda was asked for but no CUDA device is available" in capfd.readouterr().err
-    assert main(["train", str(CONFIG), "--device", "tpu"]) == 1
+    assert main(["train", str(config), "--device", "tpu"]) == 1
     assert "'tpu' is not one of auto, cpu, cuda or cuda:N" in capfd.readouterr().err
-    assert shipped.read_bytes() == before  # refused before anything was trained or written
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / "runs").exists()  # refused before training

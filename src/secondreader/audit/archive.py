@@ -176,10 +176,10 @@ class DicomwebArchive:
     def _search(self, filters: dict[str, str]) -> list[dict[str, Any]]:
         import requests
 
-        client = _client(self.url, self.timeout)
         try:
-            found: list[dict[str, Any]] = client.search_for_studies(
-                search_filters=filters, fields=_INDEX_TAGS, get_remaining=True)
+            with _client(self.url, self.timeout) as client:
+                found: list[dict[str, Any]] = client.search_for_studies(
+                    search_filters=filters, fields=_INDEX_TAGS, get_remaining=True)
         except (requests.RequestException, OSError) as exc:
             raise InfrastructureError(f"QIDO-RS query failed ({_http_reason(exc)})") from None
         return found
@@ -209,13 +209,18 @@ class DicomwebArchive:
                 yield StudyTask(uid, uid, found_accession, month, dicomweb_url=self.url)
 
 
-def _client(url: str, timeout: float) -> Any:
+@contextlib.contextmanager
+def _client(url: str, timeout: float) -> Iterator[Any]:
+    """A DICOMweb client whose HTTP session (and its pooled sockets) is closed after use."""
     from dicomweb_client.api import DICOMwebClient
     from dicomweb_client.session_utils import create_session
 
     session = create_session()
     session.request = _with_timeout(session.request, timeout)  # type: ignore[method-assign]
-    return DICOMwebClient(url, session=session)
+    try:
+        yield DICOMwebClient(url, session=session)
+    finally:
+        session.close()
 
 
 def _with_timeout(request: Any, timeout: float) -> Any:
@@ -243,17 +248,17 @@ def fetch_study(url: str, study_instance_uid: str, spool: Path, *, timeout: floa
     """
     import requests
 
-    client = _client(url, timeout)
     spool.mkdir(parents=True, exist_ok=True)
     files: list[InputFile] = []
     try:
-        for number, ds in enumerate(client.iter_study(study_instance_uid,
-                                                      media_types=(("application/dicom", "*"),)), start=1):
-            sop = _text(ds.get("SOPInstanceUID")) or f"instance-{number}"
-            target = spool / f"{number:05d}.dcm"
-            with pydicom_warnings_caught():
-                ds.save_as(target, enforce_file_format=True)
-            files.append(InputFile(source=f"{sop}.dcm", path=target, size=target.stat().st_size))
+        with _client(url, timeout) as client:
+            for number, ds in enumerate(client.iter_study(study_instance_uid,
+                                                          media_types=(("application/dicom", "*"),)), start=1):
+                sop = _text(ds.get("SOPInstanceUID")) or f"instance-{number}"
+                target = spool / f"{number:05d}.dcm"
+                with pydicom_warnings_caught():
+                    ds.save_as(target, enforce_file_format=True)
+                files.append(InputFile(source=f"{sop}.dcm", path=target, size=target.stat().st_size))
     except (requests.RequestException, OSError) as exc:
         raise InfrastructureError(f"WADO-RS retrieval failed ({_http_reason(exc)})") from None
     except HEADER_ERRORS:

@@ -99,7 +99,10 @@ def resolve_device(device: str) -> torch.device:
         raise ModelError(f"device {device} was asked for but no CUDA device is available")
     if device != "cpu" and re.fullmatch(r"cuda(:\d+)?", device) is None:
         raise ModelError(f"device {device!r} is not one of auto, cpu, cuda or cuda:N")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ModelError(f"device {device} was asked for but there are {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
 
 
 def occlusion_windows(size: tuple[int, int], mask_size: int, overlap: float) -> list[tuple[int, int]]:

@@ -211,8 +211,10 @@ def run_digest(cfg: TrainConfig, *inputs: str) -> str:
     configuration less its labels and places (a new version number alone keeps the state), the installed
     secondreader code and numeric libraries (any edit or upgrade refits), and ``inputs``, digests of
     the data the run read and the kind of device it trains on."""
-    relevant = cfg.model_dump(mode="json", exclude={"checkpoint_dir", "output_dir", "provenance", "description",
-                                                    "version", "changelog"})
+    # the device as written (auto, cuda:1, --device) is left out: the kind it resolved to is an input
+    relevant = cfg.model_dump(mode="json", exclude={
+        "checkpoint_dir": True, "output_dir": True, "provenance": True, "description": True, "version": True,
+        "changelog": True, "schedule": {"device": True, "mixed_precision": True}})
     h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     for part in (_code_digest(), *inputs):
         h.update(part.encode())

@@ -106,9 +106,15 @@ def _label(value: Any, row: int) -> int | None:
 def _boxes(row: dict[str, Any], n: int) -> list[tuple[int, int, int, int]]:
     """The row's boxes: the four box columns, or (JSON) ``boxes``, a list of [row_min, col_min,
     row_max, col_max]."""
-    raw: list[Any] = list(row.get("boxes") or [])
-    if isinstance(row.get("boxes"), str):
-        raw = json.loads(row["boxes"]) if row["boxes"].strip() else []
+    given = row.get("boxes") or []
+    try:
+        if isinstance(given, str):
+            given = json.loads(given) if given.strip() else []
+        if not isinstance(given, list):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"manifest row {n}: boxes is a list of [row_min, col_min, row_max, col_max]") from None
+    raw: list[Any] = list(given)
     values = [_text(row.get(c)) for c in BOX_COLUMNS]
     if any(values):
         raw.append(values)
@@ -140,7 +146,10 @@ def _manifest_images(path: Path, rows: list[dict[str, Any]], finding: str) -> tu
             raise ValueError(f"manifest row {n}: no path")
         file = (path.parent / _text(row["path"])).resolve()
         member = _text(row.get("member")) or None
-        frame = int(_text(row.get("frame")) or 1)
+        try:
+            frame = int(float(_text(row.get("frame")) or 1))
+        except ValueError:
+            raise ValueError(f"manifest row {n}: frame is a number (1-based)") from None
         if frame < 1:
             raise ValueError(f"manifest row {n}: frame is 1-based")
         boxes = _boxes(row, n)
@@ -186,11 +195,14 @@ def _source_mask(image: _Image, shape: tuple[int, int]) -> np.ndarray | None:
     if image.mask is not None:
         if not image.mask.is_file():
             raise ValueError(f"manifest row {image.rows[0]}: its mask file is not there")
-        if image.mask.suffix.lower() == ".npy":
-            drawn = np.load(image.mask)
-        else:
-            with Image.open(image.mask) as picture:
-                drawn = np.asarray(picture)
+        try:
+            if image.mask.suffix.lower() == ".npy":
+                drawn = np.load(image.mask)
+            else:
+                with Image.open(image.mask) as picture:
+                    drawn = np.asarray(picture)
+        except (OSError, ValueError):  # the message would name the file's path: the row says which
+            raise ValueError(f"manifest row {image.rows[0]}: its mask cannot be read (PNG or .npy)") from None
         if drawn.ndim == 3:
             drawn = drawn[..., 0]
         if drawn.shape != shape:

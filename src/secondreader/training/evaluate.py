@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..model.card import load_card
 from ..model.dense import DensePredictor
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from .lesions import RealBackground
     from .localisation import EvalSet, Scored
 
-__all__ = ["evaluate_bundle", "evaluate_dense_bundle", "saliency_pointing", "train_serve_gap"]
+__all__ = ["evaluate_bundle", "evaluate_dense_bundle", "heatmap_peak", "saliency_pointing", "train_serve_gap"]
 
 
 def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: str = "cpu") -> dict[str, Any]:
@@ -57,27 +58,47 @@ def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: st
     return report
 
 
+def heatmap_peak(heat: np.ndarray) -> tuple[int, int] | None:
+    """The cell where a heatmap peaks, or None for an empty (all-zero) map; where several cells tie
+    (a flat top), the tied cell nearest to their centre, not the first in memory order."""
+    top = float(heat.max())
+    if top <= 0:
+        return None
+    tied = np.argwhere(heat >= top)
+    centre = tied.mean(axis=0)
+    row, col = tied[int(np.argmin(((tied - centre) ** 2).sum(axis=1)))]
+    return int(row), int(col)
+
+
+def _near_mark(mask: np.ndarray) -> np.ndarray:
+    """The mark grown by one model-grid cell in every direction (the pointing game's tolerance)."""
+    return np.asarray(ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool)))
+
+
 def saliency_pointing(predictor: TorchPredictor, split: Split, *, batch: int = 64) -> dict[str, Any]:
     """The pointing game on the positive images whose finding was marked: the share whose served
     heatmap (the bundle's saliency, first finding) peaks on the mark or within one model-grid cell
-    of it, with a Wilson 95% interval. Heatmaps of negatives and unmarked positives are not scored."""
+    of it, with a Wilson 95% interval; an empty heatmap is a miss. ``chance_rate`` is what a peak
+    placed at random would score (the marks' mean share of the grid, grown by that cell). Heatmaps
+    of negatives and unmarked positives are not scored."""
     assert split.masks is not None and split.annotated is not None
     chosen = np.nonzero(split.annotated & (split.labels == 1))[0]
-    hits = 0
+    hits, chance = 0, 0.0
     for start in range(0, len(chosen), batch):
         idx = chosen[start:start + batch]
         x = predict_inputs(split.images[torch.from_numpy(idx)], predictor.card.input_spec)
         for k, prediction in zip(idx, predictor.predict(x, explain=True), strict=True):
             assert prediction.saliency is not None
-            heat = prediction.saliency[0]
-            row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
-            near = split.masks[k][max(0, row - 1):row + 2, max(0, col - 1):col + 2]
-            hits += bool(near.any())
+            near = _near_mark(split.masks[k])
+            chance += float(near.mean())
+            peak = heatmap_peak(prediction.saliency[0])
+            hits += peak is not None and bool(near[peak])
     n = len(chosen)
     return {"n": n, "hits": hits, "hit_rate": round(hits / n, 4) if n else None,
             "hit_rate_ci95": [round(v, 4) for v in _wilson(hits, n)] if n else None,
+            "chance_rate": round(chance / n, 4) if n else None,
             "method": "pointing game: the heatmap's peak on the marked region or within one model-grid cell of it, "
-                      "positive images with a box or mask"}
+                      "positive images with a box or mask; an empty heatmap misses"}
 
 
 def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

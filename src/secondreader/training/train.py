@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import platform
 import time
 import uuid
@@ -89,9 +88,8 @@ def training_device(device: str, mixed_precision: bool) -> tuple[torch.device, b
     whether forward passes run in bfloat16 autocast there (CUDA only). Asking for CUDA where there
     is none is an error, not a silent fall back to the CPU."""
     resolved = resolve_device(device)
-    if resolved.type == "cuda":
-        # cuBLAS is deterministic only with a fixed workspace (torch's reproducibility notes)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved, resolved.type == "cuda" and mixed_precision
 
 
