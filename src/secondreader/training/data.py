@@ -173,13 +173,14 @@ def _manifest_images(path: Path, rows: list[dict[str, Any]], finding: str) -> tu
     return list(images.values()), skipped
 
 
-def _read_input(image: _Image) -> InputFile | None:
+def _read_input(image: _Image, members: dict[Path, dict[str, InputFile]]) -> InputFile | None:
+    """The image's input; a zip's members are listed once (``members`` caches them per zip)."""
     if image.member is None:
         return InputFile(image.file.name, image.file, size=image.file.stat().st_size if image.file.exists() else 0)
-    for item in iter_inputs([image.file]):
-        if isinstance(item, InputFile) and item.member == image.member:
-            return item
-    return None
+    if image.file not in members:
+        members[image.file] = {item.member: item for item in iter_inputs([image.file])
+                               if isinstance(item, InputFile) and item.member is not None}
+    return members[image.file].get(image.member)
 
 
 def _source_mask(image: _Image, shape: tuple[int, int]) -> np.ndarray | None:
@@ -232,6 +233,7 @@ def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int
     spec = InputSpec(size=size, mean=0.0, std=1.0)
     found, skipped = _manifest_images(path, read_manifest_rows(path), finding)
     unreadable = 0
+    zip_members: dict[Path, dict[str, InputFile]] = {}
     by_split: dict[str, list[tuple[torch.Tensor, int, np.ndarray | None]]] = {s: [] for s in splits}
     for image in found:
         if image.split not in by_split:
@@ -239,7 +241,7 @@ def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int
         chosen = by_split[image.split]
         if limit is not None and len(chosen) >= limit:
             continue
-        item = _read_input(image)
+        item = _read_input(image, zip_members)
         parsed = parse_input(item) if item is not None else None
         if parsed is None or parsed.instance is None or parsed.eligibility is None or not parsed.eligibility.ok:
             unreadable += 1

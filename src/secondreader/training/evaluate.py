@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..audit.summary import wilson_interval
 from ..model.card import load_card
 from ..model.dense import DensePredictor
 from ..model.predictor import TorchPredictor
@@ -95,17 +96,11 @@ def saliency_pointing(predictor: TorchPredictor, split: Split, *, batch: int = 6
             hits += peak is not None and bool(near[peak])
     n = len(chosen)
     return {"n": n, "hits": hits, "hit_rate": round(hits / n, 4) if n else None,
-            "hit_rate_ci95": [round(v, 4) for v in _wilson(hits, n)] if n else None,
+            "hit_rate_ci95": [round(v, 4) for v in wilson_interval(hits, n)] if n else None,
             "chance_rate": round(chance / n, 4) if n else None,
             "method": "pointing game: the heatmap's peak on the marked region or within one model-grid cell of it, "
                       "positive images with a box or mask; an empty heatmap misses"}
 
-
-def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def evaluate_dense_bundle(bundle: Path, config: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ the first CUDA device when there is one (``schedule.device``), with bfloat16 aut
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -93,15 +94,21 @@ def training_device(device: str, mixed_precision: bool) -> tuple[torch.device, b
     return resolved, resolved.type == "cuda" and mixed_precision
 
 
+@functools.cache
+def _cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what :mod:`platform` knows; read once."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            found = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        found = ""
+    return found or platform.processor() or platform.machine()
+
+
 def training_hardware(device: torch.device, amp: bool) -> dict[str, str]:
     """What a run trained on, for its bundle: ``machine`` (the CPU, its threads and the device) and
     ``device``. Weights are bit-for-bit repeatable only on the same kind of CPU or GPU."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = _cpu_model()
     if device.type == "cuda":
         where = f"{device}, {torch.cuda.get_device_name(device)}, {'bfloat16 autocast' if amp else 'float32'}"
     else:
