@@ -34,6 +34,10 @@ def test_card_metrics_reproduce_on_the_test_split(models_dir: Path, npz: Path) -
     assert report["n"] == 624
     for key in ("auroc", "accuracy", "sensitivity", "specificity"):
         assert report[key] == pytest.approx(card_test[key], abs=0.01), key
+        # every figure carries its interval, in the evaluation and in the bundle (the same counts)
+        lo, hi = report[f"{key}_ci95"]
+        assert lo < report[key] < hi and card_test[f"{key}_ci95"][0] < card_test[key] < card_test[f"{key}_ci95"][1]
+    assert report["accuracy_ci95"] == card_test["accuracy_ci95"]  # Wilson: a function of the counts alone
     # The anchor: beat every ResNet row of the MedMNIST v2 table at 28 px.
     assert report["auroc"] >= 0.962 and report["accuracy"] >= 0.884
 

@@ -8,6 +8,7 @@ from secondreader.training.metrics import (
     auroc,
     binary_metrics,
     bootstrap_auroc,
+    decision_rates,
     expected_calibration_error,
     threshold_for_sensitivity,
     youden_threshold,
@@ -42,6 +43,21 @@ def test_operating_point_statistics() -> None:
     m = binary_metrics(p, y, 0.5)
     assert (m.sensitivity, m.specificity, m.accuracy) == (0.75, 1.0, pytest.approx(5 / 6))
     assert 0.2 < youden_threshold(p, y) <= 0.3
+    # each rate is a proportion with its Wilson 95% interval (published values: 3/4 -> [0.3006,
+    # 0.9544], 2/2 -> [0.3424, 1], 5/6 -> [0.4365, 0.9699]; Newcombe, Stat Med 1998, method 3)
+    out = m.to_json()
+    assert out["sensitivity_ci95"] == [0.3006, 0.9544]
+    assert out["specificity_ci95"] == [0.3424, 1.0]
+    assert out["accuracy_ci95"] == [0.4365, 0.9699]
+
+
+def test_decision_rates_count_each_kind_of_decision() -> None:
+    r = decision_rates(np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1]))
+    assert (r.true_positive, r.true_negative, r.correct, r.n_positive, r.n_negative) == (2, 1, 3, 3, 2)
+    assert (r.accuracy, r.sensitivity, r.specificity) == (0.6, pytest.approx(2 / 3), 0.5)
+    # no negatives: the specificity is undefined and its interval is the whole range
+    none = decision_rates(np.array([1, 0]), np.array([1, 1])).to_json()
+    assert none["specificity_ci95"] == [0.0, 1.0] and none["sensitivity"] == 0.5
 
 
 def test_expected_calibration_error_against_hand_computed_bins() -> None:

@@ -69,7 +69,7 @@ from .lesions import (
     shrink,
     square_picture,
 )
-from .metrics import auroc, binary_metrics
+from .metrics import auroc, binary_metrics, decision_rates
 from .plots import reliability_png
 from .train import (
     _state_dict_bytes,
@@ -952,11 +952,7 @@ def _pool_folds(results: list[dict[str, Any]], *, seed: int, side: int,
     # apply each fold's own operating point.
     positive = np.concatenate([pr >= op for pr, op in zip(probs, ops, strict=True)])
     study = binary_metrics(p_all, y_all, float(np.median(ops)), seed=seed).to_json()
-    y = y_all.astype(bool)
-    study.update({"accuracy": round(float((positive == y).mean()), 4),
-                  "sensitivity": round(float(positive[y].mean()), 4),
-                  "specificity": round(float((~positive[~y]).mean()), 4),
-                  "threshold": "each fold's own operating point"})
+    study.update({**decision_rates(positive, y_all).to_json(), "threshold": "each fold's own operating point"})
     pooled = {"study": study, "froc": _froc_summary(images, nodules, side, seed=seed),
               "method": "leave one real background out; test nodules by insertion model B at source resolution"}
     return pooled, per_fold

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-__all__ = ["BinaryMetrics", "auroc", "binary_metrics", "bootstrap_auroc", "expected_calibration_error",
-           "threshold_for_sensitivity", "youden_threshold"]
+from ..audit.summary import wilson_interval
+
+__all__ = ["BinaryMetrics", "DecisionRates", "auroc", "binary_metrics", "bootstrap_auroc", "decision_rates",
+           "expected_calibration_error", "threshold_for_sensitivity", "youden_threshold"]
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -74,27 +76,87 @@ def threshold_for_sensitivity(probabilities: np.ndarray, labels: np.ndarray, sen
     return float(p[min(k, len(p) - 1)])
 
 
+def _ci(interval: tuple[float, float]) -> list[float]:
+    return [round(interval[0], 4), round(interval[1], 4)]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRates:
+    """Accuracy, sensitivity and specificity of yes/no decisions, as counts: each rate is a binomial
+    proportion, reported with its Wilson 95% interval."""
+
+    correct: int
+    true_positive: int
+    true_negative: int
+    n_positive: int
+    n_negative: int
+
+    @property
+    def n(self) -> int:
+        return self.n_positive + self.n_negative
+
+    def _rate(self, hits: int, trials: int) -> float:
+        return hits / trials if trials else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self._rate(self.correct, self.n)
+
+    @property
+    def sensitivity(self) -> float:
+        return self._rate(self.true_positive, self.n_positive)
+
+    @property
+    def specificity(self) -> float:
+        return self._rate(self.true_negative, self.n_negative)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "accuracy": round(self.accuracy, 4), "accuracy_ci95": _ci(wilson_interval(self.correct, self.n)),
+            "sensitivity": round(self.sensitivity, 4),
+            "sensitivity_ci95": _ci(wilson_interval(self.true_positive, self.n_positive)),
+            "specificity": round(self.specificity, 4),
+            "specificity_ci95": _ci(wilson_interval(self.true_negative, self.n_negative)),
+        }
+
+
+def decision_rates(predicted: np.ndarray, labels: np.ndarray) -> DecisionRates:
+    """The counts behind accuracy, sensitivity and specificity of ``predicted`` (bool) against ``labels``."""
+    pred = np.asarray(predicted).ravel().astype(bool)
+    y = np.asarray(labels).ravel().astype(bool)
+    return DecisionRates(correct=int((pred == y).sum()), true_positive=int((pred & y).sum()),
+                         true_negative=int((~pred & ~y).sum()), n_positive=int(y.sum()), n_negative=int((~y).sum()))
+
+
 @dataclass(frozen=True, slots=True)
 class BinaryMetrics:
     n: int
     n_positive: int
     auroc: float
     auroc_ci95: tuple[float, float]
-    accuracy: float
-    sensitivity: float
-    specificity: float
+    rates: DecisionRates
     threshold: float
     ece: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.rates.accuracy
+
+    @property
+    def sensitivity(self) -> float:
+        return self.rates.sensitivity
+
+    @property
+    def specificity(self) -> float:
+        return self.rates.specificity
 
     def to_json(self) -> dict[str, object]:
         return {
             "n": self.n,
             "n_positive": self.n_positive,
             "auroc": round(self.auroc, 4),
-            "auroc_ci95": [round(self.auroc_ci95[0], 4), round(self.auroc_ci95[1], 4)],
-            "accuracy": round(self.accuracy, 4),
-            "sensitivity": round(self.sensitivity, 4),
-            "specificity": round(self.specificity, 4),
+            "auroc_ci95": _ci(self.auroc_ci95),
+            **self.rates.to_json(),
             "threshold": round(self.threshold, 4),
             "ece": round(self.ece, 4),
         }
@@ -103,15 +165,12 @@ class BinaryMetrics:
 def binary_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float, *, seed: int = 0) -> BinaryMetrics:
     p = np.asarray(probabilities, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel().astype(bool)
-    pred = p >= threshold
     return BinaryMetrics(
         n=len(p),
         n_positive=int(y.sum()),
         auroc=auroc(p, y),
         auroc_ci95=bootstrap_auroc(p, y, seed=seed),
-        accuracy=float((pred == y).mean()),
-        sensitivity=float(pred[y].mean()),
-        specificity=float((~pred[~y]).mean()),
+        rates=decision_rates(p >= threshold, y),
         threshold=threshold,
         ece=expected_calibration_error(p, y),
     )

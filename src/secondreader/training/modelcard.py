@@ -5,13 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["versions_section", "write_model_card"]
+__all__ = ["versions_section", "with_interval", "write_model_card"]
+
+
+def with_interval(m: dict[str, Any], key: str, digits: int = 4) -> str:
+    """``m[key]`` and, where the metrics hold one (``key_ci95``), its 95% interval."""
+    ci = m.get(f"{key}_ci95")
+    value = f"{m[key]:.{digits}f}"
+    return f"{value} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else value
 
 
 def _row(split: str, m: dict[str, Any]) -> str:
-    lo, hi = m["auroc_ci95"]
-    return (f"| {split} | {m['n']} ({m['n_positive']} positive) | {m['auroc']:.4f} [{lo:.4f}, {hi:.4f}] | "
-            f"{m['accuracy']:.4f} | {m['sensitivity']:.4f} | {m['specificity']:.4f} | {m['ece']:.4f} |")
+    cells = " | ".join(with_interval(m, key) for key in ("auroc", "accuracy", "sensitivity", "specificity"))
+    return f"| {split} | {m['n']} ({m['n_positive']} positive) | {cells} | {m['ece']:.4f} |"
 
 
 def write_model_card(path: Path, meta: dict[str, Any]) -> None:
@@ -41,9 +47,9 @@ def write_model_card(path: Path, meta: dict[str, Any]) -> None:
 Measured by `secondreader evaluate models/{meta['name']} --data {prov.get('data_path', '<npz>')}` on the
 untouched test split (used once, after calibration and the operating point were fixed on validation).
 AUROC with a 95% percentile-bootstrap interval (2,000 resamples); accuracy, sensitivity and specificity
-at the operating point; expected calibration error over 10 bins.
+at the operating point, each with its Wilson 95% interval; expected calibration error over 10 bins.
 
-| split | images | AUROC [95% CI] | accuracy | sensitivity | specificity | ECE |
+| split | images | AUROC [95% CI] | accuracy [95% CI] | sensitivity [95% CI] | specificity [95% CI] | ECE |
 |---|---|---|---|---|---|---|
 {_row('validation', metrics['validation'])}
 {_row('test', metrics['test'])}

@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .modelcard import versions_section
+from .modelcard import versions_section, with_interval
 
 __all__ = ["write_dense_model_card"]
 
 
 def _study_row(name: str, m: dict[str, Any]) -> str:
     s = m["study"]
-    lo, hi = s["auroc_ci95"]
-    return (f"| {name} | {s['n']} ({s['n_positive']} with nodules) | {s['auroc']:.3f} [{lo:.3f}, {hi:.3f}] | "
-            f"{s['sensitivity']:.3f} | {s['specificity']:.3f} | {s['ece']:.3f} |")
+    cells = " | ".join(with_interval(s, key, 3) for key in ("auroc", "sensitivity", "specificity"))
+    return f"| {name} | {s['n']} ({s['n_positive']} with nodules) | {cells} | {s['ece']:.3f} |"
 
 
 def _froc_row(name: str, m: dict[str, Any]) -> str:
@@ -158,10 +157,11 @@ as a false region nor scores the study; the "counted as false" rows score the sa
 if the opacity were known to be harmless. Intervals: 95% percentile bootstrap over images.
 {prov.get('selection', '')}
 
-Study level (AUROC [95% CI]; sensitivity and specificity at the operating point; expected calibration
-error of the calibrated study probability over 10 bins):
+Study level (AUROC with its bootstrap 95% CI; sensitivity and specificity at the operating point
+with their Wilson 95% intervals; expected calibration error of the calibrated study probability over
+10 bins):
 
-| test set | images | AUROC [95% CI] | sensitivity | specificity | ECE |
+| test set | images | AUROC [95% CI] | sensitivity [95% CI] | specificity [95% CI] | ECE |
 |---|---|---|---|---|---|
 {_study_row('leave-one-background-out, model B (pooled)', metrics['test'])}{strict_study}
 {_study_row('generated chests, model B (shipped model)', metrics['test_generated'])}
