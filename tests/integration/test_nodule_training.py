@@ -4,6 +4,7 @@ on a tiny subset: leave-one-background-out folds, calibration, FROC, export and 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,39 @@ def test_fits_in_worker_processes_give_the_same_model_as_in_one(shared_data: Pat
 
     assert without_seconds(a["metrics"]["folds"]) == without_seconds(b["metrics"]["folds"])
     assert len(a["metrics"]["folds"]) == 2 and not (tmp_path / "two" / "runs" / "pools").exists()
+
+
+def test_an_interrupted_run_continues_every_fit_from_its_last_epoch(shared_data: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Each fit keeps its state after every epoch: a run stopped after epoch 1 of 2 (in two worker
+    processes) and resumed (in one) ends with the weights and fold figures of a run never stopped."""
+    keep = ("nih-00000001-000", "nih-00027426-000")
+
+    def two_epochs(where: str, workers: int) -> TrainConfig:
+        cfg = _config(shared_data, tmp_path / where, keep=keep).model_copy(deep=True)
+        cfg.schedule.epochs, cfg.schedule.workers = 2, workers
+        return cfg
+
+    whole = train(two_epochs("whole", 1))["secondreader"]
+    cut = two_epochs("cut", 2)
+    assert train(cut, stop_after_epochs=1) == {} and not (tmp_path / "cut" / "bundle").exists()
+    fits = tmp_path / "cut" / "runs" / "fits"
+    assert sorted(p.name for p in fits.iterdir()) == ["final.pt", "fold-nih-00000001-000.pt",
+                                                     "fold-nih-00027426-000.pt"]
+    assert all(torch.load(p, weights_only=True)["epoch"] == 1 for p in fits.iterdir())
+    cut.schedule.workers = 1  # the digest leaves the workers out: they do not change the weights
+    with caplog.at_level(logging.INFO, logger="secondreader.training.localisation"):
+        resumed = train(cut, resume=True)["secondreader"]
+    assert sorted(r.getMessage() for r in caplog.records if "resumed after" in r.getMessage()) == [
+        "fit final: resumed after epoch 1", "fit fold-nih-00000001-000: resumed after epoch 1",
+        "fit fold-nih-00027426-000: resumed after epoch 1"]
+    assert resumed["weights_sha256"] == whole["weights_sha256"]
+
+    def without_seconds(folds: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+        return [{k: v for k, v in f.items() if k != "seconds"} for f in folds]
+
+    assert without_seconds(resumed["metrics"]["folds"]) == without_seconds(whole["metrics"]["folds"])
+    assert resumed["metrics"]["test"] == whole["metrics"]["test"]
 
 
 def test_a_nodule_model_fine_tunes_from_a_shipped_one_and_refuses_a_classifier(shared_data: Path, tmp_path: Path,

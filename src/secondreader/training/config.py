@@ -211,10 +211,11 @@ def run_digest(cfg: TrainConfig, *inputs: str) -> str:
     configuration less its labels and places (a new version number alone keeps the state), the installed
     secondreader code and numeric libraries (any edit or upgrade refits), and ``inputs``, digests of
     the data the run read and the kind of device it trains on."""
-    # the device as written (auto, cuda:1, --device) is left out: the kind it resolved to is an input
+    # the device as written (auto, cuda:1, --device) is left out: the kind it resolved to is an input;
+    # so are the worker processes, which do not change the weights (a run stopped with two resumes with one)
     relevant = cfg.model_dump(mode="json", exclude={
         "checkpoint_dir": True, "output_dir": True, "provenance": True, "description": True, "version": True,
-        "changelog": True, "schedule": {"device": True, "mixed_precision": True}})
+        "changelog": True, "schedule": {"device": True, "mixed_precision": True, "workers": True}})
     h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     for part in (_code_digest(), *inputs):
         h.update(part.encode())

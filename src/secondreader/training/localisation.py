@@ -437,11 +437,36 @@ def mine_hard_negatives(network: torch.nn.Module, pool: Pool, members: np.ndarra
     return out
 
 
+class FitInterrupted(Exception):
+    """A fit stopped after ``stop_after_epochs`` (tests: what an interruption leaves behind)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FitCheckpoints:
+    """Where a run's fits keep their state after every epoch (``run_dir/fits``): the weights, the
+    optimiser and schedule, the batch generator and the mined hard negatives. With ``resume`` a fit
+    continues from its file when the run's digest and the fit's seed match, and ends with the weights
+    an uninterrupted fit gives. ``stop_after_epochs`` (tests) raises :class:`FitInterrupted` once
+    that epoch's state is saved."""
+
+    folder: Path
+    digest: str
+    resume: bool = False
+    stop_after_epochs: int | None = None
+
+
+def _save_fit(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
 def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, seed: int,
-         advance: Callable[[], None]) -> torch.nn.Module:
+         advance: Callable[[], None], checkpoints: FitCheckpoints | None = None, name: str = "") -> torch.nn.Module:
     """A network fitted on the pool's ``members``, left on the training device in eval mode. The
     batches and their augmentation are drawn on the CPU from one seeded generator, so a GPU run sees
-    the same crops as a CPU run; only the arithmetic differs."""
+    the same crops as a CPU run; only the arithmetic differs. With ``checkpoints`` its state is kept
+    after every epoch in ``<folder>/<name>.pt`` (see :class:`FitCheckpoints`)."""
     lc = cfg.lesions
     assert lc is not None
     device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
@@ -462,8 +487,24 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
     # (its small convolutions were 50x slower on two threads of this CPU than on one)
     threads = torch.get_num_threads()
     hard: dict[int, list[tuple[int, int]]] = {}
+    first_epoch = 0
+    saved = checkpoints.folder / f"{name}.pt" if checkpoints is not None else None
+    if checkpoints is not None and saved is not None and checkpoints.resume and saved.is_file():
+        state = torch.load(saved, map_location="cpu", weights_only=True)
+        if state["config"] == checkpoints.digest and state["seed"] == seed:
+            network.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            scheduler.load_state_dict(state["scheduler"])
+            g.set_state(state["generator"])
+            hard = {int(k): [(int(r), int(c)) for r, c in v] for k, v in state["hard"].items()}
+            first_epoch = int(state["epoch"])
+            for _ in range(first_epoch * steps_per_epoch):
+                advance()
+            logger.info("fit %s: resumed after epoch %d", name, first_epoch)
+        else:
+            logger.info("fit %s: its checkpoint was made by another configuration; starting again", name)
     network.train()
-    for epoch in range(sched.epochs):
+    for epoch in range(first_epoch, sched.epochs):
         if lc.hard_negative_fraction > 0 and epoch in lc.hard_negative_epochs:
             torch.set_num_threads(threads)
             hard = mine_hard_negatives(network, pool, members, spec, recipe=map_recipe(cfg))
@@ -488,6 +529,14 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
             optimiser.step()
             scheduler.step()
             advance()
+        if checkpoints is not None and saved is not None:
+            _save_fit(saved, {"config": checkpoints.digest, "seed": seed, "epoch": epoch + 1,
+                              "model": network.state_dict(), "optimiser": optimiser.state_dict(),
+                              "scheduler": scheduler.state_dict(), "generator": g.get_state(),
+                              "hard": {str(k): [list(p) for p in v] for k, v in hard.items()}})
+            if checkpoints.stop_after_epochs is not None and epoch + 1 >= checkpoints.stop_after_epochs \
+                    and epoch + 1 < sched.epochs:
+                raise FitInterrupted(f"fit {name} stopped after epoch {epoch + 1} as asked")
     return network.eval()
 
 
@@ -638,6 +687,7 @@ class _FitData:
     backgrounds: list[RealBackground]
     spec: InputSpec
     digest: str
+    checkpoints: FitCheckpoints | None = None
 
 
 def _fold(data: _FitData, f: int, advance: Callable[[], None]) -> dict[str, Any]:
@@ -649,7 +699,8 @@ def _fold(data: _FitData, f: int, advance: Callable[[], None]) -> dict[str, Any]
     recipe = map_recipe(cfg)
     held = data.backgrounds[f]
     t0 = time.time()
-    network = _fit(cfg, pool, np.nonzero(pool.groups != f)[0], spec, cfg.seed + 1000 * (f + 1), advance)
+    network = _fit(cfg, pool, np.nonzero(pool.groups != f)[0], spec, cfg.seed + 1000 * (f + 1), advance,
+                   data.checkpoints, f"fold-{held.id}")
     val = score_set(network, pool_eval_set(val_pool, val_pool.groups != f), spec, lc, recipe)
     cal = calibrate(val, cfg)
     test = background_test_set(lc, data.backgrounds, f, spec, seed=cfg.seed)
@@ -679,13 +730,13 @@ def _load_pool(folder: Path) -> Pool:
 
 
 def _worker_init(cfg: TrainConfig, backgrounds: list[RealBackground], spec: InputSpec, digest: str, folder: str,
-                 counter: Any) -> None:
+                 checkpoints: FitCheckpoints | None, counter: Any) -> None:
     torch.set_num_threads(cfg.schedule.threads)
     set_determinism(seed=cfg.seed)
     torch.use_deterministic_algorithms(False)
     logging.getLogger("secondreader").setLevel(logging.WARNING)  # the parent reports progress
     _WORKER["data"] = _FitData(cfg, _load_pool(Path(folder) / "train"), _load_pool(Path(folder) / "validation"),
-                               backgrounds, spec, digest)
+                               backgrounds, spec, digest, checkpoints)
     _WORKER["counter"] = counter
 
 
@@ -701,8 +752,13 @@ def _worker_fold(f: int) -> dict[str, Any]:
 
 def _worker_final() -> bytes:
     data: _FitData = _WORKER["data"]
-    network = _fit(data.cfg, data.pool, np.arange(len(data.pool)), data.spec, data.cfg.seed, _worker_advance)
-    return _state_dict_bytes(network)
+    return _state_dict_bytes(_fit_final(data, _worker_advance))
+
+
+def _fit_final(data: _FitData, advance: Callable[[], None]) -> torch.nn.Module:
+    """The shipped model: every training picture."""
+    return _fit(data.cfg, data.pool, np.arange(len(data.pool)), data.spec, data.cfg.seed, advance, data.checkpoints,
+                "final")
 
 
 def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: Path,
@@ -723,7 +779,7 @@ def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: P
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
                                  initargs=(data.cfg, data.backgrounds, data.spec, data.digest, str(folder),
-                                           counter)) as executor:
+                                           data.checkpoints, counter)) as executor:
             final = executor.submit(_worker_final)
             by_fold = {executor.submit(_worker_fold, f): f for f in folds}
             pending: set[Future[Any]] = {final, *by_fold}
@@ -740,10 +796,13 @@ def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: P
 
 # -- the whole run ---------------------------------------------------------------------------------
 
-def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = False) -> dict[str, Any]:
+def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = False,
+                       stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train ``cfg`` (``data.kind: lesion_insertion``), evaluate it leaving one real background out
     at a time, and write its bundle. ``resume`` reuses the folds a previous run of the same
-    configuration finished (kept in ``checkpoint_dir``). Returns the bundle's metadata."""
+    configuration finished and continues each unfinished fit from its last epoch (both kept in
+    ``checkpoint_dir``). ``stop_after_epochs`` stops the fits after that epoch without writing a
+    bundle (as an interruption would). Returns the bundle's metadata, or ``{}`` when stopped."""
     from .train import device_uid_for
 
     lc = cfg.lesions
@@ -804,7 +863,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
                 logger.info("fold %s: reused from %s", backgrounds[f].id, saved.name)
     todo = [f for f in folds if f not in fold_results]
     reused = sum(steps(int((pool.groups != f).sum())) for f in fold_results)
-    data = _FitData(cfg, pool, val_pool, backgrounds, spec, digest)
+    data = _FitData(cfg, pool, val_pool, backgrounds, spec, digest,
+                    FitCheckpoints(run_dir / "fits", digest, resume, stop_after_epochs))
     with training_progress() as progress:
         task = progress.add_task(f"training {cfg.name} ({len(todo)} folds and the final model)", total=total,
                                  completed=reused)
@@ -816,16 +876,20 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
             fold_results[f] = state
 
         workers = min(cfg.schedule.workers, len(todo) + 1)
-        if workers > 1:
-            weights = _fit_in_processes(data, todo, workers, run_dir, fold_done,
-                                        lambda done: progress.update(task, completed=reused + done))
-        else:
-            def advance() -> None:
-                progress.advance(task)
+        try:
+            if workers > 1:
+                weights = _fit_in_processes(data, todo, workers, run_dir, fold_done,
+                                            lambda done: progress.update(task, completed=reused + done))
+            else:
+                def advance() -> None:
+                    progress.advance(task)
 
-            for f in todo:
-                fold_done(f, _fold(data, f, advance))
-            weights = _state_dict_bytes(_fit(cfg, pool, np.arange(len(pool)), spec, cfg.seed, advance))
+                for f in todo:
+                    fold_done(f, _fold(data, f, advance))
+                weights = _state_dict_bytes(_fit_final(data, advance))
+        except FitInterrupted as stopped:
+            logger.info("%s; resume with --resume", stopped)
+            return {}
     for f in folds:
         cal = Calibration(*fold_results[f]["calibration"])
         scored = Scored.from_json(fold_results[f]["test"])

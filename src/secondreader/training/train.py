@@ -205,7 +205,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     if cfg.data.kind == "lesion_insertion":
         from .localisation import train_localisation
 
-        return train_localisation(cfg, config_path=config_path, resume=resume)
+        return train_localisation(cfg, config_path=config_path, resume=resume, stop_after_epochs=stop_after_epochs)
     started = time.time()
     device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
     torch.set_num_threads(cfg.schedule.threads)
