@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks in one call (about 4 minutes on one H100/H200):
-#   pytest -m gpu (tests/gpu), then benchmarks/stage_times.py and benchmarks/throughput.py.
+#   pytest -m gpu (tests/gpu), benchmarks/nodule_fit_speed.py (where ../shared/data is), then
+#   benchmarks/stage_times.py and benchmarks/throughput.py.
 #
 #   benchmarks/gpu.sh                      # here, or on the lent GPU machine (see below)
 #   OUT=/some/dir benchmarks/gpu.sh        # logs and JSON records land in $OUT (default: a temp dir)
@@ -32,12 +33,12 @@ export PYTHONPATH=$ROOT/src:$ROOT/benchmarks:$ROOT${PYTHONPATH:+:$PYTHONPATH}
 [ -d .benchdata ] && export SECONDREADER_BENCH_DATA=$ROOT/.benchdata
 
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    MODE=gpu DEVICE=cuda LIMITS=(100 70 220)
+    MODE=gpu DEVICE=cuda LIMITS=(100 70 220) FIT_LIMIT=150
     # 16 host cores: more screening threads keep the GPU fed; outputs are encoded after the answer
     export SECONDREADER_SCREEN_WORKERS=${SECONDREADER_SCREEN_WORKERS:-12}
     STAGE_ARGS=(--repeats 5) THROUGHPUT_ARGS=(--compile --profile --seconds 1 --studies 32 --concurrency 1 4 16 64)
 else
-    MODE=cpu DEVICE=cpu LIMITS=(0 900 1800)
+    MODE=cpu DEVICE=cpu LIMITS=(0 900 1800) FIT_LIMIT=600
     STAGE_ARGS=(--repeats 3) THROUGHPUT_ARGS=(--seconds 1 --studies 8 --concurrency 1 4 16)
 fi
 
@@ -63,6 +64,11 @@ if [ "$MODE" = gpu ]; then
     timeout "${LIMITS[0]}" "$PY" -m pytest -m gpu tests/gpu -q -p no:cacheprovider -W default 2>&1 | tee "$OUT/pytest_gpu.log" \
         || status=1
     echo "   pytest took ${SECONDS}s"
+fi
+if [ -d ../shared/data/cxr ]; then
+    echo "== nodule_fit_speed ($MODE): the recipe's steps/s with its batch preparation, by loader_workers"
+    timeout "${FIT_LIMIT}" "$PY" benchmarks/nodule_fit_speed.py --loaders 0 4 8 12 2>&1 | tee "$OUT/nodule_fit_speed.log" \
+        || status=1
 fi
 echo "== stage_times ($MODE)"
 timeout "${LIMITS[1]}" "$PY" benchmarks/stage_times.py --device "$DEVICE" "${STAGE_ARGS[@]}" --json "$OUT/stage_times.json" \

@@ -216,6 +216,21 @@ def test_fits_in_worker_processes_give_the_same_model_as_in_one(shared_data: Pat
     assert len(a["metrics"]["folds"]) == 2 and not (tmp_path / "two" / "runs" / "pools").exists()
 
 
+def test_batches_prepared_ahead_by_threads_do_not_depend_on_how_many(shared_data: Path, tmp_path: Path) -> None:
+    """``loader_workers``: each batch from its own seed, so one thread and two give the same weights;
+    the shipped stream (0: one generator, in the step's thread) is another, and stays as it was."""
+    keep = ("nih-00000001-000", "nih-00027426-000")
+
+    def weights(loaders: int) -> str:
+        cfg = _config(shared_data, tmp_path / str(loaders), keep=keep).model_copy(deep=True)
+        cfg.schedule.loader_workers, cfg.schedule.workers = loaders, 1
+        return str(train(cfg)["secondreader"]["weights_sha256"])
+
+    one, two, drawn = weights(1), weights(2), weights(0)
+    assert one == two
+    assert drawn != one
+
+
 def test_an_interrupted_run_continues_every_fit_from_its_last_epoch(shared_data: Path, tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """Each fit keeps its state after every epoch: a run stopped after epoch 1 of 2 (in two worker

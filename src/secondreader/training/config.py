@@ -55,6 +55,10 @@ class ScheduleConfig(BaseModel):
     threads: int = Field(2, ge=1)
     workers: int = Field(1, ge=1, description="processes that fit the localisation folds and final model side "
                                               "by side (each with ``threads`` threads)")
+    loader_workers: int = Field(0, ge=0, description="localisation: threads that prepare batches ahead of "
+                                "the training step. 0 draws every batch in the step's thread from one "
+                                "generator (the shipped recipes' stream); N >= 1 draws each batch from its "
+                                "own seed (another stream: other weights, the same for any N)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="auto (the first CUDA device when there is one, else the CPU), cpu, cuda or "
                                     "cuda:N; `secondreader train --device` overrides it")

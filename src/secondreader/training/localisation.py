@@ -28,7 +28,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -389,6 +391,66 @@ def _crops(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, nodules:
     return torch.cat(xs), torch.cat(ts), torch.cat(ws)
 
 
+def _batch(pool: Pool, idx: np.ndarray, lc: LesionConfig, spec: InputSpec, g: torch.Generator,
+           hard: Sequence[Sequence[tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training batch of the pool's pictures ``idx``: intensity augmentation, the jittered
+    percentile stretch and the crops (inputs, targets, weights), every random draw from ``g``."""
+    x = torch.from_numpy(pool.images[idx].astype(np.float32))[:, None]
+    x = standardise(_augment_intensity(x, lc, g), spec, points=_stretch_points(len(idx), lc, g))
+    t = torch.from_numpy(pool.targets[idx].astype(np.float32))[:, None]
+    w = torch.from_numpy(pool.weights[idx].astype(np.float32))[:, None]
+    return _crops(x, t, w, [pool.nodules[i] for i in idx], lc, g, hard)
+
+
+def _seed_of(*parts: int) -> int:
+    """A generator seed for one batch (or one epoch's order) of a fit: the fit's seed, the epoch, the step."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _seeded_batch(pool: Pool, idx: np.ndarray, lc: LesionConfig, spec: InputSpec, seed: int,
+                  hard: Sequence[Sequence[tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _batch(pool, idx, lc, spec, torch.Generator().manual_seed(seed), hard)
+
+
+_Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _marks(hard: dict[int, list[tuple[int, int]]], idx: np.ndarray) -> Sequence[Sequence[tuple[int, int]]]:
+    return [hard.get(int(i), []) for i in idx] if hard else ()
+
+
+def _drawn_batches(pool: Pool, steps: list[np.ndarray], lc: LesionConfig, spec: InputSpec, g: torch.Generator,
+                   hard: dict[int, list[tuple[int, int]]], threads: int) -> Iterator[_Batch]:
+    """The batches of one epoch drawn in turn from the fit's one generator, in the step's thread
+    (``loader_workers: 0``): the per-image augmentation on one thread (its small convolutions were 50x
+    slower on two threads of a 2-core CPU than on one), the step on ``threads``."""
+    for idx in steps:
+        torch.set_num_threads(1)
+        batch = _batch(pool, idx, lc, spec, g, _marks(hard, idx))
+        torch.set_num_threads(threads)
+        yield batch
+
+
+def _loaded_batches(loader: ThreadPoolExecutor, window: int, pool: Pool, steps: list[np.ndarray], lc: LesionConfig,
+                    spec: InputSpec, hard: dict[int, list[tuple[int, int]]], seeds: list[int]) -> Iterator[_Batch]:
+    """The batches of one epoch prepared ahead by ``loader``'s threads, each from its own seed, so
+    that they do not depend on how many threads prepare them; at most ``window`` wait at a time."""
+    ahead: deque[Future[_Batch]] = deque()
+    todo = iter(zip(steps, seeds, strict=True))
+
+    def submit() -> None:
+        nxt = next(todo, None)
+        if nxt is not None:
+            ahead.append(loader.submit(_seeded_batch, pool, nxt[0], lc, spec, nxt[1], _marks(hard, nxt[0])))
+
+    for _ in range(window):
+        submit()
+    while ahead:
+        batch = ahead.popleft().result()
+        submit()
+        yield batch
+
+
 def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, dice_weight: float,
           pos_weight: float = 1.0) -> torch.Tensor:
     """Weighted binary cross-entropy (nodule pixels ``pos_weight`` times) plus a soft Dice over the
@@ -504,39 +566,46 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
         else:
             logger.info("fit %s: its checkpoint was made by another configuration; starting again", name)
     network.train()
-    for epoch in range(first_epoch, sched.epochs):
-        if lc.hard_negative_fraction > 0 and epoch in lc.hard_negative_epochs:
-            torch.set_num_threads(threads)
-            hard = mine_hard_negatives(network, pool, members, spec, recipe=map_recipe(cfg))
-            network.train()  # predict_maps left it in eval mode
-            logger.debug("epoch %d: false peaks on %d pictures", epoch, len(hard))
-        order = members[torch.randperm(len(members), generator=g).numpy()]
-        for step in range(steps_per_epoch):
-            torch.set_num_threads(1)
-            idx = np.sort(order[step * sched.batch_size:(step + 1) * sched.batch_size])
-            x = torch.from_numpy(pool.images[idx].astype(np.float32))[:, None]
-            x = standardise(_augment_intensity(x, lc, g), spec, points=_stretch_points(len(idx), lc, g))
-            t = torch.from_numpy(pool.targets[idx].astype(np.float32))[:, None]
-            w = torch.from_numpy(pool.weights[idx].astype(np.float32))[:, None]
-            xc, tc, wc = _crops(x, t, w, [pool.nodules[i] for i in idx], lc, g,
-                                [hard.get(int(i), []) for i in idx] if hard else ())
-            torch.set_num_threads(threads)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = network(xc.to(device))
-            loss = _loss(out.float(), tc.to(device), wc.to(device), lc.dice_weight, lc.pos_weight)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimiser.step()
-            scheduler.step()
-            advance()
-        if checkpoints is not None and saved is not None:
-            _save_fit(saved, {"config": checkpoints.digest, "seed": seed, "epoch": epoch + 1,
-                              "model": network.state_dict(), "optimiser": optimiser.state_dict(),
-                              "scheduler": scheduler.state_dict(), "generator": g.get_state(),
-                              "hard": {str(k): [list(p) for p in v] for k, v in hard.items()}})
-            if checkpoints.stop_after_epochs is not None and epoch + 1 >= checkpoints.stop_after_epochs \
-                    and epoch + 1 < sched.epochs:
-                raise FitInterrupted(f"fit {name} stopped after epoch {epoch + 1} as asked")
+    loader = ThreadPoolExecutor(sched.loader_workers, thread_name_prefix="batches") if sched.loader_workers else None
+    try:
+        for epoch in range(first_epoch, sched.epochs):
+            if lc.hard_negative_fraction > 0 and epoch in lc.hard_negative_epochs:
+                torch.set_num_threads(threads)
+                hard = mine_hard_negatives(network, pool, members, spec, recipe=map_recipe(cfg))
+                network.train()  # predict_maps left it in eval mode
+                logger.debug("epoch %d: false peaks on %d pictures", epoch, len(hard))
+            if loader is None:
+                order = members[torch.randperm(len(members), generator=g).numpy()]
+            else:
+                order = members[torch.randperm(len(members),
+                                               generator=torch.Generator().manual_seed(_seed_of(seed, epoch))).numpy()]
+            steps = [np.sort(order[step * sched.batch_size:(step + 1) * sched.batch_size])
+                     for step in range(steps_per_epoch)]
+            if loader is None:
+                batches = _drawn_batches(pool, steps, lc, spec, g, hard, threads)
+            else:
+                batches = _loaded_batches(loader, 2 * sched.loader_workers, pool, steps, lc, spec, hard,
+                                          [_seed_of(seed, epoch, step) for step in range(len(steps))])
+            for xc, tc, wc in batches:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = network(xc.to(device))
+                loss = _loss(out.float(), tc.to(device), wc.to(device), lc.dice_weight, lc.pos_weight)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimiser.step()
+                scheduler.step()
+                advance()
+            if checkpoints is not None and saved is not None:
+                _save_fit(saved, {"config": checkpoints.digest, "seed": seed, "epoch": epoch + 1,
+                                  "model": network.state_dict(), "optimiser": optimiser.state_dict(),
+                                  "scheduler": scheduler.state_dict(), "generator": g.get_state(),
+                                  "hard": {str(k): [list(p) for p in v] for k, v in hard.items()}})
+                if checkpoints.stop_after_epochs is not None and epoch + 1 >= checkpoints.stop_after_epochs \
+                        and epoch + 1 < sched.epochs:
+                    raise FitInterrupted(f"fit {name} stopped after epoch {epoch + 1} as asked")
+    finally:
+        if loader is not None:
+            loader.shutdown(cancel_futures=True)
     return network.eval()
 
 
@@ -769,7 +838,7 @@ def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: P
     process, so the result does not depend on ``workers``."""
     import multiprocessing
     import shutil
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     folder = run_dir / "pools"
     _save_pool(data.pool, folder / "train")
