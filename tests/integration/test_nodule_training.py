@@ -44,6 +44,11 @@ def _config(shared_data: Path, tmp_path: Path, keep: tuple[str, ...] | None = No
     return load_config(path)
 
 
+def without_seconds(folds: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+    """Fold figures less their wall-clock time (the only part that differs between equal runs)."""
+    return [{k: v for k, v in f.items() if k != "seconds"} for f in folds]
+
+
 def test_every_configured_background_reads_as_a_chest_with_two_lungs(shared_data: Path, tmp_path: Path) -> None:
     cfg = _config(shared_data, tmp_path)
     assert cfg.lesions is not None
@@ -209,9 +214,6 @@ def test_fits_in_worker_processes_give_the_same_model_as_in_one(shared_data: Pat
     a, b = train(one)["secondreader"], train(two)["secondreader"]
     assert a["weights_sha256"] == b["weights_sha256"]
 
-    def without_seconds(folds: list[dict]) -> list[dict]:  # type: ignore[type-arg]
-        return [{k: v for k, v in f.items() if k != "seconds"} for f in folds]
-
     assert without_seconds(a["metrics"]["folds"]) == without_seconds(b["metrics"]["folds"])
     assert len(a["metrics"]["folds"]) == 2 and not (tmp_path / "two" / "runs" / "pools").exists()
 
@@ -256,9 +258,6 @@ def test_an_interrupted_run_continues_every_fit_from_its_last_epoch(shared_data:
         "fit final: resumed after epoch 1", "fit fold-nih-00000001-000: resumed after epoch 1",
         "fit fold-nih-00027426-000: resumed after epoch 1"]
     assert resumed["weights_sha256"] == whole["weights_sha256"]
-
-    def without_seconds(folds: list[dict]) -> list[dict]:  # type: ignore[type-arg]
-        return [{k: v for k, v in f.items() if k != "seconds"} for f in folds]
 
     assert without_seconds(resumed["metrics"]["folds"]) == without_seconds(whole["metrics"]["folds"])
     assert resumed["metrics"]["test"] == whole["metrics"]["test"]

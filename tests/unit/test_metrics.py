@@ -53,7 +53,7 @@ def test_operating_point_statistics() -> None:
 
 def test_decision_rates_count_each_kind_of_decision() -> None:
     r = decision_rates(np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1]))
-    assert (r.true_positive, r.true_negative, r.correct, r.n_positive, r.n_negative) == (2, 1, 3, 3, 2)
+    assert (r.true_positive, r.true_negative, r.n_positive, r.n_negative) == (2, 1, 3, 2)
     assert (r.accuracy, r.sensitivity, r.specificity) == (0.6, pytest.approx(2 / 3), 0.5)
     # no negatives: the specificity is undefined and its interval is the whole range
     none = decision_rates(np.array([1, 0]), np.array([1, 1])).to_json()

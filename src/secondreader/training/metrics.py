@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from ..audit.summary import wilson_interval
+from ..audit.summary import Rate
 
 __all__ = ["BinaryMetrics", "DecisionRates", "auroc", "binary_metrics", "bootstrap_auroc", "decision_rates",
            "expected_calibration_error", "threshold_for_sensitivity", "youden_threshold"]
@@ -83,48 +83,47 @@ def _ci(interval: tuple[float, float]) -> list[float]:
 @dataclass(frozen=True, slots=True)
 class DecisionRates:
     """Accuracy, sensitivity and specificity of yes/no decisions, as counts: each rate is a binomial
-    proportion, reported with its Wilson 95% interval."""
+    proportion (an audit :class:`Rate`), reported with its Wilson 95% interval."""
 
-    correct: int
     true_positive: int
     true_negative: int
     n_positive: int
     n_negative: int
 
-    @property
-    def n(self) -> int:
-        return self.n_positive + self.n_negative
+    def _rates(self) -> dict[str, Rate]:
+        return {"accuracy": Rate(self.true_positive + self.true_negative, self.n_positive + self.n_negative),
+                "sensitivity": Rate(self.true_positive, self.n_positive),
+                "specificity": Rate(self.true_negative, self.n_negative)}
 
-    def _rate(self, hits: int, trials: int) -> float:
-        return hits / trials if trials else float("nan")
+    def _value(self, name: str) -> float:
+        value = self._rates()[name].value
+        return float("nan") if value is None else value
 
     @property
     def accuracy(self) -> float:
-        return self._rate(self.correct, self.n)
+        return self._value("accuracy")
 
     @property
     def sensitivity(self) -> float:
-        return self._rate(self.true_positive, self.n_positive)
+        return self._value("sensitivity")
 
     @property
     def specificity(self) -> float:
-        return self._rate(self.true_negative, self.n_negative)
+        return self._value("specificity")
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "accuracy": round(self.accuracy, 4), "accuracy_ci95": _ci(wilson_interval(self.correct, self.n)),
-            "sensitivity": round(self.sensitivity, 4),
-            "sensitivity_ci95": _ci(wilson_interval(self.true_positive, self.n_positive)),
-            "specificity": round(self.specificity, 4),
-            "specificity_ci95": _ci(wilson_interval(self.true_negative, self.n_negative)),
-        }
+        out: dict[str, object] = {}
+        for name, rate in self._rates().items():
+            out[name] = round(self._value(name), 4)
+            out[f"{name}_ci95"] = _ci(rate.interval)
+        return out
 
 
 def decision_rates(predicted: np.ndarray, labels: np.ndarray) -> DecisionRates:
     """The counts behind accuracy, sensitivity and specificity of ``predicted`` (bool) against ``labels``."""
     pred = np.asarray(predicted).ravel().astype(bool)
     y = np.asarray(labels).ravel().astype(bool)
-    return DecisionRates(correct=int((pred == y).sum()), true_positive=int((pred & y).sum()),
+    return DecisionRates(true_positive=int((pred & y).sum()),
                          true_negative=int((~pred & ~y).sum()), n_positive=int(y.sum()), n_negative=int((~y).sum()))
 
 
