@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from pydantic import ValidationError
 
 from secondreader.cli import main
 from secondreader.model.card import load_card
@@ -19,6 +20,7 @@ from secondreader.preprocessing import InputSpec
 from secondreader.training.config import TrainConfig, load_config
 from secondreader.training.lesions import lung_mask, square_picture
 from secondreader.training.localisation import build_pool, build_test_set, load_backgrounds
+from secondreader.training.losses import LossConfig
 from secondreader.training.train import train
 
 from ..conftest import ROOT
@@ -289,3 +291,21 @@ def test_a_nodule_model_fine_tunes_from_a_shipped_one_and_refuses_a_classifier(s
     wrong = tuned_cfg.model_copy(update={"init_from": models_dir / "cxr-pneumonia"})
     with pytest.raises(ValueError, match="init_from model cxr-pneumonia@1.0.0 has network"):
         train(wrong)
+
+
+def test_the_dense_recipe_trains_with_monai_losses_named_in_its_config(shared_data: Path, tmp_path: Path) -> None:
+    cfg = _config(shared_data, tmp_path, keep=("nih-00000001-000", "rg1-cr")).model_copy(deep=True)
+    assert cfg.lesions is not None
+    cfg.lesions.folds = "none"
+    cfg.loss = LossConfig.model_validate({"terms": [
+        {"class": "FocalLoss", "args": {"gamma": 2.0}},
+        {"class": "MaskedDiceLoss", "args": {"sigmoid": True, "batch": True}, "weight": 0.5}]})
+    training = train(cfg)["secondreader"]["training"]
+    assert training["loss"] == ("monai.losses.FocalLoss(gamma=2.0) + "
+                                "0.5 x monai.losses.MaskedDiceLoss(sigmoid=True, batch=True)")
+    assert "monai.losses.FocalLoss(gamma=2.0)" in (cfg.output_dir / "docs" / "README.md").read_text()
+    # the built-in loss's own weights do not apply to configured terms: refused, not ignored
+    raw = cfg.model_dump(mode="json", by_alias=True)
+    raw["lesions"]["pos_weight"] = 3.0
+    with pytest.raises(ValidationError, match="give each term its own weight"):
+        TrainConfig.model_validate(raw)

@@ -13,6 +13,7 @@ from secondreader.model.card import load_card
 from secondreader.model.predictor import TorchPredictor
 from secondreader.training.config import TrainConfig, load_config
 from secondreader.training.data import load_medmnist
+from secondreader.training.losses import LossConfig
 from secondreader.training.train import train
 
 from ..conftest import ROOT
@@ -46,6 +47,7 @@ def test_tiny_training_exports_a_bundle_that_reloads_and_predicts(shared_data: P
     assert meta["secondreader"]["metrics"]["test"]["n"] == 192
     training = meta["secondreader"]["training"]
     assert training["device"] == "cpu, float32" and training["machine"].endswith("; cpu, float32")
+    assert training["loss"] == "binary cross-entropy"
     assert (bundle / "docs" / "README.md").is_file()
     assert (bundle / "docs" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     predictor = TorchPredictor(card, device="cpu")
@@ -120,3 +122,13 @@ def test_a_dicom_manifest_trains_through_the_serving_chain(shared_data: Path, tm
     meta = train(load_config(config))
     assert meta["secondreader"]["metrics"]["test"]["n"] == 23
     assert load_card(tmp_path / "bundle").findings[0].code == "pneumonia"
+
+
+def test_a_monai_loss_named_in_the_config_is_the_one_trained_with(shared_data: Path, tmp_path: Path) -> None:
+    built_in = _tiny(shared_data, tmp_path, "bce")
+    focal = _tiny(shared_data, tmp_path, "focal").model_copy(update={"loss": LossConfig.model_validate(
+        {"terms": [{"class": "FocalLoss", "args": {"gamma": 2.0}}]})})
+    a, b = train(built_in)["secondreader"], train(focal)["secondreader"]
+    assert b["training"]["loss"] == "monai.losses.FocalLoss(gamma=2.0)"
+    assert a["weights_sha256"] != b["weights_sha256"]
+    assert 0.5 < b["metrics"]["validation"]["auroc"] <= 1.0

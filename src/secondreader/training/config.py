@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from secondreader.training.losses import LossConfig
+
 __all__ = ["ScheduleConfig", "TrainConfig", "load_config", "run_digest"]
 
 
@@ -186,6 +188,9 @@ class TrainConfig(BaseModel):
     seed: int = 0
     data: DataConfig
     network: NetworkConfig
+    loss: LossConfig | None = Field(None, description="losses from monai.losses, weighted and summed; without it "
+                                    "the recipe's built-in loss (cross-entropy; for dense maps weighted "
+                                    "cross-entropy plus a soft Dice)")
     saliency: SaliencyConfig = SaliencyConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -203,6 +208,14 @@ class TrainConfig(BaseModel):
     def _changelog_names_version(self) -> TrainConfig:
         if self.changelog and self.version not in self.changelog:
             raise ValueError(f"changelog has no entry for version {self.version}: say what this version changes")
+        return self
+
+    @model_validator(mode="after")
+    def _one_loss(self) -> TrainConfig:
+        lc = self.lesions
+        if self.loss is not None and lc is not None and (lc.pos_weight != 1.0 or lc.dice_weight != 1.0):
+            raise ValueError("lesions.pos_weight and lesions.dice_weight weight the built-in loss; with `loss:` "
+                             "give each term its own weight instead")
         return self
 
 

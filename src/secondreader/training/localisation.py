@@ -71,6 +71,7 @@ from .lesions import (
     shrink,
     square_picture,
 )
+from .losses import Loss, build_loss, describe_loss
 from .metrics import auroc, binary_metrics, decision_rates
 from .plots import reliability_png
 from .train import (
@@ -463,6 +464,24 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, dice
     return bce + dice_weight * dice
 
 
+#: the built-in dense loss, as bundles and cards name it
+BUILT_IN_DENSE_LOSS = "binary cross-entropy (nodule pixels pos_weight times) + dice_weight x soft Dice over the batch"
+
+
+def dense_loss(cfg: TrainConfig) -> Loss:
+    """The fit's loss: the config's MONAI terms, or the built-in one the shipped bundles trained with."""
+    if cfg.loss is not None:
+        return build_loss(cfg.loss)
+    lc = cfg.lesions
+    assert lc is not None
+
+    def built_in(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        assert weight is not None
+        return _loss(logits, target, weight, lc.dice_weight, lc.pos_weight)
+
+    return built_in
+
+
 def map_recipe(cfg: TrainConfig) -> MapRecipe:
     """The config's map recipe (smoothing, flip averaging), as the bundle's card will serve it."""
     return MapRecipe(cfg.saliency.smoothing_sigma, cfg.saliency.flip_average)
@@ -544,6 +563,7 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
     steps_per_epoch = max(1, len(members) // sched.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=sched.max_lr,
                                                     total_steps=sched.epochs * steps_per_epoch)
+    loss_fn = dense_loss(cfg)
     g = torch.Generator().manual_seed(seed)
     # the network's steps use ``schedule.threads``; the per-image augmentation runs on one thread
     # (its small convolutions were 50x slower on two threads of this CPU than on one)
@@ -589,7 +609,7 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
             for xc, tc, wc in batches:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out = network(xc.to(device))
-                loss = _loss(out.float(), tc.to(device), wc.to(device), lc.dice_weight, lc.pos_weight)
+                loss = loss_fn(out.float(), tc.to(device), wc.to(device))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimiser.step()
@@ -1159,6 +1179,7 @@ def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics:
                 "config": str(config_path) if config_path else None,
                 "seed": cfg.seed,
                 "epochs": cfg.schedule.epochs,
+                "loss": describe_loss(cfg.loss, BUILT_IN_DENSE_LOSS),
                 "lesions": lc.model_dump(mode="json", exclude={"backgrounds"}),
                 "backgrounds": [{"id": b.id, "source": b.source, "real_lesions": b.real_lesions,
                                  "unknown": [u.note for u in b.unknown]} for b in lc.backgrounds],

@@ -79,9 +79,15 @@ ResNet-50 (224) 0.962 / 0.884, Google AutoML Vision 0.991 / 0.946.
 ```
 
 Training took {sr['training']['seconds']} s on {sr['training']['machine']} (seed {sr['training']['seed']},
-{sr['training']['epochs']} epochs). {prov.get('repeatability') or 'Bit-identical weights are not expected across CPUs.'}
+{sr['training']['epochs']} epochs{loss_phrase(sr['training'])}).
+{prov.get('repeatability') or 'Bit-identical weights are not expected across CPUs.'}
 {versions_section(meta)}"""
     path.write_text(text)
+
+
+def loss_phrase(training: dict[str, Any]) -> str:
+    """", loss: ..." for the card's training line, where the bundle records its loss."""
+    return f", loss: {training['loss']}" if training.get("loss") else ""
 
 
 def versions_section(meta: dict[str, Any]) -> str:

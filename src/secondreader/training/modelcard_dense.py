@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .modelcard import versions_section, with_interval
+from .modelcard import loss_phrase, versions_section, with_interval
 
 __all__ = ["write_dense_model_card"]
 
@@ -210,8 +210,8 @@ made by `secondreader.training.lesions.generated_chest`. {prov.get('data_source'
 ```
 
 {_timing(training, len(metrics.get('folds', [])))}
-(seed {training['seed']}, {training['epochs']} epochs per model). Every fit is seeded and runs on one CPU
-thread, which is bit-for-bit repeatable on the same software without torch's deterministic mode (ten
+(seed {training['seed']}, {training['epochs']} epochs per model{loss_phrase(training)}). Every fit is seeded and
+runs on one CPU thread, which is bit-for-bit repeatable on the same software without torch's deterministic mode (ten
 times slower on the CPU); other CPUs or library versions differ in the last bits. {prov.get('repeatability', '')}
 
 `secondreader evaluate <this bundle> --config {training.get('config') or 'CONFIG'}` recomputes the

@@ -15,6 +15,7 @@ import logging
 import platform
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from ..preprocessing import InputSpec, model_input_transform
 from ..scoring.calibration import calibrated_probability, fit_platt
 from .config import OperatingPointConfig, TrainConfig, run_digest
 from .data import load_splits
+from .losses import build_loss, describe_loss
 from .metrics import auroc, binary_metrics, threshold_for_sensitivity, youden_threshold
 from .modelcard import write_model_card
 from .plots import reliability_png
@@ -114,6 +116,19 @@ def training_hardware(device: torch.device, amp: bool) -> dict[str, str]:
     else:
         where = "cpu, float32"
     return {"machine": f"{platform.machine()} {torch.get_num_threads()} threads ({cpu}); {where}", "device": where}
+
+
+#: the built-in classifier loss, as bundles name it
+BUILT_IN_CLASSIFIER_LOSS = "binary cross-entropy"
+
+
+def _classifier_loss(cfg: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(logits (N,), labels (N,)) -> loss``: the config's MONAI terms (given the (N, 1) shapes they
+    expect), or the built-in cross-entropy the shipped classifier trained with."""
+    if cfg.loss is None:
+        return torch.nn.BCEWithLogitsLoss()
+    terms = build_loss(cfg.loss)
+    return lambda logits, labels: terms(logits[:, None], labels[:, None], None)
 
 
 def _state_dict_bytes(network: torch.nn.Module) -> bytes:
@@ -244,7 +259,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     steps_per_epoch = (len(train_split.labels) + cfg.schedule.batch_size - 1) // cfg.schedule.batch_size
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.schedule.max_lr,
                                                     total_steps=cfg.schedule.epochs * steps_per_epoch)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    loss_fn = _classifier_loss(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     labels = torch.as_tensor(train_split.labels, dtype=torch.float32)
     logger.info("training %s on %s", cfg.name, training_hardware(device, amp)["device"])
@@ -287,7 +302,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
                     out = network(x.to(device))
                 loss = loss_fn(out[:, 0].float(), labels[idx].to(device))
                 optimiser.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 optimiser.step()
                 scheduler.step()
                 total += float(loss.detach()) * len(idx)
@@ -449,6 +464,7 @@ def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, 
                 "config": str(config_path) if config_path else None,
                 "seed": cfg.seed,
                 "epochs": cfg.schedule.epochs,
+                "loss": describe_loss(cfg.loss, BUILT_IN_CLASSIFIER_LOSS),
                 "history": history,
                 "seconds": round(seconds, 1),
                 **hardware,
