@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -309,3 +310,20 @@ def test_the_dense_recipe_trains_with_monai_losses_named_in_its_config(shared_da
     raw["lesions"]["pos_weight"] = 3.0
     with pytest.raises(ValidationError, match="give each term its own weight"):
         TrainConfig.model_validate(raw)
+
+
+def test_a_validation_split_without_negatives_is_refused_before_any_fitting(
+        shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One background and one generated validation chest: the fold that leaves the background out
+    validates on that one picture, of one class. The run stops before fitting, naming the fold and
+    the fix."""
+    cfg = _config(shared_data, tmp_path, keep=("nih-00000001-000",))
+    raw = yaml.safe_load((tmp_path / "nodule.yaml").read_text())
+    raw["lesions"]["validation_generated"] = 1
+    (tmp_path / "nodule.yaml").write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "nodule.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"validation pictures for nih-00000001-000 are 1, [01] of them with nodules", err)
+    assert "lesions.validation_generated" in err and "Traceback" not in err
+    assert not (cfg.checkpoint_dir / "fits").exists()  # nothing was fitted

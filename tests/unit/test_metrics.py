@@ -88,3 +88,10 @@ def test_operating_and_urgent_points_come_from_validation() -> None:
     positives = p[y == 1]
     assert (positives >= op).mean() >= 0.95 > (positives > op).mean()  # the highest threshold that keeps 95%
     assert (p[y == 0] < urgent).mean() >= 0.99 and urgent >= op
+
+
+@pytest.mark.parametrize("labels", [[1, 1, 1, 1], [0, 0, 0, 0]])
+def test_a_validation_split_of_one_class_is_refused_with_what_it_holds(labels: list[int]) -> None:
+    y = np.asarray(labels)
+    with pytest.raises(ValueError, match=f"holds 4 studies, {int(y.sum())} of them positive"):
+        calibrate_on_validation(np.linspace(-1, 1, 4), y, OperatingPointConfig())

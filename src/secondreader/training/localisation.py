@@ -719,6 +719,18 @@ class Calibration:
         return float(1 / (1 + math.exp(-z)))
 
 
+def _check_validation(val_pool: Pool, uses: list[tuple[str, np.ndarray]]) -> None:
+    """Before any fitting: each model's validation pictures (``uses``: whose, which) must hold
+    pictures with and without nodules, or its calibration and operating points cannot be placed."""
+    has = np.asarray([bool(n) for n in val_pool.nodules])
+    for whose, keep in uses:
+        positives, n = int(has[keep].sum()), int(keep.sum())
+        if positives in (0, n):
+            raise ValueError(f"the validation pictures for {whose} are {n}, {positives} of them with nodules: "
+                             "calibration and the operating points need pictures with and without; raise "
+                             "lesions.validation_per_background or lesions.validation_generated")
+
+
 def calibrate(val: Scored, cfg: TrainConfig) -> Calibration:
     a, b, _p, op, urgent = calibrate_on_validation(val.logits, val.labels, cfg.operating_point)
     return Calibration(a, b, op, urgent)
@@ -929,6 +941,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
                 time.time() - started)
 
     folds = [i for i, bg in enumerate(backgrounds) if not bg.real_lesions] if lc.folds != "none" else []
+    _check_validation(val_pool, [(backgrounds[f].id, val_pool.groups != f) for f in folds]
+                      + [("the final model", np.ones(len(val_pool), bool))])
 
     def steps(n: int) -> int:
         return cfg.schedule.epochs * max(1, n // cfg.schedule.batch_size)

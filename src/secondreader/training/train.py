@@ -360,7 +360,14 @@ def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: Oper
                             ) -> tuple[float, float, np.ndarray, float, float]:
     """Platt calibration fitted on validation, then the operating point (Youden or a target
     sensitivity) and the urgent point (the given specificity, never below the operating point).
-    Returns ``(a, b, calibrated probabilities, operating point, urgent point)``."""
+    Returns ``(a, b, calibrated probabilities, operating point, urgent point)``. A validation split
+    of one class cannot place either point: that is refused, naming what it holds."""
+    labels = np.asarray(labels)
+    positives = int((labels == 1).sum())
+    if positives == 0 or positives == len(labels):
+        raise ValueError(f"the validation split holds {len(labels)} studies, {positives} of them positive: "
+                         "calibration and the operating points need positive and negative studies; give it more "
+                         "studies (for lesion insertion: lesions.validation_per_background, validation_generated)")
     try:
         a, b = fit_platt(logits, labels)
     except ValueError as exc:
