@@ -35,7 +35,6 @@ from .outputs.provenance import Provenance, SeriesSettings
 from .preprocessing import GeometryRecord, prepare_frame, window_frame
 from .quarantine import Quarantine
 from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult, WrittenOutputs
-from .scoring.calibration import calibrated_probability
 from .scoring.priority import FindingResult, Priority, Route, StudyStatus, prioritise
 
 __all__ = ["ParsedInput", "ScreeningOptions", "StudyOutputs", "display_frames", "parse_input", "run_study",
@@ -169,7 +168,7 @@ def _predict(
         for k, spec in enumerate(card.findings):
             probs = []
             for frame, geometry, prediction in zip(frames, geometries, predictions, strict=True):
-                p = float(calibrated_probability(prediction.logits[k], spec.calibration_a, spec.calibration_b))
+                p = float(spec.calibration.probability(prediction.logits[k]))
                 frame.probabilities[spec.code] = p
                 probs.append(p)
                 if prediction.saliency is not None:

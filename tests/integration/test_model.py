@@ -62,12 +62,10 @@ def test_full_resolution_dicoms_of_test_images_score_like_the_originals(
     chosen = rng.choice(len(test.labels), 120, replace=False)
     items, labels, originals = [], [], []
     card = pneumonia_predictor.card
-    from secondreader.scoring.calibration import calibrated_probability
     from secondreader.training.train import predict_logits
     spec = card.findings[0]
-    original_p = calibrated_probability(
-        predict_logits(pneumonia_predictor.network, test.images[chosen], card.input_spec),
-        spec.calibration_a, spec.calibration_b)
+    original_p = spec.calibration.probability(
+        predict_logits(pneumonia_predictor.network, test.images[chosen], card.input_spec))
     for k, index in enumerate(chosen):
         small = test.images[index, 0].numpy().astype(np.float64)
         square = resize(small, (700, 700), order=3, mode="edge", anti_aliasing=False)

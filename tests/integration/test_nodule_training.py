@@ -18,7 +18,7 @@ from secondreader.cli import main
 from secondreader.model.card import load_card
 from secondreader.model.dense import DensePredictor, load_predictor
 from secondreader.preprocessing import InputSpec
-from secondreader.training.config import TrainConfig, load_config
+from secondreader.training.config import CalibrationConfig, TrainConfig, load_config
 from secondreader.training.lesions import lung_mask, square_picture
 from secondreader.training.localisation import build_pool, build_test_set, load_backgrounds
 from secondreader.training.losses import LossConfig
@@ -301,10 +301,22 @@ def test_the_dense_recipe_trains_with_monai_losses_named_in_its_config(shared_da
     cfg.loss = LossConfig.model_validate({"terms": [
         {"class": "FocalLoss", "args": {"gamma": 2.0}},
         {"class": "MaskedDiceLoss", "args": {"sigmoid": True, "batch": True}, "weight": 0.5}]})
-    training = train(cfg)["secondreader"]["training"]
-    assert training["loss"] == ("monai.losses.FocalLoss(gamma=2.0) + "
-                                "0.5 x monai.losses.MaskedDiceLoss(sigmoid=True, batch=True)")
-    assert "monai.losses.FocalLoss(gamma=2.0)" in (cfg.output_dir / "docs" / "README.md").read_text()
+    cfg.calibration = CalibrationConfig(method="temperature")
+    meta = train(cfg)["secondreader"]
+    assert meta["training"]["loss"] == ("monai.losses.FocalLoss(gamma=2.0) + "
+                                        "0.5 x monai.losses.MaskedDiceLoss(sigmoid=True, batch=True)")
+    text = (cfg.output_dir / "docs" / "README.md").read_text()
+    stored = meta["findings"]["nodule"]["calibration"]
+    assert "monai.losses.FocalLoss(gamma=2.0)" in text and f"temperature scaling (T={stored['temperature']})" in text
+    # temperature scaling: served as stored, and the map's region threshold is its inverse at the
+    # operating point
+    assert stored["method"] == "temperature" and stored["b"] == 0.0
+    predictor = load_predictor(cfg.output_dir, device="cpu")
+    finding = predictor.card.findings[0]
+    assert finding.calibration.method == "temperature"
+    threshold = meta["saliency"]["region_threshold"]
+    logit = float(np.log(threshold / (1 - threshold)))
+    assert float(finding.calibration.probability(logit)) == pytest.approx(finding.operating_point, abs=1e-3)
     # the built-in loss's own weights do not apply to configured terms: refused, not ignored
     raw = cfg.model_dump(mode="json", by_alias=True)
     raw["lesions"]["pos_weight"] = 3.0

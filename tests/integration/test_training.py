@@ -11,10 +11,11 @@ import yaml
 
 from secondreader.model.card import load_card
 from secondreader.model.predictor import TorchPredictor
-from secondreader.training.config import TrainConfig, load_config
+from secondreader.training.config import CalibrationConfig, TrainConfig, load_config
 from secondreader.training.data import load_medmnist
 from secondreader.training.losses import LossConfig
-from secondreader.training.train import train
+from secondreader.training.metrics import auroc
+from secondreader.training.train import predict_logits, train
 
 from ..conftest import ROOT
 
@@ -124,11 +125,23 @@ def test_a_dicom_manifest_trains_through_the_serving_chain(shared_data: Path, tm
     assert load_card(tmp_path / "bundle").findings[0].code == "pneumonia"
 
 
-def test_a_monai_loss_named_in_the_config_is_the_one_trained_with(shared_data: Path, tmp_path: Path) -> None:
+def test_the_configs_loss_and_calibration_are_the_ones_trained_with(shared_data: Path, tmp_path: Path) -> None:
     built_in = _tiny(shared_data, tmp_path, "bce")
-    focal = _tiny(shared_data, tmp_path, "focal").model_copy(update={"loss": LossConfig.model_validate(
-        {"terms": [{"class": "FocalLoss", "args": {"gamma": 2.0}}]})})
+    focal = _tiny(shared_data, tmp_path, "focal").model_copy(update={
+        "loss": LossConfig.model_validate({"terms": [{"class": "FocalLoss", "args": {"gamma": 2.0}}]}),
+        "calibration": CalibrationConfig(method="isotonic")})
     a, b = train(built_in)["secondreader"], train(focal)["secondreader"]
     assert b["training"]["loss"] == "monai.losses.FocalLoss(gamma=2.0)"
     assert a["weights_sha256"] != b["weights_sha256"]
     assert 0.5 < b["metrics"]["validation"]["auroc"] <= 1.0
+    assert a["findings"]["pneumonia"]["calibration"]["method"] == "platt"
+    stored = b["findings"]["pneumonia"]["calibration"]
+    assert stored["method"] == "isotonic" and len(stored["logits"]) == len(stored["probabilities"]) >= 2
+    assert "isotonic regression (" in (focal.output_dir / "docs" / "README.md").read_text()
+    # served as stored: the predictor's calibrated test probabilities give the bundle's test AUROC
+    card = load_card(focal.output_dir)
+    assert card.findings[0].calibration.method == "isotonic"
+    test = load_medmnist(focal.data.path, limit=focal.data.limit)["test"]
+    p = card.findings[0].calibration.probability(
+        predict_logits(TorchPredictor(card, device="cpu").network, test.images, card.input_spec))
+    assert auroc(p, test.labels) == pytest.approx(b["metrics"]["test"]["auroc"], abs=1e-3)

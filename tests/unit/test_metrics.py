@@ -77,14 +77,15 @@ def test_threshold_for_sensitivity_is_the_highest_that_keeps_it() -> None:
     assert threshold_for_sensitivity(p, y, 0.5) == 0.6
 
 
-def test_operating_and_urgent_points_come_from_validation() -> None:
+@pytest.mark.parametrize("method", ["platt", "temperature", "isotonic"])
+def test_operating_and_urgent_points_come_from_validation(method: str) -> None:
     rng = np.random.default_rng(7)
     y = np.array([0] * 200 + [1] * 100)
     logits = np.where(y == 1, 2.0, -2.0) + rng.normal(0, 1.5, len(y))
-    a, b, p, op, urgent = calibrate_on_validation(logits, y, OperatingPointConfig(method="sensitivity",
-                                                                                    sensitivity=0.95,
-                                                                                    urgent_specificity=0.99))
-    assert a > 0 and np.all((p > 0) & (p < 1))
+    cal, p, op, urgent = calibrate_on_validation(logits, y, OperatingPointConfig(method="sensitivity",
+                                                                                 sensitivity=0.95,
+                                                                                 urgent_specificity=0.99), method)
+    assert cal.method == method and np.all((p > 0) & (p < 1))
     positives = p[y == 1]
     assert (positives >= op).mean() >= 0.95 > (positives > op).mean()  # the highest threshold that keeps 95%
     assert (p[y == 0] < urgent).mean() >= 0.99 and urgent >= op

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ModelError
 from ..preprocessing import InputSpec
+from ..scoring.calibration import Calibrator
 
 __all__ = ["FindingSpec", "ModelCard", "SaliencySpec", "find_bundles", "load_card"]
 
@@ -26,8 +27,7 @@ class FindingSpec:
     code: str
     channel: int
     display_name: str
-    calibration_a: float
-    calibration_b: float
+    calibration: Calibrator
     operating_point: float
     urgent_point: float
 
@@ -40,8 +40,6 @@ class FindingSpec:
             raise ValueError(f"operating_point of {self.code} must be in (0, 1), not {self.operating_point}")
         if not self.operating_point <= self.urgent_point < 1.0:
             raise ValueError(f"urgent_point of {self.code} must be in [operating_point, 1)")
-        if self.calibration_a <= 0:
-            raise ValueError(f"calibration slope of {self.code} must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,15 +120,15 @@ class ModelCard:
 
 
 def _finding(code: str, spec: dict[str, Any]) -> FindingSpec:
-    cal = spec.get("calibration", {})
-    if cal.get("method", "platt") != "platt":
-        raise ValueError(f"finding {code}: unknown calibration method {cal.get('method')!r}")
+    try:
+        calibration = Calibrator.from_json(spec.get("calibration", {}))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"finding {code}: {exc}") from None
     return FindingSpec(
         code=code,
         channel=int(spec["channel"]),
         display_name=str(spec.get("display_name", code)),
-        calibration_a=float(cal.get("a", 1.0)),
-        calibration_b=float(cal.get("b", 0.0)),
+        calibration=calibration,
         operating_point=float(spec["operating_point"]),
         urgent_point=float(spec.get("urgent_point", spec["operating_point"])),
     )

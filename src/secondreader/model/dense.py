@@ -3,7 +3,7 @@
 ``DensePredictor`` implements the ``Predictor`` protocol for bundles whose card says
 ``saliency.method == "dense"`` (``cxr-nodule``): the heatmap is the network's own probability map
 (the sigmoid of its logits smoothed by a small Gaussian), not a saliency method; the study-level
-logit is the maximum of the smoothed logits (calibrated by the card's Platt parameters like any
+logit is the maximum of the smoothed logits (calibrated by the card's calibration like any
 other finding), so confident maps do not tie at a probability of 1.0. Regions
 are the parts of the map over the card's ``region_floor`` that peak at or over its
 ``region_threshold``. :func:`load_predictor` picks the right predictor for any bundle.

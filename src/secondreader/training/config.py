@@ -77,6 +77,13 @@ class AugmentConfig(BaseModel):
     brightness: float = 0.1
 
 
+class CalibrationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["platt", "temperature", "isotonic"] = Field(
+        "platt", description="fitted on the validation split: platt (sigmoid(a * logit + b)), temperature "
+        "(b = 0) or isotonic (monotone, piecewise linear)")
+
+
 class OperatingPointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: Literal["youden", "sensitivity"] = "youden"
@@ -194,6 +201,7 @@ class TrainConfig(BaseModel):
     saliency: SaliencyConfig = SaliencyConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     augment: AugmentConfig = AugmentConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     operating_point: OperatingPointConfig = OperatingPointConfig()
     lesions: LesionConfig | None = None
     init_from: Path | None = Field(None, description="fine-tune: start from this bundle's weights (its network "

@@ -23,7 +23,6 @@ from ..audit.summary import wilson_interval
 from ..model.card import load_card
 from ..model.dense import DensePredictor
 from ..model.predictor import TorchPredictor
-from ..scoring.calibration import calibrated_probability
 from .config import load_config
 from .data import Split, load_manifest, load_medmnist
 from .metrics import binary_metrics
@@ -51,7 +50,7 @@ def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: st
     else:
         chosen = load_manifest(data, finding=finding.code, size=card.input_spec.size, splits=(split,))[split]
     logits = predict_logits(predictor.network, chosen.images, card.input_spec)
-    p = calibrated_probability(logits, finding.calibration_a, finding.calibration_b)
+    p = finding.calibration.probability(logits)
     metrics = binary_metrics(p, chosen.labels, finding.operating_point).to_json()
     report = {"model": card.ref, "finding": finding.code, "split": split, **metrics}
     if chosen.annotated is not None:
@@ -125,7 +124,7 @@ def evaluate_dense_bundle(bundle: Path, config: Path) -> dict[str, Any]:
     predictor = DensePredictor(card, device="cpu")
     network, recipe = predictor.network, predictor.recipe  # the served map recipe, not a second copy of it
     finding = card.findings[0]
-    cal = Calibration(finding.calibration_a, finding.calibration_b, finding.operating_point, finding.urgent_point)
+    cal = Calibration(finding.calibration, finding.operating_point, finding.urgent_point)
     spec, side = card.input_spec, lc.input_size
 
     def score(data: EvalSet) -> Scored:

@@ -43,7 +43,7 @@ from scipy import ndimage
 
 from ..model.dense import MapRecipe, build_dense_network, map_peaks, study_logits
 from ..preprocessing import InputSpec, prepare_frame
-from ..scoring.calibration import calibrated_probability
+from ..scoring.calibration import Calibrator
 from .config import BackgroundConfig, LesionConfig, TrainConfig, run_digest
 from .froc import (
     FROC_RATES,
@@ -705,18 +705,27 @@ def pool_eval_set(pool: Pool, keep: np.ndarray) -> EvalSet:
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    a: float
-    b: float
+    """A model's calibration and its operating points, fitted on its validation pictures."""
+
+    calibrator: Calibrator
     operating_point: float
     urgent_point: float
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
-        return calibrated_probability(logits, self.a, self.b)
+        return self.calibrator.probability(logits)
 
     def map_threshold(self, probability: float) -> float:
         """The raw map value whose calibrated study probability is ``probability``."""
-        z = (math.log(probability / (1 - probability)) - self.b) / self.a
-        return float(1 / (1 + math.exp(-z)))
+        return float(1 / (1 + math.exp(-self.calibrator.logit_for(probability))))
+
+    def to_json(self) -> dict[str, Any]:
+        """Unrounded, for a fold's saved state (``--resume`` must score as the run did)."""
+        return {"calibrator": self.calibrator.to_json(digits=None), "operating_point": self.operating_point,
+                "urgent_point": self.urgent_point}
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any]) -> Calibration:
+        return cls(Calibrator.from_json(state["calibrator"]), state["operating_point"], state["urgent_point"])
 
 
 def _check_validation(val_pool: Pool, uses: list[tuple[str, np.ndarray]]) -> None:
@@ -732,8 +741,9 @@ def _check_validation(val_pool: Pool, uses: list[tuple[str, np.ndarray]]) -> Non
 
 
 def calibrate(val: Scored, cfg: TrainConfig) -> Calibration:
-    a, b, _p, op, urgent = calibrate_on_validation(val.logits, val.labels, cfg.operating_point)
-    return Calibration(a, b, op, urgent)
+    calibrator, _p, op, urgent = calibrate_on_validation(val.logits, val.labels, cfg.operating_point,
+                                                        cfg.calibration.method)
+    return Calibration(calibrator, op, urgent)
 
 
 def _cal_scores(map_values: np.ndarray, cal: Calibration) -> np.ndarray:
@@ -807,7 +817,7 @@ def _fold(data: _FitData, f: int, advance: Callable[[], None]) -> dict[str, Any]
     test = background_test_set(lc, data.backgrounds, f, spec, seed=cfg.seed)
     scored = score_set(network, test, spec, lc, recipe)
     state = {"config": data.digest, "background": held.id, "seconds": round(time.time() - t0, 1),
-             "calibration": [cal.a, cal.b, cal.operating_point, cal.urgent_point], "test": scored.to_json()}
+             "calibration": cal.to_json(), "test": scored.to_json()}
     if held.unknown is not None:  # also scored as if the real opacity were known to be no nodule
         strict = EvalSet(test.inputs, test.nodules, normalised=True)
         state["test_strict"] = score_set(network, strict, spec, lc, recipe).to_json()
@@ -994,7 +1004,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
             logger.info("%s; resume with --resume", stopped)
             return {}
     for f in folds:
-        cal = Calibration(*fold_results[f]["calibration"])
+        cal = Calibration.from_json(fold_results[f]["calibration"])
         scored = Scored.from_json(fold_results[f]["test"])
         logger.info("fold %s (%.0f s): %s", backgrounds[f].id, fold_results[f]["seconds"],
                     json.dumps(localisation_metrics(scored, cal, seed=cfg.seed)["study"]))
@@ -1043,7 +1053,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     # held-out backgrounds pooled (each fold's model, calibrated on its own validation pool)
     curves = {"validation": (cal.probability(val.logits), val.labels)}
     if fold_results:
-        held = [(Calibration(*fold_results[f]["calibration"]), Scored.from_json(fold_results[f]["test"]))
+        held = [(Calibration.from_json(fold_results[f]["calibration"]), Scored.from_json(fold_results[f]["test"]))
                 for f in folds]
         curves["held-out backgrounds"] = (np.concatenate([c.probability(s.logits) for c, s in held]),
                                           np.concatenate([s.labels for _, s in held]))
@@ -1094,7 +1104,7 @@ def _pool_folds(results: list[dict[str, Any]], *, seed: int, side: int,
     ops: list[float] = []
     nodules: list[tuple[float, float]] | None = []
     for state in results:
-        cal = Calibration(*state["calibration"])
+        cal = Calibration.from_json(state["calibration"])
         scored = Scored.from_json(state.get(key, state["test"]))
         if scored.nodules is None or nodules is None:
             nodules = None  # a fold kept by an older version: no breakdown
@@ -1180,8 +1190,7 @@ def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics:
                 "channel": 0,
                 "display_name": cfg.data.display_name,
                 "study_score": "maximum of the smoothed logit map (the heatmap is its sigmoid)",
-                "calibration": {"method": "platt", "a": round(cal.a, 6), "b": round(cal.b, 6),
-                                "fitted_on": "validation"},
+                "calibration": {**cal.calibrator.to_json(), "fitted_on": "validation"},
                 "operating_point": round(cal.operating_point, 6),
                 "operating_point_method": cfg.operating_point.method,
                 "urgent_point": round(cal.urgent_point, 6),

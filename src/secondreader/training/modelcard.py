@@ -36,7 +36,7 @@ def write_model_card(path: Path, meta: dict[str, Any]) -> None:
 | finding code | `{code}` ({finding['display_name']}) |
 | network | MONAI `{sr['network']['class']}` ({', '.join(f'{k}={v}' for k, v in sr['network']['args'].items())}) |
 | input | 1 x {sr['input']['spatial_shape'][0]} x {sr['input']['spatial_shape'][1]}: {sr['input']['preprocessing']} |
-| calibration | Platt scaling fitted on the validation split (a={cal['a']}, b={cal['b']}) |
+| calibration | {describe_calibration(cal)}, fitted on the validation split |
 | operating point | calibrated probability >= {op} |
 | urgent point | calibrated probability >= {finding['urgent_point']} ({finding['urgent_point_method']}) |
 | Device UID | `{sr['device_uid']}` (changes with every version) |
@@ -83,6 +83,17 @@ Training took {sr['training']['seconds']} s on {sr['training']['machine']} (seed
 {prov.get('repeatability') or 'Bit-identical weights are not expected across CPUs.'}
 {versions_section(meta)}"""
     path.write_text(text)
+
+
+def describe_calibration(cal: dict[str, Any]) -> str:
+    """A bundle's calibration in words, for its card."""
+    method = cal.get("method", "platt")
+    if method == "isotonic":
+        return (f"isotonic regression ({len(cal['logits'])} knots over logits {cal['logits'][0]:g} to "
+                f"{cal['logits'][-1]:g}, flat beyond them)")
+    if method == "temperature":
+        return f"temperature scaling (T={cal['temperature']})"
+    return f"Platt scaling (a={cal['a']}, b={cal['b']})"
 
 
 def loss_phrase(training: dict[str, Any]) -> str:

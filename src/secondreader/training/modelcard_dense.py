@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .modelcard import loss_phrase, versions_section, with_interval
+from .modelcard import describe_calibration, loss_phrase, versions_section, with_interval
 
 __all__ = ["write_dense_model_card"]
 
@@ -112,7 +112,7 @@ def write_dense_model_card(path: Path, meta: dict[str, Any]) -> None:
                     f"sigma {sal['smoothing_sigma']} px{flip}), resampled onto the source pixel grid"),
         ("regions", f"connected parts of the map >= {sal['region_floor']} whose peak is >= "
                     f"{sal['region_threshold']} (the operating point on the map)"),
-        ("study score", f"{finding['study_score']}, Platt-calibrated on validation (a={cal['a']}, b={cal['b']})"),
+        ("study score", f"{finding['study_score']}, calibrated on validation by {describe_calibration(cal)}"),
         ("operating point", f"calibrated probability >= {finding['operating_point']} "
                             f"({finding['operating_point_method']} on validation)"),
         ("urgent point", f"calibrated probability >= {finding['urgent_point']} ({finding['urgent_point_method']})"),

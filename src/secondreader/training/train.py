@@ -32,7 +32,7 @@ from ..model.card import ModelCard, load_card
 from ..model.network import build_network
 from ..model.predictor import resolve_device
 from ..preprocessing import InputSpec, model_input_transform
-from ..scoring.calibration import calibrated_probability, fit_platt
+from ..scoring.calibration import Calibrator, fit_calibrator
 from .config import OperatingPointConfig, TrainConfig, run_digest
 from .data import load_splits
 from .losses import build_loss, describe_loss
@@ -323,11 +323,11 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
 
     # Calibration and operating points: validation split only.
     val_logits = predict_logits(network, val_split.images, spec)
-    a, b, val_p, operating_point, urgent_point = calibrate_on_validation(val_logits, val_split.labels,
-                                                                         cfg.operating_point)
+    calibrator, val_p, operating_point, urgent_point = calibrate_on_validation(
+        val_logits, val_split.labels, cfg.operating_point, cfg.calibration.method)
 
     # The untouched test split, once.
-    test_p = calibrated_probability(predict_logits(network, test_split.images, spec), a, b)
+    test_p = calibrator.probability(predict_logits(network, test_split.images, spec))
     metrics = {
         "validation": binary_metrics(val_p, val_split.labels, operating_point, seed=cfg.seed).to_json(),
         "test": binary_metrics(test_p, test_split.labels, operating_point, seed=cfg.seed).to_json(),
@@ -342,7 +342,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     (out / "docs").mkdir(parents=True, exist_ok=True)
     (out / "models" / "model.pt").write_bytes(weights)
 
-    metadata = _metadata(cfg, spec, side, a, b, operating_point, urgent_point, metrics, history,
+    metadata = _metadata(cfg, spec, side, calibrator, operating_point, urgent_point, metrics, history,
                          device_uid, weights_sha256, config_path, time.time() - started,
                          training_hardware(device, amp))
     if source is not None:
@@ -356,12 +356,13 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     return metadata
 
 
-def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: OperatingPointConfig
-                            ) -> tuple[float, float, np.ndarray, float, float]:
-    """Platt calibration fitted on validation, then the operating point (Youden or a target
-    sensitivity) and the urgent point (the given specificity, never below the operating point).
-    Returns ``(a, b, calibrated probabilities, operating point, urgent point)``. A validation split
-    of one class cannot place either point: that is refused, naming what it holds."""
+def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: OperatingPointConfig,
+                            method: str = "platt") -> tuple[Calibrator, np.ndarray, float, float]:
+    """Calibration (``method``: platt, temperature, isotonic) fitted on validation, then the
+    operating point (Youden or a target sensitivity) and the urgent point (the given specificity,
+    never below the operating point). Returns ``(calibrator, calibrated probabilities, operating
+    point, urgent point)``. A validation split of one class cannot place either point: that is
+    refused, naming what it holds."""
     labels = np.asarray(labels)
     positives = int((labels == 1).sum())
     if positives == 0 or positives == len(labels):
@@ -369,13 +370,13 @@ def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: Oper
                          "calibration and the operating points need positive and negative studies; give it more "
                          "studies (for lesion insertion: lesions.validation_per_background, validation_generated)")
     try:
-        a, b = fit_platt(logits, labels)
+        calibrator = fit_calibrator(method, logits, labels)
     except ValueError as exc:
         # A model that ranks validation backwards (tiny data, too few epochs) keeps raw sigmoid
         # probabilities; its card shows the AUROC that says so.
-        logger.warning("Platt scaling failed (%s); keeping uncalibrated probabilities", exc)
-        a, b = 1.0, 0.0
-    p = calibrated_probability(logits, a, b)
+        logger.warning("%s calibration failed (%s); keeping uncalibrated probabilities", method, exc)
+        calibrator = Calibrator("platt")
+    p = calibrator.probability(logits)
     if op_cfg.method == "youden":
         operating_point = youden_threshold(p, labels)
     else:
@@ -385,7 +386,7 @@ def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: Oper
     urgent_point = float(max(at_specificity, operating_point))
     operating_point = float(np.clip(operating_point, 1e-4, 1 - 1e-4))
     urgent_point = float(np.clip(urgent_point, operating_point, 1 - 1e-4))
-    return a, b, p, operating_point, urgent_point
+    return calibrator, p, operating_point, urgent_point
 
 
 def bundle_header(cfg: TrainConfig, task: str) -> dict[str, Any]:
@@ -406,7 +407,7 @@ def bundle_header(cfg: TrainConfig, task: str) -> dict[str, Any]:
     }
 
 
-def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, operating_point: float,
+def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, calibrator: Calibrator, operating_point: float,
               urgent_point: float, metrics: dict[str, Any], history: list[dict[str, Any]], device_uid: str,
               weights_sha256: str, config_path: Path | None, seconds: float,
               hardware: dict[str, str]) -> dict[str, Any]:
@@ -459,7 +460,7 @@ def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, a: float, b: float, 
                 code: {
                     "channel": 0,
                     "display_name": cfg.data.display_name,
-                    "calibration": {"method": "platt", "a": round(a, 6), "b": round(b, 6), "fitted_on": "validation"},
+                    "calibration": {**calibrator.to_json(), "fitted_on": "validation"},
                     "operating_point": round(operating_point, 6),
                     "operating_point_method": cfg.operating_point.method,
                     "urgent_point": round(urgent_point, 6),
