@@ -135,10 +135,12 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
             raise ValueError("evaluate needs one of --data (a classification model's .npz or manifest) and --config "
                              "(the training config of a localisation model)")
         if args.config is not None:
+            if args.recalibrate:
+                raise ValueError("--recalibrate applies to a classification model's --data")
             report = evaluate_dense_bundle(args.bundle, args.config)
         else:
             report = evaluate_bundle(args.bundle, args.data, split=args.split,
-                                     device=args.device or settings.device)
+                                     device=args.device or settings.device, recalibrate=args.recalibrate)
     except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
@@ -256,6 +258,9 @@ def _parser() -> argparse.ArgumentParser:
                           "generated-chest test and scores the test images of the backgrounds it trained on")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--recalibrate", choices=["platt", "temperature", "isotonic"],
+                          help="also report the same logits calibrated by this method, fitted on the data's val split "
+                               "(Youden operating point there): compare calibrations without retraining")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     export = sub.add_parser("export-reviews", help="write radiologists' verdicts as a training manifest (CSV)")

@@ -42,6 +42,29 @@ def test_card_metrics_reproduce_on_the_test_split(models_dir: Path, npz: Path) -
     assert report["auroc"] >= 0.962 and report["accuracy"] >= 0.884
 
 
+def test_recalibrating_the_shipped_weights_on_val_gives_back_the_bundles_calibration(models_dir: Path,
+                                                                                     npz: Path) -> None:
+    """--recalibrate platt refits the shipped calibration from the shipped weights on the val split:
+    the same a, b and operating point. Temperature scaling is monotone in the logit, so its Youden
+    cut on val keeps the same decisions; only the probabilities (and their ECE) change."""
+    card = load_card(models_dir / "cxr-pneumonia")
+    finding = card.findings[0]
+    platt = evaluate_bundle(models_dir / "cxr-pneumonia", npz, split="test", recalibrate="platt")
+    refit = platt["recalibrated"]
+    assert refit["calibration"]["a"] == pytest.approx(finding.calibration.a, abs=1e-4)
+    assert refit["calibration"]["b"] == pytest.approx(finding.calibration.b, abs=1e-4)
+    assert refit["operating_point"] == pytest.approx(finding.operating_point, abs=1e-4)
+    assert refit["accuracy"] == platt["accuracy"] and refit["ece"] == pytest.approx(platt["ece"], abs=1e-3)
+    temperature = evaluate_bundle(models_dir / "cxr-pneumonia", npz, split="test",
+                                  recalibrate="temperature")["recalibrated"]
+    assert temperature["calibration"]["method"] == "temperature" and temperature["calibration"]["b"] == 0.0
+    for key in ("sensitivity", "specificity"):
+        assert temperature[key] == platt[key]
+    assert temperature["ece"] != platt["ece"]
+    with pytest.raises(ValueError, match="fits on the val split"):
+        evaluate_bundle(models_dir / "cxr-pneumonia", npz, split="val", recalibrate="isotonic")
+
+
 def test_card_is_valid_and_documents_its_limits(models_dir: Path) -> None:
     card = load_card(models_dir / "cxr-pneumonia")
     assert card.findings[0].code == "pneumonia"

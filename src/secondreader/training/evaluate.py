@@ -23,10 +23,10 @@ from ..audit.summary import wilson_interval
 from ..model.card import load_card
 from ..model.dense import DensePredictor
 from ..model.predictor import TorchPredictor
-from .config import load_config
+from .config import OperatingPointConfig, load_config
 from .data import Split, load_manifest, load_medmnist
 from .metrics import binary_metrics
-from .train import predict_inputs, predict_logits
+from .train import calibrate_on_validation, predict_inputs, predict_logits
 
 if TYPE_CHECKING:
     from ..preprocessing import InputSpec
@@ -37,22 +37,38 @@ if TYPE_CHECKING:
 __all__ = ["evaluate_bundle", "evaluate_dense_bundle", "heatmap_peak", "saliency_pointing", "train_serve_gap"]
 
 
-def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: str = "cpu") -> dict[str, Any]:
-    """Metrics of the bundle's first finding on ``split``, at the bundle's operating point."""
+def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: str = "cpu",
+                    recalibrate: str | None = None) -> dict[str, Any]:
+    """Metrics of the bundle's first finding on ``split``, at the bundle's operating point. With
+    ``recalibrate`` (platt, temperature, isotonic) the report adds ``recalibrated``: the same
+    logits calibrated by that method fitted on the data's ``val`` split, at the Youden operating
+    point chosen there, so calibrations can be compared on one trained model without retraining."""
     card = load_card(bundle)
     if card.saliency.method == "dense":
         raise ValueError(f"{card.ref} is a localisation model: evaluate it with --config (the config that "
                          "trained it), not --data")
     predictor = TorchPredictor(card, device="cpu" if device == "auto" else device)
     finding = card.findings[0]
-    if data.suffix.lower() == ".npz":
-        chosen = load_medmnist(data)[split]
-    else:
-        chosen = load_manifest(data, finding=finding.code, size=card.input_spec.size, splits=(split,))[split]
+    def load(name: str) -> Split:
+        if data.suffix.lower() == ".npz":
+            return load_medmnist(data)[name]
+        return load_manifest(data, finding=finding.code, size=card.input_spec.size, splits=(name,))[name]
+
+    chosen = load(split)
     logits = predict_logits(predictor.network, chosen.images, card.input_spec)
     p = finding.calibration.probability(logits)
     metrics = binary_metrics(p, chosen.labels, finding.operating_point).to_json()
     report = {"model": card.ref, "finding": finding.code, "split": split, **metrics}
+    if recalibrate is not None:
+        if split == "val":
+            raise ValueError("--recalibrate fits on the val split: evaluate another split with it")
+        val = load("val")
+        cal, _p, op, _urgent = calibrate_on_validation(
+            predict_logits(predictor.network, val.images, card.input_spec), val.labels, OperatingPointConfig(),
+            recalibrate)
+        report["recalibrated"] = {"calibration": {**cal.to_json(), "fitted_on": "val"},
+                                  "operating_point": round(op, 6), "operating_point_method": "youden on val",
+                                  **binary_metrics(cal.probability(logits), chosen.labels, op).to_json()}
     if chosen.annotated is not None:
         report["saliency_pointing"] = saliency_pointing(predictor, chosen)
     return report
