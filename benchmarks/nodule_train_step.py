@@ -1,6 +1,8 @@
 """Training-step speed of the cxr-nodule network (the U-Net of training/configs/cxr-nodule.yaml):
 forward, loss, backward and an AdamW step on random crops, on the CPU and, where there is one, on
-the GPU (float32 and bfloat16 autocast), measured in one run.
+the GPU (float32 and bfloat16 autocast), measured in one run. The loss is the config's (its
+``loss:`` terms of monai.losses, or the built-in one); on the CPU the built-in loss is measured
+beside it, alternating in short rounds so that a loaded machine slows both alike.
 
     python benchmarks/nodule_train_step.py [--seconds 10] [--threads N] [--batch B]
 
@@ -11,42 +13,59 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 from monai.networks.nets import UNet
+
+from secondreader.training.config import load_config
+from secondreader.training.localisation import dense_loss
+from secondreader.training.losses import Loss, describe_loss
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "cxr-nodule.yaml"
 
 
-def steps_per_second(device: str, *, batch: int, crop: int, seconds: float, bf16: bool) -> float:
+def _stepper(device: str, loss_fn: Loss, *, batch: int, crop: int, bf16: bool) -> Callable[[], None]:
     cfg = yaml.safe_load(CONFIG.read_text())
     torch.manual_seed(0)
     network = UNet(**cfg["network"]["args"]).to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=1e-3)
     x = torch.randn(batch, 1, crop, crop, device=device)
     target = (torch.rand(batch, 1, crop, crop, device=device) > 0.99).float()
+    weight = torch.ones_like(target)
 
     def step() -> None:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.binary_cross_entropy_with_logits(network(x).float(), target)
+            out = network(x)
+        loss = loss_fn(out.float(), target, weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimiser.step()
 
     for _ in range(5):
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        step()
-        n += 1
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+    return step
+
+
+def steps_per_second(device: str, losses: list[Loss], *, batch: int, crop: int, seconds: float,
+                     bf16: bool, rounds: int = 5) -> list[float]:
+    """Steps/s with each of ``losses``, measured in ``rounds`` alternating windows."""
+    steppers = [_stepper(device, fn, batch=batch, crop=crop, bf16=bf16) for fn in losses]
+    counts, spent = [0] * len(losses), [0.0] * len(losses)
+    for _ in range(rounds):
+        for k, step in enumerate(steppers):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < seconds / rounds:
+                step()
+                counts[k] += 1
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            spent[k] += time.perf_counter() - t0
+    return [n / t for n, t in zip(counts, spent, strict=True)]
 
 
 def main() -> None:
@@ -58,16 +77,23 @@ def main() -> None:
     args = parser.parse_args()
     crop = int(cfg["lesions"]["crop"])
     torch.set_num_threads(args.threads)
-    rows = [(f"cpu ({args.threads} thread{'s' if args.threads > 1 else ''})",
-             steps_per_second("cpu", batch=args.batch, crop=crop, seconds=args.seconds, bf16=False))]
+    train_cfg = load_config(CONFIG)
+    configured, built_in = dense_loss(train_cfg), dense_loss(train_cfg.model_copy(update={"loss": None}))
+    named = describe_loss(train_cfg.loss, "the built-in loss")
+    cpu = f"cpu ({args.threads} thread{'s' if args.threads > 1 else ''})"
+    rates = steps_per_second("cpu", [configured, built_in], batch=args.batch, crop=crop, seconds=args.seconds,
+                             bf16=False)
+    rows = [(cpu, rates[0])]
+    if train_cfg.loss is not None:
+        rows.append((f"{cpu}, the built-in loss instead", rates[1]))
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
-        rows.append((f"cuda {name} fp32", steps_per_second("cuda", batch=args.batch, crop=crop,
-                                                            seconds=args.seconds, bf16=False)))
-        rows.append((f"cuda {name} bf16 autocast", steps_per_second("cuda", batch=args.batch, crop=crop,
-                                                                     seconds=args.seconds, bf16=True)))
+        for label, bf16 in (("fp32", False), ("bf16 autocast", True)):
+            (rate,) = steps_per_second("cuda", [configured], batch=args.batch, crop=crop, seconds=args.seconds,
+                                       bf16=bf16)
+            rows.append((f"cuda {name} {label}", rate))
     base = rows[0][1]
-    print(f"cxr-nodule training step: batch {args.batch} x 1 x {crop} x {crop}")
+    print(f"cxr-nodule training step: batch {args.batch} x 1 x {crop} x {crop}; loss: {named}")
     print("| device | steps/s | crops/s | vs CPU |\n|---|---|---|---|")
     for name, rate in rows:
         print(f"| {name} | {rate:.1f} | {rate * args.batch:.0f} | {rate / base:.1f}x |")

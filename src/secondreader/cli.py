@@ -259,8 +259,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--recalibrate", choices=["platt", "temperature", "isotonic"],
-                          help="also report the same logits calibrated by this method, fitted on the data's val split "
-                               "(Youden operating point there): compare calibrations without retraining")
+                          help="also report the same logits calibrated by this method, fitted on the data's val "
+                               "split (the bundle's operating-point rule applied there): compare calibrations "
+                               "without retraining")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     export = sub.add_parser("export-reviews", help="write radiologists' verdicts as a training manifest (CSV)")

@@ -30,7 +30,7 @@ def test_bentoml_build_packages_the_service_and_models(tmp_path: Path) -> None:
                               env=env, capture_output=True, text=True, timeout=120, check=True)
     shipped = sorted(f"{m['name']}:{m['version']}" for m in (
         json.loads(path.read_text()) for path in (ROOT / "models").glob("*/configs/metadata.json")))
-    assert "cxr-pneumonia:1.0.0" in shipped and sorted(imported.stdout.split()) == shipped
+    assert "cxr-pneumonia:1.1.0" in shipped and sorted(imported.stdout.split()) == shipped
     proc = subprocess.run([sys.executable, "-m", "bentoml", "build", str(ROOT)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -57,7 +57,7 @@ def test_the_service_names_the_bundles_of_secondreader_models_dir(tmp_path: Path
     from secondreader.service.modelstore import shipped_tag
 
     monkeypatch.delenv("SECONDREADER_MODELS_DIR", raising=False)
-    assert shipped_tag("cxr-pneumonia") == "cxr-pneumonia:1.0.0"
+    assert shipped_tag("cxr-pneumonia") == "cxr-pneumonia:1.1.0"
     elsewhere = tmp_path / "models" / "cxr-pneumonia" / "configs"
     elsewhere.mkdir(parents=True)
     meta = json.loads((ROOT / "models" / "cxr-pneumonia" / "configs" / "metadata.json").read_text())

@@ -96,3 +96,12 @@ def test_a_validation_split_of_one_class_is_refused_with_what_it_holds(labels: l
     y = np.asarray(labels)
     with pytest.raises(ValueError, match=f"holds 4 studies, {int(y.sum())} of them positive"):
         calibrate_on_validation(np.linspace(-1, 1, 4), y, OperatingPointConfig())
+
+
+def test_a_bundle_records_its_operating_point_rule_so_evaluate_can_apply_it_again() -> None:
+    for rule in (OperatingPointConfig(), OperatingPointConfig(method="sensitivity", sensitivity=0.97)):
+        assert OperatingPointConfig.from_description(rule.describe()) == rule
+    assert OperatingPointConfig(method="sensitivity").describe() == "sensitivity 0.95"
+    assert OperatingPointConfig.from_description("sensitivity").sensitivity == 0.95  # older bundles
+    with pytest.raises(ValueError, match="unknown operating point rule 'f1'"):
+        OperatingPointConfig.from_description("f1")

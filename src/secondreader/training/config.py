@@ -87,8 +87,22 @@ class CalibrationConfig(BaseModel):
 class OperatingPointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: Literal["youden", "sensitivity"] = "youden"
-    sensitivity: float = 0.95
+    sensitivity: float = Field(0.95, gt=0, le=1)
     urgent_specificity: float = Field(0.99, gt=0, lt=1)
+
+    def describe(self) -> str:
+        """The rule as a bundle records it (``operating_point_method``): ``youden`` or ``sensitivity 0.95``."""
+        return "youden" if self.method == "youden" else f"sensitivity {self.sensitivity:g}"
+
+    @classmethod
+    def from_description(cls, text: str) -> OperatingPointConfig:
+        """The rule a bundle recorded (a bare ``sensitivity``, from older bundles, is 0.95)."""
+        method, _, value = text.partition(" ")
+        if method == "youden":
+            return cls(method="youden")
+        if method == "sensitivity":
+            return cls(method="sensitivity", sensitivity=float(value) if value else 0.95)
+        raise ValueError(f"unknown operating point rule {text!r}")
 
 
 class UnknownRegion(BaseModel):

@@ -11,6 +11,7 @@ held-out performance (the card's leave-one-background-out figures are that).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,8 +42,9 @@ def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: st
                     recalibrate: str | None = None) -> dict[str, Any]:
     """Metrics of the bundle's first finding on ``split``, at the bundle's operating point. With
     ``recalibrate`` (platt, temperature, isotonic) the report adds ``recalibrated``: the same
-    logits calibrated by that method fitted on the data's ``val`` split, at the Youden operating
-    point chosen there, so calibrations can be compared on one trained model without retraining."""
+    logits calibrated by that method fitted on the data's ``val`` split, at the operating point the
+    bundle's rule (Youden, or a sensitivity) chooses there, so calibrations can be compared on one
+    trained model without retraining."""
     card = load_card(bundle)
     if card.saliency.method == "dense":
         raise ValueError(f"{card.ref} is a localisation model: evaluate it with --config (the config that "
@@ -63,11 +65,12 @@ def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: st
         if split == "val":
             raise ValueError("--recalibrate fits on the val split: evaluate another split with it")
         val = load("val")
+        recorded = json.loads((bundle / "configs" / "metadata.json").read_text())["secondreader"]["findings"]
+        rule = OperatingPointConfig.from_description(recorded[finding.code].get("operating_point_method", "youden"))
         cal, _p, op, _urgent = calibrate_on_validation(
-            predict_logits(predictor.network, val.images, card.input_spec), val.labels, OperatingPointConfig(),
-            recalibrate)
-        report["recalibrated"] = {"calibration": {**cal.to_json(), "fitted_on": "val"},
-                                  "operating_point": round(op, 6), "operating_point_method": "youden on val",
+            predict_logits(predictor.network, val.images, card.input_spec), val.labels, rule, recalibrate)
+        report["recalibrated"] = {"calibration": {**cal.to_json(), "fitted_on": "val"}, "operating_point": round(op, 6),
+                                  "operating_point_method": f"{rule.describe()} on val",
                                   **binary_metrics(cal.probability(logits), chosen.labels, op).to_json()}
     if chosen.annotated is not None:
         report["saliency_pointing"] = saliency_pointing(predictor, chosen)

@@ -1192,7 +1192,7 @@ def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics:
                 "study_score": "maximum of the smoothed logit map (the heatmap is its sigmoid)",
                 "calibration": {**cal.calibrator.to_json(), "fitted_on": "validation"},
                 "operating_point": round(cal.operating_point, 6),
-                "operating_point_method": cfg.operating_point.method,
+                "operating_point_method": cfg.operating_point.describe(),
                 "urgent_point": round(cal.urgent_point, 6),
                 "urgent_point_method": f"specificity {cfg.operating_point.urgent_specificity} on validation",
             }},

@@ -462,7 +462,7 @@ def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, calibrator: Calibrat
                     "display_name": cfg.data.display_name,
                     "calibration": {**calibrator.to_json(), "fitted_on": "validation"},
                     "operating_point": round(operating_point, 6),
-                    "operating_point_method": cfg.operating_point.method,
+                    "operating_point_method": cfg.operating_point.describe(),
                     "urgent_point": round(urgent_point, 6),
                     "urgent_point_method": f"specificity {cfg.operating_point.urgent_specificity} on validation",
                 }
