@@ -45,8 +45,9 @@ def test_card_metrics_reproduce_on_the_test_split(models_dir: Path, npz: Path) -
 def test_recalibrating_the_shipped_weights_on_val_gives_back_the_bundles_calibration(models_dir: Path,
                                                                                      npz: Path) -> None:
     """--recalibrate platt refits the shipped calibration from the shipped weights on the val split:
-    the same a, b and operating point. Temperature scaling is monotone in the logit, so its Youden
-    cut on val keeps the same decisions; only the probabilities (and their ECE) change."""
+    the same a, b and operating point. Temperature scaling is monotone in the logit, so the bundle's
+    rule (95% sensitivity on val) cuts at the same image and keeps the same decisions; only the
+    probabilities (and their ECE) change."""
     card = load_card(models_dir / "cxr-pneumonia")
     finding = card.findings[0]
     platt = evaluate_bundle(models_dir / "cxr-pneumonia", npz, split="test", recalibrate="platt")

@@ -290,7 +290,7 @@ def test_a_nodule_model_fine_tunes_from_a_shipped_one_and_refuses_a_classifier(s
             continue  # batch-norm statistics move in training mode whatever the learning rate
         assert torch.allclose(value, b[key], atol=1e-5), key
     wrong = tuned_cfg.model_copy(update={"init_from": models_dir / "cxr-pneumonia"})
-    with pytest.raises(ValueError, match="init_from model cxr-pneumonia@1.0.0 has network"):
+    with pytest.raises(ValueError, match="init_from model cxr-pneumonia@1.1.0 has network"):
         train(wrong)
 
 

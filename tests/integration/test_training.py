@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from secondreader.model.card import load_card
 from secondreader.model.predictor import TorchPredictor
+from secondreader.scoring.calibration import Calibrator
 from secondreader.training.config import CalibrationConfig, TrainConfig, load_config
 from secondreader.training.data import load_medmnist
 from secondreader.training.losses import LossConfig
-from secondreader.training.metrics import auroc
+from secondreader.training.metrics import auroc, expected_calibration_error
 from secondreader.training.train import predict_logits, train
 
 from ..conftest import ROOT
@@ -138,10 +140,14 @@ def test_the_configs_loss_and_calibration_are_the_ones_trained_with(shared_data:
     stored = b["findings"]["pneumonia"]["calibration"]
     assert stored["method"] == "isotonic" and len(stored["logits"]) == len(stored["probabilities"]) >= 2
     assert "isotonic regression (" in (focal.output_dir / "docs" / "README.md").read_text()
-    # served as stored: the predictor's calibrated test probabilities give the bundle's test AUROC
+    # served as stored: the card's calibrator maps logits as the stored knots do, and gives the
+    # bundle's test figures (its ECE too, which any other monotone map would change)
     card = load_card(focal.output_dir)
-    assert card.findings[0].calibration.method == "isotonic"
+    served = card.findings[0].calibration
+    assert served.method == "isotonic" and served == Calibrator.from_json(stored)
     test = load_medmnist(focal.data.path, limit=focal.data.limit)["test"]
-    p = card.findings[0].calibration.probability(
-        predict_logits(TorchPredictor(card, device="cpu").network, test.images, card.input_spec))
+    logits = predict_logits(TorchPredictor(card, device="cpu").network, test.images, card.input_spec)
+    p = served.probability(logits)
+    assert np.allclose(p, np.interp(logits, stored["logits"], stored["probabilities"]))
     assert auroc(p, test.labels) == pytest.approx(b["metrics"]["test"]["auroc"], abs=1e-3)
+    assert expected_calibration_error(p, test.labels) == pytest.approx(b["metrics"]["test"]["ece"], abs=2e-3)

@@ -77,3 +77,15 @@ def test_bad_calibrations_are_refused_by_name() -> None:
     # an older bundle without a method is Platt's
     assert _finding("x", {"channel": 0, "operating_point": 0.5,
                           "calibration": {"a": 2.0, "b": 1.0}}).calibration == Calibrator("platt", 2.0, 1.0)
+
+
+def test_isotonic_treats_equal_logits_as_one_point_whatever_their_order() -> None:
+    logits = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2], dtype=float)
+    labels = np.array([1, 0, 0, 0, 0, 1, 1, 0, 1, 1])
+    rng = np.random.default_rng(0)
+    fits = {fit_calibrator("isotonic", logits[o], labels[o]) for o in (rng.permutation(10) for _ in range(20))}
+    (fit,) = fits  # the same calibrator from every order
+    assert fit.knots == (0.0, 1.0, 2.0)
+    # Platt's smoothed targets (5 positives, 5 negatives): 6/7 for a positive, 1/7 for a negative;
+    # logit 0 holds one positive and three negatives
+    assert fit.values == pytest.approx(((6 / 7 + 3 / 7) / 4, (2 * 6 / 7 + 2 / 7) / 4, 6 / 7))

@@ -67,6 +67,13 @@ def test_a_classifier_loss_takes_one_value_per_image() -> None:
 def test_losses_that_cannot_be_masked_or_are_not_monai_losses_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"DiceLoss .*not one per pixel.*MaskedDiceLoss"):
         build_loss(LossConfig.model_validate({"terms": [{"class": "DiceLoss", "args": {"sigmoid": True}}]}))
+    # its per-pixel values carry a whole-image Dice: they pass the shape check but leak the unknown pixels
+    with pytest.raises(ValueError, match="DiceFocalLoss lets pixels of unknown label count"):
+        LossConfig.model_validate({"terms": [{"class": "DiceFocalLoss", "args": {"sigmoid": True}}]})
+    with pytest.raises(ValueError, match="not one number"):
+        LossConfig.model_validate({"terms": [{"class": "MaskedDiceLoss", "args": {"reduction": "none"}}]})
+    with pytest.raises(ValueError, match="its arguments do not fit"):
+        LossConfig.model_validate({"terms": [{"class": "FocalLoss", "args": {"gamm": 2.0}}]})
     with pytest.raises(ValueError, match="leave out 'reduction'"):
         build_loss(LossConfig.model_validate({"terms": [{"class": "FocalLoss", "args": {"reduction": "sum"}}]}))
     with pytest.raises(ValidationError, match="'CrossEntropy' is not a loss class of monai.losses"):

@@ -105,3 +105,21 @@ def test_a_bundle_records_its_operating_point_rule_so_evaluate_can_apply_it_agai
     assert OperatingPointConfig.from_description("sensitivity").sensitivity == 0.95  # older bundles
     with pytest.raises(ValueError, match="unknown operating point rule 'f1'"):
         OperatingPointConfig.from_description("f1")
+
+
+def test_the_urgent_point_stays_above_the_operating_point_when_validation_separates_the_classes() -> None:
+    """Every validation negative below the operating point: the specificity rule alone puts the urgent
+    point on the operating point (every positive urgent); urgent_sensitivity keeps it to the most
+    confident share of the positives."""
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 100 + [1] * 200)
+    logits = np.where(y == 1, rng.uniform(2, 8, len(y)), rng.uniform(-6, 0, len(y)))
+    rule = OperatingPointConfig(method="sensitivity", sensitivity=0.95)
+    _cal, p, op, urgent = calibrate_on_validation(logits, y, rule)
+    assert urgent == op and (p[y == 0] < op).all()
+    rule = OperatingPointConfig(method="sensitivity", sensitivity=0.95, urgent_sensitivity=0.5)
+    _cal, p, op2, urgent = calibrate_on_validation(logits, y, rule)
+    assert op2 == op < urgent
+    assert (p[y == 1] >= urgent).mean() == pytest.approx(0.5, abs=0.01)
+    assert rule.describe_urgent() == ("specificity 0.99, and no lower than the score that keeps 50% of the "
+                                      "positives on validation")

@@ -130,17 +130,23 @@ class Calibrator:
 
 def _fit_isotonic(logits: np.ndarray, labels: np.ndarray) -> Calibrator:
     x, y = _check(logits, labels)
-    order = np.argsort(x, kind="stable")
-    x, t = x[order], _smoothed_targets(y[order])
-    fit = isotonic_regression(t, increasing=True)
+    # equal logits are one point (their mean target, weighted by their count), so the fit does not
+    # depend on the order the studies came in
+    unique, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    n_pos, n_neg = y.sum(), (1 - y).sum()
+    positives = np.bincount(inverse, weights=y)  # whole numbers: exact in any order
+    t = (positives * (n_pos + 1) / (n_pos + 2) + (counts - positives) / (n_neg + 2)) / counts
+    fit = isotonic_regression(t, weights=counts.astype(np.float64), increasing=True)
     starts = list(fit.blocks)
-    knots = [float(x[s:e].mean()) for s, e in zip(starts[:-1], starts[1:], strict=True)]
-    values = [float(fit.x[s]) for s in starts[:-1]]
-    keep = [0]
-    for k in range(1, len(knots)):  # equal logits or rates: one knot
-        if knots[k] > knots[keep[-1]] + 1e-5 and values[k] > values[keep[-1]] + 1e-5:  # apart once rounded
-            keep.append(k)
-    knots, values = [knots[k] for k in keep], [values[k] for k in keep]
+    blocks = [(float(np.average(unique[s:e], weights=counts[s:e])), float(fit.x[s]), float(counts[s:e].sum()))
+              for s, e in zip(starts[:-1], starts[1:], strict=True)]
+    merged: list[tuple[float, float, float]] = []
+    for knot, value, n in blocks:  # knots that would collide once rounded: merged, weighted by their counts
+        if merged and (knot - merged[-1][0] <= 1e-5 or value - merged[-1][1] <= 1e-5):
+            k0, v0, n0 = merged.pop()
+            knot, value, n = (k0 * n0 + knot * n) / (n0 + n), (v0 * n0 + value * n) / (n0 + n), n0 + n
+        merged.append((knot, value, n))
+    knots, values = [m[0] for m in merged], [m[1] for m in merged]
     if len(knots) < 2:
         raise ValueError("isotonic calibration found no rise: the model does not rank the classes")
     return Calibrator("isotonic", knots=tuple(knots), values=tuple(values))

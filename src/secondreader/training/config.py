@@ -89,10 +89,20 @@ class OperatingPointConfig(BaseModel):
     method: Literal["youden", "sensitivity"] = "youden"
     sensitivity: float = Field(0.95, gt=0, le=1)
     urgent_specificity: float = Field(0.99, gt=0, lt=1)
+    urgent_sensitivity: float | None = Field(
+        None, gt=0, lt=1, description="the urgent point is also no lower than the score that keeps this share "
+        "of validation's positives (the most confident), so that it stays above the operating point where "
+        "every validation negative already scores below that")
 
     def describe(self) -> str:
         """The rule as a bundle records it (``operating_point_method``): ``youden`` or ``sensitivity 0.95``."""
         return "youden" if self.method == "youden" else f"sensitivity {self.sensitivity:g}"
+
+    def describe_urgent(self) -> str:
+        """How the urgent point was chosen, as a bundle records it."""
+        share = (f", and no lower than the score that keeps {self.urgent_sensitivity:.0%} of the positives"
+                 if self.urgent_sensitivity is not None else "")
+        return f"specificity {self.urgent_specificity}{share} on validation"
 
     @classmethod
     def from_description(cls, text: str) -> OperatingPointConfig:

@@ -1194,7 +1194,7 @@ def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics:
                 "operating_point": round(cal.operating_point, 6),
                 "operating_point_method": cfg.operating_point.describe(),
                 "urgent_point": round(cal.urgent_point, 6),
-                "urgent_point_method": f"specificity {cfg.operating_point.urgent_specificity} on validation",
+                "urgent_point_method": cfg.operating_point.describe_urgent(),
             }},
             "metrics": metrics,
             "routing": routing_gate(metrics),

@@ -21,7 +21,7 @@ from typing import Any
 
 import monai.losses
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["Loss", "LossConfig", "LossTerm", "build_loss", "describe_loss"]
 
@@ -48,11 +48,19 @@ class LossConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     terms: list[LossTerm] = Field(min_length=1, description="summed, each times its weight")
 
+    @model_validator(mode="after")
+    def _buildable(self) -> LossConfig:
+        build_loss(self)  # arguments, shapes and masking checked when the config is read
+        return self
+
 
 def _term(term: LossTerm) -> Loss:
     cls = getattr(monai.losses, term.class_)
     if "mask" in inspect.signature(cls.forward).parameters:
-        masked = cls(**term.args)
+        try:
+            masked = cls(**term.args)
+        except TypeError as exc:
+            raise ValueError(f"loss {term.class_}: its arguments do not fit: {exc}") from None
 
         def with_mask(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
             mask = torch.ones_like(logits[:, :1]) if weight is None else weight.expand_as(logits[:, :1])
@@ -62,10 +70,12 @@ def _term(term: LossTerm) -> Loss:
     if "reduction" in term.args:
         raise ValueError(f"loss {term.class_}: leave out 'reduction': its values are averaged per pixel over the "
                          "pixels whose label is known")
+    if "reduction" not in inspect.signature(cls.__init__).parameters:
+        raise ValueError(f"loss {term.class_} has no per-pixel form (reduction='none')")
     try:
         per_pixel = cls(**term.args, reduction="none")
     except TypeError as exc:
-        raise ValueError(f"loss {term.class_} has no per-pixel form (reduction='none'): {exc}") from None
+        raise ValueError(f"loss {term.class_}: its arguments do not fit: {exc}") from None
 
     def weighted_mean(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         values = per_pixel(logits, target)
@@ -92,9 +102,33 @@ def build_loss(cfg: LossConfig) -> Loss:
             total = total + w * fn(logits, target, weight)
         return total
 
-    probe = torch.zeros(2, 1, 4, 4)
-    loss(probe, probe, torch.ones_like(probe))
+    _probe(cfg, loss)
     return loss
+
+
+def _probe(cfg: LossConfig, loss: Loss) -> None:
+    """Check the rule every term must keep on a small batch: one number, and pixels of unknown label
+    (weight 0) neither change it nor get a gradient. A loss that mixes a whole-image term into its
+    per-pixel values (``DiceFocalLoss``: its Dice part is per image) fails here, before training."""
+    names = " + ".join(t.class_ for t in cfg.terms)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, generator=g)
+    target = (torch.rand(2, 1, 8, 8, generator=g) > 0.7).float()
+    weight = torch.ones_like(target)
+    weight[0, :, :4, :4] = 0
+    x = logits.clone().requires_grad_(True)
+    value = loss(x, target, weight)
+    if value.dim() != 0:
+        raise ValueError(f"loss {names} gives values of shape {tuple(value.shape)}, not one number")
+    value.backward()  # type: ignore[no-untyped-call]
+    changed = logits.clone()
+    changed[0, :, :4, :4] += 3.0
+    leaks = (x.grad is not None and float(x.grad[0, :, :4, :4].abs().max()) > 0) or not torch.allclose(
+        loss(changed, target, weight), value.detach(), atol=1e-6)
+    if leaks:
+        raise ValueError(f"loss {names} lets pixels of unknown label count: a term reduces over the image itself "
+                         "(DiceLoss, the Dice part of DiceFocalLoss); use MaskedDiceLoss beside a per-pixel loss "
+                         "(FocalLoss)")
 
 
 def describe_loss(cfg: LossConfig | None, built_in: str) -> str:

@@ -360,7 +360,8 @@ def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: Oper
                             method: str = "platt") -> tuple[Calibrator, np.ndarray, float, float]:
     """Calibration (``method``: platt, temperature, isotonic) fitted on validation, then the
     operating point (Youden or a target sensitivity) and the urgent point (the given specificity,
-    never below the operating point). Returns ``(calibrator, calibrated probabilities, operating
+    never below the operating point, nor, with ``urgent_sensitivity``, below the score that keeps that
+    share of the positives). Returns ``(calibrator, calibrated probabilities, operating
     point, urgent point)``. A validation split of one class cannot place either point: that is
     refused, naming what it holds."""
     labels = np.asarray(labels)
@@ -384,6 +385,8 @@ def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: Oper
     negatives = np.sort(p[labels == 0])
     at_specificity = negatives[min(len(negatives) - 1, int(np.ceil(op_cfg.urgent_specificity * len(negatives))))]
     urgent_point = float(max(at_specificity, operating_point))
+    if op_cfg.urgent_sensitivity is not None:  # about that share of the positives is urgent, no more
+        urgent_point = max(urgent_point, threshold_for_sensitivity(p, labels, op_cfg.urgent_sensitivity))
     operating_point = float(np.clip(operating_point, 1e-4, 1 - 1e-4))
     urgent_point = float(np.clip(urgent_point, operating_point, 1 - 1e-4))
     return calibrator, p, operating_point, urgent_point
@@ -464,7 +467,7 @@ def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, calibrator: Calibrat
                     "operating_point": round(operating_point, 6),
                     "operating_point_method": cfg.operating_point.describe(),
                     "urgent_point": round(urgent_point, 6),
-                    "urgent_point_method": f"specificity {cfg.operating_point.urgent_specificity} on validation",
+                    "urgent_point_method": cfg.operating_point.describe_urgent(),
                 }
             },
             "metrics": metrics,
