@@ -258,10 +258,11 @@ def _parser() -> argparse.ArgumentParser:
                           "generated-chest test and scores the test images of the backgrounds it trained on")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    evaluate.add_argument("--recalibrate", choices=["platt", "temperature", "isotonic"],
-                          help="also report the same logits calibrated by this method, fitted on the data's val "
-                               "split (the bundle's operating-point rule applied there): compare calibrations "
-                               "without retraining")
+    # checked by evaluate (secondreader.scoring.calibration, not imported here: it would slow every command)
+    evaluate.add_argument("--recalibrate", metavar="METHOD",
+                          help="platt, temperature or isotonic: also report the same logits calibrated by this "
+                               "method, fitted on the data's val split (the bundle's operating-point rule applied "
+                               "there): compare calibrations without retraining")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     export = sub.add_parser("export-reviews", help="write radiologists' verdicts as a training manifest (CSV)")

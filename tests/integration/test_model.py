@@ -62,6 +62,9 @@ def test_recalibrating_the_shipped_weights_on_val_gives_back_the_bundles_calibra
     for key in ("sensitivity", "specificity"):
         assert temperature[key] == platt[key]
     assert temperature["ece"] != platt["ece"]
+    assert finding.operating_point_method == "sensitivity 0.95"  # the rule the refit applied, from the card
+    with pytest.raises(ValueError, match="unknown calibration method 'beta'"):
+        evaluate_bundle(models_dir / "cxr-pneumonia", npz, split="test", recalibrate="beta")
     with pytest.raises(ValueError, match="fits on the val split"):
         evaluate_bundle(models_dir / "cxr-pneumonia", npz, split="val", recalibrate="isotonic")
 

@@ -30,6 +30,8 @@ class FindingSpec:
     calibration: Calibrator
     operating_point: float
     urgent_point: float
+    #: how the operating point was chosen on validation, as the bundle records it ("youden", "sensitivity 0.95")
+    operating_point_method: str = "youden"
 
     def __post_init__(self) -> None:
         if not self.code or not self.code.replace("_", "").replace("-", "").isalnum():
@@ -131,6 +133,7 @@ def _finding(code: str, spec: dict[str, Any]) -> FindingSpec:
         calibration=calibration,
         operating_point=float(spec["operating_point"]),
         urgent_point=float(spec.get("urgent_point", spec["operating_point"])),
+        operating_point_method=str(spec.get("operating_point_method", "youden")),
     )
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from scipy.optimize import isotonic_regression, minimize
 from scipy.special import expit
 
-__all__ = ["CALIBRATION_METHODS", "Calibrator", "calibrated_probability", "fit_calibrator", "fit_platt"]
+__all__ = ["CALIBRATION_METHODS", "CalibrationMethod", "Calibrator", "calibrated_probability", "fit_calibrator",
+           "fit_platt"]
 
 CalibrationMethod = Literal["platt", "temperature", "isotonic"]
-CALIBRATION_METHODS: tuple[str, ...] = ("platt", "temperature", "isotonic")
+CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
 
 
 def calibrated_probability(logit: float | np.ndarray, a: float, b: float) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from secondreader.scoring.calibration import CalibrationMethod
 from secondreader.training.losses import LossConfig
 
 __all__ = ["ScheduleConfig", "TrainConfig", "load_config", "run_digest"]
@@ -79,7 +80,7 @@ class AugmentConfig(BaseModel):
 
 class CalibrationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: Literal["platt", "temperature", "isotonic"] = Field(
+    method: CalibrationMethod = Field(
         "platt", description="fitted on the validation split: platt (sigmoid(a * logit + b)), temperature "
         "(b = 0) or isotonic (monotone, piecewise linear)")
 

@@ -11,7 +11,6 @@ held-out performance (the card's leave-one-background-out figures are that).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from ..audit.summary import wilson_interval
 from ..model.card import load_card
 from ..model.dense import DensePredictor
 from ..model.predictor import TorchPredictor
+from ..scoring.calibration import CALIBRATION_METHODS
 from .config import OperatingPointConfig, load_config
 from .data import Split, load_manifest, load_medmnist
 from .metrics import binary_metrics
@@ -45,18 +45,20 @@ def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: st
     logits calibrated by that method fitted on the data's ``val`` split, at the operating point the
     bundle's rule (Youden, or a sensitivity) chooses there, so calibrations can be compared on one
     trained model without retraining."""
+    if recalibrate is not None and recalibrate not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {recalibrate!r}: one of {', '.join(CALIBRATION_METHODS)}")
     card = load_card(bundle)
     if card.saliency.method == "dense":
         raise ValueError(f"{card.ref} is a localisation model: evaluate it with --config (the config that "
                          "trained it), not --data")
     predictor = TorchPredictor(card, device="cpu" if device == "auto" else device)
     finding = card.findings[0]
-    def load(name: str) -> Split:
-        if data.suffix.lower() == ".npz":
-            return load_medmnist(data)[name]
-        return load_manifest(data, finding=finding.code, size=card.input_spec.size, splits=(name,))[name]
-
-    chosen = load(split)
+    names = (split, "val") if recalibrate is not None else (split,)
+    if data.suffix.lower() == ".npz":
+        splits = load_medmnist(data)
+    else:
+        splits = load_manifest(data, finding=finding.code, size=card.input_spec.size, splits=names)
+    chosen = splits[split]
     logits = predict_logits(predictor.network, chosen.images, card.input_spec)
     p = finding.calibration.probability(logits)
     metrics = binary_metrics(p, chosen.labels, finding.operating_point).to_json()
@@ -64,9 +66,8 @@ def evaluate_bundle(bundle: Path, data: Path, *, split: str = "test", device: st
     if recalibrate is not None:
         if split == "val":
             raise ValueError("--recalibrate fits on the val split: evaluate another split with it")
-        val = load("val")
-        recorded = json.loads((bundle / "configs" / "metadata.json").read_text())["secondreader"]["findings"]
-        rule = OperatingPointConfig.from_description(recorded[finding.code].get("operating_point_method", "youden"))
+        val = splits["val"]
+        rule = OperatingPointConfig.from_description(finding.operating_point_method)
         cal, _p, op, _urgent = calibrate_on_validation(
             predict_logits(predictor.network, val.images, card.input_spec), val.labels, rule, recalibrate)
         report["recalibrated"] = {"calibration": {**cal.to_json(), "fitted_on": "val"}, "operating_point": round(op, 6),

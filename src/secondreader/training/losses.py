@@ -50,7 +50,7 @@ class LossConfig(BaseModel):
 
     @model_validator(mode="after")
     def _buildable(self) -> LossConfig:
-        build_loss(self)  # arguments, shapes and masking checked when the config is read
+        _probe(self, build_loss(self))  # arguments, shapes and masking checked once, when the config is read
         return self
 
 
@@ -92,8 +92,9 @@ def _term(term: LossTerm) -> Loss:
 
 
 def build_loss(cfg: LossConfig) -> Loss:
-    """The configured sum of MONAI losses, as one ``(logits, target, weight) -> loss`` function. Each
-    term is checked on a small batch here, so a loss that cannot be masked fails before training."""
+    """The configured sum of MONAI losses, as one ``(logits, target, weight) -> loss`` function (a
+    validated :class:`LossConfig` has been tried on a small batch, so one that cannot be masked fails
+    when the config is read, before training)."""
     terms = [(_term(t), t.weight) for t in cfg.terms]
 
     def loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -102,7 +103,6 @@ def build_loss(cfg: LossConfig) -> Loss:
             total = total + w * fn(logits, target, weight)
         return total
 
-    _probe(cfg, loss)
     return loss
 
 
