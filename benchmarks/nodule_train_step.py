@@ -1,8 +1,9 @@
 """Training-step speed of the cxr-nodule network (the U-Net of training/configs/cxr-nodule.yaml):
 forward, loss, backward and an AdamW step on random crops, on the CPU and, where there is one, on
 the GPU (float32 and bfloat16 autocast), measured in one run. The loss is the config's (its
-``loss:`` terms of monai.losses, or the built-in one); on the CPU the built-in loss is measured
-beside it, alternating in short rounds so that a loaded machine slows both alike.
+``loss:`` terms of monai.losses, or the built-in one); on the CPU the built-in loss and the
+channels-last layout (``schedule.channels_last``) are measured beside it, alternating in short rounds
+so that a loaded machine slows all alike.
 
     python benchmarks/nodule_train_step.py [--seconds 10] [--threads N] [--batch B]
 
@@ -23,16 +24,19 @@ from monai.networks.nets import UNet
 from secondreader.training.config import load_config
 from secondreader.training.localisation import dense_loss
 from secondreader.training.losses import Loss, describe_loss
+from secondreader.training.train import training_memory_format
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "cxr-nodule.yaml"
 
 
-def _stepper(device: str, loss_fn: Loss, *, batch: int, crop: int, bf16: bool) -> Callable[[], None]:
+def _stepper(device: str, loss_fn: Loss, *, batch: int, crop: int, bf16: bool,
+             channels_last: bool = False) -> Callable[[], None]:
     cfg = yaml.safe_load(CONFIG.read_text())
     torch.manual_seed(0)
-    network = UNet(**cfg["network"]["args"]).to(device)
+    layout = training_memory_format(channels_last)
+    network = UNet(**cfg["network"]["args"]).to(device, memory_format=layout)
     optimiser = torch.optim.AdamW(network.parameters(), lr=1e-3)
-    x = torch.randn(batch, 1, crop, crop, device=device)
+    x = torch.randn(batch, 1, crop, crop, device=device).contiguous(memory_format=layout)
     target = (torch.rand(batch, 1, crop, crop, device=device) > 0.99).float()
     weight = torch.ones_like(target)
 
@@ -49,10 +53,11 @@ def _stepper(device: str, loss_fn: Loss, *, batch: int, crop: int, bf16: bool) -
     return step
 
 
-def steps_per_second(device: str, losses: list[Loss], *, batch: int, crop: int, seconds: float,
+def steps_per_second(device: str, losses: list[tuple[Loss, bool]], *, batch: int, crop: int, seconds: float,
                      bf16: bool, rounds: int = 5) -> list[float]:
-    """Steps/s with each of ``losses``, measured in ``rounds`` alternating windows."""
-    steppers = [_stepper(device, fn, batch=batch, crop=crop, bf16=bf16) for fn in losses]
+    """Steps/s with each of ``losses`` (a loss, and whether the step is channels-last), measured in
+    ``rounds`` alternating windows."""
+    steppers = [_stepper(device, fn, batch=batch, crop=crop, bf16=bf16, channels_last=cl) for fn, cl in losses]
     counts, spent = [0] * len(losses), [0.0] * len(losses)
     for _ in range(rounds):
         for k, step in enumerate(steppers):
@@ -81,16 +86,17 @@ def main() -> None:
     configured, built_in = dense_loss(train_cfg), dense_loss(train_cfg.model_copy(update={"loss": None}))
     named = describe_loss(train_cfg.loss, "the built-in loss")
     cpu = f"cpu ({args.threads} thread{'s' if args.threads > 1 else ''})"
-    rates = steps_per_second("cpu", [configured, built_in], batch=args.batch, crop=crop, seconds=args.seconds,
-                             bf16=False)
+    rates = steps_per_second("cpu", [(configured, False), (built_in, False), (configured, True)], batch=args.batch,
+                             crop=crop, seconds=args.seconds, bf16=False)
     rows = [(cpu, rates[0])]
     if train_cfg.loss is not None:
         rows.append((f"{cpu}, the built-in loss instead", rates[1]))
+    rows.append((f"{cpu}, channels-last", rates[2]))
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         for label, bf16 in (("fp32", False), ("bf16 autocast", True)):
-            (rate,) = steps_per_second("cuda", [configured], batch=args.batch, crop=crop, seconds=args.seconds,
-                                       bf16=bf16)
+            (rate,) = steps_per_second("cuda", [(configured, False)], batch=args.batch, crop=crop,
+                                       seconds=args.seconds, bf16=bf16)
             rows.append((f"cuda {name} {label}", rate))
     base = rows[0][1]
     print(f"cxr-nodule training step: batch {args.batch} x 1 x {crop} x {crop}; loss: {named}")

@@ -236,6 +236,27 @@ def test_batches_prepared_ahead_by_threads_do_not_depend_on_how_many(shared_data
     assert drawn != one
 
 
+def test_a_channels_last_training_step_is_the_same_arithmetic_in_another_order(shared_data: Path,
+                                                                               tmp_path: Path) -> None:
+    """``schedule.channels_last``: other weights (a new version), saved as an ordinary state dict
+    that loads into the served network, and named in the bundle."""
+    keep = ("nih-00000001-000", "nih-00027426-000")
+
+    def run(channels_last: bool) -> tuple[dict, dict[str, torch.Tensor]]:  # type: ignore[type-arg]
+        cfg = _config(shared_data, tmp_path / str(channels_last), keep=keep).model_copy(deep=True)
+        cfg.schedule.channels_last, cfg.schedule.workers = channels_last, 1
+        meta = train(cfg)["secondreader"]
+        return meta, torch.load(tmp_path / str(channels_last) / "bundle" / "models" / "model.pt", weights_only=True)
+
+    (default, a), (cl, b) = run(False), run(True)
+    assert default["weights_sha256"] != cl["weights_sha256"]
+    assert "channels-last" in cl["training"]["device"] and "channels-last" not in default["training"]["device"]
+    assert a.keys() == b.keys()
+    assert all(value.is_contiguous() for value in b.values())
+    served = load_predictor(tmp_path / "True" / "bundle")
+    assert isinstance(served, DensePredictor)
+
+
 def test_an_interrupted_run_continues_every_fit_from_its_last_epoch(shared_data: Path, tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """Each fit keeps its state after every epoch: a run stopped after epoch 1 of 2 (in two worker

@@ -23,7 +23,7 @@ from secondreader.training.lesions import (
     place_nodules,
     square_picture,
 )
-from secondreader.training.localisation import standardise
+from secondreader.training.localisation import _quantiles, standardise
 
 from ..factories import chest_phantom
 
@@ -183,6 +183,23 @@ def test_batched_standardise_equals_the_serving_transform() -> None:
     for i in range(3):
         one = torch.as_tensor(transform(pictures[i])).as_subclass(torch.Tensor)
         assert torch.allclose(batched[i], one, atol=1e-5)
+
+
+def test_quantiles_from_one_partition_are_kthvalues_interpolation_bit_for_bit() -> None:
+    # the shipped weights were trained with the percentile stretch's quantiles taken from two
+    # kthvalue calls each; one numpy partition must give the same float32 values, not nearly them
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 7, 65536):
+        flat = torch.rand(4, n, generator=g) ** 2
+        flat[0] = 0.25  # ties
+        qs = (0.0, 0.005, 0.5, 0.995, 1.0)
+        for q, got in zip(qs, _quantiles(flat, qs), strict=True):
+            position = q * (n - 1)
+            k = int(np.floor(position))
+            below = flat.kthvalue(k + 1, dim=1).values
+            want = below if k + 1 >= n else below + (flat.kthvalue(k + 2, dim=1).values - below) * (position - k)
+            assert torch.equal(got, want), (n, q)
+            assert torch.allclose(got, torch.quantile(flat, q, dim=1), atol=1e-6)
 
 
 def test_stretch_jitter_is_what_a_tighter_field_of_view_does_to_the_served_stretch() -> None:

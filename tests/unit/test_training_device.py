@@ -11,10 +11,12 @@ import yaml
 
 from secondreader.cli import main
 from secondreader.errors import ModelError
+from secondreader.model.dense import build_dense_network
 from secondreader.training.config import load_config
-from secondreader.training.train import training_device, training_hardware
+from secondreader.training.train import training_device, training_hardware, training_memory_format
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "cxr-pneumonia.yaml"
+NODULE = CONFIG.with_name("cxr-nodule.yaml")
 
 
 def test_auto_takes_cuda_when_there_is_one_and_mixed_precision_only_there() -> None:
@@ -50,3 +52,30 @@ def test_train_refuses_cuda_without_a_cuda_device(capfd: pytest.CaptureFixture[s
     assert main(["train", str(config), "--device", "tpu"]) == 1
     assert "'tpu' is not one of auto, cpu, cuda or cuda:N" in capfd.readouterr().err
     assert not (tmp_path / "bundle").exists() and not (tmp_path / "runs").exists()  # refused before training
+
+
+def test_a_channels_last_step_computes_what_the_default_layout_does() -> None:
+    """``schedule.channels_last`` changes the order of the arithmetic, not the sums: one forward and
+    backward pass of the shipped U-Net from the same weights on the same batch in either layout."""
+    cfg = load_config(NODULE)
+    assert not cfg.schedule.channels_last, "the shipped 1.6.0 weights were trained in the default layout"
+    x = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(1)
+        network = build_dense_network(cfg.network.class_, cfg.network.args)
+        layout = training_memory_format(channels_last)
+        network.to(memory_format=layout)  # type: ignore[call-overload]
+        out = network(x.to(memory_format=layout))
+        out.square().mean().backward()
+        results.append((out.detach().contiguous(), {k: p.grad.contiguous() for k, p in network.named_parameters()
+                                                      if p.grad is not None}))
+        # the layout really changed: a 4-D weight with more than one input channel is no longer contiguous
+        assert any(p.dim() == 4 and not p.is_contiguous() for p in network.parameters()) == channels_last
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert torch.allclose(out_a, out_b, rtol=1e-4, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name, grad in grads_a.items():
+        assert torch.allclose(grad, grads_b[name], rtol=1e-3, atol=1e-6), name
+    hardware = training_hardware(torch.device("cpu"), False, channels_last=True)
+    assert hardware["device"] == "cpu, float32, channels-last"

@@ -67,6 +67,11 @@ class ScheduleConfig(BaseModel):
                                     "cuda:N; `secondreader train --device` overrides it")
     mixed_precision: bool = Field(True, description="on a CUDA device, forward passes in bfloat16 autocast (the "
                                                     "loss and the weights stay float32); the CPU trains in float32")
+    channels_last: bool = Field(False, description="the training step's network and inputs in channels-last memory "
+                                "layout: the same arithmetic in another order, faster on the CPU "
+                                "(benchmarks/nodule_train_step.py) but other weights in their last bits, so a "
+                                "model trained with it is a new version; the saved weights are the same kind "
+                                "of state dict, and serving is unchanged")
 
 
 class AugmentConfig(BaseModel):

@@ -81,6 +81,7 @@ from .train import (
     init_source,
     training_device,
     training_hardware,
+    training_memory_format,
     training_progress,
 )
 
@@ -286,17 +287,22 @@ def background_test_set(lc: LesionConfig, backgrounds: Sequence[RealBackground],
 
 # -- the serving transform, batched -----------------------------------------------------------------
 
-def _quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row ``q`` quantile with linear interpolation (``torch.quantile``'s default), from two
-    ``kthvalue`` calls: about twice as fast as ``torch.quantile``, which sorts every row."""
+def _quantiles(flat: torch.Tensor, qs: Sequence[float]) -> list[torch.Tensor]:
+    """Per-row quantiles ``qs`` of float (N, M) ``flat`` with linear interpolation (``torch.quantile``'s
+    default). Every order statistic they need comes from one ``numpy.partition`` of each row: the
+    same elements ``kthvalue`` picks, so the same values bit for bit, about three times as fast as two
+    ``kthvalue`` calls per quantile (which made the percentile stretch two thirds of a cxr-nodule
+    batch's preparation) and six times as fast as ``torch.quantile``, which sorts every row."""
     n = flat.shape[1]
-    position = q * (n - 1)
-    k = int(math.floor(position))
-    below = flat.kthvalue(k + 1, dim=1).values
-    if k + 1 >= n:
-        return below
-    above = flat.kthvalue(k + 2, dim=1).values
-    return below + (above - below) * (position - k)
+    positions = [q * (n - 1) for q in qs]
+    below = [int(math.floor(p)) for p in positions]
+    kth = sorted({k for k in below} | {k + 1 for k in below if k + 1 < n})
+    part = torch.from_numpy(np.partition(flat.detach().cpu().numpy(), kth, axis=1)).to(flat.device)
+    out = []
+    for p, k in zip(positions, below, strict=True):
+        low = part[:, k]
+        out.append(low if k + 1 >= n else low + (part[:, k + 1] - low) * (p - k))
+    return out
 
 
 def standardise(pictures: torch.Tensor, spec: InputSpec, *,
@@ -308,7 +314,7 @@ def standardise(pictures: torch.Tensor, spec: InputSpec, *,
     ``points`` (training only): each picture's black and white points (N,) on the stretched 0-1
     range, stretched again to 0-1 (with 0 and 1 nothing changes)."""
     flat = pictures.reshape(pictures.shape[0], -1).float()
-    low, high = (_quantile(flat, q).view(-1, 1, 1, 1) for q in (0.005, 0.995))
+    low, high = (q.view(-1, 1, 1, 1) for q in _quantiles(flat, (0.005, 0.995)))
     stretched = ((pictures.float() - low) / (high - low).clamp_min(1e-8)).clamp(0.0, 1.0)
     if points is not None:
         black, white = (p.view(-1, 1, 1, 1) for p in points)
@@ -557,8 +563,9 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
         source = init_source(cfg, dense=True)
         assert source is not None
         network.load_state_dict(torch.load(source.weights_path, map_location="cpu", weights_only=True))
-    network.to(device)
     sched = cfg.schedule
+    layout = training_memory_format(sched.channels_last)
+    network.to(device, memory_format=layout)  # type: ignore[call-overload]  # (not in torch's stubs)
     optimiser = torch.optim.AdamW(network.parameters(), lr=sched.max_lr, weight_decay=sched.weight_decay)
     steps_per_epoch = max(1, len(members) // sched.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=sched.max_lr,
@@ -608,7 +615,7 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
                                           [_seed_of(seed, epoch, step) for step in range(len(steps))])
             for xc, tc, wc in batches:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = network(xc.to(device))
+                    out = network(xc.to(device, memory_format=layout))
                 loss = loss_fn(out.float(), tc.to(device), wc.to(device))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -921,7 +928,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
         raise ValueError("data.kind lesion_insertion needs a lesions: section")
     started = time.time()
     device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
-    logger.info("training %s on %s", cfg.name, training_hardware(device, amp)["device"])
+    hardware = training_hardware(device, amp, cfg.schedule.channels_last)
+    logger.info("training %s on %s", cfg.name, hardware["device"])
     torch.set_num_threads(cfg.schedule.threads)
     set_determinism(seed=cfg.seed)
     # Seeded, but not torch's deterministic mode: on the CPU it made each U-Net step ten times slower.
@@ -1045,7 +1053,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     (out / "models" / "model.pt").write_bytes(weights)
     metadata = dense_metadata(cfg, spec, cal, metrics, device_uid_for(cfg.name, cfg.version, weights_sha256),
                               weights_sha256, config_path, time.time() - started,
-                              [backgrounds[f].id for f in folds if f not in todo], training_hardware(device, amp))
+                              [backgrounds[f].id for f in folds if f not in todo], hardware)
     if source is not None:
         metadata["secondreader"]["training"]["init_from"] = {
             "model": source.ref, "weights_sha256": source.metadata["secondreader"].get("weights_sha256")}

@@ -40,7 +40,7 @@ from .metrics import auroc, binary_metrics, threshold_for_sensitivity, youden_th
 from .modelcard import write_model_card
 from .plots import reliability_png
 
-__all__ = ["predict_inputs", "predict_logits", "train", "training_device"]
+__all__ = ["predict_inputs", "predict_logits", "train", "training_device", "training_memory_format"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,12 @@ def _cpu_model() -> str:
     return found or platform.processor() or platform.machine()
 
 
-def training_hardware(device: torch.device, amp: bool) -> dict[str, str]:
+def training_memory_format(channels_last: bool) -> torch.memory_format:
+    """The memory layout of the training step's network and inputs (``schedule.channels_last``)."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def training_hardware(device: torch.device, amp: bool, channels_last: bool = False) -> dict[str, str]:
     """What a run trained on, for its bundle: ``machine`` (the CPU, its threads and the device) and
     ``device``. Weights are bit-for-bit repeatable only on the same kind of CPU or GPU."""
     cpu = _cpu_model()
@@ -115,6 +120,8 @@ def training_hardware(device: torch.device, amp: bool) -> dict[str, str]:
         where = f"{device}, {torch.cuda.get_device_name(device)}, {'bfloat16 autocast' if amp else 'float32'}"
     else:
         where = "cpu, float32"
+    if channels_last:
+        where += ", channels-last"
     return {"machine": f"{platform.machine()} {torch.get_num_threads()} threads ({cpu}); {where}", "device": where}
 
 
@@ -254,7 +261,8 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     if source is not None:
         network.load_state_dict(torch.load(source.weights_path, map_location="cpu", weights_only=True))
         logger.info("fine-tuning from %s", source.ref)
-    network.to(device)
+    layout = training_memory_format(cfg.schedule.channels_last)
+    network.to(device, memory_format=layout)  # type: ignore[call-overload]  # (not in torch's stubs)
     optimiser = torch.optim.AdamW(network.parameters(), lr=cfg.schedule.max_lr, weight_decay=cfg.schedule.weight_decay)
     steps_per_epoch = (len(train_split.labels) + cfg.schedule.batch_size - 1) // cfg.schedule.batch_size
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.schedule.max_lr,
@@ -262,7 +270,8 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
     loss_fn = _classifier_loss(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     labels = torch.as_tensor(train_split.labels, dtype=torch.float32)
-    logger.info("training %s on %s", cfg.name, training_hardware(device, amp)["device"])
+    hardware = training_hardware(device, amp, cfg.schedule.channels_last)
+    logger.info("training %s on %s", cfg.name, hardware["device"])
 
     history: list[dict[str, Any]] = []
     first_epoch = 0
@@ -299,7 +308,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
                     for i in idx.tolist()
                 ])
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = network(x.to(device))
+                    out = network(x.to(device, memory_format=layout))
                 loss = loss_fn(out[:, 0].float(), labels[idx].to(device))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -344,7 +353,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
 
     metadata = _metadata(cfg, spec, side, calibrator, operating_point, urgent_point, metrics, history,
                          device_uid, weights_sha256, config_path, time.time() - started,
-                         training_hardware(device, amp))
+                         hardware)
     if source is not None:
         metadata["secondreader"]["training"]["init_from"] = {
             "model": source.ref, "weights_sha256": source.metadata["secondreader"].get("weights_sha256")}
