@@ -66,8 +66,8 @@ if [ "$MODE" = gpu ]; then
     echo "   pytest took ${SECONDS}s"
 fi
 if [ -d ../shared/data/cxr ]; then
-    echo "== nodule_fit_speed ($MODE): the recipe's steps/s with its batch preparation, by loader_workers"
-    timeout "${FIT_LIMIT}" "$PY" benchmarks/nodule_fit_speed.py --loaders 0 4 8 12 2>&1 | tee "$OUT/nodule_fit_speed.log" \
+    echo "== nodule_fit_speed ($MODE): the recipe's steps/s with its batch preparation, by loader_workers and layout"
+    timeout "${FIT_LIMIT}" "$PY" benchmarks/nodule_fit_speed.py --loaders 0 4 12 2>&1 | tee "$OUT/nodule_fit_speed.log" \
         || status=1
 fi
 echo "== stage_times ($MODE)"

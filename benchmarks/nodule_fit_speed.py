@@ -1,13 +1,15 @@
 """Training speed of the cxr-nodule recipe *with its batch preparation* (intensity augmentation,
 percentile stretch, crops drawn from a real insertion pool), on the CPU and, where there is one, on
 the GPU, with the batches drawn in the step's thread (``loader_workers: 0``, the shipped stream) and
-prepared ahead by N threads, measured in one run. ``benchmarks/nodule_train_step.py`` measures the
+prepared ahead by N threads, each in the default memory layout and channels-last
+(``schedule.channels_last``), measured in one run. ``benchmarks/nodule_train_step.py`` measures the
 network's step alone; the difference between the two is what the GPU waits for.
 
-    python benchmarks/nodule_fit_speed.py [--steps 40] [--loaders 0 2 4 8] [--threads N]
+    python benchmarks/nodule_fit_speed.py [--steps 40] [--loaders 0 2 4 8] [--layouts default channels-last]
+                                          [--threads N]
 
 Needs the shared data (``../shared/data``, or ``--data``). Prints steps/s and the ratio to the CPU
-with ``loader_workers: 0``.
+with ``loader_workers: 0`` in the default layout.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--steps", type=int, default=40, help="training steps per measurement (one epoch)")
     parser.add_argument("--loaders", type=int, nargs="+", default=[0, 2, 4, 8])
+    parser.add_argument("--layouts", nargs="+", choices=("default", "channels-last"),
+                        default=["default", "channels-last"])
     parser.add_argument("--threads", type=int, help="torch threads (default: the config's schedule.threads)")
     args = parser.parse_args()
     cfg = load_config(CONFIG).model_copy(deep=True)
@@ -52,9 +56,10 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
-        for loaders in args.loaders:
+        for loaders, layout in ((n, layout) for n in args.loaders for layout in args.layouts):
             run = cfg.model_copy(deep=True)
             run.schedule.device, run.schedule.loader_workers = device, loaders
+            run.schedule.channels_last = layout == "channels-last"
             _fit(run, pool, members[: 4 * cfg.schedule.batch_size], spec, 1, lambda: None)  # warm-up
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -62,13 +67,14 @@ def main() -> None:
             _fit(run, pool, members, spec, 1, lambda: None)
             if device == "cuda":
                 torch.cuda.synchronize()
-            rows.append((device, loaders, args.steps / (time.perf_counter() - t)))
-    base = rows[0][2]
-    print("| device | loader_workers | steps/s | vs CPU, loader_workers 0 |\n|---|---|---|---|")
-    for device, loaders, rate in rows:
+            rows.append((device, loaders, layout, args.steps / (time.perf_counter() - t)))
+    base = rows[0][3]
+    print(f"| device | loader_workers | layout | steps/s | vs CPU, loader_workers {rows[0][1]}, {rows[0][2]} |\n"
+          "|---|---|---|---|---|")
+    for device, loaders, layout, rate in rows:
         name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
         print(f"| {name} ({'bf16 autocast' if device == 'cuda' and cfg.schedule.mixed_precision else 'fp32'}) "
-              f"| {loaders} | {rate:.1f} | {rate / base:.2f}x |")
+              f"| {loaders} | {layout} | {rate:.1f} | {rate / base:.2f}x |")
 
 
 if __name__ == "__main__":
