@@ -54,7 +54,9 @@ def main() -> None:
     spec = InputSpec(size=(lc.input_size, lc.input_size), mean=0.0, std=1.0)
     members = np.arange(n)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
+    print(f"| device | loader_workers | layout | steps/s | vs the first row ({devices[0]}, loader_workers "
+          f"{args.loaders[0]}, {args.layouts[0]}) |\n|---|---|---|---|---|", flush=True)
+    base = 0.0
     for device in devices:
         for loaders, layout in ((n, layout) for n in args.loaders for layout in args.layouts):
             run = cfg.model_copy(deep=True)
@@ -67,14 +69,12 @@ def main() -> None:
             _fit(run, pool, members, spec, 1, lambda: None)
             if device == "cuda":
                 torch.cuda.synchronize()
-            rows.append((device, loaders, layout, args.steps / (time.perf_counter() - t)))
-    base = rows[0][3]
-    print(f"| device | loader_workers | layout | steps/s | vs CPU, loader_workers {rows[0][1]}, {rows[0][2]} |\n"
-          "|---|---|---|---|---|")
-    for device, loaders, layout, rate in rows:
-        name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-        print(f"| {name} ({'bf16 autocast' if device == 'cuda' and cfg.schedule.mixed_precision else 'fp32'}) "
-              f"| {loaders} | {layout} | {rate:.1f} | {rate / base:.2f}x |")
+            rate = args.steps / (time.perf_counter() - t)
+            base = base or rate
+            # each row as it is measured (flushed): a run cut short by a time limit keeps its rows
+            name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+            print(f"| {name} ({'bf16 autocast' if device == 'cuda' and cfg.schedule.mixed_precision else 'fp32'}) "
+                  f"| {loaders} | {layout} | {rate:.2f} | {rate / base:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def test_a_new_version_or_label_keeps_the_digest_and_anything_the_fits_read_chan
     assert cfg.lesions is not None
     for other in (cfg.model_copy(update={"seed": cfg.seed + 1}),
                   _changed(cfg, "schedule", epochs=cfg.schedule.epochs + 1),
+                  _changed(cfg, "schedule", channels_last=True),
                   _changed(cfg, "lesions", vessel_mimic_fraction=0.3),
                   _changed(cfg, "saliency", flip_average=not cfg.saliency.flip_average),
                   _changed(cfg, "network", args={**cfg.network.args, "num_res_units": 3})):

@@ -330,6 +330,9 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
                 logger.info("stopping after epoch %d as asked; resume with --resume", epoch + 1)
                 return {}
 
+    # evaluated in the layout it is served in (the saved weights are contiguous), so that the bundle's
+    # calibration and figures come from the logits serving computes
+    network.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # (not in torch's stubs)
     # Calibration and operating points: validation split only.
     val_logits = predict_logits(network, val_split.images, spec)
     calibrator, val_p, operating_point, urgent_point = calibrate_on_validation(
