@@ -251,6 +251,9 @@ def test_a_channels_last_training_step_is_the_same_arithmetic_in_another_order(s
 
     (default, a), (cl, b) = run(False), run(True)
     assert "channels-last" in cl["training"]["device"] and "channels-last" not in default["training"]["device"]
+    # the machine line records the threads the config trains with (schedule.threads: 1), not the
+    # process's default (the machine's cores)
+    assert " 1 threads (" in cl["training"]["machine"]
     assert a.keys() == b.keys()
     assert all(value.is_contiguous() for value in b.values())
     served = load_predictor(tmp_path / "True" / "bundle")

@@ -931,9 +931,9 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
         raise ValueError("data.kind lesion_insertion needs a lesions: section")
     started = time.time()
     device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
-    hardware = training_hardware(device, amp, cfg.schedule.channels_last)
-    logger.info("training %s on %s", cfg.name, hardware["device"])
     torch.set_num_threads(cfg.schedule.threads)
+    hardware = training_hardware(device, amp, cfg.schedule.channels_last)  # records the threads: after setting them
+    logger.info("training %s on %s", cfg.name, hardware["device"])
     set_determinism(seed=cfg.seed)
     # Seeded, but not torch's deterministic mode: on the CPU it made each U-Net step ten times slower.
     # One thread per fit is bit-for-bit repeatable on the same software anyway (two full runs of the
