@@ -237,8 +237,7 @@ def test_batches_prepared_ahead_by_threads_do_not_depend_on_how_many(shared_data
     assert drawn != one
 
 
-def test_a_channels_last_training_step_is_the_same_arithmetic_in_another_order(shared_data: Path,
-                                                                               tmp_path: Path) -> None:
+def test_a_channels_last_run_writes_an_ordinary_bundle_that_names_it(shared_data: Path, tmp_path: Path) -> None:
     """``schedule.channels_last``: the bundle names it, and its weights are an ordinary (contiguous)
     state dict that loads into the served network, with the same keys as the default layout's."""
     keep = ("nih-00000001-000", "nih-00027426-000")
