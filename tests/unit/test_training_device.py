@@ -13,7 +13,7 @@ from secondreader.cli import main
 from secondreader.errors import ModelError
 from secondreader.model.dense import build_dense_network
 from secondreader.training.config import load_config
-from secondreader.training.train import training_device, training_hardware, training_memory_format
+from secondreader.training.train import to_layout, training_device, training_hardware, training_memory_format
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "cxr-pneumonia.yaml"
 NODULE = CONFIG.with_name("cxr-nodule.yaml")
@@ -65,7 +65,7 @@ def test_a_channels_last_step_computes_what_the_default_layout_does() -> None:
         torch.manual_seed(1)
         network = build_dense_network(cfg.network.class_, cfg.network.args)
         layout = training_memory_format(channels_last)
-        network.to(memory_format=layout)  # type: ignore[call-overload]
+        to_layout(network, layout)
         out = network(x.to(memory_format=layout))
         out.square().mean().backward()
         results.append((out.detach().contiguous(), {k: p.grad.contiguous() for k, p in network.named_parameters()

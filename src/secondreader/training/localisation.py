@@ -79,6 +79,7 @@ from .train import (
     bundle_header,
     calibrate_on_validation,
     init_source,
+    to_layout,
     training_device,
     training_hardware,
     training_memory_format,
@@ -566,7 +567,7 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
         network.load_state_dict(torch.load(source.weights_path, map_location="cpu", weights_only=True))
     sched = cfg.schedule
     layout = training_memory_format(sched.channels_last)
-    network.to(device, memory_format=layout)  # type: ignore[call-overload]  # (not in torch's stubs)
+    to_layout(network, layout, device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=sched.max_lr, weight_decay=sched.weight_decay)
     steps_per_epoch = max(1, len(members) // sched.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=sched.max_lr,
@@ -635,7 +636,7 @@ def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, see
         if loader is not None:
             loader.shutdown(cancel_futures=True)
     # scored in the layout it is served in, so that calibration and figures come from serving's logits
-    network.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # (not in torch's stubs)
+    to_layout(network, torch.contiguous_format)
     return network.eval()
 
 

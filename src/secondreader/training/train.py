@@ -112,6 +112,12 @@ def training_memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def to_layout(network: torch.nn.Module, layout: torch.memory_format, device: torch.device | None = None) -> None:
+    """Move ``network`` (in place) to ``layout`` (and ``device``): channels-last for training steps
+    with ``schedule.channels_last``, back to the contiguous layout serving uses before it is scored."""
+    network.to(device, memory_format=layout)  # type: ignore[call-overload]  # (memory_format: not in torch's stubs)
+
+
 def training_hardware(device: torch.device, amp: bool, channels_last: bool = False) -> dict[str, str]:
     """What a run trained on, for its bundle: ``machine`` (the CPU, its threads and the device) and
     ``device``. Weights are bit-for-bit repeatable only on the same kind of CPU or GPU."""
@@ -262,7 +268,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
         network.load_state_dict(torch.load(source.weights_path, map_location="cpu", weights_only=True))
         logger.info("fine-tuning from %s", source.ref)
     layout = training_memory_format(cfg.schedule.channels_last)
-    network.to(device, memory_format=layout)  # type: ignore[call-overload]  # (not in torch's stubs)
+    to_layout(network, layout, device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=cfg.schedule.max_lr, weight_decay=cfg.schedule.weight_decay)
     steps_per_epoch = (len(train_split.labels) + cfg.schedule.batch_size - 1) // cfg.schedule.batch_size
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.schedule.max_lr,
@@ -332,7 +338,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
 
     # evaluated in the layout it is served in (the saved weights are contiguous), so that the bundle's
     # calibration and figures come from the logits serving computes
-    network.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # (not in torch's stubs)
+    to_layout(network, torch.contiguous_format)
     # Calibration and operating points: validation split only.
     val_logits = predict_logits(network, val_split.images, spec)
     calibrator, val_p, operating_point, urgent_point = calibrate_on_validation(
