@@ -117,11 +117,15 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         cfg = load_config(args.config)
         if args.device:  # checked where it is resolved (ModelError: not a device, or no CUDA)
             cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"device": args.device})})
-        meta = train(cfg, config_path=args.config, resume=args.resume)
+        meta = train(cfg, config_path=args.config, resume=args.resume, folds_only=args.folds_only)
     except (ValueError, FileNotFoundError, yaml.YAMLError) as exc:  # the config or the data, without a traceback
         logger.error("%s: %s", args.config.name, exc)
         logger.debug("where it was raised", exc_info=True)  # --log-level DEBUG, for a bug rather than bad input
         return 2
+    if "leave_one_out" in meta:
+        held = meta["leave_one_out"]
+        sys.stdout.write(json.dumps({"recipe": cfg.name, "test": held["test"], "folds": held["folds"]}) + "\n")
+        return 0
     test = meta["secondreader"]["metrics"]["test"]
     sys.stdout.write(json.dumps({"model": f"{meta['name']}@{meta['version']}", "test": test}) + "\n")
     return 0
@@ -245,6 +249,9 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model from a YAML config and write its bundle")
     train.add_argument("config", type=Path, metavar="CONFIG")
     train.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    train.add_argument("--folds-only", action="store_true", help="localisation recipes: evaluate the recipe leaving "
+                       "one real background out, without the final model or a bundle (the figures go to "
+                       "<checkpoint_dir>/leave-one-out.json)")
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's schedule.device, auto: "
                        "the first CUDA device when there is one); bfloat16 autocast on CUDA (schedule.mixed_precision)")
     train.set_defaults(func=_cmd_train)

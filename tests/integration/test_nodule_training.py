@@ -30,14 +30,15 @@ from ..conftest import ROOT
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
 
-def _config(shared_data: Path, tmp_path: Path, keep: tuple[str, ...] | None = None) -> TrainConfig:
+def _config(shared_data: Path, tmp_path: Path, keep: tuple[str, ...] | None = None,
+            lesions: dict[str, Any] | None = None) -> TrainConfig:
     raw = yaml.safe_load((ROOT / "training" / "configs" / "cxr-nodule.yaml").read_text())
     raw["data"]["path"] = str(shared_data)
     if keep is not None:
         raw["lesions"]["backgrounds"] = [b for b in raw["lesions"]["backgrounds"] if b["id"] in keep]
     raw["lesions"].update(per_background=12, generated=16, generated_bases=4, validation_per_background=6,
                           validation_generated=8, test_per_background=6, test_generated=8, input_size=128,
-                          work_size=160, crop=64)
+                          work_size=160, crop=64, **(lesions or {}))
     # the CPU: its bit-for-bit repeatability is what these tests compare (tests/gpu covers CUDA)
     raw["schedule"].update({"epochs": 1, "batch_size": 8, "device": "cpu"})
     raw["output_dir"] = str(tmp_path / "bundle")
@@ -205,6 +206,43 @@ def test_one_epoch_of_the_nodule_recipe_writes_a_bundle_that_reloads(shared_data
     card_text = (bundle / "docs" / "README.md").read_text()
     assert "resumed with `--resume`" in card_text and "nih-00027426-000; their own fitting times" in card_text
     assert "resumed" not in text
+
+
+def test_folds_only_evaluates_a_learning_curve_on_fewer_films_and_writes_no_model(
+        shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`secondreader train CONFIG --folds-only` with `lesions.fold_backgrounds`: each fold's model
+    trains on that many of the other real films (as many real pictures), is tested on the same
+    held-out images, and no final model or bundle is made."""
+    keep = ("nih-00000001-000", "nih-00027426-000", "rg1-cr")
+    curve = _config(shared_data, tmp_path / "one", keep=keep, lesions={"fold_backgrounds": 1})
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "one" / "nodule.yaml"), "--folds-only"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["recipe"] == "cxr-nodule" and printed["test"]["study"]["n"] == 12
+    saved = json.loads((tmp_path / "one" / "runs" / "leave-one-out.json").read_text())
+    assert saved["fold_backgrounds"] == 1 and saved["folds"] == printed["folds"]
+    assert not curve.output_dir.exists(), "folds only: no bundle"
+    assert not (tmp_path / "one" / "runs" / "fits" / "final.pt").exists(), "and no final model"
+    folds = {f["background"]: f for f in printed["folds"]}
+    assert set(folds) == {"nih-00000001-000", "nih-00027426-000"}
+    for held, fold in folds.items():
+        assert len(fold["trained_on"]) == 1 and held not in fold["trained_on"]
+        assert fold["trained_on"][0] in keep
+    assert "test_strict" in saved  # the real opacity of unknown nature is scored both ways, as in a bundle
+    # every other film (2 here) is the ordinary leave-one-out: the same fold figures
+    ordinary = train(_config(shared_data, tmp_path / "all", keep=keep), folds_only=True)["leave_one_out"]
+    every = train(_config(shared_data, tmp_path / "two", keep=keep, lesions={"fold_backgrounds": 2}),
+                  folds_only=True)["leave_one_out"]
+    assert [f.pop("trained_on") for f in every["folds"]] == [["nih-00027426-000", "rg1-cr"],
+                                                            ["nih-00000001-000", "rg1-cr"]]
+    assert without_seconds(every["folds"]) == without_seconds(ordinary["folds"])
+    assert every["test"] == ordinary["test"]
+    # the same held-out test images with one film as with two, a different model
+    assert [f["n"] for f in printed["folds"]] == [f["n"] for f in ordinary["folds"]]
+    assert without_seconds(printed["folds"]) != without_seconds(ordinary["folds"])
+    # a classifier's recipe has no folds to evaluate
+    assert main(["train", str(ROOT / "training" / "configs" / "cxr-pneumonia.yaml"), "--folds-only"]) == 2
+    assert "--folds-only evaluates a localisation recipe" in capsys.readouterr().err
 
 
 def test_fits_in_worker_processes_give_the_same_model_as_in_one(shared_data: Path, tmp_path: Path) -> None:

@@ -215,6 +215,11 @@ class LesionConfig(BaseModel):
     pos_weight: float = Field(1.0, gt=0, description="weight of nodule pixels in the cross-entropy")
     hit_radius_min: float = Field(4.0, description="model pixels: a detection this close to a lesion centre hits it")
     folds: Literal["leave_one_background_out", "none"] = "leave_one_background_out"
+    fold_backgrounds: int | None = Field(
+        None, ge=1, description="a learning curve: each fold's model trains, and is calibrated, on only this many "
+        "of the other real backgrounds, drawn for each fold from the seed, each of them shown per_background x "
+        "(others / this) times, so that the fold sees as many real pictures as one trained on all the others "
+        "(its test images do not change; the final model trains on everything as always)")
 
 
 class TrainConfig(BaseModel):

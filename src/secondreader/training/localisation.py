@@ -86,12 +86,13 @@ from .train import (
     training_progress,
 )
 
-__all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "pool_eval_set", "standardise", "train_localisation"]
+__all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "fit_members", "pictures_per_background",
+           "pool_eval_set", "standardise", "train_localisation"]
 
 logger = logging.getLogger(__name__)
 
 #: Seeds of the separate random streams (pool, validation, tests, generated tests).
-_TRAIN, _VAL, _TEST, _TEST_GENERATED = 1, 2, 3, 4
+_TRAIN, _VAL, _TEST, _TEST_GENERATED, _FOLD_DRAW = 1, 2, 3, 4, 5
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -219,6 +220,40 @@ def build_pool(backgrounds: Sequence[RealBackground], lc: LesionConfig, *, per_b
             pool.nodules.append(nodules)
             k += 1
     return pool
+
+
+def pictures_per_background(lc: LesionConfig, n_real: int, per_background: int) -> int:
+    """How many pictures of each real background a pool holds: ``per_background``, or, with
+    ``lesions.fold_backgrounds``, enough for a fold that trains on that many of the other real
+    backgrounds to see as many real pictures as one trained on all of them. A picture's random
+    stream depends on its background and its place among that background's pictures only, so the
+    first ``per_background`` are the pictures of the ordinary pool."""
+    others = n_real - 1
+    if lc.fold_backgrounds is None or lc.fold_backgrounds >= others:
+        return per_background
+    return math.ceil(per_background * others / lc.fold_backgrounds)
+
+
+def fit_members(groups: np.ndarray, lc: LesionConfig, *, per_background: int, seed: int,
+                held: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """The indices of the pool pictures (``groups``: a pool's) one model trains or is calibrated
+    on, and the real backgrounds among them. The final model (``held`` None): every generated
+    picture and the first ``per_background`` of each real background. Background ``held``'s fold:
+    the same without it; with ``lesions.fold_backgrounds`` k, only k of the other real backgrounds,
+    drawn from ``seed`` and ``held`` (so its training and validation pictures come from the same
+    ones), each with :func:`pictures_per_background` pictures."""
+    ranks = np.zeros(len(groups), np.int64)  # each picture's place among its background's
+    for g in np.unique(groups):
+        where = np.nonzero(groups == g)[0]
+        ranks[where] = np.arange(len(where))
+    others = [int(g) for g in np.unique(groups) if g >= 0 and g != held]
+    count = per_background
+    if held is not None and lc.fold_backgrounds is not None and lc.fold_backgrounds < len(others):
+        count = pictures_per_background(lc, len(others) + 1, per_background)
+        drawn = np.random.default_rng([seed, _FOLD_DRAW, held]).choice(others, lc.fold_backgrounds, replace=False)
+        others = sorted(int(g) for g in drawn)
+    keep = (groups < 0) | (np.isin(groups, others) & (ranks < count))
+    return np.nonzero(keep)[0], others
 
 
 def _test_image(source: np.ndarray, rng: np.random.Generator, lc: LesionConfig, spec: InputSpec,
@@ -705,6 +740,12 @@ def score_set(network: torch.nn.Module, data: EvalSet, spec: InputSpec, lc: Lesi
     return Scored(logits, data.labels, images, [[(n.radius, n.contrast) for n in nods] for nods in data.nodules])
 
 
+def _eval_members(pool: Pool, members: np.ndarray) -> EvalSet:
+    keep = np.zeros(len(pool), bool)
+    keep[members] = True
+    return pool_eval_set(pool, keep)
+
+
 def pool_eval_set(pool: Pool, keep: np.ndarray) -> EvalSet:
     """The pool's pictures where ``keep``; where a picture's label is unknown (loss weight 0: real
     lesions, unknown regions), detections are not counted."""
@@ -821,14 +862,19 @@ def _fold(data: _FitData, f: int, advance: Callable[[], None]) -> dict[str, Any]
     recipe = map_recipe(cfg)
     held = data.backgrounds[f]
     t0 = time.time()
-    network = _fit(cfg, pool, np.nonzero(pool.groups != f)[0], spec, cfg.seed + 1000 * (f + 1), advance,
-                   data.checkpoints, f"fold-{held.id}")
-    val = score_set(network, pool_eval_set(val_pool, val_pool.groups != f), spec, lc, recipe)
+    members, trained_on = fit_members(pool.groups, lc, per_background=lc.per_background, seed=cfg.seed, held=f)
+    network = _fit(cfg, pool, members, spec, cfg.seed + 1000 * (f + 1), advance, data.checkpoints,
+                   f"fold-{held.id}")
+    val_members, _ = fit_members(val_pool.groups, lc, per_background=lc.validation_per_background, seed=cfg.seed,
+                                 held=f)
+    val = score_set(network, _eval_members(val_pool, val_members), spec, lc, recipe)
     cal = calibrate(val, cfg)
     test = background_test_set(lc, data.backgrounds, f, spec, seed=cfg.seed)
     scored = score_set(network, test, spec, lc, recipe)
     state = {"config": data.digest, "background": held.id, "seconds": round(time.time() - t0, 1),
              "calibration": cal.to_json(), "test": scored.to_json()}
+    if lc.fold_backgrounds is not None:
+        state["trained_on"] = [data.backgrounds[g].id for g in trained_on]
     if held.unknown is not None:  # also scored as if the real opacity were known to be no nodule
         strict = EvalSet(test.inputs, test.nodules, normalised=True)
         state["test_strict"] = score_set(network, strict, spec, lc, recipe).to_json()
@@ -878,17 +924,20 @@ def _worker_final() -> bytes:
 
 
 def _fit_final(data: _FitData, advance: Callable[[], None]) -> torch.nn.Module:
-    """The shipped model: every training picture."""
-    return _fit(data.cfg, data.pool, np.arange(len(data.pool)), data.spec, data.cfg.seed, advance, data.checkpoints,
-                "final")
+    """The shipped model: every training picture (of a larger learning-curve pool, the ordinary pool's)."""
+    lc = data.cfg.lesions
+    assert lc is not None
+    members, _ = fit_members(data.pool.groups, lc, per_background=lc.per_background, seed=data.cfg.seed)
+    return _fit(data.cfg, data.pool, members, data.spec, data.cfg.seed, advance, data.checkpoints, "final")
 
 
 def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: Path,
-                      fold_done: Callable[[int, dict[str, Any]], None], progress: Callable[[int], None]) -> bytes:
-    """The final model's weights, fitted beside the folds (each fold's state goes to ``fold_done``
-    as it finishes) in ``workers`` spawned processes with ``schedule.threads`` threads each; the
-    pools reach them as memory-mapped files under ``run_dir``. Every fit is seeded as in one
-    process, so the result does not depend on ``workers``."""
+                      fold_done: Callable[[int, dict[str, Any]], None], progress: Callable[[int], None], *,
+                      final: bool = True) -> bytes | None:
+    """The final model's weights (None without ``final``), fitted beside the folds (each fold's
+    state goes to ``fold_done`` as it finishes) in ``workers`` spawned processes with
+    ``schedule.threads`` threads each; the pools reach them as memory-mapped files under
+    ``run_dir``. Every fit is seeded as in one process, so the result does not depend on ``workers``."""
     import multiprocessing
     import shutil
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -902,16 +951,16 @@ def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: P
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
                                  initargs=(data.cfg, data.backgrounds, data.spec, data.digest, str(folder),
                                            data.checkpoints, counter)) as executor:
-            final = executor.submit(_worker_final)
+            final_fit = executor.submit(_worker_final) if final else None
             by_fold = {executor.submit(_worker_fold, f): f for f in folds}
-            pending: set[Future[Any]] = {final, *by_fold}
+            pending: set[Future[Any]] = {*by_fold} | ({final_fit} if final_fit is not None else set())
             while pending:
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 progress(int(counter.value))
                 for future in done:
                     if future in by_fold:
                         fold_done(by_fold[future], future.result())
-            return final.result()
+            return final_fit.result() if final_fit is not None else None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -919,12 +968,14 @@ def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: P
 # -- the whole run ---------------------------------------------------------------------------------
 
 def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = False,
-                       stop_after_epochs: int | None = None) -> dict[str, Any]:
+                       stop_after_epochs: int | None = None, folds_only: bool = False) -> dict[str, Any]:
     """Train ``cfg`` (``data.kind: lesion_insertion``), evaluate it leaving one real background out
     at a time, and write its bundle. ``resume`` reuses the folds a previous run of the same
     configuration finished and continues each unfinished fit from its last epoch (both kept in
     ``checkpoint_dir``). ``stop_after_epochs`` stops the fits after that epoch without writing a
-    bundle (as an interruption would). Returns the bundle's metadata, or ``{}`` when stopped."""
+    bundle (as an interruption would). ``folds_only`` evaluates the recipe and stops there: no
+    final model and no bundle, the figures in ``<checkpoint_dir>/leave-one-out.json``. Returns the
+    bundle's metadata, ``{"leave_one_out": figures}`` with ``folds_only``, or ``{}`` when stopped."""
     from .train import device_uid_for
 
     lc = cfg.lesions
@@ -943,10 +994,14 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     side = lc.input_size
     backgrounds = load_backgrounds(lc, cfg.data.path)
     logger.info("backgrounds: %s", ", ".join(bg.id for bg in backgrounds))
-    pool = build_pool(backgrounds, lc, per_background=lc.per_background, generated=lc.generated, seed=cfg.seed,
-                      stream=_TRAIN)
-    val_pool = build_pool(backgrounds, lc, per_background=lc.validation_per_background,
+    n_real = len(backgrounds)
+    pool = build_pool(backgrounds, lc, per_background=pictures_per_background(lc, n_real, lc.per_background),
+                      generated=lc.generated, seed=cfg.seed, stream=_TRAIN)
+    val_pool = build_pool(backgrounds, lc,
+                          per_background=pictures_per_background(lc, n_real, lc.validation_per_background),
                           generated=lc.validation_generated, seed=cfg.seed, stream=_VAL)
+    final_members, _ = fit_members(pool.groups, lc, per_background=lc.per_background, seed=cfg.seed)
+    final_val, _ = fit_members(val_pool.groups, lc, per_background=lc.validation_per_background, seed=cfg.seed)
     source = init_source(cfg, dense=True)
     if source is not None:  # fine-tuning keeps the shipped model's input normalisation: its weights expect it
         if source.input_spec.size != (side, side):
@@ -955,7 +1010,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
         spec = source.input_spec
         logger.info("fine-tuning from %s", source.ref)
     else:
-        sample = torch.from_numpy(pool.images[:: max(1, len(pool) // 256)].astype(np.float32))[:, None]
+        sample = torch.from_numpy(pool.images[final_members[:: max(1, len(final_members) // 256)]]
+                                  .astype(np.float32))[:, None]
         stretched = standardise(sample, InputSpec(size=(side, side), mean=0.0, std=1.0))
         spec = InputSpec(size=(side, side), mean=float(stretched.mean()), std=float(stretched.std()))
     recipe = map_recipe(cfg)
@@ -963,13 +1019,26 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
                 time.time() - started)
 
     folds = [i for i, bg in enumerate(backgrounds) if not bg.real_lesions] if lc.folds != "none" else []
-    _check_validation(val_pool, [(backgrounds[f].id, val_pool.groups != f) for f in folds]
-                      + [("the final model", np.ones(len(val_pool), bool))])
+    if folds_only and not folds:
+        raise ValueError("folds_only needs the leave-one-background-out folds (lesions.folds)")
+
+    def members(f: int | None, val: bool = False) -> np.ndarray:
+        per_background = lc.validation_per_background if val else lc.per_background
+        return fit_members((val_pool if val else pool).groups, lc, per_background=per_background, seed=cfg.seed,
+                           held=f)[0]
+
+    def as_mask(idx: np.ndarray, n: int) -> np.ndarray:
+        keep = np.zeros(n, bool)
+        keep[idx] = True
+        return keep
+
+    _check_validation(val_pool, [(backgrounds[f].id, as_mask(members(f, val=True), len(val_pool))) for f in folds]
+                      + [("the final model", as_mask(final_val, len(val_pool)))])
 
     def steps(n: int) -> int:
         return cfg.schedule.epochs * max(1, n // cfg.schedule.batch_size)
 
-    total = sum(steps(int((pool.groups != f).sum())) for f in folds) + steps(len(pool))
+    total = sum(steps(len(members(f))) for f in folds) + (0 if folds_only else steps(len(final_members)))
     run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
     digest = run_digest(cfg, *(hashlib.sha256(np.ascontiguousarray(bg.picture).tobytes()).hexdigest()
                                 for bg in backgrounds), f"{device.type} amp={amp}",
@@ -987,12 +1056,12 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
                 fold_results[f] = state
                 logger.info("fold %s: reused from %s", backgrounds[f].id, saved.name)
     todo = [f for f in folds if f not in fold_results]
-    reused = sum(steps(int((pool.groups != f).sum())) for f in fold_results)
+    reused = sum(steps(len(members(f))) for f in fold_results)
     data = _FitData(cfg, pool, val_pool, backgrounds, spec, digest,
                     FitCheckpoints(run_dir / "fits", digest, resume, stop_after_epochs))
     with training_progress() as progress:
-        task = progress.add_task(f"training {cfg.name} ({len(todo)} folds and the final model)", total=total,
-                                 completed=reused)
+        what = f"{len(todo)} folds" + ("" if folds_only else " and the final model")
+        task = progress.add_task(f"training {cfg.name} ({what})", total=total, completed=reused)
 
         def fold_done(f: int, state: dict[str, Any]) -> None:  # kept at once, for --resume
             saved = fold_file(f)
@@ -1000,18 +1069,19 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
             saved.write_text(json.dumps(state))
             fold_results[f] = state
 
-        workers = min(cfg.schedule.workers, len(todo) + 1)
+        workers = max(1, min(cfg.schedule.workers, len(todo) + (0 if folds_only else 1)))
         try:
             if workers > 1:
                 weights = _fit_in_processes(data, todo, workers, run_dir, fold_done,
-                                            lambda done: progress.update(task, completed=reused + done))
+                                            lambda done: progress.update(task, completed=reused + done),
+                                            final=not folds_only)
             else:
                 def advance() -> None:
                     progress.advance(task)
 
                 for f in todo:
                     fold_done(f, _fold(data, f, advance))
-                weights = _state_dict_bytes(_fit_final(data, advance))
+                weights = None if folds_only else _state_dict_bytes(_fit_final(data, advance))
         except FitInterrupted as stopped:
             logger.info("%s; resume with --resume", stopped)
             return {}
@@ -1020,29 +1090,28 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
         scored = Scored.from_json(fold_results[f]["test"])
         logger.info("fold %s (%.0f s): %s", backgrounds[f].id, fold_results[f]["seconds"],
                     json.dumps(localisation_metrics(scored, cal, seed=cfg.seed)["study"]))
+    held_out = _held_out_metrics([fold_results[f] for f in folds], seed=cfg.seed, side=side)
+    if weights is None:  # folds only: the recipe's figures, no model
+        summary = {"name": cfg.name, "config": str(config_path) if config_path else None, "seed": cfg.seed,
+                   "fold_backgrounds": lc.fold_backgrounds, "seconds": round(time.time() - started), **held_out,
+                   "training_hardware": hardware}
+        out_file = run_dir / "leave-one-out.json"
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(summary, indent=2) + "\n")
+        logger.info("wrote the leave-one-out figures to %s in %.0f s (no bundle: folds only)", out_file,
+                    time.time() - started)
+        return {"leave_one_out": summary}
     network = build_dense_network(cfg.network.class_, cfg.network.args)
     network.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     network.to(device).eval()
-    val = score_set(network, pool_eval_set(val_pool, np.ones(len(val_pool), bool)), spec, lc, recipe)
+    val = score_set(network, _eval_members(val_pool, final_val), spec, lc, recipe)
     cal = calibrate(val, cfg)
     metrics: dict[str, Any] = {
         "validation": localisation_metrics(val, cal, seed=cfg.seed),
         "test_generated": localisation_metrics(score_set(network, generated_test_set(lc, spec, seed=cfg.seed), spec, lc,
                                                          recipe), cal, seed=cfg.seed),
     }
-    if fold_results:
-        states = [fold_results[f] for f in folds]
-        pooled, per_fold = _pool_folds(states, seed=cfg.seed, side=side)
-        metrics["test"] = pooled
-        metrics["folds"] = per_fold
-        if any("test_strict" in state for state in states):
-            strict, strict_folds = _pool_folds(states, seed=cfg.seed, side=side, key="test_strict")
-            metrics["test_strict"] = {**strict, "method": strict["method"] + "; real opacities of unknown "
-                                      "nature counted as false regions and scoring the study"}
-            metrics["folds_strict"] = [f for f, state in zip(strict_folds, states, strict=True)
-                                       if "test_strict" in state]
-    else:
-        metrics["test"] = metrics["test_generated"]
+    metrics.update(held_out or {"test": metrics["test_generated"]})
     real = [bg for bg in backgrounds if bg.real_lesions]
     if real:
         inputs = torch.stack([prepare_frame(bg.picture, spec)[0] for bg in real])
@@ -1105,6 +1174,22 @@ def sensitivity_by_band(lesion_scores: np.ndarray, nodules: Sequence[tuple[float
     return out
 
 
+def _held_out_metrics(states: list[dict[str, Any]], *, seed: int, side: int) -> dict[str, Any]:
+    """The folds' figures, as the bundle's metrics hold them: ``test`` (pooled), ``folds``, and
+    where a fold has a real opacity of unknown nature ``test_strict`` and ``folds_strict``; empty
+    without folds."""
+    if not states:
+        return {}
+    pooled, per_fold = _pool_folds(states, seed=seed, side=side)
+    metrics: dict[str, Any] = {"test": pooled, "folds": per_fold}
+    if any("test_strict" in state for state in states):
+        strict, strict_folds = _pool_folds(states, seed=seed, side=side, key="test_strict")
+        metrics["test_strict"] = {**strict, "method": strict["method"] + "; real opacities of unknown "
+                                  "nature counted as false regions and scoring the study"}
+        metrics["folds_strict"] = [f for f, state in zip(strict_folds, states, strict=True) if "test_strict" in state]
+    return metrics
+
+
 def _pool_folds(results: list[dict[str, Any]], *, seed: int, side: int,
                 key: str = "test") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Pooled leave-one-background-out metrics: each fold's test set scored by its own model and
@@ -1136,6 +1221,8 @@ def _pool_folds(results: list[dict[str, Any]], *, seed: int, side: int,
                          "sensitivity": round(float(pred[y].mean()), 4),
                          "specificity": round(float((~pred[~y]).mean()), 4),
                          "froc_1": round(froc.get(1.0, 0.0), 4), "seconds": state["seconds"]})
+        if "trained_on" in state:  # a learning-curve run: the real backgrounds this fold's model saw
+            per_fold[-1]["trained_on"] = state["trained_on"]
     p_all, y_all = np.concatenate(probs), np.concatenate(labels)
     # Each fold's probabilities are on its own calibrated scale; the pooled operating-point figures
     # apply each fold's own operating point.

@@ -222,18 +222,24 @@ def _set_rng_state(transform: Any, state: dict[str, Any]) -> None:
 
 
 def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = False,
-          stop_after_epochs: int | None = None) -> dict[str, Any]:
+          stop_after_epochs: int | None = None, folds_only: bool = False) -> dict[str, Any]:
     """Train the model ``cfg`` describes and write its bundle to ``cfg.output_dir``.
 
     A checkpoint (weights, optimiser, schedule and every random state) is written after each
     epoch; ``resume=True`` continues from it, and gives the same weights as an uninterrupted run.
     ``stop_after_epochs`` stops early without writing a bundle (as an interruption would).
+    ``folds_only`` (localisation recipes) evaluates the recipe leaving one background out and writes
+    no model (:func:`~secondreader.training.localisation.train_localisation`).
     Returns the bundle's metadata (also written to ``configs/metadata.json``), or ``{}`` when stopped.
     """
     if cfg.data.kind == "lesion_insertion":
         from .localisation import train_localisation
 
-        return train_localisation(cfg, config_path=config_path, resume=resume, stop_after_epochs=stop_after_epochs)
+        return train_localisation(cfg, config_path=config_path, resume=resume, stop_after_epochs=stop_after_epochs,
+                                  folds_only=folds_only)
+    if folds_only:
+        raise ValueError("--folds-only evaluates a localisation recipe (data.kind lesion_insertion) leaving one "
+                         f"background out; this config's data.kind is {cfg.data.kind}")
     started = time.time()
     device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
     torch.set_num_threads(cfg.schedule.threads)
