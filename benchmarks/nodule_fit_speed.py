@@ -23,7 +23,7 @@ import torch
 
 from secondreader.preprocessing import InputSpec
 from secondreader.training.config import load_config
-from secondreader.training.localisation import _fit, build_pool, load_backgrounds
+from secondreader.training.localisation import build_pool, fit_dense_network, load_backgrounds
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training" / "configs" / "cxr-nodule.yaml"
@@ -62,11 +62,11 @@ def main() -> None:
             run = cfg.model_copy(deep=True)
             run.schedule.device, run.schedule.loader_workers = device, loaders
             run.schedule.channels_last = layout == "channels-last"
-            _fit(run, pool, members[: 4 * cfg.schedule.batch_size], spec, 1, lambda: None)  # warm-up
+            fit_dense_network(run, pool, members[: 4 * cfg.schedule.batch_size], spec, 1, lambda: None)  # warm-up
             if device == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            _fit(run, pool, members, spec, 1, lambda: None)
+            fit_dense_network(run, pool, members, spec, 1, lambda: None)
             if device == "cuda":
                 torch.cuda.synchronize()
             rate = args.steps / (time.perf_counter() - t)

@@ -86,8 +86,8 @@ from .train import (
     training_progress,
 )
 
-__all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "fit_members", "pictures_per_background",
-           "pool_eval_set", "standardise", "train_localisation"]
+__all__ = ["EvalSet", "Pool", "build_pool", "build_test_set", "fit_dense_network", "fit_members",
+           "pictures_per_background", "pool_eval_set", "standardise", "train_localisation"]
 
 logger = logging.getLogger(__name__)
 
@@ -585,8 +585,9 @@ def _save_fit(path: Path, state: dict[str, Any]) -> None:
     path.with_suffix(".tmp").replace(path)
 
 
-def _fit(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, seed: int,
-         advance: Callable[[], None], checkpoints: FitCheckpoints | None = None, name: str = "") -> torch.nn.Module:
+def fit_dense_network(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, seed: int,
+                      advance: Callable[[], None], checkpoints: FitCheckpoints | None = None,
+                      name: str = "") -> torch.nn.Module:
     """A network fitted on the pool's ``members``, left on the training device in eval mode. The
     batches and their augmentation are drawn on the CPU from one seeded generator, so a GPU run sees
     the same crops as a CPU run; only the arithmetic differs. With ``checkpoints`` its state is kept
@@ -863,8 +864,8 @@ def _fold(data: _FitData, f: int, advance: Callable[[], None]) -> dict[str, Any]
     held = data.backgrounds[f]
     t0 = time.time()
     members, trained_on = fit_members(pool.groups, lc, per_background=lc.per_background, seed=cfg.seed, held=f)
-    network = _fit(cfg, pool, members, spec, cfg.seed + 1000 * (f + 1), advance, data.checkpoints,
-                   f"fold-{held.id}")
+    network = fit_dense_network(cfg, pool, members, spec, cfg.seed + 1000 * (f + 1), advance, data.checkpoints,
+                                f"fold-{held.id}")
     val_members, _ = fit_members(val_pool.groups, lc, per_background=lc.validation_per_background, seed=cfg.seed,
                                  held=f)
     val = score_set(network, _eval_members(val_pool, val_members), spec, lc, recipe)
@@ -928,7 +929,8 @@ def _fit_final(data: _FitData, advance: Callable[[], None]) -> torch.nn.Module:
     lc = data.cfg.lesions
     assert lc is not None
     members, _ = fit_members(data.pool.groups, lc, per_background=lc.per_background, seed=data.cfg.seed)
-    return _fit(data.cfg, data.pool, members, data.spec, data.cfg.seed, advance, data.checkpoints, "final")
+    return fit_dense_network(data.cfg, data.pool, members, data.spec, data.cfg.seed, advance, data.checkpoints,
+                             "final")
 
 
 def _fit_in_processes(data: _FitData, folds: list[int], workers: int, run_dir: Path,
