@@ -229,6 +229,9 @@ def test_folds_only_evaluates_a_learning_curve_on_fewer_films_and_writes_no_mode
         assert len(fold["trained_on"]) == 1 and held not in fold["trained_on"]
         assert fold["trained_on"][0] in keep
     assert "test_strict" in saved  # the real opacity of unknown nature is scored both ways, as in a bundle
+    # a bundle's held-out figures must come from folds trained as its model is: no bundle from a curve
+    with pytest.raises(ValueError, match="--folds-only"):
+        train(curve)
     # every other film (2 here) is the ordinary leave-one-out: the same fold figures
     ordinary = train(_config(shared_data, tmp_path / "all", keep=keep), folds_only=True)["leave_one_out"]
     every = train(_config(shared_data, tmp_path / "two", keep=keep, lesions={"fold_backgrounds": 2}),

@@ -219,7 +219,7 @@ class LesionConfig(BaseModel):
         None, ge=1, description="a learning curve: each fold's model trains, and is calibrated, on only this many "
         "of the other real backgrounds, drawn for each fold from the seed, each of them shown per_background x "
         "(others / this) times, so that the fold sees as many real pictures as one trained on all the others "
-        "(its test images do not change; the final model trains on everything as always)")
+        "(its test images do not change); only with --folds-only, as a bundle's figures come from folds like its model")
 
 
 class TrainConfig(BaseModel):

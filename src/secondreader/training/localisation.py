@@ -741,10 +741,14 @@ def score_set(network: torch.nn.Module, data: EvalSet, spec: InputSpec, lc: Lesi
     return Scored(logits, data.labels, images, [[(n.radius, n.contrast) for n in nods] for nods in data.nodules])
 
 
-def _eval_members(pool: Pool, members: np.ndarray) -> EvalSet:
-    keep = np.zeros(len(pool), bool)
+def _as_mask(members: np.ndarray, n: int) -> np.ndarray:
+    keep = np.zeros(n, bool)
     keep[members] = True
-    return pool_eval_set(pool, keep)
+    return keep
+
+
+def _eval_members(pool: Pool, members: np.ndarray) -> EvalSet:
+    return pool_eval_set(pool, _as_mask(members, len(pool)))
 
 
 def pool_eval_set(pool: Pool, keep: np.ndarray) -> EvalSet:
@@ -983,6 +987,9 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     lc = cfg.lesions
     if lc is None:
         raise ValueError("data.kind lesion_insertion needs a lesions: section")
+    if lc.fold_backgrounds is not None and not folds_only:  # a bundle's held-out figures come from folds like it
+        raise ValueError("lesions.fold_backgrounds is a learning curve: its folds train on fewer films than the "
+                         "final model would, so run it with --folds-only (no bundle)")
     started = time.time()
     device, amp = training_device(cfg.schedule.device, cfg.schedule.mixed_precision)
     torch.set_num_threads(cfg.schedule.threads)
@@ -1029,13 +1036,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
         return fit_members((val_pool if val else pool).groups, lc, per_background=per_background, seed=cfg.seed,
                            held=f)[0]
 
-    def as_mask(idx: np.ndarray, n: int) -> np.ndarray:
-        keep = np.zeros(n, bool)
-        keep[idx] = True
-        return keep
-
-    _check_validation(val_pool, [(backgrounds[f].id, as_mask(members(f, val=True), len(val_pool))) for f in folds]
-                      + [("the final model", as_mask(final_val, len(val_pool)))])
+    _check_validation(val_pool, [(backgrounds[f].id, _as_mask(members(f, val=True), len(val_pool))) for f in folds]
+                      + [("the final model", _as_mask(final_val, len(val_pool)))])
 
     def steps(n: int) -> int:
         return cfg.schedule.epochs * max(1, n // cfg.schedule.batch_size)
