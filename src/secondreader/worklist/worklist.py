@@ -9,6 +9,7 @@ priority, ``ai_priority`` the AI's alone, ``first_read`` the report compared wit
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 from collections.abc import Mapping
@@ -53,6 +54,17 @@ class ReportOutcome:
     """``studies``: the updated results of the studies the report matched (empty: kept for later)."""
 
     studies: list[dict[str, Any]]
+
+
+def export_split(study_instance_uid: str | None) -> str:
+    """The training split of a study's verdicts in the exported manifest: one study in five
+    validates (calibration, operating point), one in five is the untouched test, the rest train.
+    A function of the Study Instance UID alone (its SHA-256; not the logs' keyed pseudonym, whose
+    secret differs between installs and may be rotated), so a study stays in its split from one
+    export and retraining to the next, and its images never straddle two splits. Only the split's
+    name is written, never the digest."""
+    digest = hashlib.sha256((study_instance_uid or "").encode()).hexdigest()
+    return ("val", "test", "train", "train", "train")[int(digest[:4], 16) % 5]
 
 
 class Worklist:
@@ -266,10 +278,7 @@ class Worklist:
             r0, c0, r1, c1 = (list(review.bbox) + [None] * 4)[:4]
             writer.writerow({
                 "path": instance.path or "", "member": instance.member or "",
-                # a stable split by study (its images never straddle two splits): one study in five
-                # validates (calibration, operating point) and one in five is the untouched test
-                "split": ("val", "test", "train", "train", "train")[
-                    int(study_key(instance.study_instance_uid)[:4], 16) % 5],
+                "split": export_split(instance.study_instance_uid),
                 "finding": review.finding, review.finding: label, "label": label, "verdict": review.verdict,
                 "region_id": review.region_id, "frame": review.frame, "bbox_row_min": r0, "bbox_col_min": c0,
                 "bbox_row_max": r1, "bbox_col_max": c1, "model": review.model, "reviewed_at": _iso(review.at),
