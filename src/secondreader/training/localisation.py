@@ -256,6 +256,15 @@ def fit_members(groups: np.ndarray, lc: LesionConfig, *, per_background: int, se
     return np.nonzero(keep)[0], others
 
 
+def _members_of(cfg: TrainConfig, pool: Pool, *, validation: bool = False,
+                held: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """:func:`fit_members` of a run's training pool (or, with ``validation``, its validation pool)."""
+    lc = cfg.lesions
+    assert lc is not None
+    per_background = lc.validation_per_background if validation else lc.per_background
+    return fit_members(pool.groups, lc, per_background=per_background, seed=cfg.seed, held=held)
+
+
 def _test_image(source: np.ndarray, rng: np.random.Generator, lc: LesionConfig, spec: InputSpec,
                 positive: bool, unknown: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, list[Nodule], np.ndarray | None]:
@@ -867,12 +876,11 @@ def _fold(data: _FitData, f: int, advance: Callable[[], None]) -> dict[str, Any]
     recipe = map_recipe(cfg)
     held = data.backgrounds[f]
     t0 = time.time()
-    members, trained_on = fit_members(pool.groups, lc, per_background=lc.per_background, seed=cfg.seed, held=f)
+    members, trained_on = _members_of(cfg, pool, held=f)
     network = fit_dense_network(cfg, pool, members, spec, cfg.seed + 1000 * (f + 1), advance, data.checkpoints,
                                 f"fold-{held.id}")
-    val_members, _ = fit_members(val_pool.groups, lc, per_background=lc.validation_per_background, seed=cfg.seed,
-                                 held=f)
-    val = score_set(network, _eval_members(val_pool, val_members), spec, lc, recipe)
+    val = score_set(network, _eval_members(val_pool, _members_of(cfg, val_pool, validation=True, held=f)[0]), spec,
+                    lc, recipe)
     cal = calibrate(val, cfg)
     test = background_test_set(lc, data.backgrounds, f, spec, seed=cfg.seed)
     scored = score_set(network, test, spec, lc, recipe)
@@ -930,9 +938,7 @@ def _worker_final() -> bytes:
 
 def _fit_final(data: _FitData, advance: Callable[[], None]) -> torch.nn.Module:
     """The shipped model: every training picture (of a larger learning-curve pool, the ordinary pool's)."""
-    lc = data.cfg.lesions
-    assert lc is not None
-    members, _ = fit_members(data.pool.groups, lc, per_background=lc.per_background, seed=data.cfg.seed)
+    members, _ = _members_of(data.cfg, data.pool)
     return fit_dense_network(data.cfg, data.pool, members, data.spec, data.cfg.seed, advance, data.checkpoints,
                              "final")
 
@@ -1009,8 +1015,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     val_pool = build_pool(backgrounds, lc,
                           per_background=pictures_per_background(lc, n_real, lc.validation_per_background),
                           generated=lc.validation_generated, seed=cfg.seed, stream=_VAL)
-    final_members, _ = fit_members(pool.groups, lc, per_background=lc.per_background, seed=cfg.seed)
-    final_val, _ = fit_members(val_pool.groups, lc, per_background=lc.validation_per_background, seed=cfg.seed)
+    final_members, _ = _members_of(cfg, pool)
+    final_val, _ = _members_of(cfg, val_pool, validation=True)
     source = init_source(cfg, dense=True)
     if source is not None:  # fine-tuning keeps the shipped model's input normalisation: its weights expect it
         if source.input_spec.size != (side, side):
@@ -1031,18 +1037,14 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     if folds_only and not folds:
         raise ValueError("folds_only needs the leave-one-background-out folds (lesions.folds)")
 
-    def members(f: int | None, val: bool = False) -> np.ndarray:
-        per_background = lc.validation_per_background if val else lc.per_background
-        return fit_members((val_pool if val else pool).groups, lc, per_background=per_background, seed=cfg.seed,
-                           held=f)[0]
-
-    _check_validation(val_pool, [(backgrounds[f].id, _as_mask(members(f, val=True), len(val_pool))) for f in folds]
+    _check_validation(val_pool, [(backgrounds[f].id, _as_mask(_members_of(cfg, val_pool, validation=True, held=f)[0],
+                                                               len(val_pool))) for f in folds]
                       + [("the final model", _as_mask(final_val, len(val_pool)))])
 
-    def steps(n: int) -> int:
-        return cfg.schedule.epochs * max(1, n // cfg.schedule.batch_size)
+    def steps(f: int | None) -> int:  # the fit's optimiser steps: a fold's, or the final model's (None)
+        return cfg.schedule.epochs * max(1, len(_members_of(cfg, pool, held=f)[0]) // cfg.schedule.batch_size)
 
-    total = sum(steps(len(members(f))) for f in folds) + (0 if folds_only else steps(len(final_members)))
+    total = sum(steps(f) for f in folds) + (0 if folds_only else steps(None))
     run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
     digest = run_digest(cfg, *(hashlib.sha256(np.ascontiguousarray(bg.picture).tobytes()).hexdigest()
                                 for bg in backgrounds), f"{device.type} amp={amp}",
@@ -1060,7 +1062,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
                 fold_results[f] = state
                 logger.info("fold %s: reused from %s", backgrounds[f].id, saved.name)
     todo = [f for f in folds if f not in fold_results]
-    reused = sum(steps(len(members(f))) for f in fold_results)
+    reused = sum(steps(f) for f in fold_results)
     data = _FitData(cfg, pool, val_pool, backgrounds, spec, digest,
                     FitCheckpoints(run_dir / "fits", digest, resume, stop_after_epochs))
     with training_progress() as progress:
