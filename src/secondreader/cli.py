@@ -110,13 +110,20 @@ def _text_line(data: dict[str, Any]) -> str:
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     import yaml
 
-    from .training.config import load_config
+    from .training.config import load_config, resolve_output
     from .training.train import train
 
     try:
         cfg = load_config(args.config)
         if args.device:  # checked where it is resolved (ModelError: not a device, or no CUDA)
             cfg = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"device": args.device})})
+        shipped_dir = settings.models_dir / cfg.name
+        shipped = _read_metadata(shipped_dir)  # read now: --into-models overwrites it
+        if args.folds_only:  # no bundle: nowhere to resolve
+            if args.out is not None or args.into_models:
+                raise ValueError("--folds-only writes no bundle: --out and --into-models do not apply")
+        else:  # the bundle goes to a new runs folder, --out, or (asked for) the models folder; never the config's
+            cfg = cfg.model_copy(update={"output_dir": resolve_output(cfg, args.out, args.into_models, settings)})
         meta = train(cfg, config_path=args.config, resume=args.resume, folds_only=args.folds_only)
     except (ValueError, FileNotFoundError, yaml.YAMLError) as exc:  # the config or the data, without a traceback
         logger.error("%s: %s", args.config.name, exc)
@@ -127,8 +134,56 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(json.dumps({"recipe": cfg.name, "test": held["test"], "folds": held["folds"]}) + "\n")
         return 0
     test = meta["secondreader"]["metrics"]["test"]
-    sys.stdout.write(json.dumps({"model": f"{meta['name']}@{meta['version']}", "test": test}) + "\n")
+    sys.stderr.write(f"bundle written to {cfg.output_dir}\n"
+                     + compare_bundles(meta, shipped, shipped_label=_shipped_label(cfg.output_dir, shipped_dir)))
+    sys.stdout.write(json.dumps({"model": f"{meta['name']}@{meta['version']}", "bundle": str(cfg.output_dir),
+                                 "test": test}) + "\n")
     return 0
+
+
+def _read_metadata(bundle: Path) -> dict[str, Any] | None:
+    """A bundle's ``configs/metadata.json``, or None where there is none (or it cannot be read)."""
+    try:
+        data = json.loads((bundle / "configs" / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _shipped_label(out: Path, shipped_dir: Path) -> str:
+    return "replaced" if out.resolve() == shipped_dir.resolve() else "shipped"
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def compare_bundles(new: Path | dict[str, Any], shipped: Path | dict[str, Any] | None,
+                    shipped_label: str = "shipped") -> str:
+    """A small table of two bundles (folders, or their metadata.json already read): version, weights
+    sha256 (first 8) and the held-out headline figures, test AUROC (a classification model's, or a
+    dense model's study AUROC) and FROC sensitivity at 1 false region per image (dense models). What a
+    bundle lacks shows as ``-``; a missing shipped bundle is said so."""
+
+    def row(label: str, bundle: Path | dict[str, Any]) -> str:
+        meta = _read_metadata(bundle) if isinstance(bundle, Path) else bundle
+        test = _dig(meta, "secondreader", "metrics", "test")
+        auroc = _dig(test, "auroc") if _dig(test, "auroc") is not None else _dig(test, "study", "auroc")
+        froc = _dig(test, "froc", "sensitivity", "1.0")
+        sha = _dig(meta, "secondreader", "weights_sha256")
+        cells = [_dig(meta, "version"), sha[:8] if isinstance(sha, str) else None,
+                 *(f"{v:.4f}" if isinstance(v, int | float) else None for v in (auroc, froc))]
+        return f"{label:<9}" + "".join(f"{c if c is not None else '-':<12}" for c in cells).rstrip() + "\n"
+
+    head = f"{'':<9}{'version':<12}{'weights':<12}{'test AUROC':<12}{'FROC@1FP'}".rstrip() + "\n"
+    lines = head + row("new", new)
+    if shipped is None or (isinstance(shipped, Path) and _read_metadata(shipped) is None):
+        return lines + f"{shipped_label:<9}(none)\n"
+    return lines + row(shipped_label, shipped)
 
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
@@ -246,9 +301,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-samples", action="store_true", help="do not screen the sample studies at start")
     serve.set_defaults(func=_cmd_serve)
 
-    train = sub.add_parser("train", help="train a model from a YAML config and write its bundle")
+    train = sub.add_parser("train", help="train a model from a YAML config and write its bundle (a new runs "
+                           "folder unless --out or --into-models)")
     train.add_argument("config", type=Path, metavar="CONFIG")
     train.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    where = train.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, metavar="DIR", help="write the bundle here (refused if DIR already holds "
+                       "one); default: a new folder $SECONDREADER_HOME/runs/<name>-<version>-<UTC time>/")
+    where.add_argument("--into-models", action="store_true", help="replace the shipped bundle: write to "
+                       "<models dir>/<name> (SECONDREADER_MODELS_DIR)")
     train.add_argument("--folds-only", action="store_true", help="localisation recipes: evaluate the recipe leaving "
                        "one real background out, without the final model or a bundle (the figures go to "
                        "<checkpoint_dir>/leave-one-out.json)")

@@ -79,7 +79,7 @@ def test_the_worklists_verdicts_train_and_evaluate_a_model(shared_data: Path, st
     config = tmp_path / "reviews.yaml"
     config.write_text(yaml.safe_dump(raw))
     capsys.readouterr()
-    assert main(["train", str(config)]) == 0
+    assert main(["train", str(config), "--out", str(tmp_path / "bundle")]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert trained["test"]["n"] == len(splits["test"].labels)
     assert main(["evaluate", str(tmp_path / "bundle"), "--data", str(exported)]) == 0

@@ -3,6 +3,7 @@ that resumes to exactly the weights of an uninterrupted one."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +152,37 @@ def test_the_configs_loss_and_calibration_are_the_ones_trained_with(shared_data:
     assert np.allclose(p, np.interp(logits, stored["logits"], stored["probabilities"]))
     assert auroc(p, test.labels) == pytest.approx(b["metrics"]["test"]["auroc"], abs=1e-3)
     assert expected_calibration_error(p, test.labels) == pytest.approx(b["metrics"]["test"]["ece"], abs=2e-3)
+
+
+def test_the_cli_never_overwrites_the_shipped_bundle_unasked(shared_data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`secondreader train CONFIG` writes a new bundle under $SECONDREADER_HOME/runs/, whatever the
+    config's output_dir says; the shipped bundle in $SECONDREADER_MODELS_DIR stays byte for byte."""
+    import shutil
+
+    from secondreader.cli import main
+
+    models, home = tmp_path / "models", tmp_path / "home"
+    shutil.copytree(ROOT / "models" / "cxr-pneumonia", models / "cxr-pneumonia")
+    shipped = {p.relative_to(models): p.read_bytes() for p in sorted(models.rglob("*")) if p.is_file()}
+    monkeypatch.setenv("SECONDREADER_MODELS_DIR", str(models))
+    monkeypatch.setenv("SECONDREADER_HOME", str(home))
+    raw = yaml.safe_load((ROOT / "training" / "configs" / "cxr-pneumonia.yaml").read_text())
+    raw["data"].update({"path": str(shared_data / "pneumoniamnist" / "pneumoniamnist.npz"), "limit": 192})
+    raw["schedule"].update({"epochs": 1, "batch_size": 64, "device": "cpu"})
+    raw["output_dir"] = str(models / "cxr-pneumonia")  # an older config naming the shipped bundle: not used
+    raw["checkpoint_dir"] = str(tmp_path / "checkpoints")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 0
+    out = capsys.readouterr()
+    assert {p.relative_to(models): p.read_bytes() for p in sorted(models.rglob("*")) if p.is_file()} == shipped
+    (bundle,) = (home / "runs").iterdir()
+    assert bundle.name.startswith(f"cxr-pneumonia-{raw['version']}-") and bundle.name.endswith("Z")
+    assert load_card(bundle).name == "cxr-pneumonia"
+    assert json.loads(out.out)["bundle"] == str(bundle.absolute())
+    assert f"bundle written to {bundle.absolute()}" in out.err
+    was = json.loads(shipped[Path("cxr-pneumonia/configs/metadata.json")])
+    assert f"shipped  {was['version']:<12}{was['secondreader']['weights_sha256'][:8]}" in out.err  # compared

@@ -6,8 +6,9 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from secondreader.scoring.calibration import CalibrationMethod
 from secondreader.training.losses import LossConfig
 
-__all__ = ["ScheduleConfig", "TrainConfig", "load_config", "run_digest"]
+if TYPE_CHECKING:
+    from secondreader.config import Settings
+
+__all__ = ["ScheduleConfig", "TrainConfig", "load_config", "resolve_output", "run_digest"]
 
 
 class DataConfig(BaseModel):
@@ -241,7 +245,9 @@ class TrainConfig(BaseModel):
     lesions: LesionConfig | None = None
     init_from: Path | None = Field(None, description="fine-tune: start from this bundle's weights (its network "
                                                      "and input normalisation must match)")
-    output_dir: Path
+    output_dir: Path = Field(description="where ``train()`` writes the bundle. Still accepted in a config (older "
+                             "configs name models/<name>), but `secondreader train` sets it: a new folder under "
+                             "$SECONDREADER_HOME/runs/, or --out, or with --into-models the models folder's <name>")
     checkpoint_dir: Path | None = Field(None, description="per-epoch checkpoints; default runs/<name>")
     provenance: dict[str, Any] = Field(default_factory=dict)
     changelog: dict[str, str] = Field(default_factory=dict, description="what each version changed, newest "
@@ -264,6 +270,39 @@ class TrainConfig(BaseModel):
 
 def load_config(path: Path) -> TrainConfig:
     return TrainConfig.model_validate(yaml.safe_load(path.read_text()))
+
+
+def resolve_output(cfg: TrainConfig, out: Path | None = None, into_models: bool = False,
+                   settings: Settings | None = None, now: datetime | None = None) -> Path:
+    """Where ``secondreader train`` writes the bundle of ``cfg`` (the config's own ``output_dir`` is not used):
+
+    - by default a new folder ``<home>/runs/<name>-<version>-<UTC YYYYmmddTHHMMSSZ>`` (``home``:
+      SECONDREADER_HOME), so that retraining never overwrites a shipped bundle;
+    - ``out``: that folder, refused when it already holds a bundle (``configs/metadata.json``);
+    - ``into_models``: ``<models dir>/<name>`` (SECONDREADER_MODELS_DIR), replacing the shipped bundle.
+
+    Nothing is created here; training creates the folder."""
+    if out is not None and into_models:
+        raise ValueError("--out and --into-models are exclusive: a bundle goes to one place")
+    if settings is None:
+        from secondreader.config import Settings
+
+        settings = Settings()
+    if into_models:
+        return (settings.models_dir / cfg.name).absolute()
+    if out is not None:
+        if (out / "configs" / "metadata.json").exists():
+            raise ValueError(f"{out} already holds a bundle; give an empty or new folder to --out (or "
+                             "--into-models to replace the shipped bundle)")
+        return out.absolute()
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    runs = settings.home / "runs"
+    path = runs / f"{cfg.name}-{cfg.version}-{stamp}"
+    n = 1
+    while path.exists():  # two runs in the same second
+        n += 1
+        path = runs / f"{cfg.name}-{cfg.version}-{stamp}-{n}"
+    return path.absolute()
 
 
 def run_digest(cfg: TrainConfig, *inputs: str) -> str:
