@@ -24,7 +24,7 @@ __all__ = ["ScheduleConfig", "TrainConfig", "load_config", "resolve_output", "ru
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["medmnist_npz", "manifest", "lesion_insertion"] = "medmnist_npz"
+    kind: Literal["medmnist_npz", "manifest", "lesion_insertion", "nih_pneumonia", "jsrt"] = "medmnist_npz"
     path: Path = Field(description="the .npz file, the CSV manifest, or for lesion_insertion the folder the "
                                    "backgrounds' paths are relative to (relative to the working directory)")
     finding: str = "pneumonia"
@@ -96,8 +96,11 @@ class CalibrationConfig(BaseModel):
 
 class OperatingPointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: Literal["youden", "sensitivity"] = "youden"
+    method: Literal["youden", "sensitivity", "specificity"] = "youden"
     sensitivity: float = Field(0.95, gt=0, le=1)
+    specificity: float = Field(0.95, gt=0, lt=1, description="method specificity: the lowest threshold that "
+                               "flags at most 1 - this share of validation's negatives (a review budget on "
+                               "normal films)")
     urgent_specificity: float = Field(0.99, gt=0, lt=1)
     urgent_sensitivity: float | None = Field(
         None, gt=0, lt=1, description="the urgent point is also no lower than the score that keeps this share "
@@ -106,6 +109,8 @@ class OperatingPointConfig(BaseModel):
 
     def describe(self) -> str:
         """The rule as a bundle records it (``operating_point_method``): ``youden`` or ``sensitivity 0.95``."""
+        if self.method == "specificity":
+            return f"specificity {self.specificity:g}"
         return "youden" if self.method == "youden" else f"sensitivity {self.sensitivity:g}"
 
     def describe_urgent(self) -> str:
@@ -122,6 +127,8 @@ class OperatingPointConfig(BaseModel):
             return cls(method="youden")
         if method == "sensitivity":
             return cls(method="sensitivity", sensitivity=float(value) if value else 0.95)
+        if method == "specificity":
+            return cls(method="specificity", specificity=float(value))
         raise ValueError(f"unknown operating point rule {text!r}")
 
 
@@ -226,6 +233,26 @@ class LesionConfig(BaseModel):
         "(its test images do not change); only with --folds-only, as a bundle's figures come from folds like its model")
 
 
+class RealNoduleConfig(BaseModel):
+    """``data.kind: jsrt``: a nodule localiser trained and cross-validated on JSRT's real nodules
+    (``data.path``: the ``jsrt`` folder), its training films augmented, normal films also given
+    simulated (model A) nodules, and more normal backgrounds from NIH no-finding films."""
+
+    model_config = ConfigDict(extra="forbid")
+    folds: int = Field(5, ge=2, description="cross-validation folds over the JSRT films (stratified by nodule); "
+                       "each fold's model is calibrated on the next fold and tested on its own")
+    validation_fold: int = Field(0, ge=0, description="the fold the shipped model is calibrated on (it trains "
+                                 "on the others)")
+    copies: int = Field(6, ge=1, description="augmented training pictures of each JSRT film")
+    normals_path: Path | None = Field(None, description="the nih-pneumonia folder: its no-finding films of "
+                                      "training patients (realdata.nih_split) are extra normal backgrounds")
+    normal_copies: int = Field(2, ge=1, description="augmented pictures of each extra normal film")
+    max_normals: int | None = Field(None, ge=1, description="use at most this many extra normal films")
+    insert_fraction: float = Field(0.5, ge=0, le=1, description="normal films' pictures that get 1-max_nodules "
+                                   "simulated (model A) nodules in their lungs")
+    limit: int | None = Field(None, ge=4, description="smoke tests: only this many JSRT films")
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -243,6 +270,15 @@ class TrainConfig(BaseModel):
     calibration: CalibrationConfig = CalibrationConfig()
     operating_point: OperatingPointConfig = OperatingPointConfig()
     lesions: LesionConfig | None = None
+    real_nodules: RealNoduleConfig | None = None
+    scope: dict[str, Any] | None = Field(None, description="where the model applies (the bundle's "
+                                         "secondreader.scope: age_years, unknown_age, views, modalities, body_parts, "
+                                         "population, limits); screening reports findings outside it as not "
+                                         "applicable")
+    targets: dict[str, float] = Field(default_factory=dict, description="held-out figures the model must reach "
+                                      "to default to mode live (else shadow): metric name -> minimum, e.g. "
+                                      "auroc: 0.8 (classification: the test split's; localisation on real "
+                                      "nodules: study_auroc, froc_1)")
     init_from: Path | None = Field(None, description="fine-tune: start from this bundle's weights (its network "
                                                      "and input normalisation must match)")
     output_dir: Path = Field(description="where ``train()`` writes the bundle. Still accepted in a config (older "

@@ -281,4 +281,8 @@ def load_splits(kind: str, path: Path, *, finding: str, limit: int | None = None
         return load_medmnist(path, limit=limit)
     if kind == "manifest":
         return load_manifest(path, finding=finding, size=(size, size), limit=limit)
+    if kind == "nih_pneumonia":
+        from .realdata import load_nih_splits
+
+        return load_nih_splits(path, size, limit=limit)[0]
     raise ValueError(f"unknown data kind {kind!r}")

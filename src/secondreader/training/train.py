@@ -237,6 +237,11 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
 
         return train_localisation(cfg, config_path=config_path, resume=resume, stop_after_epochs=stop_after_epochs,
                                   folds_only=folds_only)
+    if cfg.data.kind == "jsrt":
+        from .realnodule import train_real_nodules
+
+        return train_real_nodules(cfg, config_path=config_path, resume=resume, stop_after_epochs=stop_after_epochs,
+                                  folds_only=folds_only)
     if folds_only:
         raise ValueError("--folds-only evaluates a localisation recipe (data.kind lesion_insertion) leaving one "
                          f"background out; this config's data.kind is {cfg.data.kind}")
@@ -356,6 +361,11 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
         "validation": binary_metrics(val_p, val_split.labels, operating_point, seed=cfg.seed).to_json(),
         "test": binary_metrics(test_p, test_split.labels, operating_point, seed=cfg.seed).to_json(),
     }
+    if cfg.data.kind == "nih_pneumonia":  # adult films: the test figures by view, and the review budget's cost
+        from .realdata import nih_test_breakdown
+
+        metrics["test_by_view"] = nih_test_breakdown(cfg.data.path, test_p, operating_point, limit=cfg.data.limit,
+                                                     seed=cfg.seed)
 
     weights = _state_dict_bytes(network)
     weights_sha256 = hashlib.sha256(weights).hexdigest()
@@ -402,11 +412,14 @@ def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: Oper
         logger.warning("%s calibration failed (%s); keeping uncalibrated probabilities", method, exc)
         calibrator = Calibrator("platt")
     p = calibrator.probability(logits)
+    negatives = np.sort(p[labels == 0])
     if op_cfg.method == "youden":
         operating_point = youden_threshold(p, labels)
+    elif op_cfg.method == "specificity":  # a review budget: at most 1 - specificity of the negatives flagged
+        k = int(np.ceil(op_cfg.specificity * len(negatives) - 1e-9))
+        operating_point = float(negatives[k]) if k < len(negatives) else float(np.nextafter(negatives[-1], np.inf))
     else:
         operating_point = threshold_for_sensitivity(p, labels, op_cfg.sensitivity)
-    negatives = np.sort(p[labels == 0])
     at_specificity = negatives[min(len(negatives) - 1, int(np.ceil(op_cfg.urgent_specificity * len(negatives))))]
     urgent_point = float(max(at_specificity, operating_point))
     if op_cfg.urgent_sensitivity is not None:  # about that share of the positives is urgent, no more
@@ -414,6 +427,22 @@ def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: Oper
     operating_point = float(np.clip(operating_point, 1e-4, 1 - 1e-4))
     urgent_point = float(np.clip(urgent_point, operating_point, 1 - 1e-4))
     return calibrator, p, operating_point, urgent_point
+
+
+def scope_and_mode(cfg: TrainConfig, achieved: dict[str, float]) -> dict[str, Any]:
+    """The bundle's ``scope`` (from the config) and default ``mode``: ``live`` when every one of the
+    config's ``targets`` is reached by the ``achieved`` held-out figures, else ``shadow`` (a model
+    without targets is live). The reason names each figure against its target."""
+    missed = [name for name, floor in cfg.targets.items() if achieved.get(name, float("-inf")) < floor]
+    parts = "; ".join(f"{name} {achieved.get(name, float('nan')):.3f} (target {floor:g})"
+                      for name, floor in cfg.targets.items())
+    reason = ("no targets set" if not cfg.targets else
+              ("targets met on held-out data: " if not missed else "targets not met on held-out data: ") + parts)
+    out: dict[str, Any] = {"mode": {"default": "shadow" if missed else "live", "reason": reason},
+                           "routing": {"enabled": not missed, "reason": reason}}
+    if cfg.scope is not None:
+        out["scope"] = cfg.scope
+    return out
 
 
 def bundle_header(cfg: TrainConfig, task: str) -> dict[str, Any]:
@@ -495,6 +524,7 @@ def _metadata(cfg: TrainConfig, spec: InputSpec, side: int, calibrator: Calibrat
                 }
             },
             "metrics": metrics,
+            **scope_and_mode(cfg, {"auroc": float(metrics["test"]["auroc"])}),
             "training": {
                 "config": str(config_path) if config_path else None,
                 "seed": cfg.seed,
