@@ -25,6 +25,7 @@ def assert_study_result(d: dict[str, Any]) -> None:
     assert d["instances"], "every result lists its instances"
     for inst in d["instances"]:
         assert set(inst) >= {"source", "sop_instance_uid", "status", "reason"}
+        assert all(isinstance(r, str) and r for r in inst.get("not_applicable", {}).values())
         assert inst["status"] in INSTANCE_STATUSES
         assert "/" not in inst["source"] and "\\" not in inst["source"]
         if inst["status"] in ("ineligible", "failed", "duplicate"):
@@ -36,9 +37,17 @@ def assert_study_result(d: dict[str, Any]) -> None:
     assert isinstance(p["score"], int) and 0 <= p["score"] <= 100
     assert p["route"] in ROUTES and isinstance(p["rule"], str) and p["rule"]
     for f in d["findings"]:
-        assert 0.0 <= f["probability"] <= 1.0
-        assert f["positive"] == (f["probability"] >= f["operating_point"])
         assert "@" in f["model"]
+        # added by issue 26: where the model applies, the mode it ran in, whether it routes
+        assert isinstance(f["applicable"], bool) and f["mode"] in ("live", "shadow")
+        assert f["routes"] == (f["mode"] == "live" and f["applicable"])
+        if f["applicable"]:
+            assert 0.0 <= f["probability"] <= 1.0
+            assert f["positive"] == (f["probability"] >= f["operating_point"])
+            assert f["not_applicable_reason"] is None
+        else:  # outside the model's scope: neither positive nor negative, and says why
+            assert f["probability"] is None and f["positive"] is False
+            assert isinstance(f["not_applicable_reason"], str) and f["not_applicable_reason"]
     ids = [r["id"] for r in d["regions"]]
     assert len(ids) == len(set(ids))
     for r in d["regions"]:

@@ -58,8 +58,14 @@ def make_cxr_dataset(
     spacing: tuple[float, float] | None = (0.2, 0.2),
     lesion_at: tuple[int, int] | None = None,
     value_bits: int | None = None,
+    patient_age: str | None = "004Y",
 ) -> FileDataset:
     """A chest radiograph as a pydicom dataset (Part 10 ready), patient attributes = canary.
+
+    The patient is a child (Patient's Age ``patient_age``, 4 years by default), inside the shipped
+    cxr-pneumonia model's scope (children aged 1-5) and outside cxr-nodule's (adults): give an
+    adult's age (``"053Y"``) for the nodule model, ``None`` for an unknown age (the birth date
+    alone, without a study date, gives none).
 
     ``pixels`` (float in [0, 1], bright bone) defaults to :func:`chest_phantom`; it is stored with
     ``bits_stored`` bits (inverted for MONOCHROME1), optionally through ``rescale`` = (slope,
@@ -90,6 +96,8 @@ def make_cxr_dataset(
     ds.PatientName = CANARY_NAME
     ds.PatientID = CANARY_ID
     ds.PatientBirthDate = "19010101"
+    if patient_age is not None:
+        ds.PatientAge = patient_age
     ds.AccessionNumber = "CANARYACC"
     ds.StudyDescription = "CANARY^PHI chest study"
     ds.Modality = modality

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from .model.modes import ModelMode
     from .outputs.provenance import SeriesSettings
 
 __all__ = ["Settings", "default_models_dir"]
@@ -60,6 +61,11 @@ class Settings(BaseSettings):
         64_000_000, description="Largest Rows x Columns x Frames decoded; larger images fail before allocation"
     )
     routing_rules: Path | None = Field(None, description="Routing rules file; default: packaged rules")
+    model_modes: str | None = Field(
+        None, description="Per-model mode at this site: name=MODE pairs, comma-separated (cxr-nodule=live,"
+        "cxr-pneumonia=off), a JSON object, or a YAML file; MODE is live (findings route studies), shadow "
+        "(computed and shown, never routing) or off (not run). A model not named runs in its card's default "
+        "mode (shadow for a model that missed its targets)")
     screen_workers: int = Field(4, ge=1, le=256, description="Service threads that decode and screen studies "
                                 "(they share the batched models; more keep a GPU fed)")
     encode_workers: int | None = Field(None, ge=1, le=256, description="Service threads that write overlays and "
@@ -94,6 +100,20 @@ class Settings(BaseSettings):
         if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
             raise ValueError("SECONDREADER_DICOM_TLS_CA needs SECONDREADER_DICOM_TLS_CERT and _KEY")
         return self
+
+    @field_validator("model_modes")
+    @classmethod
+    def _check_model_modes(cls, value: str | None) -> str | None:
+        from .model.modes import parse_model_modes
+
+        parse_model_modes(value)  # ValueError naming what is wrong
+        return value
+
+    def resolved_model_modes(self) -> dict[str, ModelMode]:
+        """``model_modes`` as ``{model name: mode}`` (empty: every model in its card's default)."""
+        from .model.modes import parse_model_modes
+
+        return parse_model_modes(self.model_modes)
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -4,6 +4,11 @@ receiver and the audit) call it. This is the only module that knows the order of
 read header → eligibility → decode (Modality LUT, VOI) → window/invert → crop/resize/normalise →
 predict (+ GradCAM) → calibrate → heatmap on the source grid → regions → priority → overlays and
 DICOM outputs (written before the result, or by the caller after it: ``defer_outputs``).
+
+Each model runs in its mode at the site (``live``, ``shadow``; ``off`` models do not run) and only
+on the instances inside its scope (ages, views, modalities, body parts from the header): a model
+whose scope leaves out every instance of a study does not run on it, and its findings are reported
+as not applicable with the reason.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +32,9 @@ from .errors import CorruptPixelDataError, OutputEncodingError, ProcessingError,
 from .explain.heatmap import heatmap_on_source
 from .explain.regions import Region, extract_regions
 from .logsafe import study_key
+from .model.card import ModelCard
 from .model.dense import dense_regions
+from .model.modes import ModelMode
 from .model.predictor import Predictor
 from .outputs.dicom import RegionOutput, build_outputs
 from .outputs.overlay import render_layer, render_overlay, write_png
@@ -59,10 +66,25 @@ class ScreeningOptions:
     #: Where the original bytes of failed inputs are kept with their reason (none: not kept).
     quarantine: Quarantine | None = None
     quarantine_channel: str = "cli"
+    #: Each model's mode at this site, by model name (``SECONDREADER_MODEL_MODES``); a model not
+    #: named runs in its card's default mode.
+    modes: Mapping[str, ModelMode] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.predictors:
             raise ValueError("at least one predictor is needed")
+
+    def mode_of(self, card: ModelCard) -> ModelMode:
+        return ModelMode(self.modes.get(card.name, card.default_mode))
+
+    def running(self) -> list[Predictor]:
+        """The predictors that run (every one whose mode is not ``off``)."""
+        return [p for p in self.predictors if self.mode_of(p.card) is not ModelMode.OFF]
+
+    def models_json(self) -> list[dict[str, str]]:
+        """The result's ``models[]``: every loaded model with the mode it ran in (``off``: not run)."""
+        return [{"name": p.card.name, "version": p.card.version, "device_uid": p.card.device_uid,
+                 "mode": self.mode_of(p.card).value} for p in self.predictors]
 
 
 @dataclass(slots=True)
@@ -87,6 +109,8 @@ class _Frame:
     dataset: Dataset | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     heat: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Models whose scope leaves this frame's instance out: model reference → the reason.
+    out_of_scope: dict[str, str] = field(default_factory=dict)
 
 
 def parse_input(item: InputFile | InputProblem) -> ParsedInput:
@@ -116,6 +140,24 @@ def _unreadable_result(parsed: ParsedInput) -> StudyResult:
     )
 
 
+def scope_reasons(instance: CxrInstance | None, predictors: Sequence[Predictor]) -> dict[str, str]:
+    """Model reference → why the model does not apply to ``instance``, for each model whose scope
+    leaves it out (``None``: a picture without a header, whose age, view, modality and body part
+    are unknown). Decided on the header alone."""
+    reasons = {}
+    for predictor in predictors:
+        card = predictor.card
+        if card.scope is None:
+            continue
+        reason = card.scope.not_applicable(
+            card.name, age=instance.patient_age if instance else None,
+            view=instance.view_position if instance else None, modality=instance.modality if instance else None,
+            body_part=instance.body_part_examined if instance else None)
+        if reason is not None:
+            reasons[card.ref] = reason
+    return reasons
+
+
 def _decode_frames(parsed: ParsedInput, max_pixels: int) -> list[_Frame]:
     """Decode one instance to its frames in display units (not yet windowed)."""
     assert parsed.input is not None and parsed.instance is not None
@@ -143,31 +185,52 @@ def display_frames(parsed: ParsedInput, *, max_pixels: int) -> list[np.ndarray]:
     return [window_frame(f.display, windowed=f.windowed, invert=f.invert) for f in _decode_frames(parsed, max_pixels)]
 
 
-def _prepare(frames: list[_Frame], predictors: Sequence[Predictor]) -> list[tuple[torch.Tensor, list[GeometryRecord]]]:
-    """Window/invert each frame in place, then build each model's input batch."""
+_Batch = tuple[list[_Frame], torch.Tensor, list[GeometryRecord]]
+
+
+def _prepare(frames: list[_Frame], predictors: Sequence[Predictor]) -> list[_Batch | None]:
+    """Window/invert each frame in place, then build each model's input batch from the frames in
+    its scope (``None``: the model applies to none of them and will not run)."""
     for frame in frames:
         frame.display = window_frame(frame.display, windowed=frame.windowed, invert=frame.invert)
-    batches = []
+    batches: list[_Batch | None] = []
     for predictor in predictors:
-        prepared = [prepare_frame(f.display, predictor.card.input_spec) for f in frames]
-        batches.append((torch.stack([t for t, _ in prepared]), [g for _, g in prepared]))
+        mine = [f for f in frames if predictor.card.ref not in f.out_of_scope]
+        if not mine:
+            batches.append(None)
+            continue
+        prepared = [prepare_frame(f.display, predictor.card.input_spec) for f in mine]
+        batches.append((mine, torch.stack([t for t, _ in prepared]), [g for _, g in prepared]))
     return batches
+
+
+def _join_scope_reasons(frames: Iterable[_Frame], ref: str) -> str:
+    return "; ".join(dict.fromkeys(f.out_of_scope[ref] for f in frames if ref in f.out_of_scope)) or "out of scope"
 
 
 def _predict(
     frames: list[_Frame],
     predictors: Sequence[Predictor],
-    batches: list[tuple[torch.Tensor, list[GeometryRecord]]],
+    batches: Sequence[_Batch | None],
     explain: bool,
+    modes: Sequence[ModelMode],
 ) -> list[FindingResult]:
-    """Run every model over every frame; fill per-frame probabilities/heat; return study findings."""
+    """Run every model over the frames in its scope; fill per-frame probabilities/heat; return
+    the study's findings (not applicable, with the reason, for a model whose scope holds none)."""
     findings: list[FindingResult] = []
-    for predictor, (batch, geometries) in zip(predictors, batches, strict=True):
+    for predictor, batch, mode in zip(predictors, batches, modes, strict=True):
         card = predictor.card
-        predictions = predictor.predict(batch, explain=explain)
+        if batch is None:
+            reason = _join_scope_reasons(frames, card.ref)
+            findings.extend(FindingResult(spec.code, None, spec.operating_point, spec.urgent_point, card.ref,
+                                          mode=mode.value, applicable=False, not_applicable_reason=reason)
+                            for spec in card.findings)
+            continue
+        mine, tensor, geometries = batch
+        predictions = predictor.predict(tensor, explain=explain)
         for k, spec in enumerate(card.findings):
             probs = []
-            for frame, geometry, prediction in zip(frames, geometries, predictions, strict=True):
+            for frame, geometry, prediction in zip(mine, geometries, predictions, strict=True):
                 p = float(spec.calibration.probability(prediction.logits[k]))
                 frame.probabilities[spec.code] = p
                 probs.append(p)
@@ -175,7 +238,7 @@ def _predict(
                     frame.heat[spec.code] = heatmap_on_source(prediction.saliency[k], geometry)
             findings.append(
                 FindingResult(spec.code, max(probs), spec.operating_point, spec.urgent_point, card.ref,
-                              routes=card.routes)
+                              mode=mode.value)
             )
     return findings
 
@@ -234,11 +297,20 @@ def _write_overlays(study_uid: str, frames: list[_Frame], regions: list[RegionRe
     return written
 
 
-def screen_pixels(display: np.ndarray, predictors: Sequence[Predictor]) -> list[FindingResult]:
+def screen_pixels(display: np.ndarray, predictors: Sequence[Predictor],
+                  modes: Mapping[str, ModelMode] | None = None) -> list[FindingResult]:
     """Screen a picture that is already windowed (float32 (rows, cols) in [0, 1], bright bone),
-    such as a PNG export: steps 3–5 and the models, no DICOM. Returns calibrated findings."""
-    frames = [_Frame("", 1, np.asarray(display, dtype=np.float32), None, windowed=True, invert=False)]
-    return _predict(frames, predictors, _prepare(frames, predictors), explain=False)
+    such as a PNG export: steps 3–5 and the models, no DICOM. Returns calibrated findings.
+
+    A picture has no header: its view, modality and body part count as unknown (accepted), and so
+    does the patient's age, which each model's scope decides (``unknown_age``). ``modes`` as
+    :attr:`ScreeningOptions.modes`; ``off`` models do not run."""
+    options = ScreeningOptions(predictors=predictors, modes=modes or {})
+    running = options.running()
+    frames = [_Frame("", 1, np.asarray(display, dtype=np.float32), None, windowed=True, invert=False,
+                     out_of_scope=scope_reasons(None, running))]
+    return _predict(frames, running, _prepare(frames, running), explain=False,
+                    modes=[options.mode_of(p.card) for p in running])
 
 
 _DICOM_KINDS = ("sc", "seg", "sr")
@@ -254,18 +326,31 @@ def _dicom_path(study_uid: str, frame: _Frame, kind: str) -> Path:
     return Path(study_uid) / frame.sop_instance_uid / f"{kind}.dcm"
 
 
+def _instance_finding(frame: _Frame, f: FindingResult) -> FindingResult:
+    """A study finding as it stands on one instance: that instance's probability, or not
+    applicable when the model's scope leaves the instance out (or the whole study)."""
+    if not f.applicable:
+        return f
+    reason = frame.out_of_scope.get(f.model)
+    if reason is not None or f.code not in frame.probabilities:
+        return FindingResult(f.code, None, f.operating_point, f.urgent_point, f.model, mode=f.mode, applicable=False,
+                             not_applicable_reason=reason or "not computed for this image")
+    return FindingResult(f.code, frame.probabilities[f.code], f.operating_point, f.urgent_point, f.model,
+                         mode=f.mode)
+
+
 def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[FindingResult],
                          regions: list[RegionResult], priority: Priority, predictors: Sequence[Predictor],
                          out_dir: Path, series: SeriesSettings) -> list[str]:
-    """SC, SEG and SR for every screened single-frame instance (contract 4)."""
+    """SC, SEG and SR for every screened single-frame instance (contract 4); a SEG only where a
+    finding has a heatmap on the instance (none where every model was not applicable to it)."""
     provenance = Provenance(tuple(p.card for p in predictors), series)
     written = []
     for frame in _dicom_frames(frames):
         assert frame.dataset is not None
         mine = [RegionOutput(r.region_id, r.region, frame.probabilities.get(r.region.finding, 0.0))
                 for r in regions if r.sop_instance_uid == frame.sop_instance_uid]
-        instance_findings = [FindingResult(f.code, frame.probabilities.get(f.code, f.probability), f.operating_point,
-                                           f.urgent_point, f.model, routes=f.routes) for f in findings]
+        instance_findings = [_instance_finding(frame, f) for f in findings]
         outputs = build_outputs(frame.dataset, display=frame.display, heats=frame.heat, findings=instance_findings,
                                 regions=mine, priority=priority, provenance=provenance)
         for kind, dataset in outputs.items():
@@ -304,7 +389,7 @@ class StudyOutputs:
         dicom: list[str] = []
         if self.options.dicom_outputs and self.findings:
             dicom = [_dicom_path(self.study_uid, f, kind).as_posix()
-                     for f in _dicom_frames(self.frames) for kind in _DICOM_KINDS]
+                     for f in _dicom_frames(self.frames) for kind in _DICOM_KINDS if kind != "seg" or f.heat]
         return heatmaps, dicom
 
     def write(self) -> WrittenOutputs:
@@ -325,7 +410,7 @@ class StudyOutputs:
             try:
                 dicom = _write_dicom_outputs(self.study_uid, self.frames, self.findings, self.regions,
                                              prioritise(StudyStatus.SCREENED, self.findings),
-                                             self.options.predictors, out_dir, self.options.series)
+                                             self.options.running(), out_dir, self.options.series)
             except OutputEncodingError as exc:
                 logger.warning("study %s: DICOM outputs not written (%s)", study_key(self.study_uid), exc)
                 status = "failed"
@@ -343,6 +428,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
     encode_ms = 0.0  # outputs written here (not deferred), in ms
     instances: list[InstanceResult] = []
     frames: list[_Frame] = []
+    running = options.running()
     handled: set[str] = set()  # SOP Instance UIDs already screened or refused
     files: dict[str, tuple[str, str | None]] = {}
     for parsed in members:
@@ -374,9 +460,13 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
             continue
         finally:
             timing["load"] += time.perf_counter() - t0
+        out_of_scope = scope_reasons(inst, running)
+        for frame in decoded:
+            frame.out_of_scope = out_of_scope
         frames.extend(decoded)
         handled.add(sop)
-        instances.append(InstanceResult(parsed.source, sop, InstanceStatus.SCREENED))
+        instances.append(InstanceResult(parsed.source, sop, InstanceStatus.SCREENED,
+                                        not_applicable=_codes_out_of_scope(out_of_scope, running)))
         if parsed.input is not None:
             files[sop] = (str(parsed.input.path), parsed.input.member)
 
@@ -389,11 +479,12 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
     status_reason: str | None = None
     if frames:
         t0 = time.perf_counter()
-        batches = _prepare(frames, options.predictors)
+        batches = _prepare(frames, running)
         timing["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
-            findings = _predict(frames, options.predictors, batches, options.explain)
+            findings = _predict(frames, running, batches, options.explain,
+                                [options.mode_of(p.card) for p in running])
         except (ProcessingError, RuntimeError) as exc:
             logger.error("study %s: inference failed (%s)", study_key(study_uid), type(exc).__name__)
             for i, outcome in enumerate(instances):
@@ -403,7 +494,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
             frames = []
         timing["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        regions = _regions(frames, findings, options.predictors) if frames else []
+        regions = _regions(frames, findings, running) if frames else []
         timing["postprocess"] = time.perf_counter() - t0
         if frames and options.out_dir is not None:
             outputs = StudyOutputs(study_uid, frames, findings, regions, options)
@@ -439,8 +530,7 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
         priority=prioritise(status, findings),
         findings=findings,
         regions=regions,
-        models=[{"name": p.card.name, "version": p.card.version, "device_uid": p.card.device_uid}
-                for p in options.predictors],
+        models=options.models_json(),
         heatmaps=heatmaps,
         dicom=dicom_files,
         artifacts_status=artifacts_status,
@@ -455,6 +545,12 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
                 study_key(study_uid), status.value, result.priority.score, result.priority.route.value,
                 result.priority.rule, len(instances), timing["total"])
     return result
+
+
+def _codes_out_of_scope(out_of_scope: Mapping[str, str], predictors: Sequence[Predictor]) -> dict[str, str]:
+    """Finding code → why its model does not apply to an instance (its ``instances[].not_applicable``)."""
+    return {spec.code: out_of_scope[p.card.ref] for p in predictors if p.card.ref in out_of_scope
+            for spec in p.card.findings}
 
 
 def _join_reasons(reasons: Iterable[str | None]) -> str:

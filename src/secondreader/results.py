@@ -9,7 +9,8 @@ from typing import Any, Protocol
 from .explain.regions import Region
 from .scoring.priority import FindingResult, Priority, StudyStatus
 
-__all__ = ["ARTIFACT_STATUSES", "InstanceResult", "InstanceStatus", "RegionResult", "StudyResult", "WrittenOutputs"]
+__all__ = ["ARTIFACT_STATUSES", "InstanceResult", "InstanceStatus", "RegionResult", "StudyResult", "WrittenOutputs",
+           "finding_json"]
 
 
 #: ``encode`` is the overlays' and DICOM outputs' encoding, reported apart from the screening: it is
@@ -35,6 +36,8 @@ class InstanceResult:
     status: InstanceStatus
     reason: str | None = None
     rule_ids: tuple[str, ...] = ()
+    #: Finding code → why its model does not apply to this instance (outside the model's scope).
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", InstanceStatus(self.status))
@@ -52,6 +55,8 @@ class InstanceResult:
         }
         if self.rule_ids:
             out["rules"] = list(self.rule_ids)
+        if self.not_applicable:
+            out["not_applicable"] = dict(self.not_applicable)
         return out
 
 
@@ -97,6 +102,23 @@ def artifacts_json(heatmaps: list[str], dicom: list[str], status: str) -> dict[s
     return {"heatmaps": list(heatmaps), "dicom": list(dicom), "status": status}
 
 
+def finding_json(f: FindingResult) -> dict[str, Any]:
+    """One ``findings[]`` entry of contract 2. ``routes`` is true only for a live model's finding
+    that applies to the study; a not-applicable one has ``"probability": null``, is not positive
+    (nor a negative: ``applicable`` false) and says why in ``not_applicable_reason``."""
+    return {
+        "code": f.code,
+        "probability": round(f.probability, 4) if f.probability is not None else None,
+        "positive": f.positive,
+        "operating_point": round(f.operating_point, 4),
+        "model": f.model,
+        "routes": f.routes,
+        "mode": f.mode,
+        "applicable": f.applicable,
+        "not_applicable_reason": f.not_applicable_reason,
+    }
+
+
 class DeferredOutputs(Protocol):
     def write(self) -> WrittenOutputs: ...
 
@@ -136,17 +158,7 @@ class StudyResult:
                 "route": self.priority.route.value,
                 "rule": self.priority.rule,
             },
-            "findings": [
-                {
-                    "code": f.code,
-                    "probability": round(f.probability, 4),
-                    "positive": f.positive,
-                    "operating_point": round(f.operating_point, 4),
-                    "model": f.model,
-                    "routes": f.routes,
-                }
-                for f in self.findings
-            ],
+            "findings": [finding_json(f) for f in self.findings],
             "regions": [r.to_json() for r in self.regions],
             "first_read": {"status": "none", "labels": {}, "discordant": []},
             "artifacts": artifacts_json(self.heatmaps, self.dicom, self.artifacts_status),

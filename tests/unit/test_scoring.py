@@ -59,9 +59,10 @@ def test_device_uid_is_derived_from_name_version_and_weights() -> None:
 
 def test_findings_of_a_model_that_missed_its_targets_do_not_route() -> None:
     validated = FindingResult("pneumonia", 0.2, 0.5, 0.9, "cxr-pneumonia@1.0.0")
-    unvalidated = FindingResult("nodule", 0.99, 0.5, 0.9, "cxr-nodule@1.0.0", routes=False)
+    unvalidated = FindingResult("nodule", 0.99, 0.5, 0.9, "cxr-nodule@1.0.0", mode="shadow")  # its default mode
     assert prioritise("screened", [validated, unvalidated]) == prioritise("screened", [validated])
-    assert prioritise("screened", [unvalidated]) == Priority(0, Route.NONE, "ai-negative")
+    # nothing that routes: no route decided by the AI (was "ai-negative" before modes)
+    assert prioritise("screened", [unvalidated]) == Priority(0, Route.NONE, "no-routing-finding")
     assert prioritise("screened", [FindingResult("nodule", 0.99, 0.5, 0.9, "m@1")]).route is Route.URGENT
 
 

@@ -2,7 +2,8 @@
 
 This is the only object that leaves ``secondreader.dicom`` besides decoded pixels. It never holds
 patient attributes (name, ID, birth date, accession number) or free text: descriptions are reduced
-to a yes/no "described as chest" flag on the way in.
+to a yes/no "described as chest" flag on the way in, and the birth date to the patient's age at
+the study (:mod:`.age`), which the models' scopes need.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from ..errors import NotDicomError
+from .age import PatientAge, age_from_header
 from .io import HEADER_ERRORS, pydicom_warnings_caught
 
 __all__ = ["CxrInstance"]
@@ -36,6 +38,19 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     if value is None or value == "":
         return None
     return int(value)
+
+
+def _raw(ds: Dataset, keyword: str) -> object:
+    """An element's value, or None when it is absent or cannot be parsed (never raises)."""
+    try:
+        return ds.get(keyword)
+    except Exception:  # noqa: BLE001 - a malformed optional value counts as absent
+        return None
+
+
+def _age(ds: Dataset) -> PatientAge | None:
+    return age_from_header(_raw(ds, "PatientAge"), _raw(ds, "PatientBirthDate"),
+                           *(_raw(ds, k) for k in ("StudyDate", "SeriesDate", "AcquisitionDate")))
 
 
 def _spacing(ds: Dataset) -> tuple[float, float] | None:
@@ -81,6 +96,9 @@ class CxrInstance:
     #: The order's identifier, to match a first-read report to its images. Not patient data, but
     #: an identifier all the same: kept out of ``repr``, logs and result JSON.
     accession_number: str | None = field(default=None, repr=False)
+    #: The patient's age at the study (``None``: unknown), for the models' scopes. Patient data,
+    #: though coarse: kept out of ``repr`` and logs; only a not-applicable reason shows it.
+    patient_age: PatientAge | None = field(default=None, repr=False)
 
     @classmethod
     def from_dataset(cls, ds: Dataset, *, pixel_data_truncated: bool = False) -> CxrInstance:
@@ -136,4 +154,5 @@ class CxrInstance:
             has_pixel_data=pixel_data_truncated
             or any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
             accession_number=_text(ds, "AccessionNumber"),
+            patient_age=_age(ds),
         )

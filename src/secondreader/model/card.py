@@ -3,21 +3,195 @@
 The bundle keeps MONAI's ``network_data_format`` and adds a ``secondreader`` section with what the
 pipeline needs, as *named* maps: the network (a MONAI class and its arguments), per-finding labels
 with their output channel, calibration and operating points, the input specification, how
-saliency maps are made, and the Device UID that changes with every version.
+saliency maps are made, and the Device UID that changes with every version. Two optional maps
+say where and how the model may be used:
+
+- ``scope`` (:class:`ModelScope`): the patients and images it was validated on (ages, views,
+  modalities, body parts); screening reports its findings as *not applicable* outside it. A bundle
+  without one applies everywhere.
+- ``mode``: ``{"default": "live" | "shadow", "reason": ...}``, how a site runs it unless told
+  otherwise (``SECONDREADER_MODEL_MODES``, :mod:`.modes`): ``live`` findings route studies,
+  ``shadow`` findings are computed and shown but never route. Older bundles said
+  ``"routing": {"enabled": false}`` for what is now ``shadow``; that is still read.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..dicom.age import PatientAge
 from ..errors import ModelError
 from ..preprocessing import InputSpec
 from ..scoring.calibration import Calibrator
+from .modes import ModelMode
 
-__all__ = ["FindingSpec", "ModelCard", "SaliencySpec", "find_bundles", "load_card"]
+__all__ = ["FindingSpec", "ModelCard", "ModelMode", "ModelScope", "SaliencySpec", "find_bundles", "load_card",
+           "parse_mode", "parse_scope"]
+
+
+#: Views a scope may name: the frontal and oblique View Position terms (a lateral view never).
+_SCOPE_VIEWS = frozenset({"PA", "AP", "RLD", "LLD", "RLO", "LLO"})
+_SCOPE_KEYS = frozenset({"age_years", "unknown_age", "views", "modalities", "body_parts", "population", "limits"})
+_UNKNOWN_AGE = ("applies", "not_applicable")
+
+
+def _words(values: tuple[str, ...]) -> str:
+    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} and {values[-1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelScope:
+    """Where a model applies (``secondreader.scope`` in its metadata): the patients' ages in
+    completed years (``age_min``/``age_max`` inclusive, ``None`` open), what a study whose age cannot
+    be found gets (``unknown_age``: ``applies`` or ``not_applicable``), the View Positions,
+    Modalities and Body Parts Examined it covers (upper case; an instance that does not say its
+    view, modality or body part is accepted), and free text naming its data and other limits."""
+
+    age_min: int | None
+    age_max: int | None
+    unknown_age: str
+    views: tuple[str, ...]
+    modalities: tuple[str, ...]
+    body_parts: tuple[str, ...]
+    population: str
+    limits: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("age_min", "age_max"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"scope.age_years: {name[4:]} must be a whole number of years >= 0 or null")
+        if self.age_min is not None and self.age_max is not None and self.age_min > self.age_max:
+            raise ValueError("scope.age_years: min must not be above max")
+        if self.unknown_age not in _UNKNOWN_AGE:
+            raise ValueError(f"scope.unknown_age must be applies or not_applicable, not {self.unknown_age!r}")
+        for name in ("views", "modalities", "body_parts"):
+            values = getattr(self, name)
+            if not values or not all(isinstance(v, str) and v.strip() for v in values):
+                raise ValueError(f"scope.{name} must be a non-empty list of names")
+        if not set(self.views) <= _SCOPE_VIEWS:
+            raise ValueError(f"scope.views: {', '.join(sorted(set(self.views) - _SCOPE_VIEWS))} is not a frontal "
+                             "or oblique View Position (PA, AP, ...); a lateral view is never in scope")
+        if not isinstance(self.population, str) or not self.population.strip():
+            raise ValueError("scope.population must name the data the model was validated on")
+        if not isinstance(self.limits, str):
+            raise ValueError("scope.limits must be text")
+
+    def ages(self) -> str:
+        """The age range in words: "children aged 1-5 years", "adults aged 18 years and over"."""
+        lo, hi = self.age_min, self.age_max
+        who = "children" if hi is not None and hi < 18 else "adults" if lo is not None and lo >= 18 else "patients"
+        if lo is not None and hi is not None:
+            return f"{who} aged {lo} years" if lo == hi else f"{who} aged {lo}-{hi} years"
+        if lo is not None:
+            return f"{who} aged {lo} years and over"
+        if hi is not None:
+            return f"{who} aged up to {hi} years"
+        return "patients of any age"
+
+    def not_applicable(self, model: str, *, age: PatientAge | None, view: str | None = None,
+                       modality: str | None = None, body_part: str | None = None) -> str | None:
+        """Why ``model`` does not apply to an instance with these header facts (``None``: it
+        applies). The reason names the model, its scope and the one header fact that falls
+        outside it; the age only as :class:`PatientAge` renders it."""
+        if modality and modality.upper() not in self.modalities:
+            return f"{model} is validated on {_words(self.modalities)} images; Modality {modality.upper()}"
+        if body_part and body_part.upper() not in self.body_parts:
+            return (f"{model} is validated on Body Part Examined {_words(self.body_parts)}; "
+                    f"Body Part Examined {body_part.upper()}")
+        if view and view.upper() not in self.views:
+            return f"{model} is validated on {_words(self.views)} views; View Position {view.upper()}"
+        if self.age_min is None and self.age_max is None:
+            return None
+        if age is None:
+            return None if self.unknown_age == "applies" else f"{model} is validated on {self.ages()}; patient age unknown"
+        if (self.age_min is not None and age.years < self.age_min) or (self.age_max is not None and age.years > self.age_max):
+            return f"{model} is validated on {self.ages()}; patient age {age.text}"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"age_years": [self.age_min, self.age_max], "unknown_age": self.unknown_age, "views": list(self.views),
+                "modalities": list(self.modalities), "body_parts": list(self.body_parts),
+                "population": self.population, "limits": self.limits}
+
+
+def _names(spec: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = spec[key]
+    if not isinstance(value, list):
+        raise ValueError(f"scope.{key} must be a list of names")
+    if not all(isinstance(v, str) for v in value):
+        raise ValueError(f"scope.{key} must be a list of names")
+    return tuple(v.strip().upper() for v in value)
+
+
+def parse_scope(spec: object) -> ModelScope:
+    """``secondreader.scope`` of a bundle's metadata → a :class:`ModelScope`.
+
+    Raises
+    ------
+    ValueError
+        Naming the field that is missing or wrong (``scope.age_years: ...``).
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError("scope must be an object")
+    unknown = sorted(set(spec) - _SCOPE_KEYS)
+    if unknown:
+        raise ValueError(f"scope has unknown field(s) {', '.join(unknown)}")
+    missing = sorted(_SCOPE_KEYS - {"limits"} - set(spec))
+    if missing:
+        raise ValueError(f"scope lacks {', '.join(missing)}")
+    ages = spec["age_years"]
+    if not isinstance(ages, list) or len(ages) != 2:
+        raise ValueError("scope.age_years must be [min, max] (either may be null)")
+    for value in ages:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or float(value) != int(value)):
+            raise ValueError("scope.age_years: min and max must be whole numbers of years or null")
+    for key in ("unknown_age", "population", "limits"):
+        if key in spec and not isinstance(spec[key], str):
+            raise ValueError(f"scope.{key} must be text")
+    return ModelScope(
+        age_min=None if ages[0] is None else int(ages[0]),
+        age_max=None if ages[1] is None else int(ages[1]),
+        unknown_age=spec["unknown_age"],
+        views=_names(spec, "views"),
+        modalities=_names(spec, "modalities"),
+        body_parts=_names(spec, "body_parts"),
+        population=spec["population"],
+        limits=spec.get("limits", ""),
+    )
+
+
+def parse_mode(secondreader: Mapping[str, Any]) -> tuple[ModelMode, str | None]:
+    """The default mode of a bundle and why: ``secondreader.mode`` (``{"default": "live" |
+    "shadow", "reason": ...}``), else, for bundles older than it, ``secondreader.routing``
+    (``"enabled": false`` is ``shadow``), else ``live``.
+
+    Raises
+    ------
+    ValueError
+        When ``mode`` is not such an object (``off`` is a site's choice, never a bundle's default).
+    """
+    mode = secondreader.get("mode")
+    if mode is not None:
+        if not isinstance(mode, Mapping):
+            raise ValueError("mode must be an object {default, reason}")
+        default = mode.get("default")
+        if default not in (ModelMode.LIVE.value, ModelMode.SHADOW.value):
+            raise ValueError(f"mode.default must be live or shadow, not {default!r}")
+        reason = mode.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ValueError("mode.reason must be text")
+        return ModelMode(default), reason
+    gate = secondreader.get("routing")
+    if isinstance(gate, Mapping) and not bool(gate.get("enabled", True)):
+        reason = gate.get("reason")
+        return ModelMode.SHADOW, reason if isinstance(reason, str) else None
+    return ModelMode.LIVE, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +265,11 @@ class ModelCard:
     saliency: SaliencySpec
     weights_file: str
     metadata: dict[str, Any]
+    #: Where the model applies (``None``: everywhere).
+    scope: ModelScope | None = None
+    #: How a site runs it unless its settings say otherwise (live or shadow), and why.
+    default_mode: ModelMode = ModelMode.LIVE
+    mode_reason: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -105,11 +284,9 @@ class ModelCard:
 
     @property
     def routes(self) -> bool:
-        """Whether this model's findings may route studies (priority, discordance). A bundle whose
-        held-out metrics missed its targets says ``"routing": {"enabled": false, "reason": ...}``:
-        its findings, heatmaps and regions are still reported, marked ``"routes": false``."""
-        gate = self.metadata.get("secondreader", {}).get("routing", {})
-        return bool(gate.get("enabled", True)) if isinstance(gate, dict) else True
+        """Whether this model's findings route studies by default (its default mode is ``live``).
+        A site may run it otherwise (:mod:`.modes`); what decides is the mode screening runs it in."""
+        return self.default_mode is ModelMode.LIVE
 
     @property
     def ref(self) -> str:
@@ -155,6 +332,7 @@ def load_card(bundle_dir: Path) -> ModelCard:
     try:
         sr = meta["secondreader"]
         inp = sr["input"]
+        default_mode, mode_reason = parse_mode(sr)
         card = ModelCard(
             name=str(meta["name"]),
             version=str(meta["version"]),
@@ -169,6 +347,9 @@ def load_card(bundle_dir: Path) -> ModelCard:
             saliency=SaliencySpec(**sr["saliency"]),
             weights_file=str(sr.get("weights_file", "model.pt")),
             metadata=meta,
+            scope=parse_scope(sr["scope"]) if sr.get("scope") is not None else None,
+            default_mode=default_mode,
+            mode_reason=mode_reason,
         )
     except KeyError as exc:
         raise ModelError(f"model bundle {bundle_dir.name}: metadata.json lacks {exc.args[0]!r}") from None

@@ -3,10 +3,13 @@
 - Secondary Capture: the radiograph with the heatmap burned in, the legend and the banner
   "AI result — second reader — not for primary diagnosis" (also in Image Comments);
 - Segmentation, FRACTIONAL (PROBABILITY): one segment per finding code with a heatmap (negative
-  findings too), referencing the source image;
+  findings too), referencing the source image; none when no finding has a heatmap on the image
+  (every model outside its scope there);
 - Comprehensive 3D SR, TID 1500: the probability of every finding and the study priority score
   (image-level measurements), and one planar ROI per flagged region (SCOORD polyline in image
-  coordinates, column then row) with the finding and its probability.
+  coordinates, column then row) with the finding and its probability. A finding whose model does
+  not apply to the image (outside its scope) has no probability: its qualitative evaluation is
+  "Not applicable" (SCT 385432009), never "Absent", with the reason as a comment.
 
 Every object carries the algorithm name and version, the model's Device UID in Contributing
 Equipment, a series description marking it as an AI result, and deterministic UIDs
@@ -44,6 +47,8 @@ _PRIORITY = CodedConcept("PRIORITY", _PRIVATE, "Second-review priority score")
 _NO_UNITS = CodedConcept("1", "UCUM", "no units")
 _SCORE = CodedConcept("{score}", "UCUM", "score")
 _CHEST_XRAY = CodedConcept("399208008", "SCT", "Plain chest X-ray")
+_NOT_APPLICABLE = CodedConcept("385432009", "SCT", "Not applicable")
+_COMMENT = CodedConcept("121106", "DCM", "Comment")
 
 
 def finding_concept(code: str) -> CodedConcept:
@@ -76,10 +81,12 @@ def build_outputs(
     priority: Priority,
     provenance: Provenance,
 ) -> dict[str, Dataset]:
-    """``{"sc", "seg", "sr"}`` datasets for one single-frame source instance.
+    """``{"sc", "seg", "sr"}`` datasets for one single-frame source instance (no ``seg`` when
+    ``heats`` is empty).
 
     ``display``: float32 (rows, cols) in [0, 1] (bright bone); ``heats``: per finding code, float32
-    (rows, cols) in [0, 1] on the same grid.
+    (rows, cols) in [0, 1] on the same grid; ``findings`` as they stand on this instance (not
+    applicable where its model's scope leaves it out).
     """
     if int(source.get("NumberOfFrames", 1) or 1) != 1:
         raise OutputEncodingError("DICOM outputs are made for single-frame images only")
@@ -91,11 +98,11 @@ def build_outputs(
         # highdicom and pydicom warn about odd header values by quoting them (a patient's name):
         # those texts must never reach a log.
         with pydicom_warnings_caught():
-            return {
-                "sc": _secondary_capture(src, display, heats, findings, provenance, study, sop, models),
-                "seg": _segmentation(src, heats, provenance, study, sop, models),
-                "sr": _report(src, findings, regions, priority, provenance, study, sop, models),
-            }
+            outputs = {"sc": _secondary_capture(src, display, heats, findings, provenance, study, sop, models)}
+            if heats:
+                outputs["seg"] = _segmentation(src, heats, provenance, study, sop, models)
+            outputs["sr"] = _report(src, findings, regions, priority, provenance, study, sop, models)
+            return outputs
     except (ValueError, TypeError, AttributeError) as exc:
         raise OutputEncodingError(f"a DICOM output could not be built ({type(exc).__name__})") from None
 
@@ -112,7 +119,8 @@ def _secondary_capture(src: Dataset, display: np.ndarray, heats: dict[str, np.nd
                        findings: Sequence[FindingResult], provenance: Provenance, study: str, sop: str,
                        models: Sequence[object]) -> Dataset:
     combined = np.max(np.stack(list(heats.values())), axis=0) if heats else np.zeros_like(display)
-    title = ", ".join(f"{f.code} {f.probability:.2f}" for f in findings)
+    title = ", ".join(f"{f.code} {f.probability:.2f}" if f.probability is not None else f"{f.code} n/a"
+                      for f in findings)
     image = render_overlay(display, combined, [], title=title)
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     number, _ = provenance.series("sc")
@@ -178,14 +186,20 @@ def _report(src: Dataset, findings: Sequence[FindingResult], regions: Sequence[R
             hd.sr.Measurement(name=_PRIORITY, value=float(priority.score), unit=_SCORE, algorithm_id=algorithm),
             *[hd.sr.Measurement(name=CodedConcept(_PROBABILITY.value, _PRIVATE, f"Probability of {f.code}"),
                                 value=round(f.probability, 4), unit=_NO_UNITS, algorithm_id=algorithm)
-              for f in findings],
+              for f in findings if f.probability is not None],
         ],
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=finding_concept(f.code),
-                                        value=codes.SCT.Present if f.positive else codes.SCT.Absent)
+            hd.sr.QualitativeEvaluation(
+                name=finding_concept(f.code),
+                value=_NOT_APPLICABLE if not f.applicable else codes.SCT.Present if f.positive else codes.SCT.Absent)
             for f in findings
         ],
     )
+    for f in findings:
+        if not f.applicable:  # why, as a comment in the same group (the reason holds no patient data but the age)
+            image_level[0].ContentSequence.append(hd.sr.TextContentItem(
+                name=_COMMENT, value=f"{f.code} not applicable: {f.not_applicable_reason}"[:1024],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     rois = []
     for r in regions:
         r0, c0, r1, c1 = r.region.bbox

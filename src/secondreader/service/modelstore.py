@@ -3,13 +3,15 @@
 ``secondreader serve`` (and the service on its first start) imports every bundle under
 ``SECONDREADER_MODELS_DIR`` into the BentoML model store as ``<name>:<version>``, the whole bundle
 (metadata, state-dict weights, model card) as the model's files; a bundle already there with the
-same weights is left alone, one with other weights under the same version replaces it. The service
+same weights and metadata is left alone, one with other weights or metadata under the same version
+(a scope or default mode added to its card) replaces it. The service
 references the shipped bundles as ``bentoml.models.BentoModel`` class attributes, so ``bentoml
 build`` packs them into the bento, and loads the weights from the store path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -41,20 +43,27 @@ def _weights_sha(card: ModelCard) -> str:
     return str(card.metadata["secondreader"].get("weights_sha256", ""))
 
 
+def _metadata_sha(bundle_dir: Path) -> str:
+    return hashlib.sha256((bundle_dir / "configs" / "metadata.json").read_bytes()).hexdigest()
+
+
 def import_bundle(bundle_dir: Path) -> str:
     """Import one bundle (idempotent); returns its store tag."""
     card = load_card(bundle_dir)
     tag = store_tag(card)
+    metadata_sha = _metadata_sha(bundle_dir)
     try:
         existing = bentoml.models.get(tag)
     except NotFound:
         existing = None
     if existing is not None:
-        if existing.info.metadata.get("weights_sha256") == _weights_sha(card):
+        same_weights = existing.info.metadata.get("weights_sha256") == _weights_sha(card)
+        if same_weights and existing.info.metadata.get("metadata_sha256") == metadata_sha:
             return tag
-        logger.warning("model %s in the store has other weights; replacing it", tag)
+        logger.warning("model %s in the store has other %s; replacing it", tag,
+                       "metadata" if same_weights else "weights")
         bentoml.models.delete(tag)
-    metadata = {"weights_sha256": _weights_sha(card), "device_uid": card.device_uid,
+    metadata = {"weights_sha256": _weights_sha(card), "metadata_sha256": metadata_sha, "device_uid": card.device_uid,
                 "findings": ",".join(f.code for f in card.findings)}
     with bentoml.models.create(tag, labels={"project": "secondreader", "kind": "monai-bundle"},
                                metadata=metadata) as model:
