@@ -72,11 +72,14 @@ def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
     models_dir = args.models_dir or settings.models_dir
     predictors = [load_predictor(d, device=args.device or settings.device)
                   for d in _model_dirs(models_dir, args.model)]
+    from .model.modes import site_modes
     from .quarantine import Quarantine
 
+    modes = site_modes([p.card for p in predictors], settings.resolved_model_modes())
     options = ScreeningOptions(predictors=predictors, max_pixels=settings.max_image_pixels, out_dir=args.out,
                                series=settings.output_series(),
-                               quarantine=Quarantine(settings.home / "quarantine"), quarantine_channel="cli")
+                               quarantine=Quarantine(settings.home / "quarantine"), quarantine_channel="cli",
+                               modes=modes)
     count = 0
     for result in screen_paths(paths, options):
         count += 1
@@ -94,15 +97,27 @@ def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _finding_text(f: dict[str, Any]) -> str:
+    """``pneumonia 0.97 +``; ``nodule 0.93 + (shadow)`` for a shadow model's finding (shown, routes
+    nothing); ``pneumonia n/a`` where the study is outside the model's scope."""
+    if f.get("applicable", True) is False:
+        return f"{f['code']} n/a"
+    text = f"{f['code']} {f['probability']:.2f}{' +' if f['positive'] else ''}"
+    if f.get("mode") == "shadow":
+        return f"{text} (shadow)"
+    return text if f.get("routes", True) else f"{text} (not routing)"  # a result from before modes
+
+
 def _text_line(data: dict[str, Any]) -> str:
-    findings = ", ".join(  # a finding of a model that missed its targets is shown, marked, and routes nothing
-        f"{f['code']} {f['probability']:.2f}{' +' if f['positive'] else ''}"
-        f"{'' if f.get('routes', True) else ' (not routing)'}" for f in data["findings"]
-    )
+    findings = ", ".join(_finding_text(f) for f in data["findings"])
     priority = data["priority"]
     uid = data["study_instance_uid"] or f"(no study UID: {data.get('source')})"
     status = data["status"]
     reason = f" - {data['reason']}" if data["reason"] else ""
+    reasons = list(dict.fromkeys(f["not_applicable_reason"] for f in data["findings"]
+                                 if f.get("applicable", True) is False and f.get("not_applicable_reason")))
+    if reasons:
+        reason += " - not applicable: " + "; ".join(reasons)
     return (f"{uid}  {status:<10} score {priority['score']:>3} route {priority['route']:<6} "
             f"[{findings}]{reason}")
 
