@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
 def _config(shared_data: Path, tmp_path: Path, keep: tuple[str, ...] | None = None,
             lesions: dict[str, Any] | None = None) -> TrainConfig:
-    raw = yaml.safe_load((ROOT / "training" / "configs" / "cxr-nodule.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "training" / "configs" / "cxr-nodule-simulated.yaml").read_text())
     raw["data"]["path"] = str(shared_data)
     if keep is not None:
         raw["lesions"]["backgrounds"] = [b for b in raw["lesions"]["backgrounds"] if b["id"] in keep]

@@ -13,7 +13,7 @@ from secondreader.training.config import TrainConfig, load_config, run_digest
 from secondreader.training.modelcard import versions_section
 from secondreader.training.train import bundle_header
 
-CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "cxr-nodule.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "cxr-nodule-simulated.yaml"
 
 
 def _changed(cfg: TrainConfig, section: str, **values: object) -> TrainConfig:

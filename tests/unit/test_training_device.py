@@ -16,7 +16,7 @@ from secondreader.training.config import load_config
 from secondreader.training.train import to_layout, training_device, training_hardware, training_memory_format
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "cxr-pneumonia.yaml"
-NODULE = CONFIG.with_name("cxr-nodule.yaml")
+NODULE = CONFIG.with_name("cxr-nodule-simulated.yaml")
 
 
 def test_auto_takes_cuda_when_there_is_one_and_mixed_precision_only_there() -> None:

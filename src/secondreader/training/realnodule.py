@@ -325,7 +325,10 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
             else:
                 (run_dir / "folds" / f"fold-{f + 1}.json").write_text(json.dumps(state))
                 states[f] = state
-    ordered = [states[f] for f in range(rc.folds)]
+    # each fold's calibration and operating point from its saved validation scores, by the config's rule
+    # now (a new rule re-scores the folds without refitting them)
+    ordered = [{**states[f], "calibration": calibrate(Scored.from_json(states[f]["validation"]), cfg).to_json()}
+               for f in range(rc.folds)]
     pooled, per_fold = _pool_folds(ordered, seed=cfg.seed, side=side)
     pooled["method"] = (f"{rc.folds}-fold cross-validation over the JSRT films (stratified by nodule): each fold's "
                         f"model trained on {rc.folds - 2} folds, calibrated on the next, tested on its own; REAL "
@@ -347,8 +350,8 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
     network = build_dense_network(cfg.network.class_, cfg.network.args)
     network.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     network.eval()
-    cal = Calibration.from_json(final["calibration"])
     val = Scored.from_json(final["validation"])
+    cal = calibrate(val, cfg)
     from .localisation import localisation_metrics
 
     metrics["validation"] = localisation_metrics(val, cal, seed=cfg.seed)
