@@ -138,6 +138,19 @@ def to_bytes(ds: FileDataset) -> bytes:
     return buffer.getvalue()
 
 
+def with_patient_age(source: Path, age: str) -> bytes:
+    """A real DICOM file's bytes with Patient's Age set to ``age`` (its pixels as they were): the
+    shipped sample chest RG1 is an adult's (64 years), outside cxr-pneumonia's scope (children aged
+    1-5); tests of routing and discordance that need that model to apply give it a child's age."""
+    import pydicom
+
+    ds = pydicom.dcmread(source)
+    ds.PatientAge = age
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def write(ds: FileDataset, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(to_bytes(ds))

@@ -1,6 +1,8 @@
 """Both shipped models together: ``secondreader screen`` and the BentoML service load every bundle
 of the models folder; a study gets a finding from each, nodule regions in source pixel
-coordinates, and one priority that combines them."""
+coordinates, and one priority from the findings that route. Each model applies within its scope
+(cxr-pneumonia: children aged 1-5; cxr-nodule: adults) and runs in its mode (cxr-nodule shadow by
+default: it missed its held-out targets), which a site may change (SECONDREADER_MODEL_MODES)."""
 
 from __future__ import annotations
 
@@ -33,62 +35,133 @@ def both_models(models_dir: Path) -> Path:
 
 
 LESION = (450, 650)
+ADULT, CHILD = "053Y", "003Y"
+PNEUMONIA_NOT_FOR_ADULTS = f"cxr-pneumonia is validated on children aged 1-5 years; patient age {ADULT}"
+NODULE_NOT_FOR_CHILDREN = f"cxr-nodule is validated on adults aged 18 years and over; patient age {CHILD}"
 
 
 @pytest.fixture(scope="module")
-def chests(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, tuple[float, float]]:
-    """A chest phantom with a round opacity at ``LESION`` and the same phantom without it, as two
-    studies; returns their files and the opacity's centre (row, col) in source pixels.
+def chests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Chest phantoms as separate studies: an adult's with a round opacity at ``LESION`` and the same
+    without it (inside cxr-nodule's scope, outside cxr-pneumonia's), and a child's with the opacity
+    (the other way round).
 
     (On real backgrounds the shipped cxr-nodule model misses many nodules: see its model card.)"""
     folder = tmp_path_factory.mktemp("two-models")
-    a = write(make_cxr_dataset(ROWS, COLS, lesion_at=LESION, spacing=(0.35, 0.35)), folder / "nodule.dcm")
-    b = write(make_cxr_dataset(ROWS, COLS, spacing=(0.35, 0.35)), folder / "clear.dcm")
-    return a, b, (float(LESION[0]), float(LESION[1]))
+    return {
+        "nodule": write(make_cxr_dataset(ROWS, COLS, lesion_at=LESION, spacing=(0.35, 0.35), patient_age=ADULT),
+                        folder / "nodule.dcm"),
+        "clear": write(make_cxr_dataset(ROWS, COLS, spacing=(0.35, 0.35), patient_age=ADULT), folder / "clear.dcm"),
+        "child": write(make_cxr_dataset(ROWS, COLS, lesion_at=LESION, spacing=(0.35, 0.35), patient_age=CHILD),
+                       folder / "child.dcm"),
+    }
 
 
-def _screen(paths: list[Path], models_dir: Path, home: Path, out: Path) -> list[dict]:  # type: ignore[type-arg]
+def _screen(paths: list[Path], models_dir: Path, home: Path, out: Path,
+            modes: str | None = None) -> list[dict]:  # type: ignore[type-arg]
     env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_MODELS_DIR": str(models_dir)}
+    env.pop("SECONDREADER_MODEL_MODES", None)
+    if modes is not None:
+        env["SECONDREADER_MODEL_MODES"] = modes
     done = subprocess.run([sys.executable, "-m", "secondreader.cli", "screen", *map(str, paths), "--format", "json",
                            "--out", str(out)], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "CANARY" not in done.stdout and "CANARY" not in done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
-def test_screen_runs_both_models_and_finds_the_nodule_where_it_is(both_models: Path, chests, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with_nodule, clear, (row, col) = chests
-    results = {r["instances"][0]["source"]: r for r in _screen([with_nodule, clear], both_models, tmp_path / "home",
-                                                              tmp_path / "out")}
-    positive, negative = results["nodule.dcm"], results["clear.dcm"]
-    for study in (positive, negative):
+@pytest.fixture(scope="module")
+def screened(both_models: Path, chests: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:  # type: ignore[type-arg]
+    """``secondreader screen`` over the three studies with the shipped bundles and their default modes
+    (cxr-pneumonia live, cxr-nodule shadow: it missed its held-out targets)."""
+    tmp = tmp_path_factory.mktemp("two-models-run")
+    results = _screen(list(chests.values()), both_models, tmp / "home", tmp / "out")
+    for study in results:
         assert_study_result(study)
         assert study["status"] == "screened"
+    return {r["instances"][0]["source"].removesuffix(".dcm"): r | {"_out": str(tmp / "out")} for r in results}
+
+
+def _findings(study: dict) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {f["code"]: f for f in study["findings"]}
+
+
+def test_screen_runs_both_models_and_finds_the_nodule_where_it_is(screened: dict[str, dict]) -> None:  # type: ignore[type-arg]
+    positive, negative = screened["nodule"], screened["clear"]
+    for study in (positive, negative):
         assert {f["code"] for f in study["findings"]} == {"nodule", "pneumonia"}
         assert {f["model"].split("@")[0] for f in study["findings"]} == {"cxr-nodule", "cxr-pneumonia"}
-        # one priority over both findings, each anchored at its own operating point
-        top = max(finding_score(f["probability"], f["operating_point"]) for f in study["findings"])
-        assert study["priority"]["rule"] in {"ai-urgent", "ai-positive", "ai-negative"}
-        if study["priority"]["rule"] == "ai-negative":
-            assert study["priority"]["score"] == min(round(top), 49)
-        else:
-            assert study["priority"]["score"] == max(round(top), 50) or study["priority"]["rule"] == "ai-urgent"
-    nodule = {f["code"]: f for f in positive["findings"]}["nodule"]
-    assert nodule["positive"], nodule
-    clear = {f["code"]: f for f in negative["findings"]}["nodule"]
+        assert {m["name"]: m["mode"] for m in study["models"]} == {"cxr-pneumonia": "live", "cxr-nodule": "shadow"}
+    nodule = _findings(positive)["nodule"]
+    assert nodule["positive"] and nodule["applicable"] and nodule["mode"] == "shadow", nodule
+    clear = _findings(negative)["nodule"]
     assert not clear["positive"] and nodule["probability"] > clear["probability"]
     assert not any(r["finding"] == "nodule" for r in negative["regions"])
     regions = [r for r in positive["regions"] if r["finding"] == "nodule"]
     assert regions and all(r["id"].startswith("nodule-") for r in regions)
+    row, col = LESION
     hit = [r for r in regions if r["bbox"][0] <= row < r["bbox"][2] and r["bbox"][1] <= col < r["bbox"][3]]
     assert hit, (regions, (row, col))
     assert abs(hit[0]["centroid"][0] - row) < 60 and abs(hit[0]["centroid"][1] - col) < 60
     assert hit[0]["area_mm2"] is not None and 20 < hit[0]["area_mm2"] < 5000
-    # a heatmap per finding on the source grid, and SEG/SR/SC written for the study
+    # a heatmap for the finding that applies, on the source grid, and SEG/SR/SC written for the study
     sop = positive["instances"][0]["sop_instance_uid"]
     heatmaps = positive["artifacts"]["heatmaps"]
     assert any(h.endswith(f"{sop}/nodule.png") for h in heatmaps)
-    assert any(h.endswith(f"{sop}/pneumonia.png") for h in heatmaps)
+    assert not any(h.endswith("pneumonia.png") for h in heatmaps)  # the model did not run on an adult
     assert {Path(d).name for d in positive["artifacts"]["dicom"]} == {"sc.dcm", "seg.dcm", "sr.dcm"}
+
+
+def test_an_adult_study_is_outside_the_paediatric_model(screened: dict[str, dict]) -> None:  # type: ignore[type-arg]
+    """cxr-pneumonia (children aged 1-5) does not apply to a 53-year-old: not applicable with the
+    reason, no probability counted into the score, no region, no route; and the shadow nodule model's
+    positive finding does not route either: nothing the AI says routes this study."""
+    study = screened["nodule"]
+    pneumonia = _findings(study)["pneumonia"]
+    assert pneumonia["applicable"] is False and pneumonia["not_applicable_reason"] == PNEUMONIA_NOT_FOR_ADULTS
+    assert pneumonia["probability"] is None and pneumonia["positive"] is False and pneumonia["routes"] is False
+    assert study["instances"][0]["not_applicable"] == {"pneumonia": PNEUMONIA_NOT_FOR_ADULTS}
+    assert not any(r["finding"] == "pneumonia" for r in study["regions"])
+    assert study["priority"] == {"score": 0, "route": "none", "rule": "no-routing-finding"}
+    # the SR says so: not applicable with the reason, never "Absent"
+    import highdicom as hd
+
+    (sr_path,) = [p for p in study["artifacts"]["dicom"] if p.endswith("/sr.dcm")]
+    sr = hd.sr.srread(Path(study["_out"]) / sr_path)
+    (group,) = sr.content.get_image_measurement_groups()
+    evaluations = {q.name.meaning: q.value.meaning for q in group.get_qualitative_evaluations()}
+    assert evaluations == {"Pneumonia": "Not applicable", "Nodule": "Present"}
+    comments = [item.TextValue for item in group[0].ContentSequence if item.ValueType == "TEXT"
+                and item.ConceptNameCodeSequence[0].CodeMeaning == "Comment"]
+    assert comments == [f"pneumonia not applicable: {PNEUMONIA_NOT_FOR_ADULTS}"]
+
+
+def test_a_child_study_gets_the_paediatric_model_and_not_the_adult_one(screened: dict[str, dict]) -> None:  # type: ignore[type-arg]
+    study = screened["child"]
+    found = _findings(study)
+    pneumonia, nodule = found["pneumonia"], found["nodule"]
+    assert pneumonia["applicable"] and pneumonia["routes"] and pneumonia["probability"] is not None
+    assert nodule["applicable"] is False and nodule["not_applicable_reason"] == NODULE_NOT_FOR_CHILDREN
+    # the priority is the pneumonia finding's alone, anchored at its operating point
+    score = finding_score(pneumonia["probability"], pneumonia["operating_point"])
+    assert study["priority"]["rule"] in {"ai-urgent", "ai-positive", "ai-negative"}
+    if study["priority"]["rule"] == "ai-negative":
+        assert study["priority"]["score"] == min(round(score), 49)
+    else:
+        assert study["priority"]["score"] == max(round(score), 50) or study["priority"]["rule"] == "ai-urgent"
+    assert not any(r["finding"] == "nodule" for r in study["regions"])
+
+
+def test_a_site_sets_the_modes(both_models: Path, chests: dict[str, Path], tmp_path: Path) -> None:
+    """SECONDREADER_MODEL_MODES over the cards' defaults: the nodule model live routes the adult's
+    study; the pneumonia model off does not run (its finding is absent, ``models[]`` says off)."""
+    (study,) = _screen([chests["nodule"]], both_models, tmp_path / "home", tmp_path / "out",
+                       modes="cxr-nodule=live,cxr-pneumonia=off")
+    assert_study_result(study)
+    assert {m["name"]: m["mode"] for m in study["models"]} == {"cxr-pneumonia": "off", "cxr-nodule": "live"}
+    (nodule,) = study["findings"]
+    assert nodule["code"] == "nodule" and nodule["mode"] == "live" and nodule["routes"] and nodule["positive"]
+    assert study["priority"]["route"] in ("review", "urgent") and study["priority"]["rule"] in ("ai-positive", "ai-urgent")
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +173,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, both_models: Path) -> Itera
     mp.setenv("SECONDREADER_DICOM_PORT", "0")
     mp.setenv("SECONDREADER_HL7_PORT", "0")
     mp.delenv("SECONDREADER_SCREEN_SAMPLES", raising=False)
+    mp.delenv("SECONDREADER_MODEL_MODES", raising=False)
     from secondreader.service.bento import SecondReader
 
     with TestClient(SecondReader.to_asgi(), base_url="http://127.0.0.1") as c:
@@ -107,9 +181,8 @@ def client(tmp_path_factory: pytest.TempPathFactory, both_models: Path) -> Itera
     mp.undo()
 
 
-def test_the_service_loads_both_models(client: TestClient, chests) -> None:  # type: ignore[no-untyped-def]
-    with_nodule, _, _ = chests
-    response = client.post("/v1/screen?wait=120", content=with_nodule.read_bytes(),
+def test_the_service_loads_both_models(client: TestClient, chests: dict[str, Path]) -> None:
+    response = client.post("/v1/screen?wait=120", content=chests["nodule"].read_bytes(),
                            headers={"Authorization": "Bearer k1", "Content-Type": "application/dicom"})
     assert response.status_code == 200, response.text
     (study,) = response.json()["studies"]
@@ -117,3 +190,46 @@ def test_the_service_loads_both_models(client: TestClient, chests) -> None:  # t
     assert any(r["finding"] == "nodule" for r in study["regions"])
     metrics = client.get("/metrics").text
     assert 'model="cxr-nodule"' in metrics and 'model="cxr-pneumonia"' in metrics
+
+
+def _counter(metrics: str, name: str = "secondreader_findings_total", **labels: str) -> float:
+    """The value of the series ``name`` with these labels (0 when absent)."""
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_and_the_worklist_give_each_models_flag_rate_by_mode(client: TestClient,
+                                                                     chests: dict[str, Path]) -> None:
+    """What a shadow model would send to review, before it goes live: per-model, per-mode counters
+    in /metrics, and flag rates under the /v1 worklist routes."""
+    headers = {"Authorization": "Bearer k1"}
+    before = client.get("/metrics").text
+    for name in ("nodule", "child"):
+        response = client.post("/v1/screen?wait=120", content=chests[name].read_bytes(),
+                               headers={**headers, "Content-Type": "application/dicom"})
+        assert response.status_code == 200, response.text
+    after = client.get("/metrics").text
+    assert _counter(after, "secondreader_model_mode", model="cxr-nodule", mode="shadow") == 1
+    assert _counter(after, "secondreader_model_mode", model="cxr-pneumonia", mode="live") == 1
+    for labels, added in [({"model": "cxr-nodule", "finding": "nodule", "mode": "shadow", "outcome": "positive"}, 1),
+                          ({"model": "cxr-nodule", "finding": "nodule", "mode": "shadow", "outcome": "not_applicable"}, 1),
+                          ({"model": "cxr-pneumonia", "finding": "pneumonia", "mode": "live",
+                            "outcome": "not_applicable"}, 1)]:
+        assert _counter(after, **labels) - _counter(before, **labels) == added, labels
+    assert "CANARY" not in after and "053Y" not in after
+
+    rates = client.get("/v1/worklist/rates", headers=headers)
+    assert rates.status_code == 200, rates.text
+    by_model = {(r["model"], r["mode"]): r for r in rates.json()["models"]}
+    nodule = by_model[("cxr-nodule", "shadow")]
+    assert nodule["finding"] == "nodule" and nodule["routes"] is False
+    assert nodule["flagged"] >= 1 and nodule["screened"] >= nodule["flagged"] and nodule["not_applicable"] >= 1
+    assert 0 < nodule["flag_rate"] <= 1 and nodule["flag_rate_ci95"][0] <= nodule["flag_rate"]
+    pneumonia = by_model[("cxr-pneumonia", "live")]
+    assert pneumonia["routes"] is True and pneumonia["screened"] >= 1 and pneumonia["not_applicable"] >= 1
+    assert rates.json()["studies"] >= 2
+    assert client.get("/v1/worklist/rates?days=7", headers=headers).json()["studies"] >= 2
+    assert client.get("/v1/worklist/rates?days=-1", headers=headers).status_code == 400
+    assert client.get("/v1/worklist/rates").status_code == 401

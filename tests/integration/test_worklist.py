@@ -303,6 +303,54 @@ def test_findings_that_do_not_route_neither_discord_nor_hold_up_the_review(store
     assert view is not None and view["state"] == "reviewed"  # the nodule region needs no verdict
 
 
+def _scoped(result: dict[str, Any], *, nodule: float | None, pneumonia_applies: bool) -> dict[str, Any]:
+    """``result`` as screening with modes and scopes gives it: the nodule model in shadow (with its
+    probability, or not applicable when ``None``), the pneumonia model live or not applicable."""
+    pneumonia, shadow = result["findings"]
+    pneumonia.update(mode="live", applicable=pneumonia_applies, routes=pneumonia_applies,
+                     not_applicable_reason=None if pneumonia_applies else "cxr-pneumonia is validated on children")
+    if not pneumonia_applies:
+        pneumonia.update(probability=None, positive=False)
+        result["regions"] = []
+        result["priority"] = {"score": 0, "route": "none", "rule": "no-routing-finding"}
+    shadow.update(mode="shadow", routes=False, applicable=nodule is not None, probability=nodule,
+                  positive=nodule is not None and nodule >= 0.5,
+                  not_applicable_reason=None if nodule is not None else "cxr-nodule is validated on adults")
+    return result
+
+
+def test_flag_rates_per_model_and_mode(store: Store) -> None:
+    """What each model flags (a shadow model: would flag), over the screened studies it applies to;
+    not-applicable findings are counted apart, and a study no live model applies to is not routed,
+    with or without a first read."""
+    worklist = Worklist(store)
+    before = {(r["model"], r["mode"]): r for r in worklist.flag_rates()["models"]}
+    child = _scoped(_result(_uid(), 0.9), nodule=None, pneumonia_applies=True)
+    adult_flagged = _scoped(_result(_uid(), 0.9), nodule=0.8, pneumonia_applies=False)
+    adult_clear = _scoped(_result(_uid(), 0.9), nodule=0.1, pneumonia_applies=False)
+    for result in (child, adult_flagged, adult_clear):
+        worklist.record_result(result)
+    stored = worklist.study(adult_flagged["study_instance_uid"])
+    assert stored is not None and stored["priority"]["rule"] == "no-routing-finding" and stored["state"] == "screened"
+    (reported,) = worklist.add_report(ReportIn(adult_flagged["study_instance_uid"], None, "No nodule."),
+                                      actor="t").studies
+    assert reported["priority"] == {"score": 0, "route": "none", "rule": "no-routing-finding"}
+    assert reported["first_read"]["discordant"] == []  # a shadow model's positive never discords
+    rates = {(r["model"], r["mode"]): r for r in worklist.flag_rates()["models"]}
+
+    def added(key: tuple[str, str], field: str) -> int:
+        return int(rates[key][field] - before.get(key, {}).get(field, 0))
+
+    nodule, pneumonia = ("cxr-nodule", "shadow"), ("cxr-pneumonia", "live")
+    assert (added(nodule, "screened"), added(nodule, "flagged"), added(nodule, "not_applicable")) == (2, 1, 1)
+    assert (added(pneumonia, "screened"), added(pneumonia, "flagged"), added(pneumonia, "not_applicable")) == (1, 1, 2)
+    assert rates[nodule]["routes"] is False and rates[pneumonia]["routes"] is True
+    assert rates[nodule]["versions"] == ["1.0.0"] and rates[nodule]["finding"] == "nodule"
+    n, k = rates[nodule]["screened"], rates[nodule]["flagged"]
+    assert rates[nodule]["flag_rate"] == round(k / n, 4)
+    assert worklist.flag_rates(days=1)["studies"] >= 3
+
+
 def test_the_same_new_study_saved_by_two_threads_at_once_keeps_both_results(store: Store) -> None:
     """A PACS re-sends a study while it is still being screened: two results of one study that is not
     stored yet are saved at the same moment. Both must land (the second as the newer result), on

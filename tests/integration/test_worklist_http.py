@@ -24,7 +24,7 @@ from secondreader.store import Store
 
 from ..conftest import CANARY_NAME
 from ..conftest import testdata_file as _testdata_file
-from ..factories import make_cxr_dataset, to_bytes
+from ..factories import make_cxr_dataset, to_bytes, with_patient_age
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
@@ -51,8 +51,9 @@ def client(service: ScreeningService) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def rg1(client: TestClient) -> dict[str, Any]:
-    """A real chest CR (pydicom-data RG1), screened: the model calls it positive, with regions."""
-    data = _testdata_file("RG1_UNCR.dcm").read_bytes()
+    """A real chest CR (pydicom-data RG1) given a child's age, inside cxr-pneumonia's scope (children
+    aged 1-5), screened: the model calls it positive, with regions."""
+    data = with_patient_age(_testdata_file("RG1_UNCR.dcm"), "004Y")
     response = client.post("/screen?wait=120", content=data, headers={**AUTH, "Content-Type": "application/dicom"})
     assert response.status_code == 200, response.text
     (study,) = response.json()["studies"]

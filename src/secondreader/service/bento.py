@@ -24,6 +24,7 @@ with bentoml.importing():
     from secondreader.logsafe import configure_logging, set_secret
     from secondreader.model.card import load_card
     from secondreader.model.dense import predictor_for
+    from secondreader.model.modes import site_modes
     from secondreader.reports.firstread import ReportIn
     from secondreader.reports.hl7 import Hl7Listener
     from secondreader.service import metrics
@@ -83,13 +84,17 @@ class SecondReader:
             predictor = predictor_for(load_card(Path(bentoml.models.get(tag).path)), device=settings.device,
                                       precision=settings.precision, compile=settings.compile_models)
             predictors.append(BatchingPredictor(predictor, max_batch=32, max_wait_ms=10.0))
-            metrics.model_loaded(predictor.card.name, predictor.card.version)
+        # each model's mode at this site: SECONDREADER_MODEL_MODES over the card's default (unknown
+        # names are warned about, bad modes stopped the start already, in Settings)
+        modes = site_modes([p.card for p in predictors], settings.resolved_model_modes())
+        for predictor in predictors:
+            metrics.model_loaded(predictor.card.name, predictor.card.version, modes[predictor.card.name].value)
         self.core = ScreeningService(store, predictors, home=settings.home,
                                      max_image_pixels=settings.max_image_pixels,
                                      workers=settings.screen_workers, encode_workers=settings.encode_workers,
                                      pacs_destination=settings.pacs_destination,
                                      calling_ae=settings.dicom_ae_title, series=settings.output_series(),
-                                     routing=load_rules(settings.routing_rules))
+                                     routing=load_rules(settings.routing_rules), modes=modes)
         self.core.resume_unfinished()
         self.core.start_background(stable_seconds=settings.study_stable_seconds)
         allowed = [a.strip() for a in settings.dicom_allowed_aes.split(",")]

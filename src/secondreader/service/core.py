@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +35,7 @@ from pydicom.dataset import Dataset
 from ..dicom.io import sniff_non_dicom
 from ..errors import InvalidInputError
 from ..logsafe import study_key
+from ..model.modes import ModelMode
 from ..model.predictor import Predictor
 from ..outputs.provenance import SeriesSettings, is_own_result
 from ..pipeline import ScreeningOptions, screen_paths
@@ -97,7 +98,8 @@ class ScreeningService:
     def __init__(self, store: Store, predictors: Sequence[Predictor], *, home: Path, max_image_pixels: int,
                  workers: int = 4, pacs_destination: str | None = None, calling_ae: str = "SECONDREADER",
                  series: SeriesSettings | None = None, routing: RoutingRules | None = None,
-                 worker_id: str | None = None, encode_workers: int | None = None) -> None:
+                 worker_id: str | None = None, encode_workers: int | None = None,
+                 modes: Mapping[str, ModelMode] | None = None) -> None:
         self.store = store
         self.worklist = Worklist(store, routing)
         # who claims jobs in a shared store (stable across restarts of this process, so a job it was
@@ -113,7 +115,7 @@ class ScreeningService:
         self.options = ScreeningOptions(predictors=self.predictors, max_pixels=max_image_pixels,
                                         out_dir=self.artifacts, series=series or SeriesSettings(),
                                         quarantine=self.quarantine, quarantine_channel="job",
-                                        defer_outputs=True)
+                                        defer_outputs=True, modes=dict(modes or {}))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="screen")
         # Overlays and DICOM outputs are encoded here, after the job's answer. A screened job holds
         # its decoded images and heatmaps (about 50 MB for a 2k CR with two models) until its outputs

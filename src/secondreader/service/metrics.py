@@ -1,6 +1,7 @@
 """secondreader's Prometheus metrics and the service's ``/metrics`` (prometheus_client directly).
 
-Labels carry statuses, stages and model versions only: never a UID or anything from a header.
+Labels carry statuses, stages, model names, versions and modes, finding codes and outcomes only:
+never a UID or anything from a header.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-__all__ = ["MetricsMiddleware", "batch_size", "exposition", "model_loaded", "outputs_pending", "queue_depth",
-           "route_of", "stage_time", "study_done"]
+__all__ = ["FINDING_OUTCOMES", "MetricsMiddleware", "batch_size", "exposition", "finding_outcome", "model_loaded",
+           "outputs_pending", "queue_depth", "route_of", "stage_time", "study_done"]
 
 _STAGES = ("load", "preprocess", "inference", "postprocess", "total")
 
@@ -40,14 +41,38 @@ _outputs = Gauge(name="secondreader_outputs_pending",
 _models = Gauge(
     name="secondreader_model_info", documentation="Loaded models (value 1)", labelnames=["model", "version"]
 )
+_modes = Gauge(
+    name="secondreader_model_mode", documentation="The mode each loaded model runs in at this site (value 1)",
+    labelnames=["model", "mode"],
+)
+#: A screened study's finding: ``positive`` / ``negative`` at its operating point, or
+#: ``not_applicable`` (the study is outside the model's scope). Shadow findings count under their mode,
+#: so a site sees what a model would send to review before it goes live.
+FINDING_OUTCOMES = ("positive", "negative", "not_applicable")
+_findings = Counter(
+    name="secondreader_findings_total",
+    documentation="Findings of screened studies by model, finding code, mode (live/shadow) and outcome "
+                  "(positive/negative/not_applicable)",
+    labelnames=["model", "finding", "mode", "outcome"],
+)
 _batches = Histogram(
     name="secondreader_batch_size", documentation="Images per model call", labelnames=["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 
 
+def finding_outcome(finding: dict[str, Any]) -> str:
+    """``positive``, ``negative`` or ``not_applicable`` for one ``findings[]`` entry of contract 2."""
+    if finding.get("applicable", True) is False:
+        return "not_applicable"
+    return "positive" if finding.get("positive") else "negative"
+
+
 def study_done(result: dict[str, Any]) -> None:
     _studies.labels(status=str(result.get("status", "failed"))).inc()
+    for finding in result.get("findings") or []:
+        _findings.labels(model=str(finding.get("model", "")).split("@")[0], finding=str(finding.get("code", "")),
+                         mode=str(finding.get("mode", "live")), outcome=finding_outcome(finding)).inc()
     timing = result.get("timing_ms") or {}
     for stage in _STAGES:
         if stage in timing:
@@ -67,8 +92,9 @@ def outputs_pending(count: int) -> None:
     _outputs.set(count)
 
 
-def model_loaded(name: str, version: str) -> None:
+def model_loaded(name: str, version: str, mode: str = "live") -> None:
     _models.labels(model=name, version=version).set(1)
+    _modes.labels(model=name, mode=mode).set(1)
 
 
 def batch_size(model: str, size: int) -> None:
@@ -82,7 +108,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         "/v1/screen", "/v1/jobs/{job_id}", "/v1/studies/{study_uid}", "/v1/studies/{study_uid}/reviews",
         "/v1/studies/{study_uid}/instances/{sop_uid}/dicom",
         "/v1/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.png",
-        "/v1/reports", "/v1/worklist", "/v1/reviews/manifest.csv", "/v1/dicomweb/studies",
+        "/v1/reports", "/v1/worklist", "/v1/worklist/rates", "/v1/reviews/manifest.csv", "/v1/dicomweb/studies",
         "/healthz", "/livez", "/readyz",
     )
 )

@@ -1,6 +1,6 @@
-"""Contract 3's worklist routes (mounted in the ``/v1`` app): first reads in, the worklist, a study
-with its state and reviews, radiologists' verdicts, the source images for the viewer and the
-verdicts exported as a training manifest.
+"""Contract 3's worklist routes (mounted in the ``/v1`` app): first reads in, the worklist, each
+model's flag rate by mode, a study with its state and reviews, radiologists' verdicts, the source
+images for the viewer and the verdicts exported as a training manifest.
 
 Who did it (the audit log's ``actor``) is the API key's fingerprint, never the key itself.
 """
@@ -107,6 +107,22 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
             return _error(503, "unavailable", str(exc))
         return JSONResponse({"items": items})
 
+    async def rates(request: Request) -> Response:
+        raw = request.query_params.get("days") or None
+        days: float | None = None
+        if raw is not None:
+            try:
+                days = float(raw)
+            except ValueError:
+                days = -1.0
+            if not 0 < days <= 36500 or days != days:
+                return _error(400, "bad request", "days must be a number of days, more than 0")
+        try:
+            summary = await asyncio.to_thread(get_service().worklist.flag_rates, days=days)
+        except InfrastructureError as exc:
+            return _error(503, "unavailable", str(exc))
+        return JSONResponse(summary)
+
     async def study(request: Request) -> Response:
         uid = request.path_params["study_uid"]
         if not _uid_ok(uid):
@@ -162,6 +178,7 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
     return [
         Route("/reports", reports, methods=["POST"]),
         Route("/worklist", worklist, methods=["GET"]),
+        Route("/worklist/rates", rates, methods=["GET"]),
         Route("/studies/{study_uid}", study, methods=["GET"]),
         Route("/studies/{study_uid}/reviews", reviews, methods=["POST"]),
         Route("/studies/{study_uid}/instances/{sop_uid}/dicom", instance, methods=["GET"]),

@@ -8,7 +8,9 @@ default). They are tried in order and the first whose every condition holds deci
 - ``discordant``: true when the AI calls positive a finding the report negates or does not mention;
 - ``ai_route``: the AI-only route (urgent when a finding passed its model's urgent point, review
   when one passed its operating point, else none);
-- ``score_at_least``: the AI's priority score (0–100, 50 = some finding at its operating point).
+- ``score_at_least``: the AI's priority score (0–100, 50 = some finding at its operating point);
+- ``ai_rule``: the rule that decided the AI-only priority (``no-routing-finding``: no finding of a
+  live model applies to the study, so the AI has nothing to route it by).
 
 ``route`` is urgent, review or none. A ``max_wait`` rule then escalates any study that has waited
 for a second review longer than its limit (reprioritising alone lengthens the worst waits): its
@@ -40,6 +42,7 @@ class Conditions(_Strict):
     discordant: bool | None = None
     ai_route: Literal["urgent", "review", "none"] | None = None
     score_at_least: int | None = Field(default=None, ge=0, le=100)
+    ai_rule: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class Rule(_Strict):
@@ -92,6 +95,8 @@ class RoutingRules(_Strict):
             if w.ai_route is not None and w.ai_route != s.ai.route.value:
                 continue
             if w.score_at_least is not None and s.ai.score < w.score_at_least:
+                continue
+            if w.ai_rule is not None and w.ai_rule != s.ai.rule:
                 continue
             return Priority(s.ai.score, Route(rule.route), rule.id)
         raise AssertionError("unreachable: the rules end with a catch-all")  # pragma: no cover

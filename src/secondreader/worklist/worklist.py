@@ -14,7 +14,7 @@ import io
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,8 @@ class Worklist:
             s.execute(delete(Finding).where(Finding.study_instance_uid == uid))
             s.execute(delete(RegionRow).where(RegionRow.study_instance_uid == uid))
             for f in data.get("findings", []):
+                if f.get("probability") is None:  # not applicable to this study: nothing was computed
+                    continue
                 s.add(Finding(study_instance_uid=uid, code=f["code"], probability=f["probability"],
                               positive=f["positive"], operating_point=f["operating_point"], model=f["model"]))
             for r in data.get("regions", []):
@@ -239,12 +241,51 @@ class Worklist:
                     "received_at": _iso(study.created_at),
                     "first_read": {"status": first_read["status"], "discordant": list(first_read["discordant"])},
                     "findings": [{"code": f["code"], "probability": f["probability"], "positive": f["positive"],
-                                  "routes": f.get("routes", True)} for f in result.get("findings", [])],
+                                  "routes": f.get("routes", True), "mode": f.get("mode", "live"),
+                                  "applicable": f.get("applicable", True)} for f in result.get("findings", [])],
                     "regions": len(result.get("regions", [])),
                     "modality": result.get("modality"),
                 })
             items.sort(key=lambda i: (-i["priority"]["score"], i["received_at"]))
             return items[:limit]
+
+    def flag_rates(self, *, days: float | None = None) -> dict[str, Any]:
+        """Per model, finding and mode: how many screened studies the model applied to, how many it
+        flagged (for a shadow model: would have flagged) and how many were outside its scope, over
+        the latest result of every screened study (received in the last ``days``, if given). A
+        site reads a shadow model's rate before it goes live."""
+        from ..audit.summary import wilson_interval
+
+        since = utcnow() - timedelta(days=days) if days is not None else None
+        groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+        screened = 0
+        with self.store.transaction("read the flag rates") as s:
+            stmt = select(Study.result).where(Study.status == "screened")
+            if since is not None:
+                stmt = stmt.where(Study.created_at >= since)
+            for result in s.scalars(stmt.execution_options(yield_per=500)):
+                screened += 1
+                for f in result.get("findings", []):
+                    name, _, version = str(f.get("model", "")).partition("@")
+                    group = groups.setdefault((name, str(f.get("code")), str(f.get("mode", "live"))), {
+                        "model": name, "finding": str(f.get("code")), "mode": str(f.get("mode", "live")),
+                        "versions": set(), "screened": 0, "flagged": 0, "not_applicable": 0})
+                    group["versions"].add(version)
+                    if f.get("applicable", True) is False:
+                        group["not_applicable"] += 1
+                        continue
+                    group["screened"] += 1
+                    group["flagged"] += int(bool(f.get("positive")))
+        rates = []
+        for key in sorted(groups):
+            group = groups[key]
+            n, k = group["screened"], group["flagged"]
+            lo, hi = wilson_interval(k, n)
+            rates.append({**group, "versions": sorted(group["versions"]),
+                          "flag_rate": round(k / n, 4) if n else None,
+                          "flag_rate_ci95": [round(lo, 4), round(hi, 4)] if n else None,
+                          "routes": group["mode"] == "live"})
+        return {"since": _iso(since) if since is not None else None, "studies": screened, "models": rates}
 
     def instance_file(self, study_uid: str, sop_uid: str) -> tuple[Path, str | None] | None:
         """Where a screened instance's bytes are kept (file, zip member), if still there."""
