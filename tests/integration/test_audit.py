@@ -2,11 +2,12 @@
 files: the table, the Parquet file, the HTML report, bad files, no patient data in any output file,
 and resuming after Ctrl-C without duplicates.
 
-The archive: the real adult chest CR RG1 (the model calls pneumonia; its report says "no focal
-consolidation", so it is discordant), a generated chest DX whose report is uncertain (mentioned, so
-concordant), a real CT and a real extremity CR (ineligible), a truncated chest DX (failed), and a text
-file (not DICOM); part of it inside a zip. Every patient attribute of the generated files, and a
-report sentence, carry the canary.
+The archive: the real chest CR RG1 given a child's age, inside cxr-pneumonia's scope (the model calls
+pneumonia; its report says "no focal consolidation", so it is discordant), a generated chest DX whose
+report is uncertain (mentioned, so concordant), a real CT and a real extremity CR (ineligible), a
+truncated chest DX (failed), and a text file (not DICOM); part of it inside a zip. Every patient
+attribute of the generated files, and a report sentence, carry the canary. Then an adult study,
+outside that model's scope: neither positive nor negative, never discordant.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from secondreader.audit.summary import wilson_interval
 
 from .. import conftest
 from ..conftest import CANARY_ID, CANARY_NAME, ROOT
-from ..factories import make_cxr_dataset, to_bytes, write
+from ..factories import make_cxr_dataset, to_bytes, with_patient_age, write
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
@@ -42,7 +43,7 @@ def build_archive(root: Path) -> dict[str, str]:
     archive = root / "archive"
     archive.mkdir(parents=True)
     rg1 = conftest.testdata_file("RG1_UNCR.dcm")
-    shutil.copy(rg1, archive / "RG1_UNCR.dcm")
+    (archive / "RG1_UNCR.dcm").write_bytes(with_patient_age(rg1, "004Y"))  # a child: cxr-pneumonia applies
     shutil.copy(conftest.testdata_file("CT_small.dcm"), archive / "CT_small.dcm")
     uncertain = make_cxr_dataset(512, 512, lesion_at=(200, 150))
     uncertain.StudyDate = "20240315"
@@ -223,3 +224,40 @@ def test_cli_prints_a_summary_and_a_progress_bar(tmp_path: Path, models_dir: Pat
         capture_output=True, text=True, env={**os.environ, "SECONDREADER_MODELS_DIR": str(models_dir)}, cwd=ROOT,
         timeout=120)
     assert bad.returncode == 2 and "date range" in bad.stderr
+
+
+def test_scope_and_shadow_findings_are_neither_positives_nor_negatives(tmp_path: Path, models_dir: Path) -> None:
+    """Both shipped models: an adult study is outside cxr-pneumonia's scope (children aged 1-5), so
+    its pneumonia finding is recorded as not applicable, neither positive nor negative, and takes no
+    part in the discordance; the shadow nodule model's positive is counted apart (would have flagged),
+    never as a discordance."""
+    archive = tmp_path / "archive"
+    adult = make_cxr_dataset(1100, 1000, lesion_at=(450, 650), spacing=(0.35, 0.35), patient_age="053Y")
+    child = make_cxr_dataset(1100, 1000, lesion_at=(450, 650), spacing=(0.35, 0.35), patient_age="004Y")
+    write(adult, archive / "adult.dcm")
+    write(child, archive / "child.dcm")
+    (tmp_path / "reports.csv").write_text("study_instance_uid,report_text\n" + "".join(
+        f"{ds.StudyInstanceUID},No focal consolidation. Heart normal.\n" for ds in (adult, child)))
+    outcome = run_audit(AuditConfig(archive=[str(archive)], reports=tmp_path / "reports.csv", out_dir=tmp_path / "out",
+                                    model_dirs=[models_dir / "cxr-pneumonia", models_dir / "cxr-nodule"],
+                                    device="cpu", workers=1, progress=False, pictures=False))
+    rows = {r["study_instance_uid"]: r for r in outcome.rows}
+    grown, young = rows[str(adult.StudyInstanceUID)], rows[str(child.StudyInstanceUID)]
+    assert grown["findings"]["pneumonia"] == {"probability": None, "positive": False, "model": "cxr-pneumonia@1.1.0",
+                                              "mode": "live", "applicable": False, "routes": False}
+    assert grown["findings"]["nodule"]["mode"] == "shadow" and grown["findings"]["nodule"]["positive"]
+    assert not grown["discordant"] and grown["route"] == "none"
+    assert young["discordant_findings"] == ["pneumonia"] and young["findings"]["nodule"]["applicable"] is False
+    pneumonia, nodule = outcome.summary.by_finding["pneumonia"], outcome.summary.by_finding["nodule"]
+    assert (pneumonia["ai_positive"], pneumonia["not_applicable"]) == (1, 1)
+    assert (pneumonia["discordant"].count, pneumonia["discordant"].total) == (1, 1)  # the child's study only
+    assert (nodule["ai_positive"], nodule["shadow_positive"], nodule["not_applicable"]) == (0, 1, 1)
+    assert (nodule["discordant"].count, nodule["discordant"].total) == (0, 0)  # a shadow model never discords
+    table = pd.read_csv(tmp_path / "out" / "audit.csv", dtype={"study_instance_uid": str}).set_index(
+        "study_instance_uid")
+    row = table.loc[str(adult.StudyInstanceUID)]
+    assert pd.isna(row["ai_pneumonia_positive"]) and pd.isna(row["ai_pneumonia_probability"])
+    assert not bool(row["ai_pneumonia_applicable"]) and row["ai_nodule_mode"] == "shadow"
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "cxr-nodule@1.6.0 (shadow)" in page and "not applicable (outside the model" in page
+    assert_no_phi(tmp_path / "out")

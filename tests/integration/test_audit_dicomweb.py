@@ -17,7 +17,7 @@ from secondreader.audit.run import run_audit
 
 from .. import conftest
 from ..conftest import require
-from ..factories import make_cxr_dataset, to_bytes
+from ..factories import make_cxr_dataset, to_bytes, with_patient_age
 from ..orthanc import Orthanc, in_private_network_namespace
 from .test_audit import assert_no_phi, config
 
@@ -32,7 +32,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, di
     require(in_private_network_namespace(),
             "Orthanc listens on all interfaces: run the suite inside `unshare -n` (see .ci/run)")
     orthanc = Orthanc(tmp_path_factory.mktemp("orthanc-dw"), dicomweb=True)
-    rg1 = conftest.testdata_file("RG1_J2KR.dcm").read_bytes()  # JPEG 2000 lossless
+    rg1 = with_patient_age(conftest.testdata_file("RG1_J2KR.dcm"), "004Y")  # JPEG 2000 lossless; a child's age
     recent = make_cxr_dataset(512, 512, lesion_at=(250, 300))
     recent.StudyDate, recent.AccessionNumber = "20250110", "DW-ACC-2"
     older = make_cxr_dataset(512, 512)

@@ -85,7 +85,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             include_accession=args.include_accession_numbers, pictures=not args.no_pictures, date_range=date_range,
             accessions=accessions, ray_address=args.ray_address, ray_temp_dir=args.ray_temp_dir, limit=args.limit,
             fresh=args.fresh, progress=not args.no_progress, max_pixels=settings.max_image_pixels,
-            secret=settings.resolved_secret(), log_level=args.log_level,
+            secret=settings.resolved_secret(), log_level=args.log_level, modes=settings.resolved_model_modes(),
         )
     except ValueError as exc:
         logger.error("%s", exc)

@@ -44,8 +44,12 @@ def audit_table(rows: Sequence[dict[str, Any]], codes: Sequence[str], *, include
         }
         for code in codes:
             finding = row["findings"].get(code)
+            applicable = finding.get("applicable", True) if finding else None
             record[f"ai_{code}_probability"] = finding["probability"] if finding else None
-            record[f"ai_{code}_positive"] = finding["positive"] if finding else None
+            # a finding outside its model's scope is neither positive nor negative: empty
+            record[f"ai_{code}_positive"] = finding["positive"] if finding and applicable else None
+            record[f"ai_{code}_mode"] = finding.get("mode", "live") if finding else None
+            record[f"ai_{code}_applicable"] = applicable
             record[f"report_{code}"] = row["labels"].get(code)
         record.update({
             "report": row["report"],
@@ -67,6 +71,8 @@ def audit_table(rows: Sequence[dict[str, Any]], codes: Sequence[str], *, include
     for code in codes:
         frame[f"ai_{code}_probability"] = frame[f"ai_{code}_probability"].astype("float64")
         frame[f"ai_{code}_positive"] = frame[f"ai_{code}_positive"].astype("boolean")
+        frame[f"ai_{code}_applicable"] = frame[f"ai_{code}_applicable"].astype("boolean")
+        frame[f"ai_{code}_mode"] = frame[f"ai_{code}_mode"].astype("string")
     for stage in TIMING_STAGES:
         frame[f"ms_{stage}"] = frame[f"ms_{stage}"].astype("float64")
     for column in ("study_instance_uid", "accession_number", "study_month", "reason", "source",
@@ -78,7 +84,8 @@ def audit_table(rows: Sequence[dict[str, Any]], codes: Sequence[str], *, include
 def _columns(codes: Sequence[str]) -> list[str]:
     columns = ["study_instance_uid", "accession_number", "study_month", "status", "priority_score", "route"]
     for code in codes:
-        columns += [f"ai_{code}_probability", f"ai_{code}_positive", f"report_{code}"]
+        columns += [f"ai_{code}_probability", f"ai_{code}_positive", f"ai_{code}_mode", f"ai_{code}_applicable",
+                    f"report_{code}"]
     columns += ["report", "discordant", "discordant_findings", "reason", "source", "instances", "failed_instances"]
     return columns + [f"ms_{s}" for s in TIMING_STAGES]
 
@@ -106,6 +113,13 @@ def _pct(rate: Rate) -> str:
         return "n/a (no screened study with a report)"
     lo, hi = rate.interval
     return f"{100 * rate.value:.1f}% ({rate.count}/{rate.total}; 95% CI {100 * lo:.1f}–{100 * hi:.1f}%)"
+
+
+def _finding_text(code: str, f: dict[str, Any]) -> str:
+    if f.get("applicable", True) is False or f.get("probability") is None:
+        return f"{html.escape(code)} not applicable"
+    shadow = " (shadow)" if f.get("mode") == "shadow" else ""
+    return f"{html.escape(code)} {f['probability']:.2f}{' +' if f['positive'] else ''}{shadow}"
 
 
 _LABEL_TEXT = {"negated": "report negates it", "not_mentioned": "report does not mention it"}
@@ -140,11 +154,13 @@ def render_html(rows: Sequence[dict[str, Any]], summary: AuditSummary, codes: Se
         f"<tr><th>Discordant (AI positive, report negates or does not mention)</th>"
         f"<td id='discordance'>{e(_pct(summary.discordance))}</td></tr></table>",
         "<h3>By finding</h3><table><tr><th>finding</th><th>AI positive</th><th>report mentions</th>"
-        "<th>discordant</th></tr>",
+        "<th>discordant</th><th>shadow: would have flagged</th><th>not applicable (outside the model's scope)</th>"
+        "</tr>",
     ]
     for code, stats in summary.by_finding.items():
         out.append(f"<tr><td>{e(code)}</td><td>{stats['ai_positive']}</td><td>{stats['report_mentioned']}</td>"
-                   f"<td>{e(_pct(stats['discordant']))}</td></tr>")
+                   f"<td>{e(_pct(stats['discordant']))}</td><td>{stats.get('shadow_positive', 0)}</td>"
+                   f"<td>{stats.get('not_applicable', 0)}</td></tr>")
     out.append("</table><h3>By month (Study Date)</h3><table><tr><th>month</th><th>discordant</th></tr>")
     for month, rate in summary.by_month.items():
         out.append(f"<tr><td>{e(month)}</td><td>{e(_pct(rate))}</td></tr>")
@@ -156,8 +172,7 @@ def render_html(rows: Sequence[dict[str, Any]], summary: AuditSummary, codes: Se
         ident = e(row["study_instance_uid"] or "")
         if include_accession and row["accession_number"]:
             ident += f" · accession {e(row['accession_number'])}"
-        findings = ", ".join(f"{e(c)} {f['probability']:.2f}{' +' if f['positive'] else ''}"
-                             for c, f in row["findings"].items())
+        findings = ", ".join(_finding_text(c, f) for c, f in row["findings"].items())
         out.append(f"<div class='study'><h3>score {int(row['priority_score'])} · {ident}</h3>"
                    f"<p>{e(row['study_month'] or 'month unknown')} · AI: {findings}</p>")
         for code in row["discordant_findings"]:

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.text import Text
 
 from ..model.card import load_card
+from ..model.modes import ModelMode, site_modes
 from .archive import DicomwebArchive, FolderArchive, StudyTask, fingerprint, is_dicomweb_url
 from .checkpoint import Checkpoint
 from .engines import Engine, EngineSpec, EngineStats
@@ -69,6 +70,8 @@ class AuditConfig:
     max_batch: int = 32
     secret: bytes = b""
     log_level: str = "WARNING"
+    #: The site's model modes (``SECONDREADER_MODEL_MODES``); a model not named runs in its card's default.
+    modes: Mapping[str, ModelMode] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.engine not in ("local", "ray"):
@@ -129,12 +132,13 @@ def run_audit(config: AuditConfig) -> AuditOutcome:
     cards = [load_card(d) for d in config.model_dirs]
     codes = tuple(dict.fromkeys(f.code for c in cards for f in c.findings))
     refs = [c.ref for c in cards]
+    modes = {name: mode.value for name, mode in site_modes(cards, config.modes).items()}
     reports = load_reports(config.reports, codes)
     archive_id = fingerprint("|".join(sorted(str(Path(a).resolve()) if not is_dicomweb_url(a) else a
                                             for a in config.archive))
                              + f"|{config.date_range}|{sorted(config.accessions)}")
     meta = {"format": 1, "models": refs, "reports": reports.fingerprint, "archive": archive_id,
-            "include_accession": config.include_accession, "pictures": config.pictures}
+            "include_accession": config.include_accession, "pictures": config.pictures, "modes": modes}
     checkpoint = Checkpoint(config.out_dir, meta, fresh=config.fresh)
     t0 = time.perf_counter()
     tasks = list(_archive(config).tasks())
@@ -150,7 +154,7 @@ def run_audit(config: AuditConfig) -> AuditOutcome:
 
     spool = Path(tempfile.mkdtemp(prefix="secondreader-audit-spool-"))
     stage = StageOptions(images_dir=(config.out_dir / "images").resolve() if config.pictures else None,
-                         spool_dir=spool, max_pixels=config.max_pixels)
+                         spool_dir=spool, max_pixels=config.max_pixels, modes=modes)
     spec = EngineSpec(model_dirs=tuple(config.model_dirs), stage=stage, device=config.device,
                       workers=config.workers or os.cpu_count() or 1, max_batch=config.max_batch,
                       secret=config.secret, log_level=config.log_level)
@@ -190,7 +194,8 @@ def run_audit(config: AuditConfig) -> AuditOutcome:
     rows = checkpoint.rows()
     summary = summarise(rows, codes)
     paths = write_outputs(config.out_dir, rows, summary, codes, include_accession=config.include_accession,
-                          models=refs, complete=complete)
+                          models=[f"{ref} ({modes[c.name]})" for ref, c in zip(refs, cards, strict=True)],
+                          complete=complete)
     outcome = AuditOutcome(studies=len(tasks), new=new, skipped=skipped, complete=complete, summary=summary,
                            paths=paths, elapsed_s=time.perf_counter() - t_start, index_s=index_s,
                            engine_stats=engine.stats, engine_s=engine_s,

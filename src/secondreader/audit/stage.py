@@ -5,15 +5,18 @@ This is the work unit of every engine (worker processes, Ray actors); it never r
 study: every outcome is a row. A row is a JSON-able dict (the checkpoint stores it as is):
 
 ``key, study_instance_uid, accession_number, study_month, status, reason, source, priority_score,
-route, rule, findings {code: {probability, positive, model}}, report ("available" | "missing"),
+route, rule, findings {code: {probability, positive, model, mode, applicable, routes}}, report ("available" | "missing"),
 labels {code: label}, discordant, discordant_findings [codes], evidence {code: sentence},
 images {code: {overlay, thumbnail}}, instances, bad_files [{source, reason}], timing_ms {stage: ms},
 clock [started, finished] (Unix seconds, where the study ran: throughput without start-up)``
 
 Discordance as contract 2, by :func:`secondreader.reports.firstread.interpret`: the codes the AI
 calls positive that the report negates or does not mention (``uncertain`` counts as mentioned); a
-finding the report cannot speak to is ``unknown`` and never counts. The report sentence behind a
-discordant label is kept with UIDs, person names and paths masked.
+finding the report cannot speak to is ``unknown`` and never counts. Only findings that route count
+as the AI's positives: a shadow model's finding (``mode`` shadow) and a finding whose model does not
+apply to the study (``applicable`` false: outside its scope, probability null) are recorded but are
+neither positives nor negatives of the discordance. The report sentence behind a discordant label is
+kept with UIDs, person names and paths masked.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from PIL import Image
 from ..dicom.io import InputFile, InputProblem
 from ..errors import InfrastructureError, SecondReaderError
 from ..logsafe import redact_report_text, study_key
+from ..model.modes import ModelMode
 from ..model.predictor import Predictor
 from ..pipeline import ScreeningOptions, display_frames, parse_input, screen_inputs
 from ..reports.firstread import interpret
@@ -59,6 +63,8 @@ class StageOptions:
     images_dir: Path | None
     spool_dir: Path
     max_pixels: int = 64_000_000
+    #: Each model's mode by name (live, shadow or off), as the site runs it.
+    modes: dict[str, str] = field(default_factory=dict)
 
 
 def failed_row(task: StudyTask, reason: str) -> dict[str, Any]:
@@ -82,7 +88,10 @@ class StudyAuditor:
         self.options = options
         self.codes = finding_codes(self.predictors)
         self._screen = ScreeningOptions(predictors=self.predictors, max_pixels=options.max_pixels,
-                                        explain=False, dicom_outputs=False)
+                                        explain=False, dicom_outputs=False, modes=self._modes())
+
+    def _modes(self) -> dict[str, ModelMode]:
+        return {name: ModelMode(mode) for name, mode in self.options.modes.items()}
 
     def audit(self, task: StudyTask) -> list[dict[str, Any]]:
         """Rows for one task (one per study result; normally exactly one)."""
@@ -133,7 +142,7 @@ class StudyAuditor:
 
     def _row(self, task: StudyTask, key: str, result: StudyResult) -> dict[str, Any]:
         t0 = time.perf_counter()
-        positive = [f.code for f in result.findings if f.positive and f.routes]  # validated models only
+        positive = [f.code for f in result.findings if f.positive and f.routes]  # live models, in scope
         labels: dict[str, str] = {}
         evidence: dict[str, str | None] = {}
         discordant: list[str] = []
@@ -159,7 +168,9 @@ class StudyAuditor:
             "priority_score": result.priority.score,
             "route": result.priority.route.value,
             "rule": result.priority.rule,
-            "findings": {f.code: {"probability": round(f.probability, 4), "positive": f.positive, "model": f.model}
+            "findings": {f.code: {"probability": round(f.probability, 4) if f.probability is not None else None,
+                                  "positive": f.positive, "model": f.model, "mode": f.mode,
+                                  "applicable": f.applicable, "routes": f.routes}
                          for f in result.findings},
             "report": "available" if report is not None else "missing",
             "labels": labels,
@@ -180,7 +191,7 @@ class StudyAuditor:
         assert self.options.images_dir is not None
         images_dir = self.options.images_dir
         explained = ScreeningOptions(predictors=self.predictors, max_pixels=self.options.max_pixels,
-                                     out_dir=images_dir, explain=True, dicom_outputs=False)
+                                     out_dir=images_dir, explain=True, dicom_outputs=False, modes=self._modes())
         result = next((r for r in screen_inputs(items, explained) if r.study_instance_uid == study_uid), None)
         if result is None:
             return {}

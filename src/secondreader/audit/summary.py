@@ -52,8 +52,17 @@ class AuditSummary:
     bad_files: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _routes(finding: dict[str, Any] | None) -> bool:
+    """A row's finding takes part in the discordance: live, and the study is in its model's scope
+    (rows written before modes and scopes have neither key: they counted)."""
+    return finding is not None and finding.get("applicable", True) is not False and finding.get("mode", "live") == "live"
+
+
 def summarise(rows: Sequence[dict[str, Any]], codes: Sequence[str]) -> AuditSummary:
-    """Discordance is counted over screened studies that have a report."""
+    """Discordance is counted over screened studies that have a report; per finding, over those
+    where it routes (its model live and applicable to the study). A shadow model's positives are
+    counted apart (what it would have flagged), and so are the studies outside a model's scope:
+    neither counts as a positive or a negative."""
     s = AuditSummary(studies=len(rows))
     assessed = [r for r in rows if r["status"] == "screened" and r["report"] == "available"]
     for row in rows:
@@ -74,10 +83,14 @@ def summarise(rows: Sequence[dict[str, Any]], codes: Sequence[str]) -> AuditSumm
             s.bad_files.append((row.get("source") or "(unnamed)", row.get("reason") or "unreadable"))
     s.discordance = Rate(sum(1 for r in assessed if r["discordant"]), len(assessed))
     for code in codes:
+        routing = [r for r in assessed if _routes(r["findings"].get(code))]
         s.by_finding[code] = {
-            "ai_positive": sum(1 for r in assessed if r["findings"].get(code, {}).get("positive")),
+            "ai_positive": sum(1 for r in routing if r["findings"][code].get("positive")),
+            "shadow_positive": sum(1 for r in assessed if r["findings"].get(code, {}).get("mode") == "shadow"
+                                   and r["findings"][code].get("positive")),
+            "not_applicable": sum(1 for r in assessed if r["findings"].get(code, {}).get("applicable") is False),
             "report_mentioned": sum(1 for r in assessed if r["labels"].get(code) in ("present", "uncertain")),
-            "discordant": Rate(sum(1 for r in assessed if code in r["discordant_findings"]), len(assessed)),
+            "discordant": Rate(sum(1 for r in routing if code in r["discordant_findings"]), len(routing)),
         }
     months = sorted({r["study_month"] or "unknown" for r in assessed})
     for month in months:

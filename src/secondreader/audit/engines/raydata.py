@@ -61,7 +61,8 @@ class StudyAuditorActor:
         # Pictures are written on this node, then shipped back with the rows (no shared file system needed).
         self.scratch = Path(tempfile.mkdtemp(prefix="secondreader-audit-actor-"))
         options = StageOptions(images_dir=self.scratch / "images" if stage["images_dir"] else None,
-                               spool_dir=self.scratch / "spool", max_pixels=int(stage["max_pixels"]))
+                               spool_dir=self.scratch / "spool", max_pixels=int(stage["max_pixels"]),
+                               modes=dict(stage.get("modes") or {}))
         self.models = [BatchingPredictor(load_predictor(Path(d), device=device), max_batch=max_batch,
                                          max_wait_ms=max_wait_ms) for d in model_dirs]
         self.auditor = StudyAuditor(self.models, options)
