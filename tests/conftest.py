@@ -6,9 +6,12 @@ A test whose real component or data is missing skips with a reason on a develope
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -54,6 +57,27 @@ def pneumonia_predictor(models_dir: Path):  # type: ignore[no-untyped-def]
     from secondreader.model.predictor import TorchPredictor
 
     return TorchPredictor.from_bundle(models_dir / "cxr-pneumonia", device="cpu")
+
+
+@dataclass(frozen=True)
+class Unscoped:
+    """A predictor whose card has no scope, so that it runs on every instance: for tests of decoding,
+    geometry and numerical agreement on real adult films (the shipped cxr-pneumonia model is scoped
+    to children aged 1-5), never for what a site would route."""
+
+    inner: Any
+
+    @property
+    def card(self) -> Any:
+        return dataclasses.replace(self.inner.card, scope=None)
+
+    def predict(self, batch: Any, *, explain: bool = True) -> Any:
+        return self.inner.predict(batch, explain=explain)
+
+
+@pytest.fixture(scope="session")
+def unscoped_pneumonia_predictor(pneumonia_predictor: Any) -> Unscoped:
+    return Unscoped(pneumonia_predictor)
 
 
 def testdata_file(name: str) -> Path:

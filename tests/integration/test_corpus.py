@@ -64,8 +64,9 @@ def _corpus(shared: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def corpus_results(shared_data: Path, pneumonia_predictor) -> dict[str, list[dict]]:  # type: ignore[no-untyped-def]
-    options = ScreeningOptions(predictors=[pneumonia_predictor])
+def corpus_results(shared_data: Path, unscoped_pneumonia_predictor) -> dict[str, list[dict]]:  # type: ignore[no-untyped-def]
+    # decoding and geometry on real (mostly adult) files: the model's paediatric scope is lifted
+    options = ScreeningOptions(predictors=[unscoped_pneumonia_predictor])
     results: dict[str, list[dict]] = {}
     for path in _corpus(shared_data):
         item = InputFile(source=path.name, path=path, size=path.stat().st_size)
