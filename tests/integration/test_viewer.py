@@ -95,6 +95,7 @@ def screened(service: str) -> dict[str, Any]:
         ds = pydicom.dcmread(sample_file(name))
         ds.PatientName = CANARY_NAME
         ds.PatientID = CANARY_ID
+        ds.PatientAge = "004Y"  # a child's age: inside cxr-pneumonia's scope (RG1 is an adult's film)
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         files.append(("files", (name, buffer.getvalue(), "application/dicom")))
@@ -252,6 +253,11 @@ def test_a_radiologist_reviews_the_discordant_study_in_chromium(
             page.wait_for_selector('#overlay[data-layer="loaded"]', timeout=30_000)
             page.wait_for_function("document.getElementById('viewport-message').textContent === ''")
             page.screenshot(path=shots / "study.png")
+            # The nodule model (adults) does not apply to this child's study: shown as such, with its
+            # reason, not as a negative.
+            findings = page.inner_text("#findings")
+            assert "nodule n/a" in findings and "not applicable" in findings, findings
+            assert "cxr-nodule is validated on adults aged 18 years and over; patient age 004Y" in findings
 
             # The radiograph itself is on screen (heatmap off): a real image, not a blank canvas.
             viewport = page.locator("#viewport")

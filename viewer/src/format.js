@@ -38,6 +38,8 @@ export function scoreCell(score) {
 }
 
 export function findingText(finding) {
+  // outside the model's scope: not computed, neither positive nor negative
+  if (finding.applicable === false) return `${finding.code} n/a`;
   const p = Number(finding.probability);
   return `${finding.code} ${Number.isFinite(p) ? p.toFixed(2) : '?'}${finding.positive ? ' +' : ''}`;
 }
@@ -90,6 +92,7 @@ const RULES = {
   'ai-urgent': 'no first read yet; AI strongly positive',
   'ai-positive': 'no first read yet; AI positive',
   'ai-negative': 'no first read yet; AI negative',
+  'no-routing-finding': 'no live model applies to this study (outside their scope, or shadow only)',
   'max-wait': 'waited longer than the maximum: escalated',
 };
 

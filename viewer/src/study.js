@@ -53,6 +53,24 @@ function markedReport(text, evidence, labels, discordant) {
   return nodes;
 }
 
+// Why a finding takes no part in the priority: its model does not apply to this study (outside its
+// scope), runs in shadow at this site, or (results from before modes) missed its targets.
+function findingBadge(f) {
+  if (f.applicable === false) {
+    return el('span', { className: 'badge not-applicable', text: ' not applicable',
+                        attrs: { title: 'This study is outside the model\'s scope: not computed, neither positive nor negative' } });
+  }
+  if (f.mode === 'shadow') {
+    return el('span', { className: 'badge unvalidated', text: ' shadow: does not route',
+                        attrs: { title: 'This model runs in shadow at this site: shown for review, never used for priority' } });
+  }
+  if (f.routes === false) {
+    return el('span', { className: 'badge unvalidated', text: ' not validated: does not route',
+                        attrs: { title: 'This model missed its validation targets: shown for review, never used for priority' } });
+  }
+  return null;
+}
+
 export class StudyView {
   constructor() {
     this.image = new ImageView(document.getElementById('viewport'), document.getElementById('overlay'));
@@ -186,9 +204,9 @@ export class StudyView {
       el('strong', { text: findingText(f) }),
       el('span', { className: 'muted', text: `  operating point ${f.operating_point ?? '?'} · ${f.model || ''}` }),
       discordant.includes(f.code) ? el('span', { className: 'badge discordant', text: ' discordant' }) : null,
-      f.routes === false
-        ? el('span', { className: 'badge unvalidated', text: ' not validated: does not route',
-                       title: 'This model missed its validation targets: shown for review, never used for priority' })
+      findingBadge(f),
+      f.applicable === false && f.not_applicable_reason
+        ? el('div', { className: 'muted not-applicable-reason', text: f.not_applicable_reason })
         : null,
     ])));
     if (!list.children.length) list.append(el('li', { className: 'muted', text: 'No finding.' }));
