@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -75,14 +76,16 @@ def bundles() -> list[Path]:
 
 
 def load_predictors(device: str, **options: Any) -> list[Predictor]:
-    """One predictor per bundle, the way the service builds them (``options`` go to TorchPredictor)."""
+    """One predictor per bundle, the way the service builds them (``options`` go to TorchPredictor),
+    with each card's scope lifted: the benchmarks time every model on every input (the synthetic CRs
+    have no age; RG1 is an adult's), which screening would not (a model runs only within its scope)."""
     out: list[Predictor] = []
     for bundle in bundles():
-        card = load_card(bundle)
+        card = dataclasses.replace(load_card(bundle), scope=None)
         if card.saliency.method == "dense":
-            from secondreader.model.dense import load_predictor
+            from secondreader.model.dense import predictor_for
 
-            out.append(load_predictor(bundle, device=device))
+            out.append(predictor_for(card, device=device))
         else:
             out.append(TorchPredictor(card, device=device, **options))
     return out

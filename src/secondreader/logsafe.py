@@ -41,7 +41,8 @@ def study_key(study_instance_uid: str | None) -> str:
 _REQUEST = re.compile(r"\b(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) (/[^\s\"]*)")
 #: The words of the service's routes; any other segment (a UID, a pseudonym, a name) is masked.
 _ROUTE_WORDS = frozenset({"v1", "dicomweb", "studies", "instances", "dicom", "heatmaps", "jobs", "reports",
-                          "reviews", "manifest.csv", "screen", "worklist", "rates", "viewer", "assets", "healthz", "livez",
+                          "reviews", "manifest.csv", "screen", "worklist", "rates", "viewer", "assets", "healthz",
+                          "livez",
                           "readyz", "metrics", "docs", "docs.json", "index.html"})
 _HEATMAP = re.compile(r"[a-z][a-z0-9_-]*(?:\.layer)?\.png")
 #: HL7 v2 message types (ORU^R01, ADT^A08^ADT_A01) look like person names; an IPv4 address like a UID.

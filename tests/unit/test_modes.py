@@ -32,7 +32,8 @@ def _bundle(tmp_path: Path, name: str, secondreader: dict[str, Any]) -> Path:
 
 
 def test_the_default_mode_comes_from_the_card() -> None:
-    assert parse_mode({"mode": {"default": "shadow", "reason": "targets missed"}}) == (ModelMode.SHADOW, "targets missed")
+    shadow = {"mode": {"default": "shadow", "reason": "targets missed"}}
+    assert parse_mode(shadow) == (ModelMode.SHADOW, "targets missed")
     assert parse_mode({"mode": {"default": "live"}}) == (ModelMode.LIVE, None)
     # bundles older than `mode`: the routing gate says shadow, no gate says live
     assert parse_mode({"routing": {"enabled": False, "reason": "AUROC 0.6"}}) == (ModelMode.SHADOW, "AUROC 0.6")
@@ -124,8 +125,9 @@ def test_the_site_overrides_the_card_and_unknown_names_are_warned_about(caplog: 
 
 
 def _finding(p: float | None, *, mode: str = "live", applicable: bool = True) -> FindingResult:
+    reason = None if applicable else "cxr-nodule is validated on adults; patient age 004Y"
     return FindingResult("nodule", p, 0.5, 0.9, "cxr-nodule@1.6.0", mode=mode, applicable=applicable,
-                         not_applicable_reason=None if applicable else "cxr-nodule is validated on adults; patient age 004Y")
+                         not_applicable_reason=reason)
 
 
 def test_only_live_applicable_findings_route() -> None:

@@ -155,7 +155,8 @@ def test_a_bundle_without_scope_applies_everywhere(tmp_path: Path) -> None:
 def test_the_shipped_bundles_declare_their_scopes() -> None:
     pneumonia = load_card(ROOT / "models" / "cxr-pneumonia").scope
     nodule = load_card(ROOT / "models" / "cxr-nodule").scope
-    assert pneumonia is not None and (pneumonia.age_min, pneumonia.age_max, pneumonia.unknown_age) == (1, 5, "not_applicable")
+    assert pneumonia is not None
+    assert (pneumonia.age_min, pneumonia.age_max, pneumonia.unknown_age) == (1, 5, "not_applicable")
     assert nodule is not None and (nodule.age_min, nodule.age_max, nodule.unknown_age) == (18, None, "applies")
     for scope in (pneumonia, nodule):
         assert set(scope.views) == {"PA", "AP"} and set(scope.modalities) == {"CR", "DX"}

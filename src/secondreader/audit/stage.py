@@ -5,7 +5,8 @@ This is the work unit of every engine (worker processes, Ray actors); it never r
 study: every outcome is a row. A row is a JSON-able dict (the checkpoint stores it as is):
 
 ``key, study_instance_uid, accession_number, study_month, status, reason, source, priority_score,
-route, rule, findings {code: {probability, positive, model, mode, applicable, routes}}, report ("available" | "missing"),
+route, rule, findings {code: {probability, positive, model, mode, applicable, routes}},
+report ("available" | "missing"),
 labels {code: label}, discordant, discordant_findings [codes], evidence {code: sentence},
 images {code: {overlay, thumbnail}}, instances, bad_files [{source, reason}], timing_ms {stage: ms},
 clock [started, finished] (Unix seconds, where the study ran: throughput without start-up)``

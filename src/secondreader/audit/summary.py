@@ -55,7 +55,9 @@ class AuditSummary:
 def _routes(finding: dict[str, Any] | None) -> bool:
     """A row's finding takes part in the discordance: live, and the study is in its model's scope
     (rows written before modes and scopes have neither key: they counted)."""
-    return finding is not None and finding.get("applicable", True) is not False and finding.get("mode", "live") == "live"
+    if finding is None:
+        return False
+    return finding.get("applicable", True) is not False and finding.get("mode", "live") == "live"
 
 
 def summarise(rows: Sequence[dict[str, Any]], codes: Sequence[str]) -> AuditSummary:

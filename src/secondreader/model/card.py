@@ -108,8 +108,12 @@ class ModelScope:
         if self.age_min is None and self.age_max is None:
             return None
         if age is None:
-            return None if self.unknown_age == "applies" else f"{model} is validated on {self.ages()}; patient age unknown"
-        if (self.age_min is not None and age.years < self.age_min) or (self.age_max is not None and age.years > self.age_max):
+            if self.unknown_age == "applies":
+                return None
+            return f"{model} is validated on {self.ages()}; patient age unknown"
+        too_young = self.age_min is not None and age.years < self.age_min
+        too_old = self.age_max is not None and age.years > self.age_max
+        if too_young or too_old:
             return f"{model} is validated on {self.ages()}; patient age {age.text}"
         return None
 
