@@ -341,18 +341,19 @@ def resolve_output(cfg: TrainConfig, out: Path | None = None, into_models: bool 
     return path.absolute()
 
 
-def run_digest(cfg: TrainConfig, *inputs: str) -> str:
+def run_digest(cfg: TrainConfig, *inputs: str, with_code: bool = True) -> str:
     """What a run's saved state (a checkpoint, the folds it finished) depends on, for ``--resume``: the
     configuration less its labels and places (a new version number alone keeps the state), the installed
     secondreader code and numeric libraries (any edit or upgrade refits), and ``inputs``, digests of
-    the data the run read and the kind of device it trains on."""
+    the data the run read and the kind of device it trains on. ``with_code`` False leaves the code out
+    (the caller digests the code its fits run among ``inputs``); the numeric libraries stay in."""
     # the device as written (auto, cuda:1, --device) is left out: the kind it resolved to is an input;
     # so are the worker processes, which do not change the weights (a run stopped with two resumes with one)
     relevant = cfg.model_dump(mode="json", exclude={
         "checkpoint_dir": True, "output_dir": True, "provenance": True, "description": True, "version": True,
         "changelog": True, "schedule": {"device": True, "mixed_precision": True, "workers": True}})
     h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
-    for part in (_code_digest(), *inputs):
+    for part in ((_code_digest(),) if with_code else (_library_digest(),)) + inputs:
         h.update(part.encode())
     return h.hexdigest()
 
@@ -363,6 +364,11 @@ def _code_digest() -> str:
     h = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    for name in ("torch", "monai", "numpy", "scipy", "scikit-image"):
-        h.update(f"{name}=={importlib.metadata.version(name)}".encode())
+    h.update(_library_digest().encode())
     return h.hexdigest()
+
+
+@functools.cache
+def _library_digest() -> str:
+    return ",".join(f"{name}=={importlib.metadata.version(name)}"
+                    for name in ("torch", "monai", "numpy", "scipy", "scikit-image"))

@@ -33,7 +33,7 @@ from monai.utils import set_determinism
 
 from ..model.dense import build_dense_network
 from ..preprocessing import InputSpec
-from .config import LesionConfig, RealNoduleConfig, TrainConfig, run_digest
+from .config import CalibrationConfig, LesionConfig, OperatingPointConfig, RealNoduleConfig, TrainConfig, run_digest
 from .froc import ImageDetections, froc_threshold
 from .lesions import (
     Nodule,
@@ -199,6 +199,31 @@ def _fit(fold: int | None) -> dict[str, Any]:
     return state
 
 
+def fit_digest(cfg: TrainConfig, films: list[JsrtFilm], normals: list[tuple[str, np.ndarray, np.ndarray]],
+               device: str) -> str:
+    """What a saved fit (a fold's or the final model's state) depends on, for ``--resume``: the
+    configuration less what only scores the fits afterwards (operating point, calibration, targets,
+    scope), the pictures, the device kind, the installed numeric libraries and the code the fits run
+    (the dense recipe's modules and this module's pool and fit functions). An edit to the card, the
+    CLI or serving keeps the fits; an edit to what fits or scores them refits."""
+    import inspect
+
+    relevant = cfg.model_copy(update={"operating_point": OperatingPointConfig(), "calibration": CalibrationConfig(),
+                                      "targets": {}, "scope": None})
+    package = Path(__file__).resolve().parents[1]
+    code = [(package / name).read_text() for name in _FIT_MODULES]
+    code += [inspect.getsource(fn) for fn in (load_normals, build_real_pool, film_eval_set, _members, _fit)]
+    return run_digest(relevant, *(hashlib.sha256(np.ascontiguousarray(f.picture).tobytes()).hexdigest() for f in films),
+                      *(hashlib.sha256(np.ascontiguousarray(p).tobytes()).hexdigest() for _, p, _ in normals),
+                      device, hashlib.sha256("\0".join(code).encode()).hexdigest(), with_code=False)
+
+
+#: The package's modules a real-nodule fit and its scoring run (besides this module's fit functions).
+_FIT_MODULES = ("training/localisation.py", "training/lesions.py", "training/losses.py", "training/realdata.py",
+                "training/froc.py", "model/dense.py", "model/network.py", "preprocessing.py",
+                "scoring/calibration.py")
+
+
 # -- figures --------------------------------------------------------------------------------------
 
 def _rate(hits: np.ndarray) -> dict[str, Any]:
@@ -250,6 +275,23 @@ def real_nodule_breakdown(states: list[dict[str, Any]], films: dict[str, JsrtFil
     }
 
 
+def validation_films(val: Scored, cal: Calibration, films: list[JsrtFilm]) -> list[dict[str, Any]]:
+    """The shipped model on each film of its validation fold (never trained on): its calibrated study
+    probability, whether the study is flagged, and whether a region at the operating point hits the
+    real nodule. Tests screen these films through the served pipeline and expect the same."""
+    out = []
+    p = cal.probability(val.logits)
+    for film, prob, im in zip(films, p, val.images, strict=True):
+        row: dict[str, Any] = {"id": film.id, "nodule": film.nodule is not None, "probability": round(float(prob), 4),
+                               "flagged": bool(prob >= cal.operating_point)}
+        if film.nodule is not None:
+            hit = _cal_scores(im.lesion_scores, cal)
+            row.update(subtlety=film.subtlety, diameter_mm=film.diameter_mm,
+                       found=bool(hit.size and hit[0] >= cal.operating_point))
+        out.append(row)
+    return out
+
+
 def nih_review_rate(network: torch.nn.Module, cal: Calibration, rc: RealNoduleConfig, lc: LesionConfig,
                     spec: InputSpec, cfg: TrainConfig) -> dict[str, Any] | None:
     """The shipped model's review rate on normal adult films it never saw: the NIH no-finding films
@@ -297,34 +339,43 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
     sample = torch.from_numpy(pool.images[:: max(1, len(pool) // 256)].astype(np.float32))[:, None]
     stretched = standardise(sample, InputSpec(size=(side, side), mean=0.0, std=1.0))
     spec = InputSpec(size=(side, side), mean=float(stretched.mean()), std=float(stretched.std()))
-    digest = run_digest(cfg, *(hashlib.sha256(np.ascontiguousarray(f.picture).tobytes()).hexdigest() for f in films),
-                        str(len(normals)), f"{device.type} amp={amp}")
+    digest = fit_digest(cfg, films, normals, f"{device.type} amp={amp}")
     run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
     (run_dir / "folds").mkdir(parents=True, exist_ok=True)
     states: dict[int, dict[str, Any]] = {}
-    for f in range(rc.folds):
-        saved = run_dir / "folds" / f"fold-{f + 1}.json"
-        if resume and saved.is_file() and json.loads(saved.read_text()).get("config") == digest:
-            states[f] = json.loads(saved.read_text())
-            logger.info("fold %d: reused from %s", f + 1, saved)
-    todo: list[int | None] = [f for f in range(rc.folds) if f not in states] + ([] if folds_only else [None])
-    pool_dir = run_dir / "pool"
-    _save_pool(pool, pool_dir)
     final: dict[str, Any] | None = None
+
+    def state_file(f: int | None) -> Path:
+        return run_dir / "folds" / ("final.json" if f is None else f"fold-{f + 1}.json")
+
+    for f in [*range(rc.folds), None]:
+        saved = state_file(f)
+        if resume and saved.is_file() and json.loads(saved.read_text()).get("config") == digest:
+            if f is None:
+                final = json.loads(saved.read_text())
+            else:
+                states[f] = json.loads(saved.read_text())
+            logger.info("%s: reused from %s", "the final fit" if f is None else f"fold {f + 1}", saved)
+    todo: list[int | None] = [f for f in range(rc.folds) if f not in states]
+    if not folds_only and final is None:
+        todo.append(None)
+    pool_dir = run_dir / "pool"
     args = (cfg, films, folds, spec, str(pool_dir), digest)
     workers = max(1, min(cfg.schedule.workers, len(todo)))
     import multiprocessing
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=args) as executor:
-        futures = {executor.submit(_fit, f): f for f in todo}
-        for future, f in futures.items():
-            state = future.result()
-            if f is None:
-                final = state
-            else:
-                (run_dir / "folds" / f"fold-{f + 1}.json").write_text(json.dumps(state))
-                states[f] = state
+    if todo:
+        _save_pool(pool, pool_dir)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=args) as executor:
+            futures = {executor.submit(_fit, f): f for f in todo}
+            for future, f in futures.items():
+                state = future.result()
+                state_file(f).write_text(json.dumps(state))  # kept at once, for --resume
+                if f is None:
+                    final = state
+                else:
+                    states[f] = state
     # each fold's calibration and operating point from its saved validation scores, by the config's rule
     # now (a new rule re-scores the folds without refitting them)
     ordered = [{**states[f], "calibration": calibrate(Scored.from_json(states[f]["validation"]), cfg).to_json()}
@@ -355,6 +406,7 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
     from .localisation import localisation_metrics
 
     metrics["validation"] = localisation_metrics(val, cal, seed=cfg.seed)
+    metrics["validation"]["films"] = validation_films(val, cal, [by_id[i] for i in final["validation_films"]])
     review = nih_review_rate(network, cal, rc, lc, spec, cfg)
     if review is not None:
         metrics["nih_normal_review_rate"] = review
