@@ -48,7 +48,14 @@ def chests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     (On real backgrounds the shipped cxr-nodule model misses many nodules: see its model card.)"""
     folder = tmp_path_factory.mktemp("two-models")
+    # one study whose two images disagree on the age: the first says 3 years, the second says
+    # nothing (no Patient's Age, no study date beside the birth date)
+    aged = make_cxr_dataset(ROWS, COLS, lesion_at=LESION, spacing=(0.35, 0.35), patient_age=CHILD)
+    unaged = make_cxr_dataset(ROWS, COLS, lesion_at=LESION, spacing=(0.35, 0.35), patient_age=None,
+                              study_uid=aged.StudyInstanceUID)
     return {
+        "mixed-aged": write(aged, folder / "mixed-aged.dcm"),
+        "mixed-unaged": write(unaged, folder / "mixed-unaged.dcm"),
         "nodule": write(make_cxr_dataset(ROWS, COLS, lesion_at=LESION, spacing=(0.35, 0.35), patient_age=ADULT),
                         folder / "nodule.dcm"),
         "clear": write(make_cxr_dataset(ROWS, COLS, spacing=(0.35, 0.35), patient_age=ADULT), folder / "clear.dcm"),
@@ -150,6 +157,34 @@ def test_a_child_study_gets_the_paediatric_model_and_not_the_adult_one(screened:
     else:
         assert study["priority"]["score"] == max(round(score), 50) or study["priority"]["rule"] == "ai-urgent"
     assert not any(r["finding"] == "nodule" for r in study["regions"])
+
+
+def test_scope_is_decided_per_image(screened: dict[str, dict]) -> None:  # type: ignore[type-arg]
+    """Where a study's images differ, each model runs on the images inside its scope only: the
+    paediatric model on the image that gives a child's age, the adult model on the one without an
+    age (unknown: it applies); each finding applies to the study, and each image says which model
+    does not apply to it, why, in its outputs too."""
+    study = screened["mixed-aged"]
+    assert [i["source"] for i in study["instances"]] == ["mixed-aged.dcm", "mixed-unaged.dcm"]
+    aged, unaged = study["instances"]
+    found = _findings(study)
+    assert found["pneumonia"]["applicable"] and found["nodule"]["applicable"]
+    assert aged["not_applicable"] == {"nodule": NODULE_NOT_FOR_CHILDREN}
+    assert unaged["not_applicable"] == {
+        "pneumonia": "cxr-pneumonia is validated on children aged 1-5 years; patient age unknown"}
+    heatmaps = study["artifacts"]["heatmaps"]
+    assert {h.rsplit("/", 1)[1] for h in heatmaps if aged["sop_instance_uid"] in h} == {"pneumonia.png"}
+    assert {h.rsplit("/", 1)[1] for h in heatmaps if unaged["sop_instance_uid"] in h} == {"nodule.png"}
+    for region in study["regions"]:
+        expected = aged if region["finding"] == "pneumonia" else unaged
+        assert region["sop_instance_uid"] == expected["sop_instance_uid"], region
+    import highdicom as hd
+
+    for instance, outside in ((aged, "Nodule"), (unaged, "Pneumonia")):
+        (sr_path,) = [p for p in study["artifacts"]["dicom"] if p.endswith(f"{instance['sop_instance_uid']}/sr.dcm")]
+        (group,) = hd.sr.srread(Path(study["_out"]) / sr_path).content.get_image_measurement_groups()
+        evaluations = {q.name.meaning: q.value.meaning for q in group.get_qualitative_evaluations()}
+        assert evaluations[outside] == "Not applicable", evaluations
 
 
 def test_a_site_sets_the_modes(both_models: Path, chests: dict[str, Path], tmp_path: Path) -> None:

@@ -166,3 +166,17 @@ def test_the_shipped_bundles_declare_their_scopes() -> None:
 def test_a_bad_scope_in_a_bundle_is_a_model_error_naming_the_field(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"model bundle b: scope\.unknown_age must be"):
         load_card(_bundle(tmp_path, {"scope": _scope(unknown_age="no")}))
+
+
+def test_a_picture_without_a_header_follows_each_models_unknown_age() -> None:
+    """A PNG has no header: no age, view, modality or body part. The paediatric model does not
+    apply to it (its unknown_age), the adult model does."""
+    from secondreader.pipeline import scope_reasons
+
+    class _Card:  # only the card matters to the scope decision
+        def __init__(self, name: str) -> None:
+            self.card = load_card(ROOT / "models" / name)
+
+    reasons = scope_reasons(None, [_Card("cxr-pneumonia"), _Card("cxr-nodule")])  # type: ignore[list-item]
+    assert reasons == {load_card(ROOT / "models" / "cxr-pneumonia").ref:
+                       "cxr-pneumonia is validated on children aged 1-5 years; patient age unknown"}
