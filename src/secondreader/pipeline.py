@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from .errors import CorruptPixelDataError, OutputEncodingError, ProcessingError,
 from .explain.heatmap import heatmap_on_source
 from .explain.regions import Region, extract_regions
 from .logsafe import study_key
-from .model.card import ModelCard
+from .model.card import ModelCard, check_shared_findings
 from .model.dense import dense_regions
 from .model.modes import ModelMode
 from .model.predictor import Predictor
@@ -73,6 +73,7 @@ class ScreeningOptions:
     def __post_init__(self) -> None:
         if not self.predictors:
             raise ValueError("at least one predictor is needed")
+        check_shared_findings([p.card for p in self.running()])
 
     def mode_of(self, card: ModelCard) -> ModelMode:
         return ModelMode(self.modes.get(card.name, card.default_mode))
@@ -483,8 +484,8 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
         timing["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
-            findings = _predict(frames, running, batches, options.explain,
-                                [options.mode_of(p.card) for p in running])
+            findings = merge_shared_findings(_predict(frames, running, batches, options.explain,
+                                                      [options.mode_of(p.card) for p in running]))
         except (ProcessingError, RuntimeError) as exc:
             logger.error("study %s: inference failed (%s)", study_key(study_uid), type(exc).__name__)
             for i, outcome in enumerate(instances):
@@ -548,9 +549,39 @@ def run_study(study_uid: str, members: Sequence[ParsedInput], options: Screening
 
 
 def _codes_out_of_scope(out_of_scope: Mapping[str, str], predictors: Sequence[Predictor]) -> dict[str, str]:
-    """Finding code → why its model does not apply to an instance (its ``instances[].not_applicable``)."""
-    return {spec.code: out_of_scope[p.card.ref] for p in predictors if p.card.ref in out_of_scope
-            for spec in p.card.findings}
+    """Finding code → why no model of that code applies to an instance (its ``instances[].not_applicable``;
+    a code that several models report is listed only when every one of them leaves the instance out)."""
+    reasons: dict[str, list[str]] = {}
+    applies: set[str] = set()
+    for p in predictors:
+        for spec in p.card.findings:
+            if p.card.ref in out_of_scope:
+                reasons.setdefault(spec.code, []).append(out_of_scope[p.card.ref])
+            else:
+                applies.add(spec.code)
+    return {code: "; ".join(why) for code, why in reasons.items() if code not in applies}
+
+
+def merge_shared_findings(findings: Sequence[FindingResult]) -> list[FindingResult]:
+    """One finding per code, where several models report it (their scopes are disjoint: see
+    :func:`~secondreader.model.card.check_shared_findings`): the applicable one (the most probable,
+    should a study mix patients), or, when none applies, one not-applicable finding giving every
+    model's reason. Codes keep the order of their first finding."""
+    by_code: dict[str, list[FindingResult]] = {}
+    for f in findings:
+        by_code.setdefault(f.code, []).append(f)
+    out = []
+    for same in by_code.values():
+        applicable = [f for f in same if f.applicable]
+        if applicable:
+            out.append(max(applicable, key=lambda f: f.probability or 0.0))
+        elif len(same) == 1:
+            out.append(same[0])
+        else:
+            first = same[0]
+            out.append(replace(first, not_applicable_reason="; ".join(
+                dict.fromkeys(f.not_applicable_reason or "out of scope" for f in same))))
+    return out
 
 
 def _join_reasons(reasons: Iterable[str | None]) -> str:

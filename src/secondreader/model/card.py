@@ -302,6 +302,42 @@ class ModelCard:
         return self.bundle_dir / "models" / self.weights_file
 
 
+def check_shared_findings(cards: Sequence[ModelCard]) -> None:
+    """Several models may report one finding code (a paediatric and an adult pneumonia model) only
+    when no patient falls in two of their scopes: each declares a scope, their age ranges do not
+    overlap, and at most one of them applies to a study whose age is unknown. Screening then
+    reports the code once per study, from the model that applies.
+
+    Raises
+    ------
+    ValueError
+        Naming the two models and the code, when their scopes could both apply to one image.
+    """
+    by_code: dict[str, list[ModelCard]] = {}
+    for card in cards:
+        for spec in card.findings:
+            by_code.setdefault(spec.code, []).append(card)
+    for code, sharing in by_code.items():
+        for i, a in enumerate(sharing):
+            for b in sharing[i + 1:]:
+                why = _overlap(a.scope, b.scope)
+                if why is not None:
+                    raise ValueError(f"models {a.name} and {b.name} both report finding {code!r} and {why}: give "
+                                     "them scopes no patient falls in twice, or turn one off")
+
+
+def _overlap(a: ModelScope | None, b: ModelScope | None) -> str | None:
+    if a is None or b is None:
+        return "one of them declares no scope"
+    lo_a, hi_a = a.age_min or 0, a.age_max if a.age_max is not None else 10**6
+    lo_b, hi_b = b.age_min or 0, b.age_max if b.age_max is not None else 10**6
+    if lo_a <= hi_b and lo_b <= hi_a:
+        return "their age ranges overlap"
+    if a.unknown_age == "applies" and b.unknown_age == "applies":
+        return "both apply when the age is unknown"
+    return None
+
+
 def _finding(code: str, spec: dict[str, Any]) -> FindingSpec:
     try:
         calibration = Calibrator.from_json(spec.get("calibration", {}))
