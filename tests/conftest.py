@@ -48,7 +48,7 @@ def models_dir() -> Path:
     path = default_models_dir()
     require((path / "cxr-pneumonia" / "models" / "model.pt").is_file(),
             "trained weights models/cxr-pneumonia are missing; "
-            "run: secondreader train training/configs/cxr-pneumonia.yaml")
+            "run: secondreader train training/configs/cxr-pneumonia.yaml --into-models")
     return path
 
 

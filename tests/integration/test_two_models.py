@@ -30,7 +30,7 @@ ROWS, COLS = 1100, 1000  # not square: the model sees the centre square, regions
 @pytest.fixture(scope="module")
 def both_models(models_dir: Path) -> Path:
     require((models_dir / "cxr-nodule" / "models" / "model.pt").is_file(),
-            "trained weights models/cxr-nodule are missing; run: secondreader train training/configs/cxr-nodule.yaml")
+            "trained weights models/cxr-nodule are missing; run: secondreader train training/configs/cxr-nodule.yaml --into-models")
     return models_dir
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["versions_section", "with_interval", "write_model_card"]
+__all__ = ["scope_text", "versions_section", "with_interval", "write_model_card"]
 
 
 def with_interval(m: dict[str, Any], key: str, digits: int = 4) -> str:
@@ -57,8 +57,14 @@ at the operating point, each with its Wilson 95% interval; expected calibration 
 Calibration: `reliability.png` beside this card (observed frequency against predicted probability,
 validation and test).
 
-MedMNIST v2 (Yang et al. 2023, Table 3) on the same test split: ResNet-18 (28) AUC 0.944 / ACC 0.854,
-ResNet-50 (224) 0.962 / 0.884, Google AutoML Vision 0.991 / 0.946.
+{_extra_rows(metrics)}
+{prov.get('anchors', _MEDMNIST_ANCHORS)}
+
+## Scope and mode
+
+{scope_text(sr.get('scope'))}
+
+Default mode: **{sr.get('mode', {}).get('default', 'live')}** ({sr.get('mode', {}).get('reason', 'no targets set')}).
 
 ## Training data and licence
 
@@ -83,6 +89,43 @@ Training took {sr['training']['seconds']} s on {sr['training']['machine']} (seed
 {prov.get('repeatability') or 'Bit-identical weights are not expected across CPUs.'}
 {versions_section(meta)}"""
     path.write_text(text)
+
+
+_MEDMNIST_ANCHORS = """MedMNIST v2 (Yang et al. 2023, Table 3) on the same test split: ResNet-18 (28) AUC 0.944 / ACC 0.854,
+ResNet-50 (224) 0.962 / 0.884, Google AutoML Vision 0.991 / 0.946."""
+
+
+def _extra_rows(metrics: dict[str, Any]) -> str:
+    """Beyond validation and test: both held-out splits pooled, and the test split by group (view, age)."""
+    rows = []
+    if "held_out" in metrics:
+        rows.append(_row("validation + test (both held out, pooled)", metrics["held_out"]))
+    rows += [_row(f"test, {group}", m) for group, m in metrics.get("test_by_view", {}).items()]
+    if not rows:
+        return ""
+    return ("\nThe same, pooled and by group (each at the operating point fixed on validation):\n\n"
+            "| split | images | AUROC [95% CI] | accuracy [95% CI] | sensitivity [95% CI] | specificity [95% CI] | ECE |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def scope_text(scope: dict[str, Any] | None) -> str:
+    """A card's scope in words, from the bundle's ``secondreader.scope``."""
+    if not scope:
+        return "No scope declared: screening applies it to every eligible image."
+    lo, hi = (scope.get("age_years") or [None, None])
+    ages = ("any age" if lo is None and hi is None else f"aged {lo} years and over" if hi is None
+            else f"aged up to {hi} years" if lo is None else f"aged {lo}-{hi} years")
+    return "\n".join([
+        f"- patients {ages}; a study whose age cannot be read (Patient's Age, or Patient's Birth Date and "
+        f"the Study Date): **{scope.get('unknown_age', 'applies').replace('_', ' ')}**",
+        f"- views {', '.join(scope.get('views', []))}; modalities {', '.join(scope.get('modalities', []))}; "
+        f"body part {', '.join(scope.get('body_parts', []))}",
+        f"- population: {scope.get('population', '').strip()}",
+        f"- limits: {scope.get('limits', '').strip()}",
+        "",
+        "Outside it, screening reports the finding as not applicable, with the reason: it neither scores nor "
+        "routes.",
+    ])
 
 
 def describe_calibration(cal: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .modelcard import describe_calibration
+from .modelcard import describe_calibration, scope_text
 from .modelcard_dense import _froc_row, _study_row
 
 __all__ = ["write_real_nodule_card"]
@@ -18,25 +18,6 @@ def _ci(values: list[float]) -> str:
 def _band_rows(bands: dict[str, dict[str, Any]], unit: str) -> str:
     return "\n".join(f"| {name}{unit} | {b['n']} | {b['hits']} | {b['sensitivity']:.2f} {_ci(b['sensitivity_ci95'])} |"
                      for name, b in bands.items())
-
-
-def scope_text(scope: dict[str, Any] | None) -> str:
-    """A card's "Scope" section body, from the bundle's ``secondreader.scope``."""
-    if not scope:
-        return "No scope declared: screening applies it to every eligible image."
-    lo, hi = (scope.get("age_years") or [None, None])
-    ages = ("any age" if lo is None and hi is None else f"aged {lo} years and over" if hi is None
-            else f"aged up to {hi} years" if lo is None else f"aged {lo}-{hi} years")
-    return "\n".join([
-        f"- patients {ages}; a study whose age cannot be read (PatientAge, or PatientBirthDate and "
-        f"StudyDate): **{scope.get('unknown_age', 'applies').replace('_', ' ')}**",
-        f"- views {', '.join(scope.get('views', []))}; modalities {', '.join(scope.get('modalities', []))}; "
-        f"body part {', '.join(scope.get('body_parts', []))}",
-        f"- population: {scope.get('population', '').strip()}",
-        f"- limits: {scope.get('limits', '').strip()}",
-        "",
-        "Outside it, screening reports the finding as not applicable, with the reason: it neither scores nor routes.",
-    ])
 
 
 def write_real_nodule_card(path: Path, meta: dict[str, Any]) -> None:
