@@ -36,7 +36,8 @@ def test_jsrt_folds_hold_each_film_once_and_share_the_nodules(shared_data: Path)
                if r.startswith(first.id + "."))
     x, y = float(row.split(",")[2]), float(row.split(",")[3])
     assert first.nodule is not None
-    assert first.nodule[0] == pytest.approx((y + 0.5) / 16 - 0.5) and first.nodule[1] == pytest.approx((x + 0.5) / 16 - 0.5)
+    assert first.nodule[0] == pytest.approx((y + 0.5) / 16 - 0.5)
+    assert first.nodule[1] == pytest.approx((x + 0.5) / 16 - 0.5)
 
 
 def test_no_nih_patient_is_in_two_splits(shared_data: Path) -> None:
@@ -63,8 +64,8 @@ def _tiny(shared_data: Path, tmp_path: Path, name: str, update: dict) -> Path:  
     return path
 
 
-def test_the_real_nodule_recipe_cross_validates_over_films_and_ships_in_shadow(shared_data: Path, tmp_path: Path,
-                                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_real_nodule_recipe_cross_validates_over_films_and_ships_in_shadow(
+        shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _tiny(shared_data, tmp_path, "cxr-nodule.yaml", {
         "real_nodules": {"limit": 20, "copies": 1, "max_normals": 6,
                          "normals_path": str(shared_data / "nih-pneumonia")},

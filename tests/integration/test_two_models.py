@@ -28,10 +28,17 @@ ROWS, COLS = 1100, 1000  # not square: the model sees the centre square, regions
 
 
 @pytest.fixture(scope="module")
-def both_models(models_dir: Path) -> Path:
+def both_models(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with the shipped cxr-pneumonia (children) and cxr-nodule (adults) only: the
+    adult pneumonia model, which shares cxr-pneumonia's finding code, is left out so that an adult's
+    pneumonia finding is cxr-pneumonia's, not applicable (tests/integration/test_adult_screening.py
+    screens with every shipped model)."""
     require((models_dir / "cxr-nodule" / "models" / "model.pt").is_file(),
             "trained weights models/cxr-nodule are missing; run: secondreader train training/configs/cxr-nodule.yaml --into-models")
-    return models_dir
+    two = tmp_path_factory.mktemp("two-models-dir")
+    for name in ("cxr-pneumonia", "cxr-nodule"):
+        (two / name).symlink_to(models_dir / name, target_is_directory=True)
+    return two
 
 
 LESION = (450, 650)

@@ -91,8 +91,8 @@ Training took {sr['training']['seconds']} s on {sr['training']['machine']} (seed
     path.write_text(text)
 
 
-_MEDMNIST_ANCHORS = """MedMNIST v2 (Yang et al. 2023, Table 3) on the same test split: ResNet-18 (28) AUC 0.944 / ACC 0.854,
-ResNet-50 (224) 0.962 / 0.884, Google AutoML Vision 0.991 / 0.946."""
+_MEDMNIST_ANCHORS = """MedMNIST v2 (Yang et al. 2023, Table 3) on the same test split: ResNet-18 (28) AUC 0.944 /
+ACC 0.854, ResNet-50 (224) 0.962 / 0.884, Google AutoML Vision 0.991 / 0.946."""
 
 
 def _extra_rows(metrics: dict[str, Any]) -> str:
@@ -104,7 +104,8 @@ def _extra_rows(metrics: dict[str, Any]) -> str:
     if not rows:
         return ""
     return ("\nThe same, pooled and by group (each at the operating point fixed on validation):\n\n"
-            "| split | images | AUROC [95% CI] | accuracy [95% CI] | sensitivity [95% CI] | specificity [95% CI] | ECE |\n"
+            "| split | images | AUROC [95% CI] | accuracy [95% CI] | sensitivity [95% CI] | specificity [95% CI] "
+            "| ECE |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 

@@ -41,7 +41,8 @@ def write_real_nodule_card(path: Path, meta: dict[str, Any]) -> None:
     study = test["study"]
     review_text = (
         f"- JSRT normal films (cross-validation, each fold's operating point): "
-        f"{1 - study['specificity']:.1%} routed to review ({study['n'] - study['n_positive']} films); false regions per normal "
+        f"{1 - study['specificity']:.1%} routed to review ({study['n'] - study['n_positive']} films); false regions "
+        "per normal "
         f"film {at_op['false_regions_per_normal_film']}\n"
         f"- JSRT nodule films: {study['sensitivity']:.1%} flagged ({study['n_positive']} films)\n")
     if review:

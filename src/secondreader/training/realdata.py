@@ -19,7 +19,8 @@ import torch
 from .data import Split
 from .lesions import load_background, square_picture
 
-__all__ = ["JsrtFilm", "NihFilm", "jsrt_folds", "load_jsrt", "load_nih", "load_nih_splits", "nih_split", "nih_split_films",
+__all__ = ["JsrtFilm", "NihFilm", "jsrt_folds", "load_jsrt", "load_nih", "load_nih_splits", "nih_split",
+           "nih_split_films",
            "nih_test_breakdown"]
 
 #: JSRT's PNGs here are the 2048 px originals halved: 0.35 mm per pixel.
@@ -78,7 +79,8 @@ def load_jsrt(root: Path, side: int, *, limit: int | None = None) -> list[JsrtFi
             raise ValueError(f"JSRT image {row['image']} is {raw.shape[1]}x{raw.shape[0]}, not square")
         scale = side / raw.shape[0]
         lung_file = root / "lung_masks" / row["image"]
-        lungs = square_picture((_png(lung_file) > 0).astype(np.float32), side) > 0.5 if lung_file.is_file() else np.zeros((side, side), bool)
+        lungs = (square_picture((_png(lung_file) > 0).astype(np.float32), side) > 0.5 if lung_file.is_file()
+                 else np.zeros((side, side), bool))
         nodule = None
         if row["has_nodule"] == "1":
             # pixel centres kept: (x + 0.5) * scale - 0.5

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from monai.utils import set_determinism
 
+from ..audit.summary import Rate
 from ..model.dense import build_dense_network
 from ..preprocessing import InputSpec
 from .config import CalibrationConfig, LesionConfig, OperatingPointConfig, RealNoduleConfig, TrainConfig, run_digest
@@ -63,7 +64,6 @@ from .localisation import (
     score_set,
     standardise,
 )
-from .metrics import Rate
 from .plots import reliability_png
 from .realdata import JSRT_MM_PER_PX, JsrtFilm, jsrt_folds, load_jsrt, load_nih, nih_split
 from .train import _state_dict_bytes, device_uid_for, scope_and_mode, training_device, training_hardware
@@ -263,7 +263,8 @@ def real_nodule_breakdown(states: list[dict[str, Any]], films: dict[str, JsrtFil
             "by_subtlety": {str(s): _rate(hits[subtlety == s]) for s in range(1, 6) if (subtlety == s).any()},
             "by_diameter_mm": {(f"{lo:g}-{hi:g}" if math.isfinite(hi) else f">={lo:g}"):
                                _rate(hits[(size >= lo) & (size < hi)])
-                               for lo, hi in zip(bands[:-1], bands[1:], strict=True) if ((size >= lo) & (size < hi)).any()},
+                               for lo, hi in zip(bands[:-1], bands[1:], strict=True)
+                               if ((size >= lo) & (size < hi)).any()},
             "false_regions_per_normal_film": round(float(np.mean([(im.false_scores >= threshold).sum()
                                                                   for im in normal])), 4) if normal else None,
         },

@@ -357,7 +357,7 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
 
     # The untouched test split, once.
     test_p = calibrator.probability(predict_logits(network, test_split.images, spec))
-    metrics = {
+    metrics: dict[str, Any] = {
         "validation": binary_metrics(val_p, val_split.labels, operating_point, seed=cfg.seed).to_json(),
         "test": binary_metrics(test_p, test_split.labels, operating_point, seed=cfg.seed).to_json(),
     }
