@@ -149,7 +149,7 @@ Az of about 0.83 on these films.
 Not for: {prov.get('not_for', '')}
 
 Reproduce: `{prov.get('reproduce', '')}`. The five fold fits took {sum(f['seconds'] for f in
-metrics.get('folds', [])) / 60:.0f} min of wall time together (two processes at a time, one thread each, on
-{sr['training'].get('machine', sr['training'].get('device', 'cpu'))}); the final fit about as long as one fold.
+metrics.get('folds', [])) / 60:.0f} min summed over the fits, two running at a time, one thread each, on
+{sr['training'].get('machine', sr['training'].get('device', 'cpu'))}; the final fit about as long as one fold.
 """
     path.write_text(text)
