@@ -66,7 +66,14 @@ from .localisation import (
 )
 from .plots import reliability_png
 from .realdata import JSRT_MM_PER_PX, JsrtFilm, jsrt_folds, load_jsrt, load_nih, nih_split
-from .train import _state_dict_bytes, device_uid_for, scope_and_mode, training_device, training_hardware
+from .train import (
+    _state_dict_bytes,
+    device_uid_for,
+    init_source,
+    scope_and_mode,
+    training_device,
+    training_hardware,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -340,7 +347,14 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
     sample = torch.from_numpy(pool.images[:: max(1, len(pool) // 256)].astype(np.float32))[:, None]
     stretched = standardise(sample, InputSpec(size=(side, side), mean=0.0, std=1.0))
     spec = InputSpec(size=(side, side), mean=float(stretched.mean()), std=float(stretched.std()))
-    digest = fit_digest(cfg, films, normals, f"{device.type} amp={amp}")
+    source = init_source(cfg, dense=True)
+    if source is not None:  # fine-tuning keeps the source model's input normalisation: its weights expect it
+        if source.input_spec.size != (side, side):
+            raise ValueError(f"init_from model {source.ref} takes {source.input_spec.size[0]} px inputs, the "
+                             f"config's lesions.input_size is {side}")
+        spec = source.input_spec
+    digest = fit_digest(cfg, films, normals, f"{device.type} amp={amp}" + (
+        f" init={hashlib.sha256(source.weights_path.read_bytes()).hexdigest()}" if source is not None else ""))
     run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
     (run_dir / "folds").mkdir(parents=True, exist_ok=True)
     states: dict[int, dict[str, Any]] = {}
