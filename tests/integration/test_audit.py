@@ -28,6 +28,7 @@ import pytest
 
 from secondreader.audit.run import AuditConfig, AuditOutcome, run_audit
 from secondreader.audit.summary import wilson_interval
+from secondreader.model.card import load_card
 
 from .. import conftest
 from ..conftest import CANARY_ID, CANARY_NAME, ROOT
@@ -259,5 +260,6 @@ def test_scope_and_shadow_findings_are_neither_positives_nor_negatives(tmp_path:
     assert pd.isna(row["ai_pneumonia_positive"]) and pd.isna(row["ai_pneumonia_probability"])
     assert not bool(row["ai_pneumonia_applicable"]) and row["ai_nodule_mode"] == "shadow"
     page = (tmp_path / "out" / "index.html").read_text()
-    assert "cxr-nodule@1.6.0 (shadow)" in page and "not applicable (outside the model" in page
+    nodule_ref = load_card(models_dir / "cxr-nodule").ref
+    assert f"{nodule_ref} (shadow)" in page and "not applicable (outside the model" in page
     assert_no_phi(tmp_path / "out")
