@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -77,11 +76,13 @@ def bundles() -> list[Path]:
 
 def load_predictors(device: str, **options: Any) -> list[Predictor]:
     """One predictor per bundle, the way the service builds them (``options`` go to TorchPredictor),
-    with each card's scope lifted: the benchmarks time every model on every input (the synthetic CRs
-    have no age; RG1 is an adult's), which screening would not (a model runs only within its scope)."""
+    each within its card's scope, as screening runs it: the synthetic CRs have no age and RG1 is an
+    adult's, so the adult models (cxr-nodule, cxr-pneumonia-adult) run on every input and the
+    paediatric cxr-pneumonia on none (two models sharing a finding code cannot both lose their
+    scopes: screening refuses such a pair)."""
     out: list[Predictor] = []
     for bundle in bundles():
-        card = dataclasses.replace(load_card(bundle), scope=None)
+        card = load_card(bundle)
         if card.saliency.method == "dense":
             from secondreader.model.dense import predictor_for
 

@@ -59,6 +59,17 @@ def pneumonia_predictor(models_dir: Path):  # type: ignore[no-untyped-def]
     return TorchPredictor.from_bundle(models_dir / "cxr-pneumonia", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def adult_pneumonia_predictor(models_dir: Path):  # type: ignore[no-untyped-def]
+    """The shipped adult pneumonia model: the one a site runs on an adult film, or one without an age."""
+    from secondreader.model.predictor import TorchPredictor
+
+    require((models_dir / "cxr-pneumonia-adult" / "models" / "model.pt").is_file(),
+            "trained weights models/cxr-pneumonia-adult are missing; run: secondreader train "
+            "training/configs/cxr-pneumonia-adult.yaml --into-models")
+    return TorchPredictor.from_bundle(models_dir / "cxr-pneumonia-adult", device="cpu")
+
+
 @dataclass(frozen=True)
 class Unscoped:
     """A predictor whose card has no scope, so that it runs on every instance: for tests of decoding,

@@ -32,7 +32,7 @@ Stack = tuple[Orthanc, ScreeningService, Receiver, list[float]]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, pneumonia_predictor) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+def stack(tmp_path_factory: pytest.TempPathFactory, adult_pneumonia_predictor) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     require(shutil.which("Orthanc") is not None, "Orthanc is not installed (Debian package orthanc)")
     require(Path(DCMTK_STORESCU).is_file(), "dcmtk's storescu is not installed (Debian package dcmtk)")
     require(in_private_network_namespace(),
@@ -51,7 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pneumonia_predictor) -> Iter
     orthanc = Orthanc(tmp_path_factory.mktemp("orthanc"),
                       modalities={"secondreader": ["SECONDREADER", "127.0.0.1", receiver.port]},
                       lua_scripts=[ROOT / "serving" / "orthanc" / "forward-to-secondreader.lua"])
-    core = ScreeningService(store, [pneumonia_predictor], home=home, max_image_pixels=64_000_000,
+    core = ScreeningService(store, [adult_pneumonia_predictor], home=home, max_image_pixels=64_000_000,
                             pacs_destination=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
     core_holder.append(core)
     core.start_background(stable_seconds=STABLE_SECONDS, interval=0.05)

@@ -65,6 +65,7 @@ class SecondReader:
     """Screening over HTTP; the models are loaded once per worker, from the BentoML model store."""
 
     pneumonia = bentoml.models.BentoModel(shipped_tag("cxr-pneumonia"))
+    pneumonia_adult = bentoml.models.BentoModel(shipped_tag("cxr-pneumonia-adult"))
     nodule = bentoml.models.BentoModel(shipped_tag("cxr-nodule"))
 
     def __init__(self) -> None:
