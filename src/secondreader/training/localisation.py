@@ -368,6 +368,25 @@ def standardise(pictures: torch.Tensor, spec: InputSpec, *,
     return (stretched - spec.mean) / spec.std
 
 
+def dense_input_spec(cfg: TrainConfig, images: np.ndarray, members: np.ndarray) -> InputSpec:
+    """A dense fit's input normalisation: the ``init_from`` model's when fine-tuning (its weights
+    expect it), else the mean and spread of up to 256 of the training pictures ``images[members]``
+    after the serving chain's percentile stretch."""
+    lc = cfg.lesions
+    assert lc is not None
+    side = lc.input_size
+    source = init_source(cfg, dense=True)
+    if source is not None:
+        if source.input_spec.size != (side, side):
+            raise ValueError(f"init_from model {source.ref} takes {source.input_spec.size[0]} px inputs, the config's "
+                             f"lesions.input_size is {side}")
+        logger.info("fine-tuning from %s", source.ref)
+        return source.input_spec
+    sample = torch.from_numpy(images[members[:: max(1, len(members) // 256)]].astype(np.float32))[:, None]
+    stretched = standardise(sample, InputSpec(size=(side, side), mean=0.0, std=1.0))
+    return InputSpec(size=(side, side), mean=float(stretched.mean()), std=float(stretched.std()))
+
+
 def _stretch_points(n: int, lc: LesionConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Random black and white points for :func:`standardise` (``lc.stretch_jitter``): a served
     image's percentile stretch depends on its field of view. A chest radiograph cropped inside its
@@ -1018,17 +1037,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     final_members, _ = _members_of(cfg, pool)
     final_val, _ = _members_of(cfg, val_pool, validation=True)
     source = init_source(cfg, dense=True)
-    if source is not None:  # fine-tuning keeps the shipped model's input normalisation: its weights expect it
-        if source.input_spec.size != (side, side):
-            raise ValueError(f"init_from model {source.ref} takes {source.input_spec.size[0]} px inputs, the config's "
-                             f"lesions.input_size is {side}")
-        spec = source.input_spec
-        logger.info("fine-tuning from %s", source.ref)
-    else:
-        sample = torch.from_numpy(pool.images[final_members[:: max(1, len(final_members) // 256)]]
-                                  .astype(np.float32))[:, None]
-        stretched = standardise(sample, InputSpec(size=(side, side), mean=0.0, std=1.0))
-        spec = InputSpec(size=(side, side), mean=float(stretched.mean()), std=float(stretched.std()))
+    spec = dense_input_spec(cfg, pool.images, final_members)
     recipe = map_recipe(cfg)
     logger.info("pools ready: %d training, %d validation pictures (%.0f s)", len(pool), len(val_pool),
                 time.time() - started)

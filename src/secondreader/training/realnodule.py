@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -57,6 +58,7 @@ from .localisation import (
     _pool_folds,
     _save_pool,
     calibrate,
+    dense_input_spec,
     dense_metadata,
     fit_dense_network,
     map_recipe,
@@ -344,15 +346,8 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
     pool = build_real_pool(films, normals, lc, rc, cfg.seed)
     logger.info("%d JSRT films (%d with a real nodule), %d extra normal films, %d training pictures (%.0f s)",
                 len(films), sum(f.nodule is not None for f in films), len(normals), len(pool), time.time() - started)
-    sample = torch.from_numpy(pool.images[:: max(1, len(pool) // 256)].astype(np.float32))[:, None]
-    stretched = standardise(sample, InputSpec(size=(side, side), mean=0.0, std=1.0))
-    spec = InputSpec(size=(side, side), mean=float(stretched.mean()), std=float(stretched.std()))
+    spec = dense_input_spec(cfg, pool.images, np.arange(len(pool)))
     source = init_source(cfg, dense=True)
-    if source is not None:  # fine-tuning keeps the source model's input normalisation: its weights expect it
-        if source.input_spec.size != (side, side):
-            raise ValueError(f"init_from model {source.ref} takes {source.input_spec.size[0]} px inputs, the "
-                             f"config's lesions.input_size is {side}")
-        spec = source.input_spec
     digest = fit_digest(cfg, films, normals, f"{device.type} amp={amp}" + (
         f" init={hashlib.sha256(source.weights_path.read_bytes()).hexdigest()}" if source is not None else ""))
     run_dir = cfg.checkpoint_dir or Path("runs") / cfg.name
@@ -381,16 +376,19 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
 
     if todo:
         _save_pool(pool, pool_dir)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                 initargs=args) as executor:
-            futures = {executor.submit(_fit, f): f for f in todo}
-            for future, f in futures.items():
-                state = future.result()
-                state_file(f).write_text(json.dumps(state))  # kept at once, for --resume
-                if f is None:
-                    final = state
-                else:
-                    states[f] = state
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_worker, initargs=args) as executor:
+                futures = {executor.submit(_fit, f): f for f in todo}
+                for future, f in futures.items():
+                    state = future.result()
+                    state_file(f).write_text(json.dumps(state))  # kept at once, for --resume
+                    if f is None:
+                        final = state
+                    else:
+                        states[f] = state
+        finally:
+            shutil.rmtree(pool_dir, ignore_errors=True)  # the pictures' memory-mapped copy (hundreds of MB)
     # each fold's calibration and operating point from its saved validation scores, by the config's rule
     # now (a new rule re-scores the folds without refitting them)
     ordered = [{**states[f], "calibration": calibrate(Scored.from_json(states[f]["validation"]), cfg).to_json()}
