@@ -14,7 +14,8 @@ fold (its cross-validated figures are in its card) and on NIH no-finding films o
 patients; cxr-pneumonia-adult trained on NIH training patients only. The sets below are chosen so
 that each is unseen by the models it is read for:
 
-- ``jsrt-validation-fold``: JSRT films of cxr-nodule's validation fold (unseen by every model);
+- ``jsrt-validation-fold``: JSRT films of cxr-nodule's validation fold (never trained on, but that
+  fold chose cxr-nodule's operating point: its rates there are not unbiased);
 - ``jsrt-all``: all 163 JSRT films (unseen by the pneumonia models; cxr-nodule trained on most);
 - ``nih-test``: the NIH films of the test patients (unseen by every model).
 """

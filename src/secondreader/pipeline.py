@@ -42,7 +42,7 @@ from .outputs.provenance import Provenance, SeriesSettings
 from .preprocessing import GeometryRecord, prepare_frame, window_frame
 from .quarantine import Quarantine
 from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult, WrittenOutputs
-from .scoring.priority import FindingResult, Priority, Route, StudyStatus, prioritise
+from .scoring.priority import FindingResult, Priority, Route, StudyStatus, finding_score, prioritise
 
 __all__ = ["ParsedInput", "ScreeningOptions", "StudyOutputs", "display_frames", "parse_input", "run_study",
            "screen_inputs", "screen_paths", "screen_pixels"]
@@ -310,8 +310,8 @@ def screen_pixels(display: np.ndarray, predictors: Sequence[Predictor],
     running = options.running()
     frames = [_Frame("", 1, np.asarray(display, dtype=np.float32), None, windowed=True, invert=False,
                      out_of_scope=scope_reasons(None, running))]
-    return _predict(frames, running, _prepare(frames, running), explain=False,
-                    modes=[options.mode_of(p.card) for p in running])
+    return merge_shared_findings(_predict(frames, running, _prepare(frames, running), explain=False,
+                                          modes=[options.mode_of(p.card) for p in running]))
 
 
 _DICOM_KINDS = ("sc", "seg", "sr")
@@ -564,8 +564,10 @@ def _codes_out_of_scope(out_of_scope: Mapping[str, str], predictors: Sequence[Pr
 
 def merge_shared_findings(findings: Sequence[FindingResult]) -> list[FindingResult]:
     """One finding per code, where several models report it (their scopes are disjoint: see
-    :func:`~secondreader.model.card.check_shared_findings`): the applicable one (the most probable,
-    should a study mix patients), or, when none applies, one not-applicable finding giving every
+    :func:`~secondreader.model.card.check_shared_findings`): the applicable one, or, should a
+    study's images fall in two scopes (one image says 3 years, another gives no age), the one that
+    counts most for the route: routing before not, positive before negative, then the higher score
+    against its own operating point; when none applies, one not-applicable finding giving every
     model's reason. Codes keep the order of their first finding."""
     by_code: dict[str, list[FindingResult]] = {}
     for f in findings:
@@ -574,7 +576,8 @@ def merge_shared_findings(findings: Sequence[FindingResult]) -> list[FindingResu
     for same in by_code.values():
         applicable = [f for f in same if f.applicable]
         if applicable:
-            out.append(max(applicable, key=lambda f: f.probability or 0.0))
+            out.append(max(applicable, key=lambda f: (f.routes, f.positive,
+                                                      finding_score(f.probability or 0.0, f.operating_point))))
         elif len(same) == 1:
             out.append(same[0])
         else:

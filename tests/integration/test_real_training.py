@@ -13,7 +13,7 @@ import yaml
 from secondreader.cli import main
 from secondreader.model.card import load_card
 from secondreader.training.config import load_config
-from secondreader.training.realdata import jsrt_folds, load_jsrt, load_nih, nih_split
+from secondreader.training.realdata import jsrt_folds, load_jsrt, load_nih
 
 from ..conftest import ROOT
 
@@ -40,14 +40,22 @@ def test_jsrt_folds_hold_each_film_once_and_share_the_nodules(shared_data: Path)
     assert first.nodule[1] == pytest.approx((x + 0.5) / 16 - 0.5)
 
 
-def test_no_nih_patient_is_in_two_splits(shared_data: Path) -> None:
+def test_no_nih_patient_is_in_two_splits_and_the_nodule_model_sees_training_patients_only(shared_data: Path) -> None:
+    from secondreader.training.config import RealNoduleConfig
+    from secondreader.training.realdata import load_nih_splits
+    from secondreader.training.realnodule import load_normals
+
     films = load_nih(shared_data / "nih-pneumonia")
-    by_patient: dict[str, set[str]] = {}
-    for f in films:
-        by_patient.setdefault(f.patient_id, set()).add(nih_split(f.patient_id))
-    assert all(len(s) == 1 for s in by_patient.values())
-    counts = {s: sum(nih_split(f.patient_id) == s for f in films) for s in ("train", "val", "test")}
-    assert counts["train"] > counts["val"] > 50 and counts["test"] > 50
+    _, chosen = load_nih_splits(shared_data / "nih-pneumonia", 16)
+    patients = {split: {f.patient_id for f in part} for split, part in chosen.items()}
+    assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+    assert sum(len(part) for part in chosen.values()) == len(films)
+    assert len(chosen["train"]) > len(chosen["val"]) > 50 and len(chosen["test"]) > 50
+    # the nodule model's extra normal backgrounds: no-finding films of training patients only
+    normals = {name for name, _, _ in load_normals(RealNoduleConfig(normals_path=shared_data / "nih-pneumonia"), 16)}
+    by_stem = {Path(f.id).stem: f for f in films}
+    assert normals and all(by_stem[n].patient_id in patients["train"] and by_stem[n].label == 0 for n in normals)
 
 
 def _tiny(shared_data: Path, tmp_path: Path, name: str, update: dict) -> Path:  # type: ignore[type-arg]

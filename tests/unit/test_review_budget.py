@@ -54,3 +54,20 @@ def test_a_model_defaults_to_live_only_when_every_target_is_reached(tmp_path: Pa
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert scope_and_mode(load_config(path), {})["mode"] == {"default": "live", "reason": "no targets set"}
+
+
+def test_tied_normals_at_the_cut_do_not_push_the_flags_over_the_budget() -> None:
+    # 20 normals, four of them tied where the 90% cut falls: the point must go above the tie
+    negatives = np.asarray([0.0] * 16 + [1.0] * 4)
+    logits = np.concatenate([negatives, np.asarray([2.0, 3.0, 0.5])])
+    labels = np.concatenate([np.zeros(20, int), np.ones(3, int)])
+    _, p, op, _ = calibrate_on_validation(logits, labels, OperatingPointConfig(method="specificity",
+                                                                               specificity=0.9),
+                                          method="temperature")
+    assert (p[labels == 0] >= op).sum() <= 2 and (p[labels == 1] >= op).sum() == 2
+
+
+def test_a_missing_figure_never_meets_its_target() -> None:
+    cfg = load_config(ROOT / "training" / "configs" / "cxr-nodule.yaml")
+    assert scope_and_mode(cfg, {"study_auroc": float("nan"), "froc_1": 0.9})["mode"]["default"] == "shadow"
+    assert scope_and_mode(cfg, {"froc_1": 0.9})["mode"]["default"] == "shadow"

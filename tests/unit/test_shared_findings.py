@@ -51,3 +51,13 @@ def test_a_study_gets_the_code_once_from_the_model_that_applies() -> None:
     assert both_out[0].not_applicable_reason == ("cxr-pneumonia is validated on children aged 1-5 years; patient age "
                                                  "053Y; adult: patient age 010Y")
     assert merge_shared_findings([nodule]) == [nodule]
+
+
+def test_where_a_study_falls_in_both_scopes_the_finding_that_routes_wins() -> None:
+    """One image says 3 years (the children's model applies), another gives no age (the adults'
+    applies): the kept finding is the routing positive one, not merely the more probable."""
+    child = FindingResult("pneumonia", 0.6, 0.5, 0.9, "cxr-pneumonia@1", mode="live")
+    adult = FindingResult("pneumonia", 0.7, 0.9, 0.95, "cxr-pneumonia-adult@1", mode="live")
+    assert merge_shared_findings([adult, child]) == [child]
+    shadow = FindingResult("pneumonia", 0.99, 0.5, 0.9, "cxr-pneumonia-adult@1", mode="shadow")
+    assert merge_shared_findings([shadow, child]) == [child]

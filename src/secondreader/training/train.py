@@ -422,7 +422,11 @@ def calibrate_on_validation(logits: np.ndarray, labels: np.ndarray, op_cfg: Oper
         operating_point = youden_threshold(p, labels)
     elif op_cfg.method == "specificity":  # a review budget: at most 1 - specificity of the negatives flagged
         k = int(np.ceil(op_cfg.specificity * len(negatives) - 1e-9))
-        operating_point = float(negatives[k]) if k < len(negatives) else float(np.nextafter(negatives[-1], np.inf))
+        if k >= len(negatives) or (k > 0 and negatives[k] == negatives[k - 1]):
+            # above the k-th lowest negative: a tie at the cut must not flag more than the budget
+            operating_point = float(np.nextafter(negatives[min(k, len(negatives)) - 1], np.inf))
+        else:
+            operating_point = float(negatives[k])
     else:
         operating_point = threshold_for_sensitivity(p, labels, op_cfg.sensitivity)
     at_specificity = negatives[min(len(negatives) - 1, int(np.ceil(op_cfg.urgent_specificity * len(negatives))))]
@@ -438,7 +442,7 @@ def scope_and_mode(cfg: TrainConfig, achieved: dict[str, float]) -> dict[str, An
     """The bundle's ``scope`` (from the config) and default ``mode``: ``live`` when every one of the
     config's ``targets`` is reached by the ``achieved`` held-out figures, else ``shadow`` (a model
     without targets is live). The reason names each figure against its target."""
-    missed = [name for name, floor in cfg.targets.items() if achieved.get(name, float("-inf")) < floor]
+    missed = [name for name, floor in cfg.targets.items() if not achieved.get(name, float("-inf")) >= floor]
     parts = "; ".join(f"{name} {achieved.get(name, float('nan')):.3f} (target {floor:g})"
                       for name, floor in cfg.targets.items())
     reason = ("no targets set" if not cfg.targets else
