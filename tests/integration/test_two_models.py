@@ -34,7 +34,8 @@ def both_models(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     pneumonia finding is cxr-pneumonia's, not applicable (tests/integration/test_adult_screening.py
     screens with every shipped model)."""
     require((models_dir / "cxr-nodule" / "models" / "model.pt").is_file(),
-            "trained weights models/cxr-nodule are missing; run: secondreader train training/configs/cxr-nodule.yaml --into-models")
+            "trained weights models/cxr-nodule are missing; run: secondreader train "
+            "training/configs/cxr-nodule.yaml --into-models")
     two = tmp_path_factory.mktemp("two-models-dir")
     for name in ("cxr-pneumonia", "cxr-nodule"):
         (two / name).symlink_to(models_dir / name, target_is_directory=True)
