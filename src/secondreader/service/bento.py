@@ -21,6 +21,7 @@ with bentoml.importing():
     from secondreader.config import Settings
     from secondreader.dicom import gpu_decode
     from secondreader.dicom.scp import server_ssl_context, start_receiver
+    from secondreader.errors import ModelError
     from secondreader.logsafe import configure_logging, set_secret
     from secondreader.model.card import load_card
     from secondreader.model.dense import predictor_for
@@ -45,6 +46,15 @@ def _settings() -> Settings:
     return Settings()
 
 
+def _shipped(name: str) -> bentoml.models.BentoModel | None:
+    """A class-level reference to the shipped bundle ``name`` (so that ``bentoml build`` packs it),
+    or None where this models folder does not hold it (a site may ship fewer models)."""
+    try:
+        return bentoml.models.BentoModel(shipped_tag(name))
+    except ModelError:
+        return None
+
+
 v1 = build_app(lambda: bentoml.get_current_service().core,
                max_upload_bytes=lambda: _settings().max_upload_bytes())
 
@@ -64,9 +74,9 @@ _RESOURCES = {"gpu": 1}
 class SecondReader:
     """Screening over HTTP; the models are loaded once per worker, from the BentoML model store."""
 
-    pneumonia = bentoml.models.BentoModel(shipped_tag("cxr-pneumonia"))
-    pneumonia_adult = bentoml.models.BentoModel(shipped_tag("cxr-pneumonia-adult"))
-    nodule = bentoml.models.BentoModel(shipped_tag("cxr-nodule"))
+    pneumonia = _shipped("cxr-pneumonia")
+    pneumonia_adult = _shipped("cxr-pneumonia-adult")
+    nodule = _shipped("cxr-nodule")
 
     def __init__(self) -> None:
         settings = _settings()
