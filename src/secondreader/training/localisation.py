@@ -1007,7 +1007,7 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
     bundle (as an interruption would). ``folds_only`` evaluates the recipe and stops there: no
     final model and no bundle, the figures in ``<checkpoint_dir>/leave-one-out.json``. Returns the
     bundle's metadata, ``{"leave_one_out": figures}`` with ``folds_only``, or ``{}`` when stopped."""
-    from .train import device_uid_for
+    from .train import device_uid_for, write_bundle_weights
 
     lc = cfg.lesions
     if lc is None:
@@ -1134,11 +1134,8 @@ def train_localisation(cfg: TrainConfig, *, config_path: Path | None = None, res
         probs = cal.probability(study_logits(torch.from_numpy(maps)[:, None])[:, 0].astype(np.float64))
         metrics["real_lesion_backgrounds"] = {bg.id: round(float(p), 4) for bg, p in zip(real, probs, strict=True)}
 
-    weights_sha256 = hashlib.sha256(weights).hexdigest()
     out = cfg.output_dir
-    for sub in ("configs", "models", "docs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    (out / "models" / "model.pt").write_bytes(weights)
+    weights_sha256 = write_bundle_weights(out, weights)
     metadata = dense_metadata(cfg, spec, cal, metrics, device_uid_for(cfg.name, cfg.version, weights_sha256),
                               weights_sha256, config_path, time.time() - started,
                               [backgrounds[f].id for f in folds if f not in todo], hardware)

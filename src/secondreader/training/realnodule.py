@@ -75,6 +75,7 @@ from .train import (
     scope_and_mode,
     training_device,
     training_hardware,
+    write_bundle_weights,
 )
 
 logger = logging.getLogger(__name__)
@@ -423,11 +424,8 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
     review = nih_review_rate(network, cal, rc, lc, spec, cfg)
     if review is not None:
         metrics["nih_normal_review_rate"] = review
-    weights_sha256 = hashlib.sha256(weights).hexdigest()
     out = cfg.output_dir
-    for sub in ("configs", "models", "docs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    (out / "models" / "model.pt").write_bytes(weights)
+    weights_sha256 = write_bundle_weights(out, weights)
     metadata = dense_metadata(cfg, spec, cal, metrics, device_uid_for(cfg.name, cfg.version, weights_sha256),
                               weights_sha256, config_path, time.time() - started, [], hardware)
     sr = metadata["secondreader"]

@@ -150,6 +150,15 @@ def _state_dict_bytes(network: torch.nn.Module) -> bytes:
     return buffer.getvalue()
 
 
+def write_bundle_weights(out: Path, weights: bytes) -> str:
+    """Make a bundle's folders (configs, models, docs) under ``out`` and write its state dict to
+    ``models/model.pt``; returns the weights' SHA-256 (hex)."""
+    for folder in ("configs", "models", "docs"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    (out / "models" / "model.pt").write_bytes(weights)
+    return hashlib.sha256(weights).hexdigest()
+
+
 def device_uid_for(name: str, version: str, weights_sha256: str) -> str:
     """The model's Device UID: a ``2.25.`` UUID-derived UID from its name, version and weights, so
     it is the same whenever the same weights are produced and changes with every version.
@@ -373,13 +382,9 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
                                              operating_point, seed=cfg.seed).to_json()
 
     weights = _state_dict_bytes(network)
-    weights_sha256 = hashlib.sha256(weights).hexdigest()
-    device_uid = device_uid_for(cfg.name, cfg.version, weights_sha256)
     out = cfg.output_dir
-    (out / "configs").mkdir(parents=True, exist_ok=True)
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    (out / "docs").mkdir(parents=True, exist_ok=True)
-    (out / "models" / "model.pt").write_bytes(weights)
+    weights_sha256 = write_bundle_weights(out, weights)
+    device_uid = device_uid_for(cfg.name, cfg.version, weights_sha256)
 
     metadata = _metadata(cfg, spec, side, calibrator, operating_point, urgent_point, metrics, history,
                          device_uid, weights_sha256, config_path, time.time() - started,
