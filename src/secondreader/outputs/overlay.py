@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 from ..errors import OutputEncodingError
 from ..explain.regions import Region
 
-__all__ = ["BANNER", "LAYER_MAX_SIDE", "heat_colormap", "render_layer", "render_overlay", "write_png"]
+__all__ = ["BANNER", "LAYER_MAX_SIDE", "absolute_heat", "heat_colormap", "render_layer", "render_overlay",
+           "write_png"]
 
 BANNER = "AI result — second reader — not for primary diagnosis"
 MAX_SIDE = 1024
@@ -46,10 +47,46 @@ def heat_colormap(heat: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Region], *, title: str) -> Image.Image:
+#: The absolute scale of :func:`absolute_heat`: heat at this fraction of a finding's operating point
+#: starts to show, and is fully opaque from the operating point up; the colour bar spans
+#: [ABSOLUTE_LOW, ABSOLUTE_HIGH] times the operating point, so "high" means well over it.
+ABSOLUTE_LOW, ABSOLUTE_HIGH = 0.5, 1.5
+
+
+def absolute_heat(heats: Sequence[tuple[np.ndarray, float, float]]) -> np.ndarray:
+    """Heat on an absolute scale tied to each finding's operating point, for pictures a
+    radiologist reads at a glance (the Secondary Capture).
+
+    ``heats``: per finding, ``(heat, probability, operating_point)`` with ``heat`` (rows, cols)
+    its relative saliency. Each pixel's level is ``saliency / max(saliency) * probability /
+    operating_point`` (capped at ``ABSOLUTE_HIGH``): a negative finding (probability under its
+    point) never reaches the opaque range, so a negative study looks negative, while relative
+    saliency (:func:`render_overlay`'s default) would paint every study's hottest spot "high".
+    Returns the level mapped to [0, 1] over [ABSOLUTE_LOW, ABSOLUTE_HIGH] (0 below), the maximum
+    over findings; zeros when there is none.
+    """
+    out: np.ndarray | None = None
+    for heat, probability, operating_point in heats:
+        top = float(heat.max()) if heat.size else 0.0
+        if top <= 0 or operating_point <= 0:
+            level = np.zeros(heat.shape, dtype=np.float32)
+        else:
+            ratio = min(probability / operating_point, ABSOLUTE_HIGH)
+            level = np.clip(heat / top * ratio, 0.0, ABSOLUTE_HIGH).astype(np.float32)
+        out = level if out is None else np.maximum(out, level)
+    if out is None:
+        raise ValueError("absolute_heat needs at least one heatmap")
+    scaled: np.ndarray = np.clip((out - ABSOLUTE_LOW) / (ABSOLUTE_HIGH - ABSOLUTE_LOW), 0.0, 1.0)
+    return scaled
+
+
+def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Region], *, title: str,
+                   absolute: bool = False) -> Image.Image:
     """``display``: float32 (rows, cols) in [0, 1], bright bone; ``heat`` the same shape in [0, 1].
 
     Returns an RGB image at most ``MAX_SIDE`` pixels a side, with the banner and region boxes.
+    ``absolute``: ``heat`` comes from :func:`absolute_heat` (0.5 is a finding's operating point):
+    colour shows from 0 and is opaque from 0.5, and the legend marks the operating point.
     """
     if display.shape != heat.shape:
         raise ValueError(f"display {display.shape} and heat {heat.shape} must have the same shape")
@@ -64,7 +101,7 @@ def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Regi
         heat_img = heat_img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     grey = np.repeat(np.asarray(grey8, dtype=np.float32)[..., None], 3, axis=-1)
     heat = np.asarray(heat_img, dtype=np.float32)
-    alpha = _alpha(heat)[..., None] * 0.55
+    alpha = (_absolute_alpha(heat) if absolute else _alpha(heat))[..., None] * 0.55
     rgb = (grey * (1 - alpha) + heat_colormap(heat).astype(np.float32) * alpha).astype(np.uint8)
     image = Image.fromarray(rgb, mode="RGB")
     draw = ImageDraw.Draw(image)
@@ -75,7 +112,7 @@ def render_overlay(display: np.ndarray, heat: np.ndarray, regions: Sequence[Regi
     draw.rectangle([0, 0, size[1], banner_h], fill=(0, 0, 0))
     # The bundled bitmap font has no em dash: the burned-in text uses hyphens.
     draw.text((4, 2), f"{BANNER.replace(chr(0x2014), '-')} | {title}", fill=(255, 255, 0), font=_FONT)
-    _legend(image, draw)
+    _legend(image, draw, absolute=absolute)
     return image
 
 
@@ -85,6 +122,13 @@ _FONT = ImageFont.load_default()
 def _alpha(heat: np.ndarray) -> np.ndarray:
     """Opacity of the heat colour: none below 0.2, full from 0.8 (float, same shape as ``heat``)."""
     alpha: np.ndarray = np.clip((heat - 0.2) / 0.6, 0.0, 1.0)
+    return alpha
+
+
+def _absolute_alpha(heat: np.ndarray) -> np.ndarray:
+    """Opacity on the absolute scale: none at 0 (half the operating point), full from 0.5 (the
+    operating point)."""
+    alpha: np.ndarray = np.clip(heat / 0.5, 0.0, 1.0)
     return alpha
 
 
@@ -112,8 +156,9 @@ def render_layer(heat: np.ndarray) -> Image.Image:
     return Image.fromarray(rgba, mode="RGBA")
 
 
-def _legend(image: Image.Image, draw: ImageDraw.ImageDraw) -> None:
-    """A colour bar (bottom right): low to high saliency."""
+def _legend(image: Image.Image, draw: ImageDraw.ImageDraw, *, absolute: bool = False) -> None:
+    """A colour bar (bottom right): low to high saliency, or on the absolute scale half the
+    operating point, the operating point (the middle) and 1.5 times it."""
     width, height = image.size
     bar_w, bar_h = max(40, width // 6), 10
     x0, y0 = width - bar_w - 8, height - bar_h - 20
@@ -122,6 +167,13 @@ def _legend(image: Image.Image, draw: ImageDraw.ImageDraw) -> None:
     ramp = heat_colormap(np.linspace(0.0, 1.0, bar_w)[None, :].repeat(bar_h, axis=0))
     image.paste(Image.fromarray(ramp, mode="RGB"), (x0, y0))
     draw.rectangle([x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h], outline=(255, 255, 255))
+    if absolute:
+        middle = x0 + bar_w // 2
+        draw.line([middle, y0 - 3, middle, y0 + bar_h + 2], fill=(255, 255, 255))
+        draw.text((x0, y0 + bar_h + 1), "neg", fill=(255, 255, 255))
+        draw.text((middle - 6, y0 + bar_h + 1), "op", fill=(255, 255, 255))
+        draw.text((x0 + bar_w - 18, y0 + bar_h + 1), "pos", fill=(255, 255, 255))
+        return
     draw.text((x0, y0 + bar_h + 1), "low", fill=(255, 255, 255))
     draw.text((x0 + bar_w - 24, y0 + bar_h + 1), "high", fill=(255, 255, 255))
 

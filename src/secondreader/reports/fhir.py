@@ -5,7 +5,7 @@ Identifiers: the Study Instance UID from an identifier with system ``urn:dicom:u
 identifier typed ``ACSN`` (HL7 v2 table 0203) on the report, a contained ``ServiceRequest`` or
 ``ImagingStudy``. Text: ``conclusion``, then ``presentedForm`` attachments in ``text/plain``, then
 the narrative (``text.div``) without its markup. ``conclusionCode`` SNOMED CT codes for the
-findings the models know count as structured "present" labels.
+findings the models know (:mod:`secondreader.vocabulary`) count as structured "present" labels.
 """
 
 from __future__ import annotations
@@ -18,19 +18,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import InvalidReportError
+from ..vocabulary import finding_for_snomed
 from .firstread import ReportIn
 from .labeler import Label
 
 __all__ = ["report_from_fhir"]
 
-#: SNOMED CT concepts → finding codes (a conclusionCode with one of these means "present").
-SNOMED_FINDINGS = {
-    "233604007": "pneumonia",  # Pneumonia (disorder)
-    "95436008": "pneumonia",  # Lung consolidation (disorder)
-    "427359005": "nodule",  # Solitary nodule of lung (disorder)
-    "786838002": "nodule",  # Pulmonary nodule (finding)
-    "126713003": "nodule",  # Mass of lung (finding)
-}
 _UNUSABLE = {"cancelled", "entered-in-error"}
 _TAGS = re.compile(r"<[^>]*>")
 
@@ -97,6 +90,7 @@ def report_from_fhir(body: object) -> ReportIn:
     for concept in _list(body.get("conclusionCode")):
         codings = _list(concept.get("coding")) if isinstance(concept, Mapping) else []
         for coding in codings:
-            if isinstance(coding, Mapping) and str(coding.get("code")) in SNOMED_FINDINGS:
-                labels[SNOMED_FINDINGS[str(coding.get("code"))]] = Label.PRESENT
+            finding = finding_for_snomed(str(coding.get("code"))) if isinstance(coding, Mapping) else None
+            if finding is not None:
+                labels[finding] = Label.PRESENT
     return ReportIn(study_uid, accession, "\n".join(parts), labels, "fhir")

@@ -3,6 +3,8 @@
 Identifiers: the Study Instance UID from a ``ZDS`` segment (IHE) or an OBX whose observation is
 DCM 113014 "Study Instance UID"; the Accession Number from OBR-18 (placer field 1, IHE), else the
 filler order number OBR-3. Report text: the TX/FT/ST OBX values (and NTE comments), in order.
+A coded OBX (CE, CWE or CNE) whose value is a SNOMED CT code the vocabulary accepts for a finding
+(:mod:`secondreader.vocabulary`) is a structured "present" label for that finding.
 
 Segment separators are normalised to ``\\r`` before parsing: a message split by ``\\n`` would
 otherwise parse as a single segment.
@@ -20,13 +22,17 @@ import hl7
 from hl7.mllp import start_hl7_server
 
 from ..errors import InvalidReportError, SecondReaderError
+from ..vocabulary import finding_for_snomed
 from .firstread import ReportIn
+from .labeler import Label
 
 __all__ = ["Hl7Listener", "ack", "parse_message", "report_from_oru", "split_messages"]
 
 logger = logging.getLogger(__name__)
 
 _TEXT_TYPES = {"TX", "FT", "ST", "CF"}
+_CODED_TYPES = {"CE", "CWE", "CNE"}
+_SNOMED_SYSTEMS = {"SCT", "SNM", "SNOMED", "SNOMEDCT", "SNOMED CT", "2.16.840.1.113883.6.96"}
 _STUDY_UID_CODES = {"113014", "STUDY INSTANCE UID", "STUDYINSTANCEUID"}
 _MLLP_FRAME = str.maketrans({"\x0b": None, "\x1c": None})
 _MAX_MESSAGE_CHARS = 1_000_000
@@ -96,6 +102,7 @@ def report_from_oru(message: hl7.Message) -> ReportIn:
         if str(segment[0]).strip() == "ZDS":
             study_uid = _component(segment, 1) or study_uid
     lines: list[str] = []
+    labels: dict[str, Label] = {}
     for segment in message:
         name = str(segment[0]).strip()
         if name == "OBX":
@@ -108,8 +115,13 @@ def report_from_oru(message: hl7.Message) -> ReportIn:
             status = _field(segment, 11).upper()
             if status in ("X", "D", "W"):  # cancelled, deleted, wrong: not part of the report
                 continue
-            if _field(segment, 2).upper() in _TEXT_TYPES and value:
+            kind = _field(segment, 2).upper()
+            if kind in _TEXT_TYPES and value:
                 lines.append(value.replace("~", "\n").replace("\r", "\n"))
+            elif kind in _CODED_TYPES:
+                finding = _coded_finding(value)
+                if finding is not None:
+                    labels[finding] = Label.PRESENT
         elif name == "NTE":
             note = message.unescape(_field(segment, 3))
             if note:
@@ -117,7 +129,19 @@ def report_from_oru(message: hl7.Message) -> ReportIn:
     if study_uid is not None and not re.fullmatch(r"[0-9.]{1,64}", study_uid):
         raise InvalidReportError("ORU^R01 message has a malformed Study Instance UID")
     text = "\n".join(lines)
-    return ReportIn(study_uid, accession, text, source="hl7")
+    return ReportIn(study_uid, accession, text, labels, source="hl7")
+
+
+def _coded_finding(value: str) -> str | None:
+    """The finding a coded OBX value (``code^text^system``, repetitions by ``~``) names, if any."""
+    for repetition in value.split("~"):
+        parts = repetition.split("^")
+        system = parts[2].strip().upper() if len(parts) > 2 else ""
+        if system in _SNOMED_SYSTEMS:
+            finding = finding_for_snomed(parts[0])
+            if finding is not None:
+                return finding
+    return None
 
 
 def ack(message: hl7.Message | None, code: str, text: str = "") -> bytes:
