@@ -347,13 +347,13 @@ def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[Fi
     finding has a heatmap on the instance (none where every model was not applicable to it)."""
     provenance = Provenance(tuple(p.card for p in predictors), series)
     written = []
-    for frame in _dicom_frames(frames):
+    for number, frame in enumerate(_dicom_frames(frames), start=1):
         assert frame.dataset is not None
-        mine = [RegionOutput(r.region_id, r.region, frame.probabilities.get(r.region.finding, 0.0))
+        mine = [RegionOutput(r.region_id, r.region, r.score)
                 for r in regions if r.sop_instance_uid == frame.sop_instance_uid]
         instance_findings = [_instance_finding(frame, f) for f in findings]
         outputs = build_outputs(frame.dataset, display=frame.display, heats=frame.heat, findings=instance_findings,
-                                regions=mine, priority=priority, provenance=provenance)
+                                regions=mine, priority=priority, provenance=provenance, instance_number=number)
         for kind, dataset in outputs.items():
             relative = _dicom_path(study_uid, frame, kind)
             target = out_dir / relative
