@@ -222,6 +222,27 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_evaluate_labeler(args: argparse.Namespace, settings: Settings) -> int:
+    from .reports.evaluate import evaluate, format_text, meets_targets, part_of, read_openi
+
+    try:
+        reports = read_openi(args.reports)
+        if args.part != "all":
+            reports = [r for r in reports if part_of(r.report_id) == args.part]
+        summary = evaluate(reports, args.finding or None)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        logger.error("%s", exc)
+        return 2
+    summary["part"] = args.part
+    if args.format == "json":
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        sys.stdout.write(format_text(summary, title=f"{args.reports.name}, part {args.part}"))
+    if args.check_targets and not all(meets_targets(summary).values()):
+        return 1
+    return 0
+
+
 def _cmd_export_reviews(args: argparse.Namespace, settings: Settings) -> int:
     from .store import Store
     from .worklist import Worklist
@@ -347,6 +368,19 @@ def _parser() -> argparse.ArgumentParser:
                                "method, fitted on the data's val split (the bundle's operating-point rule applied "
                                "there): compare calibrations without retraining")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    labeler = sub.add_parser("evaluate-labeler", help="measure the report labeler against the expert MeSH coding "
+                             "of OpenI chest X-ray reports: sensitivity, specificity, confusion, the sentences behind "
+                             "each error")
+    labeler.add_argument("reports", type=Path, metavar="REPORTS", help="the OpenI XML reports: a .tgz or a folder")
+    labeler.add_argument("--finding", action="append", default=[], metavar="CODE",
+                         help="finding code (repeatable; default every finding with a MeSH mapping)")
+    labeler.add_argument("--part", choices=["all", "tune", "check"], default="all",
+                         help="check: one report in three by a hash of its id (a hold-out); tune: the others")
+    labeler.add_argument("--format", choices=["text", "json"], default="text")
+    labeler.add_argument("--check-targets", action="store_true",
+                         help="exit 1 when a finding misses its sensitivity or specificity target")
+    labeler.set_defaults(func=_cmd_evaluate_labeler)
 
     export = sub.add_parser("export-reviews", help="write radiologists' verdicts as a training manifest (CSV)")
     export.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
