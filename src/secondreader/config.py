@@ -54,7 +54,19 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="HTTP bind address")
     http_port: int = Field(3000, description="HTTP port")
     hl7_port: int = Field(2575, description="HL7 v2 MLLP port")
-    secret: str | None = Field(None, description="Key for pseudonymous study keys in logs")
+    secret: str | None = Field(None, description="Key for pseudonymous study keys in logs; default: generated "
+                               "once and kept in home (SQLite), or in the shared store (PostgreSQL), so every "
+                               "replica uses the same one")
+    storage_url: str | None = Field(
+        None, description="Where the spool, received instances and artefacts live: a local folder (default: home), "
+        "or s3://bucket/prefix shared by replicas (needs the s3 extra: pip install 'secondreader[s3]')")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, Ceph RGW, SeaweedFS); credentials from the standard "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION; default: the client's own (AWS)")
+    lease_seconds: float = Field(60.0, ge=3, le=3600, description="How long a replica's claim on a job or an "
+                                 "outbox row holds unless renewed; after that any replica takes the work over")
+    poll_seconds: float = Field(1.0, gt=0, le=60, description="How often a replica renews its leases, looks for "
+                                "stable received studies, and, when idle, claims queued or abandoned jobs")
     max_upload_mb: int = Field(512, ge=1, description="Size limit in MiB of an HTTP upload and of one C-STORE "
                                "data set (a larger one aborts its association)")
     max_image_pixels: int = Field(
@@ -92,6 +104,22 @@ class Settings(BaseSettings):
         ):
             raise ValueError(f"SECONDREADER_DEVICE must be auto, cpu, cuda or cuda:N, not {value!r}")
         return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str | None) -> str | None:
+        if value and "://" in value and not value.startswith(("s3://", "file://")):
+            raise ValueError("SECONDREADER_STORAGE_URL must be a local folder or s3://bucket/prefix")
+        if value and value.startswith("s3://") and len(value.rstrip("/")) <= 5:
+            raise ValueError("SECONDREADER_STORAGE_URL s3:// needs a bucket: s3://bucket or s3://bucket/prefix")
+        return value
+
+    @model_validator(mode="after")
+    def _check_leases(self) -> Settings:
+        if self.poll_seconds * 3 > self.lease_seconds:
+            raise ValueError("SECONDREADER_LEASE_SECONDS must be at least three SECONDREADER_POLL_SECONDS "
+                             "(leases are renewed while polling)")
+        return self
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

@@ -16,6 +16,7 @@ only at the boundaries from this hierarchy::
     │   └── OutputEncodingError      writing results (PNG, DICOM outputs)
     └── InfrastructureError          systems we depend on
         ├── StoreError
+        ├── StorageError             the spool and artefact storage (a folder, an S3 bucket)
         └── PacsError
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "PacsError",
     "ProcessingError",
     "SecondReaderError",
+    "StorageError",
     "StoreError",
     "UnsupportedImageError",
 ]
@@ -89,6 +91,10 @@ class StoreError(InfrastructureError):
 class StoreConflictError(StoreError):
     """A transaction lost a race with another one (a duplicate key, a lock or a serialisation
     failure): running it again sees the other's work."""
+
+
+class StorageError(InfrastructureError):
+    """The storage of the spool and artefacts (a local folder or an S3 bucket) failed."""
 
 
 class PacsError(InfrastructureError):

@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,21 +172,3 @@ def test_worklist_reviews_instance_and_manifest(client: TestClient, rg1: dict[st
     manifest = client.get("/reviews/manifest.csv", headers=AUTH)
     rows = list(csv.DictReader(io.StringIO(manifest.text)))
     assert any(r["region_id"] == region and r["pneumonia"] == "1" and Path(r["path"]).is_file() for r in rows)
-
-
-def test_uploads_someone_waits_on_go_before_received_studies(tmp_path: Path, pneumonia_predictor) -> None:  # type: ignore[no-untyped-def]
-    store = Store(f"sqlite:///{tmp_path / 'sr.db'}")
-    store.migrate()
-    core = ScreeningService(store, [pneumonia_predictor], home=tmp_path, max_image_pixels=64_000_000, workers=1)
-    order: list[str] = []
-    core._run_job = order.append  # type: ignore[method-assign]
-    gate = threading.Event()
-    try:
-        core._executor.submit(gate.wait)  # the only worker is busy
-        for job in ("received-1", "received-2"):
-            core._enqueue(job, waited_on=False)
-        core._enqueue("upload-1")
-        gate.set()
-    finally:
-        core.close()
-    assert order == ["upload-1", "received-1", "received-2"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -32,9 +33,10 @@ with bentoml.importing():
     from secondreader.service.access import install_access_log_filter
     from secondreader.service.auth import ApiKeyMiddleware, FailedAuthLimiter, parse_keys
     from secondreader.service.batcher import BatchingPredictor
-    from secondreader.service.core import ScreeningService, Upload
+    from secondreader.service.core import Leases, ScreeningService, Upload
     from secondreader.service.http import build_app
     from secondreader.service.modelstore import import_bundles, shipped_tag
+    from secondreader.service.storage import open_storage
     from secondreader.store import Store
     from secondreader.viewer import viewer_app
     from secondreader.worklist import load_rules
@@ -83,9 +85,14 @@ class SecondReader:
         configure_logging(os.environ.get("SECONDREADER_LOG_LEVEL", "INFO"))
         gpu_decode.configure(settings.gpu_decode)  # JPEG 2000 on the GPU where nvImageCodec and CUDA are
         install_access_log_filter()
-        set_secret(settings.resolved_secret())
         store = Store(settings.resolved_database_url())
-        store.migrate()
+        store.migrate()  # under an advisory lock on PostgreSQL: replicas starting together take turns
+        set_secret(self._secret(settings, store))
+        storage = open_storage(settings.storage_url, home=settings.home, endpoint_url=settings.s3_endpoint_url)
+        storage.check()  # a wrong URL or key stops the start, not the first C-STORE
+        if store.backend != "sqlite" and not storage.shared:
+            logger.warning("the store is shared (%s) but the spool and artefacts are on this machine: replicas "
+                           "need SECONDREADER_STORAGE_URL=s3://bucket/prefix", store.backend)
         # `secondreader serve` imports the bundles of SECONDREADER_MODELS_DIR into the model store
         # before BentoML starts (BentoML checks class-level model references at start-up); here the
         # import is a no-op check that also covers other bundles in that folder. Every model is
@@ -105,9 +112,12 @@ class SecondReader:
                                      workers=settings.screen_workers, encode_workers=settings.encode_workers,
                                      pacs_destination=settings.pacs_destination,
                                      calling_ae=settings.dicom_ae_title, series=settings.output_series(),
-                                     routing=load_rules(settings.routing_rules), modes=modes)
+                                     routing=load_rules(settings.routing_rules), modes=modes,
+                                     storage=storage, leases=Leases(lease_seconds=settings.lease_seconds,
+                                                                    poll_seconds=settings.poll_seconds))
         self.core.resume_unfinished()
         self.core.start_background(stable_seconds=settings.study_stable_seconds)
+        self.core.refresh_metrics()
         allowed = [a.strip() for a in settings.dicom_allowed_aes.split(",")]
         if "*" in allowed and not is_loopback(settings.host):
             raise RuntimeError("SECONDREADER_DICOM_ALLOWED_AES must list calling AE titles off loopback")
@@ -122,6 +132,17 @@ class SecondReader:
         self.hl7.start()
         if os.environ.get("SECONDREADER_SCREEN_SAMPLES") == "1":
             threading.Thread(target=self._screen_samples, daemon=True).start()
+
+    @staticmethod
+    def _secret(settings: Settings, store: Store) -> bytes:
+        """The log-pseudonym key: the setting; else, with a store replicas share, one kept in that
+        store (the first replica makes it), so study keys agree across replicas; else one kept in
+        home."""
+        if settings.secret:
+            return settings.secret.encode()
+        if store.backend != "sqlite":
+            return store.shared_setting("pseudonym_secret", lambda: secrets.token_hex(32)).encode()
+        return settings.resolved_secret()
 
     def _first_read(self, report: ReportIn) -> None:
         self.core.worklist.add_report(report, actor="hl7")

@@ -1,29 +1,31 @@
-"""``ScreeningService``: uploads → spool → jobs in the store → the pipeline → results in the store.
+"""``ScreeningService``: uploads and received studies → the shared spool → jobs in the store → the
+pipeline → results in the store → outputs in the storage → the PACS.
 
-Framework-free (the HTTP layer and the BentoML service wrap it). Uploads are written to the spool
-with fsync and their job recorded in the store *before* the caller hears back, so a job that was
-accepted survives a restart: unfinished jobs are resumed at start-up.
+Framework-free (the HTTP layer and the BentoML service wrap it), and one of several replicas that
+may share one store and one storage. It composes the pieces, each in its own module:
+
+- :mod:`.storage` and :mod:`.spool`: uploads and received instances are written durably (fsync'd
+  files, or S3 objects) and their job or instance recorded in the store *before* the caller hears
+  back, so nothing accepted is lost to a restart or to the loss of a replica;
+- :mod:`.jobs`: jobs claimed with leases, renewed while they run; any replica takes over a job whose
+  lease lapsed, and idle replicas poll for queued work;
+- :mod:`.inbound`: received instances assembled into one study per UID, whichever replica got them,
+  and screened once stable;
+- :mod:`.outbox`: outputs delivered to the PACS, one claimed row at a time, with per-row back-off
+  and a dead letter.
 
 Output encoding is off the request path: a job's results are recorded and answered as soon as its
 studies are screened (``artifacts.status`` "pending"); encoder threads then write the overlays and
-DICOM outputs, record them, queue them for the PACS, and only then mark the job done. A job killed
-in between is unfinished, so its restart screens it again and writes them.
+DICOM outputs, store them, queue them for the PACS, and only then mark the job done. A job killed
+in between is unfinished, so whoever takes it over screens it again and writes them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-import itertools
 import logging
-import os
-import re
-import shutil
 import socket
 import threading
 import time
-import uuid
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -33,63 +35,44 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from ..dicom.io import sniff_non_dicom
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, StorageError
 from ..logsafe import study_key
 from ..model.modes import ModelMode
 from ..model.predictor import Predictor
-from ..outputs.provenance import SeriesSettings, is_own_result
+from ..outputs.provenance import SeriesSettings
 from ..pipeline import ScreeningOptions, screen_paths
 from ..quarantine import Quarantine
-from ..results import DeferredOutputs
+from ..results import DeferredOutputs, WrittenOutputs
 from ..store import JobRecord, Store
+from ..store.models import Instance
 from ..worklist import RoutingRules, Worklist
 from . import metrics
+from .inbound import InboundAssembly
+from .jobs import JobQueue
+from .outbox import OutboxDelivery
+from .spool import Spool, Upload, has_dicom, safe_name
+from .storage import LocalStorage, Storage
 
-__all__ = ["ScreeningService", "Upload", "has_dicom", "safe_name"]
+__all__ = ["Leases", "ScreeningService", "Upload", "has_dicom", "safe_name"]
 
 logger = logging.getLogger(__name__)
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
 
 @dataclass(frozen=True, slots=True)
-class Upload:
-    """One uploaded file: the client's file name (reduced to a safe base name) and its bytes."""
+class Leases:
+    """How replicas share work: a claim holds ``lease_seconds`` unless renewed; idle replicas poll
+    every ``poll_seconds``; a queued job is left to the replica that queued it for
+    ``grace_seconds`` first."""
 
-    name: str
-    data: bytes
+    lease_seconds: float = 60.0
+    poll_seconds: float = 1.0
+    grace_seconds: float = 2.0
 
-
-def safe_name(name: str | None, index: int) -> str:
-    """A file name without folders, odd characters or leading dots (never empty)."""
-    base = os.path.basename((name or "").replace("\\", "/"))
-    base = _UNSAFE.sub("_", base).lstrip("._")[:120]
-    return base or f"upload-{index:04d}"
-
-
-def _is_dicom(head: bytes) -> bool:
-    return len(head) >= 132 and head[128:132] == b"DICM"
-
-
-def has_dicom(upload: Upload) -> bool:
-    """Whether the upload is a DICOM Part 10 file, or a zip holding at least one."""
-    if _is_dicom(upload.data[:132]):
-        return True
-    if upload.data[:4] != b"PK\x03\x04":
-        return False
-    import io
-
-    try:
-        with zipfile.ZipFile(io.BytesIO(upload.data)) as archive:
-            for info in archive.infolist()[:10_000]:
-                if info.is_dir() or info.file_size < 132:
-                    continue
-                with archive.open(info) as member:
-                    if _is_dicom(member.read(132)):
-                        return True
-    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError):
-        return False
-    return False
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0 or self.poll_seconds <= 0 or self.grace_seconds < 0:
+            raise ValueError("lease_seconds and poll_seconds must be positive, grace_seconds not negative")
+        if self.poll_seconds * 3 > self.lease_seconds:
+            raise ValueError("lease_seconds must be at least three poll_seconds (leases are renewed while polling)")
 
 
 class ScreeningService:
@@ -99,24 +82,31 @@ class ScreeningService:
                  workers: int = 4, pacs_destination: str | None = None, calling_ae: str = "SECONDREADER",
                  series: SeriesSettings | None = None, routing: RoutingRules | None = None,
                  worker_id: str | None = None, encode_workers: int | None = None,
-                 modes: Mapping[str, ModelMode] | None = None) -> None:
+                 modes: Mapping[str, ModelMode] | None = None, storage: Storage | None = None,
+                 leases: Leases | None = None) -> None:
         self.store = store
         self.worklist = Worklist(store, routing)
-        # who claims jobs in a shared store (stable across restarts of this process, so a job it was
-        # running when killed is taken again by its restart)
+        # who claims jobs and outbox rows in a shared store (stable across restarts of this process,
+        # so a job it was running when killed is taken again at once by its restart; any other
+        # replica takes it once its lease lapsed)
         self.worker_id = (worker_id or socket.gethostname())[:64]
         self.predictors = list(predictors)
         self.home = home
-        self.spool = home / "spool"
-        self.artifacts = home / "artifacts"
-        self.spool.mkdir(parents=True, exist_ok=True)
+        self.storage = storage if storage is not None else LocalStorage(home)
+        self.spool = Spool(self.storage, home / "work")
+        # Outputs are written here; with shared storage this is a local copy, stored once written.
+        self.artifacts = (self.storage.root if isinstance(self.storage, LocalStorage) else home) / "artifacts"
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.quarantine = Quarantine(home / "quarantine")
+        self.inbound = InboundAssembly(store, self.spool)
+        self.leases = leases or Leases()
         self.options = ScreeningOptions(predictors=self.predictors, max_pixels=max_image_pixels,
                                         out_dir=self.artifacts, series=series or SeriesSettings(),
                                         quarantine=self.quarantine, quarantine_channel="job",
                                         defer_outputs=True, modes=dict(modes or {}))
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="screen")
+        self.jobs = JobQueue(store, self._run_job, worker_id=self.worker_id, workers=workers,
+                             lease_seconds=self.leases.lease_seconds, poll_seconds=self.leases.poll_seconds,
+                             grace_seconds=self.leases.grace_seconds)
         # Overlays and DICOM outputs are encoded here, after the job's answer. A screened job holds
         # its decoded images and heatmaps (about 50 MB for a 2k CR with two models) until its outputs
         # are written, so no job waits for a free encoder: a screening worker that would queue one
@@ -128,29 +118,25 @@ class ScreeningService:
         self._outputs_pending: dict[str, threading.Event] = {}  # study UID -> set when its outputs are written
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
-        self._queued = 0
-        # Jobs waiting for a worker: (priority, arrival, job id). Someone waiting on an HTTP answer
-        # (priority 0) goes before received and resumed studies (1), which would otherwise keep
-        # interactive uploads behind a whole DICOM backlog.
-        self._pending: list[tuple[int, int, str]] = []
-        self._arrivals = itertools.count()
         self.pacs_destination = pacs_destination
         self.calling_ae = calling_ae
+        self.outbox = OutboxDelivery(store, self.storage, worker=self.worker_id, calling_ae=calling_ae,
+                                     lease_seconds=self.leases.lease_seconds)
         self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._blocked: dict[str, float] = {}  # destination -> monotonic time before which it is not retried
+        self._delivery: threading.Thread | None = None
+        self._background = False
         self.ready = True
 
     # -- submitting ---------------------------------------------------------------------------
     def submit(self, uploads: Sequence[Upload]) -> str:
-        """Spool ``uploads`` (fsync), record the job, queue it; returns the job id.
+        """Spool ``uploads`` (durably), record the job, queue it; returns the job id.
 
         Raises
         ------
         InvalidInputError
             When nothing in the upload is DICOM (nothing is queued then).
-        StoreError
-            When the job cannot be recorded (the spooled files are removed again).
+        StorageError, StoreError
+            When the files cannot be kept or the job cannot be recorded (nothing is kept then).
         """
         if not uploads:
             raise InvalidInputError("the upload holds no files")
@@ -162,64 +148,42 @@ class ScreeningService:
             for upload in uploads:
                 self.quarantine.keep(upload.data, reason=reason, channel="http", kind="upload")
             raise InvalidInputError(reason)
-        job_dir = self.spool / uuid.uuid4().hex
-        for index, upload in enumerate(uploads):
-            target = job_dir / f"{index:04d}" / safe_name(upload.name, index)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb") as fh:
-                fh.write(upload.data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        _fsync_dir(job_dir)
+        folder = self.spool.write_upload(uploads)
         try:
-            job_id = self.store.create_job(job_dir)
+            job_id = self.store.create_job(folder)
         except Exception:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            self.spool.remove(folder)
             raise
-        self._enqueue(job_id)
+        with self._lock:
+            self._events.setdefault(job_id, threading.Event())
+        self.jobs.enqueue(job_id, urgent=True)
         return job_id
 
     def resume_unfinished(self) -> int:
-        """Queue the jobs a previous run accepted but did not finish; returns how many."""
+        """Queue the jobs a previous run accepted but did not finish; returns how many. Those
+        another live replica holds are left to it (their claims fail here)."""
         jobs = self.store.unfinished_jobs()
         for job in jobs:
-            self._enqueue(job.id, interactive=False)  # behind uploads someone is waiting on now
+            self.jobs.enqueue(job.id)  # behind uploads someone is waiting on now
         if jobs:
             logger.info("resumed %d unfinished job(s)", len(jobs))
         return len(jobs)
 
-    def _enqueue(self, job_id: str, *, waited_on: bool = True, interactive: bool | None = None) -> None:
-        """Queue a job; ``waited_on`` jobs (HTTP uploads) get an event :meth:`wait` can block on.
-        ``interactive`` jobs (by default the waited-on ones) run before the others."""
-        with self._lock:
-            if waited_on:
-                self._events.setdefault(job_id, threading.Event())
-            self._queued += 1
-            metrics.queue_depth(self._queued)
-            urgent = waited_on if interactive is None else interactive
-            heapq.heappush(self._pending, (0 if urgent else 1, next(self._arrivals), job_id))
-        self._executor.submit(self._run_next)
-
-    def _run_next(self) -> None:
-        """One worker turn: the most urgent pending job (each submission adds exactly one)."""
-        with self._lock:
-            _priority, _arrival, job_id = heapq.heappop(self._pending)
-        self._run_job(job_id)
-
     # -- running ------------------------------------------------------------------------------
-    def _run_job(self, job_id: str) -> None:
-        with self._lock:
-            self._queued -= 1
-            metrics.queue_depth(self._queued)
+    def _run_job(self, job: JobRecord) -> None:
+        """A screening thread, with ``job`` claimed: screen it, record its results, hand its
+        outputs to an encoder."""
+        job_id = job.id
         encoding = False
         deferred: list[tuple[str, DeferredOutputs]] = []
         try:
-            job = self.store.get_job(job_id)
-            if job is None or not self.store.claim_job(job_id, self.worker_id):
-                return  # gone, or another worker sharing the store runs it
+            local = self.spool.stage(job_id, job.spool_dir)
+            if not local.exists() or not any(p.is_file() for p in local.rglob("*")):
+                # never "done with no study": what was accepted must not vanish unnoticed
+                raise FileNotFoundError("the job's spooled files are gone")
             study_uids: list[str] = []
             unreadable: list[dict[str, Any]] = []
-            for result in screen_paths([Path(job.spool_dir)], self.options):
+            for result in screen_paths([local], self.options):
                 data = result.to_json()
                 metrics.study_done(data)
                 if result.study_instance_uid is None:
@@ -231,12 +195,16 @@ class ScreeningService:
                         self._outputs_pending.setdefault(uid, threading.Event())
                         metrics.outputs_pending(len(self._outputs_pending))
                     deferred.append((uid, result.outputs))
-                self.worklist.record_result(data, accession_number=result.accession_number, files=result.files,
+                files = {sop: (self.spool.local_ref(job_id, job.spool_dir, path), member)
+                         for sop, (path, member) in (result.files or {}).items()}
+                self.worklist.record_result(data, accession_number=result.accession_number, files=files,
                                             job_id=job_id)
                 study_uids.append(uid)
                 logger.info("job %s: study %s %s", job_id[:8], study_key(uid), result.status.value)
             if deferred:
-                # answer whoever waits now; the job is done once its outputs are written
+                # answer whoever waits now (here, and on every replica through the store); the job is
+                # done once its outputs are written
+                self.store.answer_job(job_id, self.worker_id, study_uids=study_uids, unreadable=unreadable)
                 with self._lock:
                     self._answers[job_id] = (study_uids, unreadable)
                 self._answered(job_id, keep=True)
@@ -244,36 +212,62 @@ class ScreeningService:
                 self._encoder.submit(self._write_outputs, job_id, deferred, study_uids, unreadable)
                 encoding = True
             else:
-                self.store.set_job(job_id, "done", study_uids=study_uids, unreadable=unreadable)
+                self._finish(job_id, "done", study_uids=study_uids, unreadable=unreadable)
+        except FileNotFoundError as exc:
+            self._job_failed(job_id, exc, reason="its files are gone from the spool")
+        except StorageError as exc:  # the storage is down: leave the job to a retry (its lease lapses)
+            logger.error("job %s: storage unavailable (%s); it will be retried", job_id[:8], type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - boundary: the job fails, the service lives
             self._job_failed(job_id, exc)
         finally:
             if not encoding:  # nobody will write these: heatmap requests must not wait for them
                 self._outputs_written(uid for uid, _ in deferred)
+                self._release(job_id)
             self._answered(job_id, keep=encoding)
 
     def _write_outputs(self, job_id: str, deferred: list[tuple[str, DeferredOutputs]], study_uids: list[str],
                        unreadable: list[dict[str, Any]]) -> None:
-        """Encoder thread: write each study's outputs, record them, queue the DICOM ones for the
-        PACS, then mark the job done."""
+        """Encoder thread: write each study's outputs, store them, record them, queue the DICOM
+        ones for the PACS, then mark the job done."""
         try:
             for uid, outputs in deferred:
                 try:
                     written = outputs.write()
                     metrics.stage_time("encode", written.encode_ms / 1000.0)
+                    dicom_refs = self._store_outputs(written)
                     self.worklist.record_artifacts(uid, written.artifacts(), encode_ms=written.encode_ms)
-                    if self.pacs_destination and written.dicom:  # results reach the PACS once written
-                        self.store.enqueue_outbox(uid, [self.artifacts / p for p in written.dicom],
-                                                  self.pacs_destination)
+                    if self.pacs_destination and dicom_refs:  # results reach the PACS once stored
+                        self.store.enqueue_outbox(uid, dicom_refs, self.pacs_destination)
                 finally:
                     self._outputs_written([uid])
-            self.store.set_job(job_id, "done", study_uids=study_uids, unreadable=unreadable)
-        except Exception as exc:  # noqa: BLE001 - boundary: the job stays unfinished (resumed at restart)
+            self._finish(job_id, "done", study_uids=study_uids, unreadable=unreadable)
+        except Exception as exc:  # noqa: BLE001 - boundary: the job stays unfinished (taken over or resumed)
             logger.error("job %s: outputs not recorded: %s", job_id[:8], type(exc).__name__)
         finally:
             with self._lock:
                 self._answers.pop(job_id, None)
             self._encode_slots.release()
+            self._release(job_id)
+
+    def _store_outputs(self, written: WrittenOutputs) -> list[str]:
+        """Put the written outputs in the storage (shared storage only; a local one holds them
+        already); returns the refs of the DICOM ones."""
+        if not self.storage.shared:
+            return [str(self.artifacts / p) for p in written.dicom]
+        for relative in written.heatmaps:
+            self.storage.put_file(f"artifacts/{relative}", self.artifacts / relative)
+            layer = (self.artifacts / relative).with_suffix(".layer.png")
+            if layer.is_file():
+                self.storage.put_file(f"artifacts/{Path(relative).with_suffix('.layer.png').as_posix()}", layer)
+        return [self.storage.put_file(f"artifacts/{p}", self.artifacts / p) for p in written.dicom]
+
+    def _finish(self, job_id: str, status: str, **fields: Any) -> None:
+        if not self.store.set_job(job_id, status, worker=self.worker_id, **fields):
+            logger.warning("job %s: finished here after its lease was taken over; not recorded twice", job_id[:8])
+
+    def _release(self, job_id: str) -> None:
+        self.jobs.release(job_id)
+        self.spool.unstage(job_id)
 
     def _outputs_written(self, study_uids: Iterable[str]) -> None:
         """Wake heatmap requests waiting on these studies' outputs."""
@@ -284,10 +278,10 @@ class ScreeningService:
             if event is not None:
                 event.set()
 
-    def _job_failed(self, job_id: str, exc: Exception) -> None:
-        logger.error("job %s failed: %s", job_id[:8], type(exc).__name__)
+    def _job_failed(self, job_id: str, exc: Exception, *, reason: str | None = None) -> None:
+        logger.error("job %s failed: %s", job_id[:8], reason or type(exc).__name__)
         try:
-            self.store.set_job(job_id, "failed", error=f"internal error ({type(exc).__name__})")
+            self._finish(job_id, "failed", error=reason or f"internal error ({type(exc).__name__})")
         except Exception:  # noqa: BLE001 - the store itself is down; the job stays queued/running
             logger.error("job %s: could not record the failure", job_id[:8])
 
@@ -302,13 +296,22 @@ class ScreeningService:
             event.set()
 
     # -- reading ------------------------------------------------------------------------------
-    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
-        """The job, after waiting up to ``timeout`` seconds for it to be answered."""
+    def wait(self, job_id: str, timeout: float, *, poll: float = 0.5) -> JobRecord | None:
+        """The job, after waiting up to ``timeout`` seconds for it to be answered (here, or by
+        another replica that took it: the store is polled every ``poll`` seconds)."""
+        deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
             event = self._events.get(job_id)
-        if event is not None:
-            event.wait(timeout=max(0.0, timeout))
-        return self.job(job_id)
+        while True:
+            remaining = deadline - time.monotonic()
+            if event is not None:
+                if event.wait(timeout=max(0.0, min(remaining, poll))):
+                    return self.job(job_id)
+            elif remaining > 0:
+                time.sleep(min(remaining, poll))
+            record = self.job(job_id)
+            if record is None or record.status in ("done", "failed") or deadline - time.monotonic() <= 0:
+                return record
 
     def job(self, job_id: str) -> JobRecord | None:
         """The job as a client sees it: done as soon as its results are recorded, although its
@@ -318,6 +321,8 @@ class ScreeningService:
         record = self.store.get_job(job_id)
         if record is not None and answer is not None and record.status in ("queued", "running"):
             return replace(record, status="done", study_uids=tuple(answer[0]), unreadable=tuple(answer[1]))
+        if record is not None and record.status == "running" and (record.study_uids or record.unreadable):
+            return replace(record, status="done")  # answered by the replica running it
         return record
 
     def job_view(self, job: JobRecord) -> dict[str, Any]:
@@ -335,105 +340,94 @@ class ScreeningService:
         return view
 
     def heatmap(self, study_uid: str, sop_uid: str, finding: str, *, wait: float = 30.0) -> Path | None:
-        """An overlay's file; while the study's outputs are being written, after waiting up to
-        ``wait`` seconds for them."""
-        path = self.artifacts / study_uid / sop_uid / f"{finding}.png"
+        """An overlay's file; while the study's outputs are being written here, after waiting up to
+        ``wait`` seconds for them. With shared storage, one another replica wrote is fetched."""
+        relative = f"{study_uid}/{sop_uid}/{finding}.png"
+        path = self.artifacts / relative
         if not path.is_file():
             with self._lock:
                 pending = self._outputs_pending.get(study_uid)
             if pending is not None:
                 pending.wait(timeout=wait)
+        if not path.is_file() and self.storage.shared:
+            try:
+                self.storage.fetch(self.storage.ref(f"artifacts/{relative}"), path)
+            except FileNotFoundError:
+                return None
         return path if path.is_file() else None
+
+    def instance_source(self, study_uid: str, sop_uid: str) -> tuple[bytes | Path, str | None] | None:
+        """A screened instance's bytes as received: a local file (and zip member), or its bytes
+        read from the shared storage. None when not kept."""
+        with self.store.transaction("find an instance") as s:
+            row = s.get(Instance, sop_uid)
+            if row is None or row.study_instance_uid != study_uid or not row.path:
+                return None
+            ref, member = row.path, row.member
+        if ref.startswith("s3://"):
+            try:
+                return self.storage.read(ref), member
+            except FileNotFoundError:
+                return None
+        path = Path(ref)
+        return (path, member) if path.is_file() else None
 
     # -- DICOM in, results out ---------------------------------------------------------------
     def receive(self, data: bytes, ds: Dataset, calling_ae: str = "") -> bool:
         """A C-STORE'd (or STOW-RS'd) instance, ``data`` its Part 10 bytes and ``ds`` their parsed
-        header: spool it with fsync, then record it. Returns False for an instance already received,
-        and for secondreader's own results coming back."""
-        if is_own_result(ds):
-            return False
-        study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
-        study_dir = self.spool / "inbound" / _digest(study_uid)
-        study_dir.mkdir(parents=True, exist_ok=True)
-        target = study_dir / f"{_digest(sop_uid)}.dcm"
-        if not target.exists():
-            tmp = target.with_suffix(".tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(target)
-            _fsync_dir(study_dir)
-        return self.store.record_inbound(study_uid, sop_uid, study_dir)
+        header: kept durably in the spool, then recorded (:class:`InboundAssembly`). Returns False
+        for an instance already received, and for secondreader's own results coming back."""
+        return self.inbound.receive(data, ds)
 
-    def start_background(self, *, stable_seconds: float, interval: float = 0.2) -> None:
-        """Screen received studies once stable; deliver queued results to the PACS."""
-        def loop() -> None:
-            while not self._stop.wait(interval):
+    def start_background(self, *, stable_seconds: float, interval: float | None = None) -> None:
+        """Renew leases, queue stable received studies, take queued or abandoned jobs when idle,
+        and deliver queued results to the PACS."""
+        if interval is not None:
+            self.jobs.poll_seconds = interval
+
+        def queue_stable() -> None:
+            for job in self.inbound.queue_stable(stable_seconds):
+                self.jobs.enqueue(job.id)
+
+        self.jobs.start(on_tick=queue_stable)
+        self._background = True
+
+        def deliver() -> None:
+            last_figures = 0.0
+            while not self._stop.wait(self.jobs.poll_seconds):
                 try:
-                    for study_uid, spool_dir in self.store.stable_studies(stable_seconds):
-                        job_id = self.store.create_job(Path(spool_dir))
-                        self.store.mark_study_queued(study_uid, job_id)
-                        self._enqueue(job_id, waited_on=False)
                     if self.pacs_destination:
-                        self.deliver_due()
+                        self.outbox.deliver_due()
+                    if time.monotonic() - last_figures >= 5.0:
+                        self.refresh_metrics()
+                        last_figures = time.monotonic()
                 except Exception as exc:  # noqa: BLE001 - the loop must outlive a store outage
-                    logger.error("background loop: %s", type(exc).__name__)
+                    logger.error("result delivery loop: %s", type(exc).__name__)
 
-        self._watcher = threading.Thread(target=loop, name="stable-studies", daemon=True)
-        self._watcher.start()
+        self._delivery = threading.Thread(target=deliver, name="outbox", daemon=True)
+        self._delivery.start()
+
+    def refresh_metrics(self) -> None:
+        """The store-wide figures in ``/metrics``: outbox rows by status, the oldest undelivered
+        one's age, jobs queued and running."""
+        metrics.shared_queues(self.store.outbox_counts(), self.store.outbox_oldest_pending_seconds(),
+                              self.store.job_counts())
 
     def deliver_due(self) -> int:
-        """Send due outbox items (retries back off up to a minute); returns how many were sent."""
-        from ..dicom.scu import send_files
-        from ..dicom.stow import send_stow
-        from ..errors import PacsError
-
-        sent = 0
-        now = time.monotonic()
-        for item_id, path, destination, attempts in self.store.due_outbox():
-            # In order per destination: after a failure nothing later goes to that destination until
-            # the oldest pending item got through (the back-off is per destination, in memory).
-            if self._blocked.get(destination, 0.0) > now:
-                continue
-            try:
-                if destination.startswith(("http://", "https://")):
-                    send_stow([Path(path)], destination)
-                else:
-                    send_files([Path(path)], destination, calling_ae=self.calling_ae)
-            except (PacsError, OSError, ValueError) as exc:
-                delay = min(60.0, 0.5 * 2 ** attempts)
-                self._blocked[destination] = now + delay
-                self.store.outbox_done(item_id, sent=False, error=str(exc)[:200], retry_in=0.0)
-                logger.warning("result delivery failed (attempt %d), retrying in %.1f s", attempts + 1, delay)
-                continue
-            self.store.outbox_done(item_id, sent=True)
-            sent += 1
-        return sent
+        """Send due outbox rows (each retried with its own back-off); returns how many were sent."""
+        return self.outbox.deliver_due()
 
     def close(self) -> None:
         self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
-        self._executor.shutdown(wait=True, cancel_futures=False)
+        if self._delivery is not None:
+            self._delivery.join(timeout=10)
+        self.jobs.drain()  # leases are still renewed while the encoders finish
         self._encoder.shutdown(wait=True, cancel_futures=False)  # after the screening: it feeds this
+        self.jobs.stop()
         for predictor in self.predictors:
             close = getattr(predictor, "close", None)
             if close is not None:
                 close()
-
-
-def _digest(uid: str) -> str:
-    return hashlib.sha256(uid.encode()).hexdigest()[:32]
-
-
-def _fsync_dir(path: Path) -> None:
-    for folder in [*(p for p in path.iterdir() if p.is_dir()), path, path.parent]:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def wait_seconds(raw: str | None, default: float = 30.0) -> float:

@@ -188,6 +188,33 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         status = 200 if not failed else (202 if referenced else 409)
         return JSONResponse(answer, status_code=status, media_type="application/dicom+json")
 
+    async def outbox(request: Request) -> Response:
+        """Admin: the shared outbox's rows by status (``dead`` by default: what can never be sent,
+        with its reason) and the counts of every status."""
+        status = request.query_params.get("status", "dead")
+        if status not in ("pending", "sent", "dead"):
+            return _error(400, "bad request", "status must be pending, sent or dead")
+        service = get_service()
+        try:
+            items = await asyncio.to_thread(service.store.outbox_rows, status)
+            counts = await asyncio.to_thread(service.store.outbox_counts)
+        except InfrastructureError as exc:
+            return _error(503, "unavailable", str(exc))
+        return JSONResponse({"status": status, "counts": counts, "items": items})
+
+    async def outbox_retry(request: Request) -> Response:
+        """Admin: put a dead-lettered row back in the queue (once its file is restored)."""
+        raw = request.path_params["item_id"]
+        if not raw.isdigit() or len(raw) > 18:
+            return _error(404, "not found", "no such outbox row")
+        try:
+            requeued = await asyncio.to_thread(get_service().store.outbox_requeue, int(raw))
+        except InfrastructureError as exc:
+            return _error(503, "unavailable", str(exc))
+        if not requeued:
+            return _error(404, "not found", "no dead-lettered outbox row with this id")
+        return JSONResponse({"id": int(raw), "status": "pending"})
+
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         return _error(status, "not found" if status == 404 else "bad request", "no such route or method")
@@ -204,6 +231,8 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         Route("/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.layer.png", heatmap_layer, methods=["GET"]),
         Route("/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.png", heatmap, methods=["GET"]),
         Route("/dicomweb/studies", stow, methods=["POST"]),
+        Route("/admin/outbox", outbox, methods=["GET"]),
+        Route("/admin/outbox/{item_id}/retry", outbox_retry, methods=["POST"]),
     ]
     handlers: dict[Any, Any] = {HTTPException: not_found, Exception: internal}
     return Starlette(routes=routes, exception_handlers=handlers)

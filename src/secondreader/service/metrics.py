@@ -24,7 +24,8 @@ from prometheus_client import (
 )
 
 __all__ = ["FINDING_OUTCOMES", "MetricsMiddleware", "batch_size", "exposition", "finding_outcome", "model_loaded",
-           "outputs_pending", "queue_depth", "route_of", "stage_time", "study_done"]
+           "outbox_dead_lettered", "outbox_sent", "outputs_pending", "queue_depth", "route_of", "shared_queues",
+           "stage_time", "study_done"]
 
 _STAGES = ("load", "preprocess", "inference", "postprocess", "total")
 
@@ -59,6 +60,37 @@ _batches = Histogram(
     name="secondreader_batch_size", documentation="Images per model call", labelnames=["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+
+
+# -- the shared store's queues: the same figures on every replica (read from the store) ------------
+_outbox_rows = Gauge(name="secondreader_outbox_rows",
+                     documentation="Result objects in the shared outbox by status (pending, sent, dead)",
+                     labelnames=["status"], multiprocess_mode="max")
+_outbox_oldest = Gauge(name="secondreader_outbox_oldest_pending_seconds",
+                       documentation="Age of the oldest result object not yet delivered (0 when none): a stall "
+                                     "shows as a growing value", multiprocess_mode="max")
+_jobs = Gauge(name="secondreader_jobs", documentation="Jobs in the shared store by state (queued, running)",
+              labelnames=["status"], multiprocess_mode="max")
+_outbox_sent = Counter(name="secondreader_outbox_sent_total", documentation="Result objects this replica delivered")
+_outbox_dead = Counter(name="secondreader_outbox_dead_lettered_total",
+                       documentation="Result objects this replica dead-lettered (their file is gone)")
+
+
+def shared_queues(outbox: dict[str, int], oldest_pending_seconds: float, jobs: dict[str, int]) -> None:
+    """The store-wide figures (every replica reports the same)."""
+    for status in ("pending", "sent", "dead"):
+        _outbox_rows.labels(status=status).set(outbox.get(status, 0))
+    _outbox_oldest.set(oldest_pending_seconds)
+    for status in ("queued", "running"):
+        _jobs.labels(status=status).set(jobs.get(status, 0))
+
+
+def outbox_sent() -> None:
+    _outbox_sent.inc()
+
+
+def outbox_dead_lettered() -> None:
+    _outbox_dead.inc()
 
 
 def finding_outcome(finding: dict[str, Any]) -> str:
@@ -109,6 +141,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         "/v1/studies/{study_uid}/instances/{sop_uid}/dicom",
         "/v1/studies/{study_uid}/instances/{sop_uid}/heatmaps/{finding}.png",
         "/v1/reports", "/v1/worklist", "/v1/worklist/rates", "/v1/reviews/manifest.csv", "/v1/dicomweb/studies",
+        "/v1/admin/outbox", "/v1/admin/outbox/{item_id}/retry",
         "/healthz", "/livez", "/readyz",
     )
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import re
 import zipfile
@@ -23,6 +24,7 @@ from ..errors import InfrastructureError, InvalidInputError, InvalidReportError
 from ..reports.fhir import report_from_fhir
 from ..reports.firstread import MAX_REPORT_CHARS, ReportIn, report_from_json
 from ..reports.hl7 import parse_message, report_from_oru
+from ..worklist import FIRST_READ_VERDICT
 from .core import ScreeningService
 
 __all__ = ["actor_of", "worklist_routes"]
@@ -143,8 +145,12 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
         if not isinstance(body, dict):
             return _error(400, "bad request", "the body must be a JSON object {region_id, verdict, reviewer}")
         try:
-            updated = await asyncio.to_thread(get_service().worklist.add_review, uid, body.get("region_id"),
-                                              body.get("verdict"), body.get("reviewer"), actor=actor_of(request))
+            if body.get("verdict") == FIRST_READ_VERDICT:  # on the first read: {finding, label, reviewer}
+                updated = await asyncio.to_thread(get_service().worklist.correct_first_read, uid, body.get("finding"),
+                                                  body.get("label"), body.get("reviewer"), actor=actor_of(request))
+            else:
+                updated = await asyncio.to_thread(get_service().worklist.add_review, uid, body.get("region_id"),
+                                                  body.get("verdict"), body.get("reviewer"), actor=actor_of(request))
         except InvalidInputError as exc:
             return _error(400, "bad request", str(exc))
         except InfrastructureError as exc:
@@ -157,15 +163,17 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
         uid, sop = request.path_params["study_uid"], request.path_params["sop_uid"]
         if not (_uid_ok(uid) and _uid_ok(sop)):
             return _error(400, "bad request", "UIDs must be DICOM UIDs (digits and dots)")
-        found = await asyncio.to_thread(get_service().worklist.instance_file, uid, sop)
-        if found is None or not found[0].is_file():
+        found = await asyncio.to_thread(get_service().instance_source, uid, sop)
+        if found is None:
             return _error(404, "not found", "this instance's file is not kept here")
-        path, member = found
+        source, member = found  # a local file, or its bytes from the shared storage
         if member is None:
-            return FileResponse(path, media_type="application/dicom")
+            if isinstance(source, bytes):
+                return Response(source, media_type="application/dicom")
+            return FileResponse(source, media_type="application/dicom")
 
         def read_member() -> bytes:
-            with zipfile.ZipFile(path) as archive:
+            with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as archive:
                 return archive.read(member)
 
         return Response(await asyncio.to_thread(read_member), media_type="application/dicom")

@@ -80,6 +80,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # 0003: the worker running it
+    # 0005: the claim holds until then (renewed by its worker while it works); after that any worker
+    # may take the job over. ``attempts`` counts the claims, so a job that kills its workers stops.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class InboundStudy(Base):
@@ -105,7 +109,8 @@ class InboundInstance(Base):
 
 
 class Outbox(Base):
-    """A result object to deliver to the PACS; retried with backoff until sent."""
+    """A result object to deliver to the PACS; retried with backoff (per row) until sent, or
+    dead-lettered (``status`` "dead", ``last_error`` the reason) when it can never be sent."""
 
     __tablename__ = "outbox"
 
@@ -113,10 +118,24 @@ class Outbox(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     destination: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | dead
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # 0005: the worker sending it and until when (a row is sent by one worker at a time)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SharedSetting(Base):
+    """A value every replica sharing the store must agree on (0005): the pseudonym secret."""
+
+    __tablename__ = "shared_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,9 +23,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import StoreConflictError, StoreError
-from .models import InboundInstance, InboundStudy, Instance, Job, Outbox, Result, Study, utcnow
+from .models import InboundInstance, InboundStudy, Instance, Job, Outbox, Result, SharedSetting, Study, utcnow
 
-__all__ = ["JOB_STATES", "JobRecord", "Store", "write_result"]
+__all__ = ["JOB_STATES", "JobRecord", "OutboxItem", "Store", "write_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ _T = TypeVar("_T")
 
 JOB_STATES = ("queued", "running", "done", "failed")
 _MIGRATIONS = Path(__file__).parent / "migrations"
+#: PostgreSQL advisory lock key held while migrating, so replicas starting together migrate one by one
+MIGRATION_LOCK = 0x5EC0_4D17
+#: how long a claim holds unless renewed (seconds); workers renew at a third of it
+DEFAULT_LEASE_SECONDS = 60.0
+#: a job claimed this often without finishing (its workers died on it) is failed, not tried again
+MAX_JOB_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +49,33 @@ class JobRecord:
     study_uids: tuple[str, ...]
     unreadable: tuple[dict[str, Any], ...]
     error: str | None
+    claimed_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One result object claimed for delivery: ``path`` is where its file is kept (a local path or
+    a storage URL)."""
+
+    id: int
+    study_instance_uid: str
+    path: str
+    destination: str
+    attempts: int
 
 
 def _job_record(job: Job) -> JobRecord:
     return JobRecord(job.id, job.status, job.spool_dir, tuple(job.study_uids or ()),
-                     tuple(job.unreadable or ()), job.error)
+                     tuple(job.unreadable or ()), job.error, job.claimed_by)
+
+
+def _lease(seconds: float) -> Any:
+    return utcnow() + timedelta(seconds=seconds)
+
+
+def _expired() -> Any:
+    """A running job's claim has lapsed (no lease at all: a row from before leases)."""
+    return or_(Job.lease_until.is_(None), Job.lease_until < utcnow())
 
 
 class Store:
@@ -79,7 +107,14 @@ class Store:
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         engine = self.ddl_engine()
+        lock = None
         try:
+            if self.backend == "postgresql":
+                # Replicas starting together on an empty database would race to create the same
+                # tables: each waits here for the one migrating, then finds the schema current.
+                lock = self.engine.connect()
+                lock.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+                lock.commit()
             with engine.begin() as connection:
                 config.attributes["connection"] = connection
                 command.upgrade(config, revision)
@@ -88,6 +123,12 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"store migration failed ({type(exc).__name__})") from None
         finally:
+            if lock is not None:
+                try:
+                    lock.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+                    lock.commit()
+                finally:
+                    lock.close()  # the session's advisory lock ends with its connection anyway
             if engine is not self.engine:
                 engine.dispose()
 
@@ -133,58 +174,117 @@ class Store:
             raise StoreError(f"store unavailable while trying to {operation}") from None
 
     # -- jobs ---------------------------------------------------------------------------------
-    def create_job(self, spool_dir: Path) -> str:
+    # A job is claimed (queued -> running) with a lease that its worker renews while it works
+    # (:meth:`renew_jobs`). Any worker takes over a running job whose lease lapsed, whatever its
+    # name; a restarted worker of the same name takes its own running jobs back at once.
+    def create_job(self, spool_dir: Path | str, *, claimed_by: str | None = None,
+                   lease_seconds: float = DEFAULT_LEASE_SECONDS) -> str:
+        """A new job over ``spool_dir`` (a local folder or a storage URL): queued, or already
+        claimed by ``claimed_by``."""
         job_id = uuid.uuid4().hex
         with self._session("create a job") as s:
-            s.add(Job(id=job_id, status="queued", spool_dir=str(spool_dir), study_uids=[], unreadable=[]))
+            if claimed_by is None:
+                s.add(Job(id=job_id, status="queued", spool_dir=str(spool_dir), study_uids=[], unreadable=[]))
+            else:
+                s.add(Job(id=job_id, status="running", spool_dir=str(spool_dir), study_uids=[], unreadable=[],
+                          claimed_by=claimed_by, lease_until=_lease(lease_seconds), attempts=1))
         return job_id
 
     def set_job(self, job_id: str, status: str, *, study_uids: list[str] | None = None,
-                unreadable: list[dict[str, Any]] | None = None, error: str | None = None) -> None:
+                unreadable: list[dict[str, Any]] | None = None, error: str | None = None,
+                worker: str | None = None) -> bool:
+        """Record a job's state. With ``worker``, only while that worker holds the job (a worker
+        whose lease lapsed and was taken over must not overwrite its successor); returns whether
+        it was recorded."""
         if status not in JOB_STATES:
             raise ValueError(f"job status must be one of {JOB_STATES}, not {status!r}")
         with self._session("update a job") as s:
-            job = s.get(Job, job_id)
+            job = s.get(Job, job_id, with_for_update=worker is not None and self.backend == "postgresql")
             if job is None:
                 raise StoreError("no such job")
+            if worker is not None and (job.status != "running" or job.claimed_by != worker):
+                return False
             job.status = status
             if study_uids is not None:
                 job.study_uids = study_uids
             if unreadable is not None:
                 job.unreadable = unreadable
             job.error = error
+            if status in ("done", "failed"):
+                job.lease_until = None
+            return True
 
-    def claim_job(self, job_id: str, worker: str) -> bool:
+    def answer_job(self, job_id: str, worker: str, *, study_uids: list[str],
+                   unreadable: list[dict[str, Any]]) -> None:
+        """Record a running job's answer (its studies' results are recorded; their outputs are
+        still being written), so every replica shows it as answered, not only the one running it."""
+        with self._session("answer a job") as s:
+            s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.claimed_by == worker)
+                      .values(study_uids=study_uids, unreadable=unreadable))
+
+    def claim_job(self, job_id: str, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> bool:
         """Take a job for ``worker``: queued → running, atomically (a conditional UPDATE, so two
-        workers sharing a PostgreSQL store never both run it). A job left running by this same
-        worker (it was restarted) can be taken again. False when another worker has it."""
+        workers sharing a PostgreSQL store never both run it). A running job is taken again by the
+        same worker (it was restarted) or by any worker once its lease lapsed. False when another
+        worker has it."""
         with self._session("claim a job") as s:
             taken = s.execute(
                 update(Job)
                 .where(Job.id == job_id,
-                       or_(Job.status == "queued", and_(Job.status == "running", Job.claimed_by == worker)))
-                .values(status="running", claimed_by=worker, updated_at=utcnow())
+                       or_(Job.status == "queued",
+                           and_(Job.status == "running", or_(Job.claimed_by == worker, _expired()))))
+                .values(status="running", claimed_by=worker, lease_until=_lease(lease_seconds),
+                        attempts=Job.attempts + 1, updated_at=utcnow())
             )
             return bool(cast(CursorResult[Any], taken).rowcount)
 
-    def claim_next_job(self, worker: str) -> JobRecord | None:
-        """The oldest queued job, claimed for ``worker``. On PostgreSQL rows other workers are
-        claiming are skipped (``FOR UPDATE SKIP LOCKED``); everywhere the claim itself is a
-        conditional UPDATE, so a job another worker took between the read and the write is passed by."""
+    def claim_next_job(self, worker: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                       grace_seconds: float = 0.0, max_attempts: int = MAX_JOB_ATTEMPTS) -> JobRecord | None:
+        """The oldest claimable job, claimed for ``worker``: queued for over ``grace_seconds`` (the
+        worker that queued it gets it first), or running with a lapsed lease (its worker died). On
+        PostgreSQL rows other workers are claiming are skipped (``FOR UPDATE SKIP LOCKED``);
+        everywhere the claim itself is a conditional UPDATE, so a job another worker took between
+        the read and the write is passed by. A job claimed ``max_attempts`` times already is failed
+        instead (it kills its workers)."""
         while True:
             with self._session("claim the next job") as s:
-                stmt = select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(1)
+                now = utcnow()
+                claimable = or_(and_(Job.status == "queued", Job.created_at <= now - timedelta(seconds=grace_seconds)),
+                                and_(Job.status == "running", _expired()))
+                stmt = select(Job.id, Job.attempts).where(claimable).order_by(Job.created_at, Job.id).limit(1)
                 if self.backend == "postgresql":
                     stmt = stmt.with_for_update(skip_locked=True)
-                job_id = s.scalars(stmt).first()
-                if job_id is None:
+                row = s.execute(stmt).first()
+                if row is None:
                     return None
-                taken = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                                  .values(status="running", claimed_by=worker, updated_at=utcnow()))
+                job_id, attempts = row
+                if (attempts or 0) >= max_attempts:
+                    s.execute(update(Job).where(Job.id == job_id, claimable)
+                              .values(status="failed", lease_until=None, updated_at=utcnow(),
+                                      error=f"given up after {attempts} attempts (its workers stopped)"))
+                    logger.error("job %s failed: claimed %d times without finishing", job_id[:8], attempts)
+                    continue
+                taken = s.execute(update(Job).where(Job.id == job_id, claimable)
+                                  .values(status="running", claimed_by=worker, lease_until=_lease(lease_seconds),
+                                          attempts=Job.attempts + 1, updated_at=utcnow()))
                 if cast(CursorResult[Any], taken).rowcount:
                     job = s.get(Job, job_id)
                     assert job is not None
                     return _job_record(job)
+
+    def renew_jobs(self, worker: str, job_ids: Iterable[str], *,
+                   lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
+        """Extend ``worker``'s leases on ``job_ids``; returns the ids it still holds (a job missing
+        from the answer was taken over, or finished, elsewhere)."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        with self._session("renew job leases") as s:
+            s.execute(update(Job).where(Job.id.in_(ids), Job.status == "running", Job.claimed_by == worker)
+                      .values(lease_until=_lease(lease_seconds)))
+            held = s.scalars(select(Job.id).where(Job.id.in_(ids), Job.status == "running",
+                                                  Job.claimed_by == worker))
+            return set(held)
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._session("read a job") as s:
@@ -214,7 +314,7 @@ class Store:
 
 
     # -- received instances and the outbox ------------------------------------------------------
-    def record_inbound(self, study_uid: str, sop_uid: str, spool_dir: Path) -> bool:
+    def record_inbound(self, study_uid: str, sop_uid: str, spool_dir: Path | str) -> bool:
         """Record a received instance; False when its SOP Instance UID was already received.
         Instances of one new study arriving on several associations at once may race to create it:
         the loser runs again."""
@@ -243,47 +343,163 @@ class Store:
             return [(r.study_instance_uid, r.spool_dir) for r in rows]
 
 
+    def queue_stable_studies(self, quiet_seconds: float, *, limit: int = 16) -> list[JobRecord]:
+        """Turn stable received studies into queued jobs, atomically: each stable study becomes
+        exactly one job however many replicas poll at once (rows others hold are skipped on
+        PostgreSQL; everywhere the study's state changes by a conditional UPDATE, and an instance
+        arriving meanwhile keeps it receiving). A study whose previous job is still queued or
+        running waits for it (one owner per study): its late instances are screened, with all the
+        others, by the next job. The jobs are claimed like any other (:meth:`claim_job`)."""
+        cutoff = utcnow() - timedelta(seconds=quiet_seconds)
+        claimed: list[JobRecord] = []
+        with self._session("queue stable studies") as s:
+            stmt = (select(InboundStudy).where(InboundStudy.state == "receiving",
+                                               InboundStudy.last_received_at <= cutoff)
+                    .order_by(InboundStudy.last_received_at).limit(limit))
+            if self.backend == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True)
+            for study in s.scalars(stmt).all():
+                if study.job_id is not None:
+                    previous = s.get(Job, study.job_id)
+                    if previous is not None and previous.status in ("queued", "running"):
+                        continue
+                job_id = uuid.uuid4().hex
+                taken = s.execute(update(InboundStudy)
+                                  .where(InboundStudy.study_instance_uid == study.study_instance_uid,
+                                         InboundStudy.state == "receiving", InboundStudy.last_received_at <= cutoff)
+                                  .values(state="queued", job_id=job_id)
+                                  .execution_options(synchronize_session=False))
+                if not cast(CursorResult[Any], taken).rowcount:
+                    continue
+                job = Job(id=job_id, status="queued", spool_dir=study.spool_dir, study_uids=[], unreadable=[])
+                s.add(job)
+                claimed.append(_job_record(job))
+        return claimed
+
     def mark_study_queued(self, study_uid: str, job_id: str) -> None:
         with self._session("queue a received study") as s:
             study = s.get(InboundStudy, study_uid)
             if study is not None:
                 study.state, study.job_id = "queued", job_id
 
-
-    def enqueue_outbox(self, study_uid: str, paths: list[Path], destination: str) -> None:
+    # -- the outbox: one worker sends a row at a time (a claim with a lease); a failure delays
+    # -- that row only; a row that can never be sent is dead-lettered with its reason ---------------
+    def enqueue_outbox(self, study_uid: str, paths: list[Path] | list[str], destination: str) -> int:
+        """Queue result objects for ``destination``; a file already waiting there is not queued
+        twice (a job run again writes the same files). Returns how many rows were added."""
+        added = 0
         with self._session("queue results for the PACS") as s:
-            for path in paths:
-                s.add(Outbox(study_instance_uid=study_uid, path=str(path), destination=destination, status="pending",
+            waiting = set(s.scalars(select(Outbox.path).where(Outbox.study_instance_uid == study_uid,
+                                                              Outbox.destination == destination,
+                                                              Outbox.status == "pending")))
+            for path in map(str, paths):
+                if path in waiting:
+                    continue
+                waiting.add(path)
+                s.add(Outbox(study_instance_uid=study_uid, path=path, destination=destination, status="pending",
                              attempts=0, next_attempt_at=utcnow()))
+                added += 1
+        return added
 
+    def claim_outbox(self, worker: str, *, limit: int = 16,
+                     lease_seconds: float = DEFAULT_LEASE_SECONDS) -> list[OutboxItem]:
+        """Due rows (pending, their retry time come, not claimed or their claim lapsed), claimed for
+        ``worker``, oldest due first. Each row is claimed by one worker at a time."""
+        def claimable() -> Any:
+            now = utcnow()
+            return and_(Outbox.status == "pending", Outbox.next_attempt_at <= now,
+                        or_(Outbox.lease_until.is_(None), Outbox.lease_until < now))
 
-    def due_outbox(self, limit: int = 50) -> list[tuple[int, str, str, int]]:
-        with self._session("read the outbox") as s:
-            rows = s.scalars(select(Outbox).where(Outbox.status == "pending", Outbox.next_attempt_at <= utcnow())
-                             .order_by(Outbox.id).limit(limit))
-            return [(r.id, r.path, r.destination, r.attempts) for r in rows]
+        while True:  # another worker may claim the rows read between the read and the write: read again
+            with self._session("claim outbox rows") as s:
+                stmt = select(Outbox.id).where(claimable()).order_by(Outbox.next_attempt_at, Outbox.id).limit(limit)
+                if self.backend == "postgresql":
+                    stmt = stmt.with_for_update(skip_locked=True)
+                ids = list(s.scalars(stmt))
+                if not ids:
+                    return []
+                lease_until = _lease(lease_seconds)
+                s.execute(update(Outbox).where(Outbox.id.in_(ids), claimable())
+                          .values(claimed_by=worker, lease_until=lease_until)
+                          .execution_options(synchronize_session=False))
+                rows = s.scalars(select(Outbox).where(Outbox.id.in_(ids), Outbox.claimed_by == worker,
+                                                      Outbox.lease_until == lease_until,
+                                                      Outbox.status == "pending").order_by(Outbox.id)).all()
+                if rows:
+                    return [OutboxItem(r.id, r.study_instance_uid, r.path, r.destination, r.attempts) for r in rows]
 
-
-    def outbox_done(self, item_id: int, *, sent: bool, error: str | None = None,
-                    retry_in: float = 0.0) -> None:
+    def outbox_sent(self, item_id: int, worker: str) -> None:
         with self._session("update the outbox") as s:
-            item = s.get(Outbox, item_id)
-            if item is None:
-                return
-            item.attempts += 1
-            if sent:
-                item.status, item.last_error = "sent", None
-            else:
-                item.last_error = error
-                item.next_attempt_at = utcnow() + timedelta(seconds=retry_in)
+            s.execute(update(Outbox).where(Outbox.id == item_id)
+                      .values(status="sent", sent_at=utcnow(), attempts=Outbox.attempts + 1, last_error=None,
+                              claimed_by=worker, lease_until=None))
 
+    def outbox_failed(self, item_id: int, worker: str, *, error: str, retry_in: float) -> None:
+        """A failed try: this row waits ``retry_in`` seconds; other rows go on."""
+        with self._session("update the outbox") as s:
+            s.execute(update(Outbox).where(Outbox.id == item_id, Outbox.status == "pending")
+                      .values(attempts=Outbox.attempts + 1, last_error=error[:500],
+                              next_attempt_at=utcnow() + timedelta(seconds=retry_in), lease_until=None))
+
+    def outbox_dead(self, item_id: int, worker: str, *, reason: str) -> None:
+        """Dead-letter a row that can never be sent (its file is gone), keeping the reason."""
+        with self._session("dead-letter an outbox row") as s:
+            s.execute(update(Outbox).where(Outbox.id == item_id, Outbox.status == "pending")
+                      .values(status="dead", attempts=Outbox.attempts + 1, last_error=reason[:500],
+                              claimed_by=worker, lease_until=None))
+
+    def outbox_rows(self, status: str, *, limit: int = 200) -> list[dict[str, Any]]:
+        """Rows in ``status`` (pending, sent, dead), newest first, as the admin route shows them."""
+        with self._session("read the outbox") as s:
+            rows = s.scalars(select(Outbox).where(Outbox.status == status).order_by(Outbox.id.desc()).limit(limit))
+            return [{"id": r.id, "study_instance_uid": r.study_instance_uid, "destination": r.destination,
+                     "status": r.status, "attempts": r.attempts, "reason": r.last_error,
+                     "object": Path(r.path).name, "created_at": r.created_at.isoformat(),
+                     "next_attempt_at": r.next_attempt_at.isoformat() if r.status == "pending" else None}
+                    for r in rows]
+
+    def outbox_requeue(self, item_id: int) -> bool:
+        """Put a dead-lettered row back in the queue (after its file was restored); False if no
+        such dead row."""
+        with self._session("requeue an outbox row") as s:
+            taken = s.execute(update(Outbox).where(Outbox.id == item_id, Outbox.status == "dead")
+                              .values(status="pending", next_attempt_at=utcnow(), lease_until=None))
+            return bool(cast(CursorResult[Any], taken).rowcount)
 
     def outbox_counts(self) -> dict[str, int]:
         with self._session("count the outbox") as s:
-            counts: dict[str, int] = {}
-            for status in s.scalars(select(Outbox.status)):
-                counts[status] = counts.get(status, 0) + 1
-            return counts
+            rows = s.execute(select(Outbox.status, func.count(Outbox.id)).group_by(Outbox.status))
+            return {status: int(count) for status, count in rows}
+
+    def outbox_oldest_pending_seconds(self) -> float:
+        """Age of the oldest pending row (0 when none): a delivery stall shows here."""
+        with self._session("read the outbox") as s:
+            oldest = s.scalar(select(func.min(Outbox.created_at)).where(Outbox.status == "pending"))
+        if oldest is None:
+            return 0.0
+        if oldest.tzinfo is None:  # SQLite hands back naive UTC
+            oldest = oldest.replace(tzinfo=utcnow().tzinfo)
+        return max(0.0, (utcnow() - oldest).total_seconds())
+
+    def job_counts(self) -> dict[str, int]:
+        with self._session("count jobs") as s:
+            rows = s.execute(select(Job.status, func.count(Job.id)).where(Job.status.in_(("queued", "running")))
+                             .group_by(Job.status))
+            return {status: int(count) for status, count in rows}
+
+    # -- settings shared by the replicas ----------------------------------------------------------
+    def shared_setting(self, name: str, make: Callable[[], str]) -> str:
+        """The value every replica sharing this store uses for ``name``: the first replica to ask
+        makes it (``make()``), the others read it."""
+        def get_or_add(s: Session) -> str:
+            row = s.get(SharedSetting, name)
+            if row is None:
+                row = SharedSetting(name=name, value=make())
+                s.add(row)
+                s.flush()
+            return row.value
+
+        return self.retrying("read a shared setting", get_or_add)
 
 
 def _is_conflict(exc: SQLAlchemyError) -> bool:
