@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import InvalidReportError
 from .labeler import FINDING_TERMS, Label, mentions
 
-__all__ = ["MAX_REPORT_CHARS", "FirstRead", "ReportIn", "interpret", "report_from_json"]
+__all__ = ["MAX_REPORT_CHARS", "Correction", "FirstRead", "ReportIn", "interpret", "report_from_json"]
 
 #: A first read longer than this is not a radiology report (and would make the labeler slow).
 MAX_REPORT_CHARS = 100_000
@@ -62,9 +62,26 @@ class ReportIn:
 
 
 @dataclass(frozen=True, slots=True)
+class Correction:
+    """A reviewer's verdict that the labeler mis-read the report for one finding: what the report
+    really says (``label``), against what the labeler read (``labeler_label``)."""
+
+    finding: str
+    label: Label
+    labeler_label: Label
+    reviewer: str
+    at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label.value, "labeler_label": self.labeler_label.value, "reviewer": self.reviewer,
+                "at": self.at}
+
+
+@dataclass(frozen=True, slots=True)
 class FirstRead:
     """The first read compared with the AI's findings (contract 2's ``first_read``, extended with
-    the report text and, per finding, the sentence that decided its label)."""
+    the report text and, per finding, the sentence that decided its label, what the labeler read,
+    where each label in effect comes from, and the reviewers' corrections)."""
 
     status: str  # none | negative | positive | uncertain
     labels: dict[str, Label]
@@ -73,6 +90,9 @@ class FirstRead:
     evidence: dict[str, str] = field(default_factory=dict)
     source: str | None = None
     received_at: str | None = None
+    labeler: dict[str, Label] = field(default_factory=dict)  # the labeler's own reading of the text
+    sources: dict[str, str] = field(default_factory=dict)  # per code: labeler | structured | reviewer
+    corrections: dict[str, Correction] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +103,9 @@ class FirstRead:
             "evidence": dict(self.evidence),
             "source": self.source,
             "received_at": self.received_at,
+            "labeler": {code: label.value for code, label in self.labeler.items()},
+            "sources": dict(self.sources),
+            "corrections": {code: c.to_json() for code, c in self.corrections.items()},
         }
 
 
@@ -90,15 +113,19 @@ _RANK = {Label.PRESENT: 3, Label.UNCERTAIN: 2, Label.NEGATED: 1, Label.NOT_MENTI
 
 
 def interpret(report: ReportIn, codes: Sequence[str], ai_positive: Collection[str], *,
-              received_at: str | None = None) -> FirstRead:
+              received_at: str | None = None, corrections: Mapping[str, Correction] | None = None) -> FirstRead:
     """Label ``report`` for the finding ``codes`` and compare it with the codes the AI calls positive.
 
     A finding is *discordant* when the AI calls it positive and the report negates it or does not
-    mention it; ``uncertain`` counts as mentioned (the first reader saw something).
+    mention it; ``uncertain`` counts as mentioned (the first reader saw something). Structured labels
+    from the sender win over the labeler; a reviewer's correction (``corrections``: "the labeler was
+    wrong, the report says ...") wins over both. The sentence that decided the labeler's label stays
+    in ``evidence``, so the reviewer sees what was mis-read.
     """
     known = [c for c in codes if c in FINDING_TERMS]
     labels = {code: Label.NOT_MENTIONED for code in codes}
     evidence: dict[str, str] = {}
+    sources: dict[str, str] = {}
     if report.text.strip() and known:
         for mention in mentions(report.text, known):
             if _RANK[mention.label] > _RANK[labels[mention.finding]]:
@@ -106,10 +133,19 @@ def interpret(report: ReportIn, codes: Sequence[str], ai_positive: Collection[st
                 evidence[mention.finding] = mention.sentence
             elif mention.finding not in evidence:
                 evidence[mention.finding] = mention.sentence
+        sources.update({code: "labeler" for code in known})
+    labeler = {code: labels[code] for code in known} if report.text.strip() else {}
     for code, label in report.labels.items():
         if code in labels:
             labels[code] = label
+            sources[code] = "structured"
             evidence.pop(code, None)
+    applied: dict[str, Correction] = {}
+    for code, correction in (corrections or {}).items():
+        if code in labels and correction.label is not labels[code]:
+            applied[code] = correction
+            labels[code] = correction.label
+            sources[code] = "reviewer"
     values = set(labels.values())
     if Label.PRESENT in values:
         status = "positive"
@@ -118,7 +154,8 @@ def interpret(report: ReportIn, codes: Sequence[str], ai_positive: Collection[st
     else:
         status = "negative"
     discordant = [c for c in codes if c in ai_positive and labels[c] in (Label.NEGATED, Label.NOT_MENTIONED)]
-    return FirstRead(status, labels, discordant, report.text, evidence, report.source, received_at)
+    return FirstRead(status, labels, discordant, report.text, evidence, report.source, received_at, labeler,
+                     sources, applied)
 
 
 def _optional_str(body: Mapping[str, Any], key: str) -> str | None:

@@ -2,6 +2,6 @@
 
 from .routing import RoutingRules, load_rules
 from .states import State
-from .worklist import VERDICTS, Worklist
+from .worklist import FIRST_READ_VERDICT, VERDICTS, Worklist
 
-__all__ = ["VERDICTS", "RoutingRules", "State", "Worklist", "load_rules"]
+__all__ = ["FIRST_READ_VERDICT", "VERDICTS", "RoutingRules", "State", "Worklist", "load_rules"]

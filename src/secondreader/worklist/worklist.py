@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import InvalidInputError, InvalidReportError
 from ..logsafe import study_key
-from ..reports.firstread import FirstRead, ReportIn, interpret
+from ..reports.firstread import Correction, FirstRead, ReportIn, interpret
 from ..reports.labeler import FINDING_TERMS, Label
 from ..scoring.priority import Priority, Route
 from ..store.models import AuditEvent, Finding, FirstReadRow, Instance, RegionRow, Result, Review, Study, utcnow
@@ -31,11 +31,16 @@ from ..store.store import Store, write_result
 from .routing import RoutingRules, Situation, load_rules
 from .states import State, check_transition
 
-__all__ = ["VERDICTS", "Worklist"]
+__all__ = ["FIRST_READ_VERDICT", "VERDICTS", "Worklist"]
 
 logger = logging.getLogger(__name__)
 
 VERDICTS = ("confirmed_miss", "false_positive", "already_reported")
+#: The verdict on a first read rather than a region: the labeler mis-read the report for a finding.
+FIRST_READ_VERDICT = "labeler_wrong"
+#: Where a study's result keeps the reviewers' corrections of the labeler (every one, in order; the
+#: latest per finding for the first read in effect applies), so a re-screen keeps them.
+_CORRECTIONS = "first_read_corrections"
 _NO_FIRST_READ: dict[str, Any] = {"status": "none", "labels": {}, "discordant": []}
 
 
@@ -90,6 +95,8 @@ class Worklist:
             existing = self._lock(s, uid)
             if existing is not None and existing.result.get("ai_priority") is None:
                 existing.result = {**existing.result, "ai_priority": dict(existing.result["priority"])}
+            if existing is not None and existing.result.get(_CORRECTIONS):
+                data[_CORRECTIONS] = list(existing.result[_CORRECTIONS])  # a re-screen keeps them
             study = write_result(s, data, job_id=job_id)
             if accession_number:
                 study.accession_number = accession_number[:64]
@@ -197,6 +204,49 @@ class Worklist:
                 self._set_state(study, State.REVIEWED)
             s.add(AuditEvent(actor=reviewer.strip()[:128], action="review", study_key=study_key(study_uid),
                              detail={"region_id": region_id, "verdict": verdict, "via": actor}))
+            return self._view(s, study)
+
+    def correct_first_read(self, study_uid: str, finding: object, label: object, reviewer: object,
+                           *, actor: str) -> dict[str, Any] | None:
+        """Record that the labeler mis-read the study's first read for ``finding``: the report says
+        ``label`` (present, uncertain, negated or not_mentioned). The correction wins over the
+        labeler from then on, for this first read: the study is compared and routed again with it.
+        None when the study is unknown.
+
+        Raises
+        ------
+        InvalidInputError
+            For a finding the first read was not labelled for, an unknown label, a study without a
+            first read, or a missing reviewer (the message says which).
+        """
+        if not isinstance(reviewer, str) or not reviewer.strip() or len(reviewer) > 128:
+            raise InvalidInputError("reviewer (who gives the verdict, up to 128 characters) is required")
+        try:
+            corrected = Label(label) if isinstance(label, str) else None
+        except ValueError:
+            corrected = None
+        if corrected is None:
+            raise InvalidInputError("label (what the report says) must be one of "
+                                    f"{', '.join(x.value for x in Label)}")
+        with self.store.transaction("correct a first read") as s:
+            study = self._lock(s, study_uid)
+            if study is None:
+                return None
+            row = self._latest_first_read(s, study_uid, study.accession_number)
+            first_read = study.result.get("first_read") or _NO_FIRST_READ
+            if row is None or first_read.get("status", "none") == "none":
+                raise InvalidInputError("this study has no first read to correct")
+            if not isinstance(finding, str) or finding not in first_read.get("labels", {}):
+                raise InvalidInputError("finding must be one of the first read's labelled findings: "
+                                        f"{', '.join(sorted(first_read.get('labels', {})))}")
+            read = first_read.get("labeler", {}).get(finding) or first_read["labels"][finding]
+            entry = {"finding": finding, "label": corrected.value, "labeler_label": read,
+                     "reviewer": reviewer.strip(), "at": _iso(utcnow()), "first_read_id": row.id}
+            study.result = {**study.result, _CORRECTIONS: [*study.result.get(_CORRECTIONS, []), entry]}
+            self._route(s, study, row)
+            s.add(AuditEvent(actor=reviewer.strip()[:128], action="first_read_review", study_key=study_key(study_uid),
+                             detail={"finding": finding, "verdict": FIRST_READ_VERDICT, "labeler_label": read,
+                                     "label": corrected.value, "via": actor}))
             return self._view(s, study)
 
     # -- reading ------------------------------------------------------------------------------
@@ -362,10 +412,14 @@ class Worklist:
         if row is not None:
             report = ReportIn(row.study_instance_uid, row.accession_number, row.text,
                               {k: Label(v) for k, v in (row.labels or {}).items()}, row.source)
+            received = _iso(row.received_at)
+            corrections = {c["finding"]: Correction(c["finding"], Label(c["label"]), Label(c["labeler_label"]),
+                                                    c["reviewer"], c["at"])
+                           for c in result.get(_CORRECTIONS, []) if c.get("first_read_id") == row.id}
             try:
                 first_read = interpret(report, codes, {f["code"] for f in findings
                                                        if f["positive"] and f.get("routes", True)},
-                                       received_at=_iso(row.received_at))
+                                       received_at=received, corrections=corrections)
             except InvalidReportError:  # pragma: no cover - validated on the way in
                 first_read = None
         situation = Situation(status=study.status, ai=ai_priority, report=first_read is not None,
