@@ -322,6 +322,24 @@ def test_a_radiologist_reviews_the_discordant_study_in_chromium(
             assert card.locator('button[aria-pressed="true"]').inner_text() == "Confirmed miss"
             page.screenshot(path=shots / "verdict.png")
 
+            # The first read per finding: what the report says and the sentence it was read from. A
+            # reviewer who reads the report otherwise overrules the labeler in one click ("the
+            # labeler was wrong"); the study is compared with the AI again.
+            reads = page.locator("#first-read-table")
+            pneumonia = reads.locator('tr[data-finding="pneumonia"]')
+            assert pneumonia.locator(".says").inner_text() == "negated"
+            assert "read by the labeler" in pneumonia.inner_text()
+            assert "No focal consolidation." in pneumonia.locator('blockquote[data-sentence="pneumonia"]').inner_text()
+            assert pneumonia.locator(".badge.discordant").count() == 1
+            pneumonia.locator('.overrule button[data-label="present"]').click()
+            pneumonia.locator(".corrected", has_text="the labeler read negated").wait_for()
+            assert REVIEWER in pneumonia.locator(".corrected").inner_text()
+            assert pneumonia.locator(".says").inner_text() == "present"
+            assert pneumonia.locator(".badge.discordant").count() == 0
+            assert pneumonia.locator('.overrule button[aria-pressed="true"]').inner_text() == "present"
+            assert "No focal consolidation." in pneumonia.locator("blockquote").inner_text()  # still shown
+            page.screenshot(path=shots / "first-read-corrected.png")
+
             # The study's other image (JPEG 2000): decoded in the browser's worker and rendered.
             other = next(i["sop_instance_uid"] for i in study["instances"]
                          if i["sop_instance_uid"] != region["sop_instance_uid"])
@@ -341,6 +359,10 @@ def test_a_radiologist_reviews_the_discordant_study_in_chromium(
     stored = httpx.get(f"{service}/v1/studies/{uid}", headers=_auth()).json()
     assert any(r["region_id"] == region["id"] and r["verdict"] == "confirmed_miss" and r["reviewer"] == REVIEWER
                for r in stored["reviews"]), stored["reviews"]
+    correction = stored["first_read"]["corrections"]["pneumonia"]
+    assert (correction["label"], correction["labeler_label"]) == ("present", "negated")
+    assert correction["reviewer"] == REVIEWER
+    assert stored["first_read"]["labels"]["pneumonia"] == "present" and stored["first_read"]["discordant"] == []
     # The key never travelled in a URL; the image loader sent it as a header.
     assert urls and not [u for u in urls if KEY in u]
     assert dicom_auth and all(a == f"Bearer {KEY}" for a in dicom_auth), dicom_auth

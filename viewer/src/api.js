@@ -93,6 +93,13 @@ export const api = {
       json: { region_id: regionId, verdict, reviewer },
     });
   },
+  /** "The labeler was wrong": what the first read really says about a finding. */
+  correctFirstRead(uid, { finding, label, reviewer }) {
+    return request(`${studyPath(uid)}/reviews`, {
+      method: 'POST',
+      json: { verdict: 'labeler_wrong', finding, label, reviewer },
+    });
+  },
   async heatmapLayer(uid, sop, finding) {
     const path = `${studyPath(uid)}/instances/${encodeURIComponent(sop)}/heatmaps/${encodeURIComponent(finding)}.layer.png`;
     const response = await request(path, { raw: true });

@@ -50,6 +50,18 @@ export const VERDICTS = [
   { value: 'already_reported', label: 'Already reported', key: '3' },
 ];
 
+// What a first read says about a finding (contract 2's first_read.labels), in a reviewer's words.
+export const REPORT_LABELS = [
+  { value: 'present', label: 'present' },
+  { value: 'uncertain', label: 'uncertain' },
+  { value: 'negated', label: 'negated' },
+  { value: 'not_mentioned', label: 'not mentioned' },
+];
+
+export function reportLabel(value) {
+  return REPORT_LABELS.find((l) => l.value === value)?.label || String(value || 'not mentioned');
+}
+
 export function verdictLabel(value) {
   return VERDICTS.find((v) => v.value === value)?.label || value;
 }

@@ -1,7 +1,9 @@
 // The study view: image + heatmap layer + regions, the first read with the discordant sentence
 // highlighted, and a verdict per region.
 import { api } from './api.js';
-import { VERDICTS, drawLegend, el, findingText, routeBadge, ruleText, verdictLabel } from './format.js';
+import {
+  REPORT_LABELS, VERDICTS, drawLegend, el, findingText, reportLabel, routeBadge, ruleText, verdictLabel,
+} from './format.js';
 import { ImageView } from './imaging.js';
 
 const REVIEWER_KEY = 'secondreader.reviewer';
@@ -118,6 +120,7 @@ export class StudyView {
     this.selected = null;
     this.message.textContent = 'Loading…';
     document.getElementById('review-error').textContent = '';
+    document.getElementById('first-read-error').textContent = '';
     let result;
     try {
       result = await api.study(uid);
@@ -268,9 +271,86 @@ export class StudyView {
         text: `${code}: AI positive, report ${label.replaceAll('_', ' ')}` }));
     }
     status.replaceChildren(...parts.flatMap((p, i) => (i ? [document.createTextNode(' '), p] : [p])));
+    this.renderFirstReadTable(firstRead);
     const text = firstRead.text || '';
     document.getElementById('report-text').replaceChildren(
       ...(text ? markedReport(text, firstRead.evidence, firstRead.labels, discordant) : []));
+  }
+
+  /** Per finding: the AI's call, what the report says (the label in effect, where it comes from and
+   * the sentence it was read from), and buttons to overrule a mis-read ("the labeler was wrong"). */
+  renderFirstReadTable(firstRead) {
+    const table = document.getElementById('first-read-table');
+    const labels = firstRead.labels || {};
+    const discordant = firstRead.discordant || [];
+    const findings = new Map((this.result.findings || []).map((f) => [f.code, f]));
+    // discordant findings first, then the AI's positives, then the rest
+    const rank = (code) => (discordant.includes(code) ? 0 : findings.get(code)?.positive ? 1 : 2);
+    const codes = Object.keys(labels).sort((x, y) => rank(x) - rank(y) || x.localeCompare(y));
+    table.hidden = !codes.length || (firstRead.status || 'none') === 'none';
+    table.tBodies[0].replaceChildren(...codes.map((code) => {
+      const label = labels[code];
+      const source = firstRead.sources?.[code] || (firstRead.evidence?.[code] ? 'labeler' : 'structured');
+      const correction = firstRead.corrections?.[code];
+      const sentence = firstRead.evidence?.[code];
+      const finding = findings.get(code);
+      const says = [el('span', { className: 'says', text: reportLabel(label) })];
+      if (correction) {
+        says.push(el('span', { className: 'source corrected',
+          text: `corrected by ${correction.reviewer}; the labeler read ${reportLabel(correction.labeler_label)}` }));
+      } else {
+        says.push(el('span', { className: 'source',
+          text: source === 'structured' ? 'structured label from the sender' : 'read by the labeler' }));
+      }
+      let quote;
+      if (sentence) quote = el('blockquote', { text: `“${sentence}”`, attrs: { 'data-sentence': code } });
+      else if (source !== 'structured') quote = el('p', { className: 'no-sentence', text: 'No sentence names it.' });
+      const overrule = el('div', { className: 'overrule', attrs: { role: 'group',
+        'aria-label': `What the report says about ${code}, if the labeler was wrong` } }, [
+        el('span', { className: 'muted', text: 'Labeler wrong? The report says:' }),
+        ...REPORT_LABELS.map((option) => {
+          const button = el('button', { text: option.label, attrs: { type: 'button', 'data-label': option.value,
+            'aria-pressed': String(option.value === label),
+            title: option.value === label ? 'What the first read says now'
+              : `Record that the labeler was wrong: the report says ${option.label}` } });
+          button.addEventListener('click', () => {
+            if (option.value !== label) this.correctFirstRead(code, option.value);
+          });
+          return button;
+        }),
+      ]);
+      return el('tr', { className: discordant.includes(code) ? 'discordant' : '', attrs: { 'data-finding': code } }, [
+        el('th', { attrs: { scope: 'row' } }, [
+          el('span', { text: code }),
+          discordant.includes(code) ? el('div', { className: 'badge discordant', text: 'discordant' }) : null,
+        ]),
+        el('td', { text: finding ? findingText(finding) : '—' }),
+        el('td', {}, [...says, quote, overrule]),
+      ]);
+    }));
+  }
+
+  async correctFirstRead(code, label) {
+    const error = document.getElementById('first-read-error');
+    const reviewer = this.reviewer.value.trim();
+    if (!reviewer) {
+      error.textContent = 'Enter your name as reviewer (top right) before correcting the first read.';
+      this.reviewer.focus();
+      return;
+    }
+    window.sessionStorage.setItem(REVIEWER_KEY, reviewer);
+    error.textContent = '';
+    try {
+      const updated = await api.correctFirstRead(this.uid, { finding: code, label, reviewer });
+      if (updated && updated.study_instance_uid === this.uid) this.result = updated;
+      else this.result = await api.study(this.uid);
+      this.renderSummary();
+      this.renderFindings();
+      this.renderRegions();
+      this.renderReport();
+    } catch (failure) {
+      error.textContent = `The correction was not recorded: ${failure.message}`;
+    }
   }
 
   select(regionId) {
