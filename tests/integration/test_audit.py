@@ -79,7 +79,7 @@ def config(root: Path, out: Path, models_dir: Path, **overrides: object) -> Audi
 
 
 def assert_no_phi(out: Path) -> None:
-    """No canary in any file the audit wrote (any case: the labeler lower-cases sentences)."""
+    """No canary in any file the audit wrote (in any case: a report sentence may spell it otherwise)."""
     checked = 0
     for path in out.rglob("*"):
         if path.is_file():
@@ -146,7 +146,7 @@ def test_html_report_lists_discordant_studies_with_pictures(audited: tuple[Audit
     assert "Discordant studies (1)" in page and uids["rg1"] in page and uids["uncertain"] not in page
     assert "report negates it" in page
     # the report sentence, with the patient's name masked
-    assert "<blockquote>no focal consolidation in &lt;name&gt;</blockquote>" in page
+    assert "<blockquote>No focal consolidation in &lt;name&gt;</blockquote>" in page
     assert "2004-08" in page and "2024-03" in page
     row = next(r for r in outcome.rows if r["study_instance_uid"] == uids["rg1"])
     pictures = row["images"]["pneumonia"]
