@@ -49,7 +49,7 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_reads_a_folder_and_a_tgz_alike(folder: Path, tmp_path: Path) -> None:
+def test_reads_a_folder_and_a_tgz_alike(folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     archive = tmp_path / "reports.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="ecgen-radiology")
@@ -59,6 +59,7 @@ def test_reads_a_folder_and_a_tgz_alike(folder: Path, tmp_path: Path) -> None:
     # FINDINGS and IMPRESSION only: the indication ("rule out pneumonia") is not the reader's finding
     assert first.text == "Right upper lobe 8 mm nodule.\nLeft lower lobe consolidation."
     assert first.mesh == ("Nodule/lung/upper lobe/right", "Consolidation/lung/lower lobe/left")
+    assert "skipped 1 file(s) that are not well-formed XML" in caplog.text
 
 
 def test_the_mesh_mapping_decides_the_truth(folder: Path) -> None:

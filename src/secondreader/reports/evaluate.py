@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -56,6 +57,8 @@ TARGETS: Mapping[str, tuple[float, float]] = {"pneumonia": (0.98, 0.99), "nodule
 _LABELS = (Label.PRESENT, Label.UNCERTAIN, Label.NEGATED, Label.NOT_MENTIONED)
 _RANK = {Label.PRESENT: 3, Label.UNCERTAIN: 2, Label.NEGATED: 1, Label.NOT_MENTIONED: 0}
 _MAX_MEMBER_BYTES = 1_000_000  # an OpenI report is a few kB
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +109,14 @@ def read_openi(path: Path) -> list[OpenIReport]:
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.is_file() and not tarfile.is_tarfile(path):
         raise ValueError(f"{path.name} is neither a folder nor a tar archive of OpenI XML reports")
-    reports = []
+    reports, skipped = [], 0
     for name, data in _members(path):
         try:
             reports.append(_parse(data, name))
         except ET.ParseError:
-            continue
+            skipped += 1
+    if skipped:
+        logger.warning("skipped %d file(s) that are not well-formed XML", skipped)
     if not reports:
         raise ValueError(f"no OpenI XML report in {path.name}")
     return reports
