@@ -41,7 +41,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
-SEG_LABEL = "AI RESULT heatmap SEG"
+SEG_LABEL = "AI RESULT regions SEG"
 SR_LABEL = "AI RESULT report"
 
 

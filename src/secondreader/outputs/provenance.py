@@ -2,8 +2,9 @@
 
 Output UIDs are derived deterministically from the source SOP Instance UID, the model version and
 the output type (``generate_uid(entropy_srcs=...)``), so a re-sent result replaces itself in the
-PACS instead of duplicating. Series UIDs are derived from the study, the model version and the
-output type, so every output of one kind for one study shares a series.
+PACS instead of duplicating. Series UIDs are derived the same way at series level, so each source
+image's output of one kind has a series of its own (a viewer such as OHIF lists one SEG or SR per
+series: objects of several images in one series would hide each other).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ MANUFACTURER = "secondreader"
 def is_own_result(ds: Dataset) -> bool:
     """Whether ``ds`` is one of secondreader's own outputs (coming back from a PACS)."""
     return str(ds.get("Manufacturer", "") or "") == MANUFACTURER
-_KIND_NAMES = {"sc": "overlay", "seg": "heatmap SEG", "sr": "report"}
+_KIND_NAMES = {"sc": "overlay", "seg": "regions SEG", "sr": "report"}
 
 
 @dataclass(frozen=True, slots=True)
