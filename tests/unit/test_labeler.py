@@ -123,7 +123,15 @@ HYPOTHETICAL_CASES = [
     ("Recommend CT to evaluate the right upper lobe nodule.", M, P),  # a nodule to evaluate is one seen
 ]
 
-ALL_CASES = CASES + LIST_CASES + PSEUDO_CASES + HEDGE_CASES + MORPHOLOGY_CASES + HYPOTHETICAL_CASES
+#: An abbreviation's full stop does not end the sentence.
+ABBREVIATION_CASES = [
+    ("Left base opacity, atelectasis vs. pneumonia.", U, M),
+    ("Right upper lobe opacity, e.g. scarring or a nodule.", M, P),
+    ("No pneumonia. Right upper lobe nodule.", N, P),
+]
+
+ALL_CASES = (CASES + LIST_CASES + PSEUDO_CASES + HEDGE_CASES + MORPHOLOGY_CASES + HYPOTHETICAL_CASES
+             + ABBREVIATION_CASES)
 
 
 @pytest.mark.parametrize(("text", "pneumonia", "nodule"), ALL_CASES, ids=[c[0][:60] for c in ALL_CASES])

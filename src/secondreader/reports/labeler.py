@@ -165,7 +165,9 @@ _NORMAL_STATEMENTS: Sequence[tuple[re.Pattern[str], tuple[str, ...]]] = (
     (re.compile(r"\bno\s+acute\s+(?:cardiopulmonary|cardiothoracic|pulmonary|intrathoracic)\s+"
                 r"(?:process|abnormality|abnormalities|disease|findings?)\b", re.IGNORECASE), ("pneumonia",)),
 )
-_SENTENCE = re.compile(r"(?<=[.!?;])\s+|\n+")
+#: Sentence ends, but not after an abbreviation ("atelectasis vs. pneumonia" is one sentence).
+_SENTENCE = re.compile(r"(?<=[.!?;])(?<!\bvs\.)(?<!\bv\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bapprox\.)(?<!\bdr\.)"
+                       r"(?<!\bcf\.)\s+|\n+", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
