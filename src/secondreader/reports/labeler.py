@@ -23,19 +23,27 @@ When several cues govern a mention, the nearest one decides ("possible atelectas
 
 **Pseudo-negations** look like cues and are not: "no change in", "no interval increase in", "not
 significantly changed", "not only" (NegEx's pseudo-negation list, narrowed to what chest reports
-say); their words are masked before cues are searched. **Hypothetical** mentions (ConText's
+say). Their words are no cue; each is a cue of its own that asserts what follows ("possible
+atelectasis; no change in the nodule": the nodule is present). "To suggest" passes a negation on
+("no consolidation to suggest pneumonia" negates both). **Hypothetical** mentions (ConText's
 "hypothetical" category: "CT can be performed to identify a small nodule", "CT is more sensitive in
 detecting small nodules", "if ...") assert nothing and are dropped.
+
+**Nodule mimics.** A nodular opacity the same sentence explains as something that is no lung lesion
+(a rib fracture or callus, a nipple, overlapping structures, a vessel end-on) is negated when said
+outright ("represents a healing rib fracture") and uncertain when hedged ("likely a nipple shadow").
+"Infection" names pneumonia unless it is granulomatous, tuberculous, osseous or a sequela.
 
 A statement about both lungs negates findings it never names, as a radiologist reads it: "the lungs
 are clear" negates pneumonia and nodules, "no acute cardiopulmonary process" negates pneumonia
 only (a chronic nodule is not acute). A named finding anywhere in the report still outranks it, and
 a statement about one lung ("the left lung is clear") negates nothing.
 
-Hand-written rather than negspacy or NegBio: negspacy needs a spaCy pipeline and model (not
-installable here without a download), NegBio needs a constituency parser and Java; these rules are
-small, have no dependencies and are measured against expert coding by
-``secondreader evaluate-labeler`` (see :mod:`.evaluate`).
+Hand-written rather than negspacy or NegBio: negspacy needs spaCy and a language model that is
+downloaded separately (nothing may be downloaded at run time here), NegBio a constituency parser and
+a Java dependency converter; these rules are small, have no dependencies, run in time linear in the
+report's length, and are measured against expert coding by ``secondreader evaluate-labeler`` (see
+:mod:`.evaluate`).
 """
 
 from __future__ import annotations
