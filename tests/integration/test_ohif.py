@@ -94,7 +94,8 @@ def viewer(tmp_path_factory: pytest.TempPathFactory, studies: dict[str, Any]) ->
 def _red_pixels(png: bytes) -> int:
     """Pixels a segment overlay colours (OHIF's first segment is red) in a viewport screenshot."""
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
-    return int(np.count_nonzero((rgb[..., 0] > 140) & (rgb[..., 0] - rgb[..., 1] > 60) & (rgb[..., 0] - rgb[..., 2] > 60)))
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(np.count_nonzero((red > 140) & (red - green > 60) & (red - blue > 60)))
 
 
 def _viewport(page: Any) -> bytes:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -143,12 +144,19 @@ def test_an_adult_study_is_outside_the_paediatric_model(screened: dict[str, dict
 
     (sr_path,) = [p for p in study["artifacts"]["dicom"] if p.endswith("/sr.dcm")]
     sr = hd.sr.srread(Path(study["_out"]) / sr_path)
-    (group,) = sr.content.get_image_measurement_groups()
-    evaluations = {q.name.meaning: q.value.meaning for q in group.get_qualitative_evaluations()}
+    evaluations, comments = _evaluations(sr)
     assert evaluations == {"Pneumonia": "Not applicable", "Nodule": "Present"}
-    comments = [item.TextValue for item in group[0].ContentSequence if item.ValueType == "TEXT"
-                and item.ConceptNameCodeSequence[0].CodeMeaning == "Comment"]
-    assert comments == [f"pneumonia not applicable: {PNEUMONIA_NOT_FOR_ADULTS}"]
+    assert f"Pneumonia: not applicable ({PNEUMONIA_NOT_FOR_ADULTS})" in comments
+
+
+def _evaluations(sr: Any) -> tuple[dict[str, str], list[str]]:
+    """The SR's TID 1500 Qualitative Evaluations: finding → value, and the comments."""
+    (container,) = [item for item in sr.ContentSequence
+                    if item.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"]
+    evaluations = {item.ConceptNameCodeSequence[0].CodeMeaning: item.ConceptCodeSequence[0].CodeMeaning
+                   for item in container.ContentSequence if item.ValueType == "CODE"}
+    comments = [str(item.TextValue) for item in container.ContentSequence if item.ValueType == "TEXT"]
+    return evaluations, comments
 
 
 def test_a_child_study_gets_the_paediatric_model_and_not_the_adult_one(screened: dict[str, dict]) -> None:  # type: ignore[type-arg]
@@ -190,8 +198,7 @@ def test_scope_is_decided_per_image(screened: dict[str, dict]) -> None:  # type:
 
     for instance, outside in ((aged, "Nodule"), (unaged, "Pneumonia")):
         (sr_path,) = [p for p in study["artifacts"]["dicom"] if p.endswith(f"{instance['sop_instance_uid']}/sr.dcm")]
-        (group,) = hd.sr.srread(Path(study["_out"]) / sr_path).content.get_image_measurement_groups()
-        evaluations = {q.name.meaning: q.value.meaning for q in group.get_qualitative_evaluations()}
+        evaluations, _ = _evaluations(hd.sr.srread(Path(study["_out"]) / sr_path))
         assert evaluations[outside] == "Not applicable", evaluations
 
 

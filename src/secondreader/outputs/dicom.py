@@ -305,11 +305,12 @@ def _report(src: Dataset, findings: Sequence[FindingResult], regions: Sequence[R
     # Derived Imaging Measurements or Qualitative Evaluations. An image with no flagged region
     # has only the last: the placeholder group is taken out again below.
     placeholder = not rois
-    groups = rois or [hd.sr.MeasurementsAndQualitativeEvaluations(
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]
+    groups = list(rois) or [hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(identifier="image"), algorithm_id=algorithm,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src)])]
     report = hd.sr.MeasurementReport(observation_context=observer, procedure_reported=_CHEST_XRAY,
-                                     imaging_measurements=groups, referenced_images=[_library_entry(src)])
+                                     imaging_measurements=groups, referenced_images=_library(src))
     root = report[0]
     if placeholder:
         root.ContentSequence = [item for item in root.ContentSequence
@@ -328,14 +329,19 @@ def _report(src: Dataset, findings: Sequence[FindingResult], regions: Sequence[R
     return _mark(sr, "sr", provenance)
 
 
-def _library_entry(src: Dataset) -> Dataset:
-    """The source as the Image Library describes it (its patient orientation, which a projection
-    radiograph's entry needs, defaulted as the outputs display it)."""
+def _library(src: Dataset) -> list[Dataset] | None:
+    """The source as the Image Library describes it (TID 1601), or None when its pixel spacing is
+    unknown: a projection radiograph's entry states its imager pixel spacing (the detector's, else
+    the calibrated Pixel Spacing) and its patient orientation (defaulted as the outputs display it)."""
+    spacing = src.get("ImagerPixelSpacing") or src.get("PixelSpacing")
+    if not spacing or len(spacing) != 2:
+        return None
     entry = Dataset()
     entry.update(src)
+    entry.ImagerPixelSpacing = [float(spacing[0]), float(spacing[1])]
     if not entry.get("PatientOrientation"):
         entry.PatientOrientation = list(_orientation(src))
-    return entry
+    return [entry]
 
 
 def _qualitative_evaluations(findings: Sequence[FindingResult], priority: Priority) -> hd.sr.ContainerContentItem:
@@ -343,7 +349,7 @@ def _qualitative_evaluations(findings: Sequence[FindingResult], priority: Priori
     probability against its operating point (or why it does not apply), and the priority score."""
     container = hd.sr.ContainerContentItem(name=_QUALITATIVE_EVALUATIONS,
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-    items = []
+    items: list[hd.sr.CodeContentItem | hd.sr.TextContentItem] = []
     for f in findings:
         value = _NOT_APPLICABLE if not f.applicable else codes.SCT.Present if f.positive else codes.SCT.Absent
         items.append(hd.sr.CodeContentItem(name=finding_concept(f.code), value=value,
@@ -358,5 +364,5 @@ def _qualitative_evaluations(findings: Sequence[FindingResult], priority: Priori
     items.append(hd.sr.TextContentItem(
         name=_COMMENT, value=f"{_PRIORITY.meaning}: {priority.score} ({priority.route.value})",
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
-    container.ContentSequence = items
+    container.ContentSequence = hd.sr.ContentSequence(items)
     return container
