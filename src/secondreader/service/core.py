@@ -350,10 +350,18 @@ class ScreeningService:
             if pending is not None:
                 pending.wait(timeout=wait)
         if not path.is_file() and self.storage.shared:
-            try:
-                self.storage.fetch(self.storage.ref(f"artifacts/{relative}"), path)
-            except FileNotFoundError:
-                return None
+            # written by another replica: fetched from the storage, after waiting for it while the
+            # study's outputs are still being written there
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    self.storage.fetch(self.storage.ref(f"artifacts/{relative}"), path)
+                    break
+                except FileNotFoundError:
+                    result = self.store.get_study(study_uid) or {}
+                    if (result.get("artifacts") or {}).get("status") != "pending" or time.monotonic() > deadline:
+                        return None
+                    time.sleep(0.25)
         return path if path.is_file() else None
 
     def instance_source(self, study_uid: str, sop_uid: str) -> tuple[bytes | Path, str | None] | None:

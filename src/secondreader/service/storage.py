@@ -204,7 +204,8 @@ class S3Storage(Storage):
 
     shared = True
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None, create_bucket: bool = True) -> None:
+    def __init__(self, url: str, *, endpoint_url: str | None = None, create_bucket: bool = True,
+                 max_attempts: int = 5, read_timeout: float = 60.0) -> None:
         if not url.startswith("s3://") or len(url) <= 5:
             raise ValueError("an S3 storage URL is s3://bucket or s3://bucket/prefix")
         try:
@@ -219,7 +220,8 @@ class S3Storage(Storage):
         # No listings cache: another replica adds objects at any time. Credentials and region come
         # from botocore's usual sources (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION).
         self.fs = s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False, skip_instance_cache=True,
-                                    config_kwargs={"retries": {"max_attempts": 5, "mode": "standard"}})
+                                    config_kwargs={"retries": {"max_attempts": max_attempts, "mode": "standard"},
+                                                   "connect_timeout": 10, "read_timeout": read_timeout})
         if create_bucket:
             try:
                 if not self.fs.exists(self.bucket):
