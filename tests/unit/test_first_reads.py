@@ -87,7 +87,8 @@ def test_mllp_listener_acks_accepts_and_rejects() -> None:
                     reply += sock.recv(4096)
                 return reply
             assert b"MSA|AA|MSG001" in send("\n".join(ORU))
-            assert b"MSA|AR|MSG001|unknown accession" in send("\r".join(ORU).replace("ACC123", "FAIL"))
+            failing = "\r".join(ORU).replace("ACC123", "FAIL").replace("MSG001", "MSG002")
+            assert b"MSA|AR|MSG002|unknown accession" in send(failing)
             assert b"MSA|AR" in send("MSH|^~\\&|A|B|C|D|x||ADT^A01|7|P|2.5")
         with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
             sock.sendall(b"this is not MLLP\x1c\r")

@@ -16,6 +16,9 @@ import asyncio
 import logging
 import re
 import threading
+import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import hl7
@@ -36,6 +39,7 @@ _SNOMED_SYSTEMS = {"SCT", "SNM", "SNOMED", "SNOMEDCT", "SNOMED CT", "2.16.840.1.
 _STUDY_UID_CODES = {"113014", "STUDY INSTANCE UID", "STUDYINSTANCEUID"}
 _MLLP_FRAME = str.maketrans({"\x0b": None, "\x1c": None})
 _MAX_MESSAGE_CHARS = 1_000_000
+_ANSWERED_KEPT = 10_000  # control IDs remembered, so a resend is answered again and not stored twice
 
 
 def _normalise(text: str) -> str:
@@ -88,10 +92,23 @@ def message_type(message: hl7.Message) -> str:
 
 
 def report_from_oru(message: hl7.Message) -> ReportIn:
-    """The first read in an ORU^R01 message."""
-    kind = message_type(message)
+    """The first read in an ORU^R01 message. Any malformation raises InvalidReportError, whose
+    message names the segment or field and never quotes its value."""
+    try:
+        return _report_from_oru(message)
+    except InvalidReportError:
+        raise
+    except Exception:  # noqa: BLE001 - hl7 raises KeyError/IndexError/TypeError on malformed segments
+        raise InvalidReportError("ORU^R01 message has a malformed segment") from None
+
+
+def _report_from_oru(message: hl7.Message) -> ReportIn:
+    try:
+        kind = message_type(message)
+    except Exception:  # noqa: BLE001 - a malformed MSH
+        kind = ""
     if kind != "ORU^R01":
-        raise InvalidReportError(f"HL7 message type {kind} is not a result (ORU^R01)")
+        raise InvalidReportError("HL7 message type (MSH-9) is not a result (ORU^R01)")
     segments = {str(s[0]).strip() for s in message}
     if "OBR" not in segments:
         raise InvalidReportError("ORU^R01 message has no OBR segment")
@@ -144,16 +161,50 @@ def _coded_finding(value: str) -> str | None:
     return None
 
 
+def msh_fields(message: hl7.Message | None) -> list[str]:
+    """The raw MSH fields, HL7-numbered (index 1 is the field separator, 3 the sending application,
+    10 the control ID); a short MSH gives a short list, never an error."""
+    if message is None:
+        return []
+    try:
+        text = str(message.segment("MSH"))
+    except Exception:  # noqa: BLE001 - hl7 raises KeyError/IndexError on a malformed message
+        return []
+    if not text.startswith("MSH") or len(text) < 4:
+        return []
+    separator = text[3]
+    return ["MSH", separator, *text[4:].split(separator)]
+
+
+def control_id(message: hl7.Message | None) -> str:
+    """MSH-10, the message control ID (separators and control characters removed), or ""."""
+    fields = msh_fields(message)
+    return _token(fields[10], 199) if len(fields) > 10 else ""
+
+
 def ack(message: hl7.Message | None, code: str, text: str = "") -> bytes:
     """An ACK (``AA``) or NAK (``AE``/``AR``) for ``message``, as bytes ready for MLLP framing.
-    ``text`` (never patient data) goes to MSA-3."""
-    if message is None or "MSH" not in {str(s[0]).strip() for s in message}:
-        fallback = "MSH|^~\\&|SECONDREADER||||||ACK|0|P|2.5\rMSA|AR|0"
-        return (fallback + (f"|{_escape(text)}" if text else "")).encode()
-    reply = message.create_ack(code, application="SECONDREADER")
-    if text:
-        reply.segment("MSA").assign_field(_escape(text), 3)
-    return str(reply).encode()
+    ``text`` (never patient data) goes to MSA-3. Built from whatever MSH fields are present, so a
+    short or malformed MSH still gets an answer; the sender's fields are echoed only where HL7 needs
+    them (MSH-5/6, MSA-2), stripped of separators."""
+    fields = msh_fields(message)
+
+    def field(index: int, default: str = "", size: int = 64) -> str:
+        return (_token(fields[index], size) if len(fields) > index else "") or default
+
+    kind = fields[9].split("^") if len(fields) > 9 else []
+    trigger = _token(kind[1], 3) if len(kind) > 1 else ""
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    msh = "|".join(["MSH", "^~\\&", "SECONDREADER", field(6), field(3), field(4), stamp, "",
+                    f"ACK^{trigger}^ACK" if trigger else "ACK", uuid.uuid4().hex[:20], field(11, "P", 3),
+                    field(12, "2.5", 16)])
+    msa = f"MSA|{code}|{field(10, '0', 199)}" + (f"|{_escape(text)}" if text else "")
+    return f"{msh}\r{msa}\r".encode()
+
+
+def _token(value: str, size: int) -> str:
+    """A sender's field, safe to echo: no field or segment separators, no control characters."""
+    return re.sub(r"[|^~\\&\x00-\x1f\x7f]", "", value.split("^")[0]).strip()[:size]
 
 
 def _escape(text: str) -> str:
@@ -173,6 +224,8 @@ class Hl7Listener:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="hl7-listener", daemon=True)
+        self._lock = threading.Lock()
+        self._answered: OrderedDict[tuple[str, ...], tuple[str, str]] = OrderedDict()
 
     def start(self) -> None:
         self._thread.start()
@@ -191,18 +244,37 @@ class Hl7Listener:
             while not reader.at_eof():
                 try:
                     block = await reader.readblock()
-                except asyncio.IncompleteReadError:
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial.strip():
+                        logger.warning("HL7 connection closed inside a frame (no MLLP end block)")
                     break
-                except (hl7.mllp.InvalidBlockError, ValueError):
+                except hl7.mllp.InvalidBlockError:
+                    logger.warning("HL7 frame rejected: it does not begin with the MLLP start block")
                     writer.writeblock(ack(None, "AR", "not an MLLP-framed HL7 message"))
+                    await writer.drain()
+                    break
+                except ValueError:
+                    logger.warning("HL7 frame rejected: over %d characters", _MAX_MESSAGE_CHARS)
+                    writer.writeblock(ack(None, "AR", "message is too long"))
                     await writer.drain()
                     break
                 writer.writeblock(await asyncio.get_running_loop().run_in_executor(None, self._handle, block))
                 await writer.drain()
+        except (ConnectionError, TimeoutError) as exc:
+            logger.info("HL7 connection dropped by the peer (%s)", type(exc).__name__)
         finally:
             writer.close()
 
     def _handle(self, block: bytes) -> bytes:
+        """The ACK for one frame; never raises. A message already answered (same sending application,
+        facility and control ID, MSH-3/4/10) gets its earlier answer again and is not stored twice."""
+        try:
+            return self._answer(block)
+        except Exception as exc:  # noqa: BLE001 - boundary: every frame gets an answer
+            logger.error("HL7 frame not handled (%s)", type(exc).__name__)
+            return ack(None, "AE", "message not handled; retry")
+
+    def _answer(self, block: bytes) -> bytes:
         message: hl7.Message | None = None
         try:
             message = parse_message(block.decode("utf-8", errors="replace"))
@@ -210,17 +282,36 @@ class Hl7Listener:
         except InvalidReportError as exc:
             logger.warning("HL7 message rejected: %s", exc)
             return ack(message, "AR", str(exc))
+        fields = msh_fields(message)
+        key = (control_id(message), *(_token(fields[i], 64) if len(fields) > i else "" for i in (3, 4)))
+        if not key[0]:
+            logger.warning("HL7 message rejected: no message control ID (MSH-10)")
+            return ack(message, "AR", "message control ID (MSH-10) is missing")
+        with self._lock:  # one message at a time: a resend racing its original must not store twice
+            answered = self._answered.get(key)
+            if answered is not None:
+                self._answered.move_to_end(key)
+                logger.info("HL7 message resent; answered again without storing it")
+                return ack(message, *answered)
+            answer = self._record(report)
+            if answer[0] != "AE":  # an AE asks the sender to retry: its resend must be tried again
+                self._answered[key] = answer
+                while len(self._answered) > _ANSWERED_KEPT:
+                    self._answered.popitem(last=False)
+        return ack(message, *answer)
+
+    def _record(self, report: ReportIn) -> tuple[str, str]:
         try:
             self.handler(report)
         except InvalidReportError as exc:
-            return ack(message, "AR", str(exc))
+            return "AR", str(exc)
         except SecondReaderError as exc:
             logger.error("HL7 first read not recorded: %s", exc)
-            return ack(message, "AE", "first read not recorded; retry")
+            return "AE", "first read not recorded; retry"
         except Exception as exc:  # noqa: BLE001 - boundary: the listener lives, the sender retries
             logger.error("HL7 first read not recorded (%s)", type(exc).__name__)
-            return ack(message, "AE", "first read not recorded; retry")
-        return ack(message, "AA")
+            return "AE", "first read not recorded; retry"
+        return "AA", ""
 
     def stop(self) -> None:
         if self._server is not None:
