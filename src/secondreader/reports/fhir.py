@@ -59,7 +59,8 @@ def report_from_fhir(body: object) -> ReportIn:
     if not isinstance(body, Mapping) or body.get("resourceType") != "DiagnosticReport":
         raise InvalidReportError("FHIR body must be a DiagnosticReport resource")
     if body.get("status") in _UNUSABLE:
-        raise InvalidReportError(f"DiagnosticReport status {body.get('status')} is not a usable first read")
+        raise InvalidReportError("DiagnosticReport status is not a usable first read (cancelled or "
+                                 "entered in error)")
     resources: list[Mapping[str, Any]] = [body]
     resources += [r for r in _list(body.get("contained")) if isinstance(r, Mapping)]
     study_uid: str | None = None

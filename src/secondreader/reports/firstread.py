@@ -33,8 +33,9 @@ def parse_label(value: object, finding: str) -> Label:
     """A structured label (``present``/``absent``/``uncertain``/``not_mentioned``, or 1/0/-1)."""
     key = str(value).strip().lower() if value is not None else ""
     if key not in _LABEL_ALIASES:
-        raise InvalidReportError(f"finding {finding!r}: label must be present, absent, uncertain or "
-                                 "not_mentioned")
+        # the finding is named only when it is one of ours: a client's key is never echoed
+        named = f"finding {finding!r}" if finding in FINDING_TERMS else "a finding"
+        raise InvalidReportError(f"{named}: label must be present, absent, uncertain or not_mentioned")
     return _LABEL_ALIASES[key]
 
 

@@ -23,13 +23,13 @@ from starlette.routing import Route
 from ..dicom.io import read_dataset
 from ..errors import InfrastructureError, InvalidInputError, SecondReaderError
 from .core import ScreeningService, Upload, wait_seconds
+from .validation import is_uid, strict_int, strict_number
 from .worklist_http import worklist_routes
 
 __all__ = ["build_app"]
 
 logger = logging.getLogger(__name__)
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _FINDING = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 
@@ -95,10 +95,14 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
 
     async def screen(request: Request) -> Response:
         limit = max_upload_bytes()
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit:
+        try:
+            length = strict_int(request.headers.get("content-length"), "Content-Length", low=0, high=2**62, default=0)
+        except InvalidInputError as exc:
+            return _error(400, "bad request", str(exc))
+        if length > limit:
             return _error(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
         try:
+            strict_number(request.query_params.get("wait"), "wait", low=0, high=600)
             wait = wait_seconds(request.query_params.get("wait"))
             uploads = await _read_uploads(request, limit)
             service = get_service()
@@ -131,7 +135,7 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
 
     async def heatmap(request: Request) -> Response:
         uid, sop, finding = (request.path_params[k] for k in ("study_uid", "sop_uid", "finding"))
-        if not (_UID.fullmatch(uid) and _UID.fullmatch(sop) and _FINDING.fullmatch(finding)):
+        if not (is_uid(uid) and is_uid(sop) and _FINDING.fullmatch(finding)):
             return _error(400, "bad request", "UIDs must be DICOM UIDs and the finding a finding code")
         path = await asyncio.to_thread(get_service().heatmap, uid, sop, finding)
         if path is None:
@@ -141,7 +145,7 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
     async def heatmap_layer(request: Request) -> Response:
         """The heatmap alone as a transparent RGBA layer over the source grid (the viewer's overlay)."""
         uid, sop, finding = (request.path_params[k] for k in ("study_uid", "sop_uid", "finding"))
-        if not (_UID.fullmatch(uid) and _UID.fullmatch(sop) and _FINDING.fullmatch(finding)):
+        if not (is_uid(uid) and is_uid(sop) and _FINDING.fullmatch(finding)):
             return _error(400, "bad request", "UIDs must be DICOM UIDs and the finding a finding code")
         path = await asyncio.to_thread(get_service().heatmap, uid, sop, f"{finding}.layer")
         if path is None:
@@ -204,16 +208,17 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
 
     async def outbox_retry(request: Request) -> Response:
         """Admin: put a dead-lettered row back in the queue (once its file is restored)."""
-        raw = request.path_params["item_id"]
-        if not raw.isdigit() or len(raw) > 18:
+        try:
+            item_id = strict_int(request.path_params["item_id"], "item_id", low=0, high=2**62)
+        except InvalidInputError:
             return _error(404, "not found", "no such outbox row")
         try:
-            requeued = await asyncio.to_thread(get_service().store.outbox_requeue, int(raw))
+            requeued = await asyncio.to_thread(get_service().store.outbox_requeue, item_id)
         except InfrastructureError as exc:
             return _error(503, "unavailable", str(exc))
         if not requeued:
             return _error(404, "not found", "no dead-lettered outbox row with this id")
-        return JSONResponse({"id": int(raw), "status": "pending"})
+        return JSONResponse({"id": item_id, "status": "pending"})
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404

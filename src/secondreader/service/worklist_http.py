@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
-import re
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +24,10 @@ from ..reports.firstread import MAX_REPORT_CHARS, ReportIn, report_from_json
 from ..reports.hl7 import parse_message, report_from_oru
 from ..worklist import FIRST_READ_VERDICT
 from .core import ScreeningService
+from .validation import is_uid, loads_json, strict_int, strict_number
 
 __all__ = ["actor_of", "worklist_routes"]
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _MAX_REPORT_BYTES = 4 * MAX_REPORT_CHARS
 
 
@@ -45,12 +43,12 @@ def actor_of(request: Request) -> str:
 
 
 def _uid_ok(uid: str) -> bool:
-    return bool(_UID.fullmatch(uid)) and len(uid) <= 64
+    return is_uid(uid)
 
 
 async def _body(request: Request) -> bytes:
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > _MAX_REPORT_BYTES:
+    if length and strict_int(length, "Content-Length", low=0, high=2**62) > _MAX_REPORT_BYTES:
         raise InvalidReportError(f"a first read is limited to {_MAX_REPORT_BYTES // 1024} KiB")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -67,9 +65,9 @@ def _parse_report(content_type: str, body: bytes) -> ReportIn:
     if media in ("application/hl7-v2", "x-application/hl7-v2+er7", "application/edi-hl7"):
         return report_from_oru(parse_message(text))
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        raise InvalidReportError("the body is not JSON (send application/json, application/fhir+json "
+        data = loads_json(text)
+    except InvalidInputError as exc:
+        raise InvalidReportError(f"{exc} (send application/json, application/fhir+json "
                                  "or an HL7 v2 message as application/hl7-v2)") from None
     if media == "application/fhir+json" or (isinstance(data, dict) and "resourceType" in data):
         return report_from_fhir(data)
@@ -96,12 +94,12 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
     async def worklist(request: Request) -> Response:
         state = request.query_params.get("state") or None
         route = request.query_params.get("route") or None
-        limit_raw = request.query_params.get("limit") or "500"
-        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 5000:
+        try:
+            limit = strict_int(request.query_params.get("limit"), "limit", low=1, high=5000, default=500)
+        except InvalidInputError:
             return _error(400, "bad request", "limit must be a number from 1 to 5000")
         try:
-            items = await asyncio.to_thread(get_service().worklist.items, state=state, route=route,
-                                            limit=int(limit_raw))
+            items = await asyncio.to_thread(get_service().worklist.items, state=state, route=route, limit=limit)
         except ValueError:
             return _error(400, "bad request", "state must be new, screened, awaiting_review, reviewed, ineligible "
                                               "or failed; route urgent, review or none")
@@ -110,15 +108,12 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
         return JSONResponse({"items": items})
 
     async def rates(request: Request) -> Response:
-        raw = request.query_params.get("days") or None
-        days: float | None = None
-        if raw is not None:
-            try:
-                days = float(raw)
-            except ValueError:
-                days = -1.0
-            if not 0 < days <= 36500 or days != days:
-                return _error(400, "bad request", "days must be a number of days, more than 0")
+        try:
+            days = strict_number(request.query_params.get("days"), "days", low=0, high=36500)
+        except InvalidInputError:
+            days = 0.0
+        if days is not None and days <= 0:
+            return _error(400, "bad request", "days must be a number of days, more than 0")
         try:
             summary = await asyncio.to_thread(get_service().worklist.flag_rates, days=days)
         except InfrastructureError as exc:
@@ -139,8 +134,8 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
         if not _uid_ok(uid):
             return _error(400, "bad request", "study UID must be a DICOM UID (digits and dots)")
         try:
-            body: Any = json.loads((await _body(request)).decode("utf-8", errors="replace"))
-        except (json.JSONDecodeError, InvalidReportError):
+            body: Any = loads_json((await _body(request)).decode("utf-8", errors="replace"))
+        except InvalidInputError:
             return _error(400, "bad request", "the body must be a JSON object {region_id, verdict, reviewer}")
         if not isinstance(body, dict):
             return _error(400, "bad request", "the body must be a JSON object {region_id, verdict, reviewer}")
