@@ -288,6 +288,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     env["SECONDREADER_HOST"] = host  # the DICOM receiver and the HL7 listener bind the same host
     env["SECONDREADER_MODELS_DIR"] = str(Path(args.models_dir or settings.models_dir).resolve())
     env["SECONDREADER_LOG_LEVEL"] = args.log_level
+    env["FORWARDED_ALLOW_IPS"] = settings.trusted_proxies.strip()  # uvicorn trusts loopback's X-Forwarded-For else
     env.setdefault("BENTOML_HOME", str((settings.home / "bentoml").resolve()))
     # Import the bundles into the BentoML model store before the service (and its class-level
     # model references) loads; the store lives under BENTOML_HOME.

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
                                    "before it gets 429")
     auth_window_seconds: float = Field(60.0, gt=0, description="Window of auth_max_failures, and how long a "
                                        "client address is then refused")
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose "
+        "X-Forwarded-For is believed; none by default, so the failed-key limit and the access log use the "
+        "connecting peer's address (uvicorn's default of trusting loopback is overridden)")
     series_number_sc: int = Field(9901, description="Series Number of the Secondary Capture overlays")
     series_number_seg: int = Field(9902, description="Series Number of the heatmap Segmentations")
     series_number_sr: int = Field(9903, description="Series Number of the TID 1500 reports")

@@ -11,6 +11,7 @@ until the window has passed, whatever key it presents then, so a key cannot be g
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -19,7 +20,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["OPEN_PATHS", "OPEN_PREFIXES", "ApiKeyMiddleware", "FailedAuthLimiter", "parse_keys"]
+__all__ = ["OPEN_PATHS", "OPEN_PREFIXES", "ApiKeyMiddleware", "FailedAuthLimiter", "TrustedProxies", "parse_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,47 @@ ASGIApp = Callable[..., Any]
 
 def parse_keys(raw: str | None) -> tuple[str, ...]:
     return tuple(k.strip() for k in (raw or "").split(",") if k.strip())
+
+
+class TrustedProxies:
+    """The reverse proxies whose ``X-Forwarded-For`` is believed (``SECONDREADER_TRUSTED_PROXIES``:
+    addresses or networks, comma-separated; none by default).
+
+    :meth:`client` is the address a request is limited and logged by: the connecting peer, unless
+    that peer is a trusted proxy; then the right-most address of ``X-Forwarded-For`` that is not a
+    trusted proxy itself (the left-most entries are whatever the client wrote)."""
+
+    def __init__(self, raw: str | None = None) -> None:
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for item in (raw or "").split(","):
+            if item.strip():
+                try:
+                    self.networks.append(ipaddress.ip_network(item.strip(), strict=False))
+                except ValueError:
+                    raise ValueError("SECONDREADER_TRUSTED_PROXIES holds an entry that is not an address or "
+                                     "network") from None
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def client(self, scope: dict[str, Any]) -> str:
+        peer = str((scope.get("client") or ("unknown", 0))[0] or "unknown")
+        if not self.networks or not self.trusts(peer):
+            return peer
+        forwarded = b",".join(v for k, v in scope.get("headers") or [] if k == b"x-forwarded-for")
+        for hop in reversed(forwarded.decode("latin-1").split(",")):
+            hop = hop.strip()
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer  # a malformed chain: the proxy's own address, not a name a client chose
+            if not self.trusts(hop):
+                return hop
+        return peer
 
 
 class FailedAuthLimiter:
@@ -103,10 +145,11 @@ def _json(status: int, payload: dict[str, str], extra: list[tuple[bytes, bytes]]
 
 class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, keys: Iterable[str] | Callable[[], Iterable[str]], *,
-                 limiter: FailedAuthLimiter | None = None) -> None:
+                 limiter: FailedAuthLimiter | None = None, trusted_proxies: TrustedProxies | None = None) -> None:
         self.app = app
         self._keys = keys
         self.limiter = limiter if limiter is not None else FailedAuthLimiter()
+        self.proxies = trusted_proxies if trusted_proxies is not None else TrustedProxies()
 
     def _valid(self, presented: bytes) -> bool:
         keys = self._keys() if callable(self._keys) else self._keys
@@ -117,17 +160,17 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in OPEN_PATHS or path == "/viewer" or path.startswith(OPEN_PREFIXES):
-            await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or (
+                kind == "http" and (path in OPEN_PATHS or path == "/viewer" or path.startswith(OPEN_PREFIXES))):
+            await self.app(scope, receive, send)  # lifespan; the open HTTP routes (no WebSocket is open)
             return
-        client = (scope.get("client") or ("unknown", 0))[0] or "unknown"
+        client = self.proxies.client(scope)
         wait = self.limiter.retry_after(client)
         if wait > 0:
-            start, body = _json(429, {"error": "too many requests", "reason": "too many failed API-key attempts "
-                                      "from this address; try again later"},
-                                [(b"retry-after", str(int(wait) + 1).encode())])
-            await send(start)
-            await send({"type": "http.response.body", "body": body})
+            await self._refuse(kind, send, 429, {"error": "too many requests", "reason": "too many failed API-key "
+                                                 "attempts from this address; try again later"},
+                               [(b"retry-after", str(int(wait) + 1).encode())])
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")
@@ -138,7 +181,15 @@ class ApiKeyMiddleware:
         if self.limiter.retry_after(client) > 0:
             logger.warning("API key: too many failed attempts from one client address; refusing it for %.0f s",
                            self.limiter.window_seconds)
-        start, body = _json(401, {"error": "unauthorized", "reason": "a valid API key is required "
-                                  "(Authorization: Bearer KEY)"}, [(b"www-authenticate", b"Bearer")])
+        await self._refuse(kind, send, 401, {"error": "unauthorized", "reason": "a valid API key is required "
+                                             "(Authorization: Bearer KEY)"}, [(b"www-authenticate", b"Bearer")])
+
+    @staticmethod
+    async def _refuse(kind: str, send: Any, status: int, payload: dict[str, str],
+                      extra: list[tuple[bytes, bytes]]) -> None:
+        if kind == "websocket":  # closed before it is accepted: the server answers the handshake with 403
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        start, body = _json(status, payload, extra)
         await send(start)
         await send({"type": "http.response.body", "body": body})

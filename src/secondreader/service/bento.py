@@ -31,7 +31,7 @@ with bentoml.importing():
     from secondreader.reports.hl7 import Hl7Listener
     from secondreader.service import metrics
     from secondreader.service.access import install_access_log_filter
-    from secondreader.service.auth import ApiKeyMiddleware, FailedAuthLimiter, parse_keys
+    from secondreader.service.auth import ApiKeyMiddleware, FailedAuthLimiter, TrustedProxies, parse_keys
     from secondreader.service.batcher import BatchingPredictor
     from secondreader.service.core import Leases, ScreeningService, Upload
     from secondreader.service.http import build_app
@@ -46,6 +46,14 @@ logger = logging.getLogger("secondreader.service")
 
 def _settings() -> Settings:
     return Settings()
+
+
+# uvicorn (inside BentoML's worker) rewrites a request's client address from X-Forwarded-For when
+# the peer is in FORWARDED_ALLOW_IPS, loopback by default: anything on the host (a sidecar,
+# `kubectl port-forward`) could then name any address, escape the failed-key limit, lock out another
+# address and forge the access log. Only SECONDREADER_TRUSTED_PROXIES is trusted (none by default);
+# the worker imports this module before it configures uvicorn.
+os.environ["FORWARDED_ALLOW_IPS"] = _settings().trusted_proxies.strip()
 
 
 def _shipped(name: str) -> bentoml.models.BentoModel | None:
@@ -169,4 +177,5 @@ SecondReader.add_asgi_middleware(metrics.MetricsMiddleware)  # type: ignore[attr
 SecondReader.add_asgi_middleware(  # type: ignore[attr-defined]
     ApiKeyMiddleware, keys=lambda: parse_keys(_settings().api_keys),
     limiter=FailedAuthLimiter(_settings().auth_max_failures, _settings().auth_window_seconds),
+    trusted_proxies=TrustedProxies(_settings().trusted_proxies),
 )
