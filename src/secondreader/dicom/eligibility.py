@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .instance import CxrInstance
+from .terms import BODY_PARTS, MODALITIES, VIEW_POSITIONS, shown
 
 __all__ = ["CHEST_RADIOGRAPH_RULES", "Eligibility", "Rule", "evaluate"]
 
@@ -63,7 +64,7 @@ def _is_image_object(i: CxrInstance) -> str | None:
 def _modality(i: CxrInstance) -> str | None:
     if i.modality in ("CR", "DX"):
         return None
-    return f"not a chest radiograph: Modality {i.modality or 'missing'}"
+    return f"not a chest radiograph: Modality {shown(i.modality, MODALITIES)}"
 
 
 def _chest(i: CxrInstance) -> str | None:
@@ -73,19 +74,23 @@ def _chest(i: CxrInstance) -> str | None:
         return None
     if i.body_part_examined is None:
         return "not a chest radiograph: Body Part Examined missing and descriptions do not say chest"
-    return f"not a chest radiograph: Body Part Examined {i.body_part_examined}"
+    return f"not a chest radiograph: Body Part Examined {shown(i.body_part_examined, BODY_PARTS)}"
 
 
 def _frontal(i: CxrInstance) -> str | None:
     if i.view_position is None or i.view_position in FRONTAL_VIEWS:
         return None
-    return f"not a frontal view: View Position {i.view_position}"
+    return f"not a frontal view: View Position {shown(i.view_position, VIEW_POSITIONS)}"
 
 
 def _greyscale(i: CxrInstance) -> str | None:
     if i.photometric_interpretation in ("MONOCHROME1", "MONOCHROME2") and (i.samples_per_pixel or 1) == 1:
         return None
-    return f"colour image ({i.photometric_interpretation or 'no Photometric Interpretation'}); greyscale expected"
+    photometric = i.photometric_interpretation
+    known = photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR", "MONOCHROME1",
+                            "MONOCHROME2", "YBR_PARTIAL_420", "HSV", "ARGB", "CMYK")
+    return f"colour image ({photometric if known else 'Photometric Interpretation not a defined term'}); " \
+           "greyscale expected"
 
 
 def _size(i: CxrInstance) -> str | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..dicom.age import PatientAge
+from ..dicom.terms import BODY_PARTS, MODALITIES, VIEW_POSITIONS, shown
 from ..errors import ModelError
 from ..preprocessing import InputSpec
 from ..scoring.calibration import Calibrator
@@ -99,12 +100,12 @@ class ModelScope:
         applies). The reason names the model, its scope and the one header fact that falls
         outside it; the age only as :class:`PatientAge` renders it."""
         if modality and modality.upper() not in self.modalities:
-            return f"{model} is validated on {_words(self.modalities)} images; Modality {modality.upper()}"
+            return f"{model} is validated on {_words(self.modalities)} images; Modality {shown(modality, MODALITIES)}"
         if body_part and body_part.upper() not in self.body_parts:
             return (f"{model} is validated on Body Part Examined {_words(self.body_parts)}; "
-                    f"Body Part Examined {body_part.upper()}")
+                    f"Body Part Examined {shown(body_part, BODY_PARTS)}")
         if view and view.upper() not in self.views:
-            return f"{model} is validated on {_words(self.views)} views; View Position {view.upper()}"
+            return f"{model} is validated on {_words(self.views)} views; View Position {shown(view, VIEW_POSITIONS)}"
         if self.age_min is None and self.age_max is None:
             return None
         if age is None:
