@@ -138,7 +138,8 @@ def test_bad_reports_are_400_without_echoing_them(client: TestClient, caplog: py
     assert "CANARY" not in caplog.text
 
 
-def test_worklist_reviews_instance_and_manifest(client: TestClient, rg1: dict[str, Any], tmp_path: Path) -> None:
+def test_worklist_reviews_instance_and_manifest(client: TestClient, rg1: dict[str, Any], tmp_path: Path,
+                                                service: ScreeningService) -> None:
     study = rg1["study"]
     uid = study["study_instance_uid"]
     client.post("/reports", json={"study_instance_uid": uid, "text": "Normal study."}, headers=AUTH)
@@ -171,4 +172,7 @@ def test_worklist_reviews_instance_and_manifest(client: TestClient, rg1: dict[st
 
     manifest = client.get("/reviews/manifest.csv", headers=AUTH)
     rows = list(csv.DictReader(io.StringIO(manifest.text)))
-    assert any(r["region_id"] == region and r["pneumonia"] == "1" and Path(r["path"]).is_file() for r in rows)
+    # spool-relative paths only: the file lies under the state folder, and no absolute server path leaves
+    assert any(r["region_id"] == region and r["pneumonia"] == "1" and (service.home / r["path"]).is_file()
+               for r in rows)
+    assert not any(Path(r["path"]).is_absolute() for r in rows)

@@ -174,7 +174,8 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
         return Response(await asyncio.to_thread(read_member), media_type="application/dicom")
 
     async def export(request: Request) -> Response:
-        text = await asyncio.to_thread(get_service().worklist.export_manifest)
+        service = get_service()  # paths relative to the state folder: no absolute server path leaves
+        text = await asyncio.to_thread(lambda: service.worklist.export_manifest(root=service.home))
         return Response(text, media_type="text/csv",
                         headers={"content-disposition": 'attachment; filename="reviews-manifest.csv"'})
 

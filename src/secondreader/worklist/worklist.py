@@ -345,12 +345,18 @@ class Worklist:
                 return None
             return Path(row.path), row.member
 
-    def export_manifest(self, out: Path | None = None) -> str:
+    def export_manifest(self, out: Path | None = None, *, root: Path | None = None) -> str:
         """Radiologists' verdicts as a training manifest (the CSV that ``secondreader train`` reads
         with ``data.kind: manifest``): one row per reviewed region, label 1 for a confirmed miss or
         an already reported finding, 0 for a false positive, with the region's box (the reader
         merges an image's rows: positive when any region is). Split by study: train, val and test.
-        Instances inside zips are exported as their zip and member columns."""
+        Instances inside zips are exported as their zip and member columns.
+
+        Paths are relative (to ``root``, else to ``out``'s folder, where the training reader resolves
+        them): a file outside that folder is named by its file name only, so no absolute server path
+        leaves. A text cell that a spreadsheet would read as a formula (it starts with ``= + - @``,
+        a tab or a carriage return) is prefixed with ``'`` (OWASP's CSV-injection advice)."""
+        base = (root if root is not None else (out.parent if out is not None else None))
         with self.store.transaction("export reviews") as s:
             rows = s.execute(select(Review, Instance)
                              .join(Instance, Instance.sop_instance_uid == Review.sop_instance_uid)
@@ -368,11 +374,11 @@ class Worklist:
             label = 0 if review.verdict == "false_positive" else 1
             r0, c0, r1, c1 = (list(review.bbox) + [None] * 4)[:4]
             writer.writerow({
-                "path": instance.path or "", "member": instance.member or "",
+                "path": _relative(instance.path, base), "member": _cell(instance.member or ""),
                 "split": export_split(instance.study_instance_uid),
                 "finding": review.finding, review.finding: label, "label": label, "verdict": review.verdict,
-                "region_id": review.region_id, "frame": review.frame, "bbox_row_min": r0, "bbox_col_min": c0,
-                "bbox_row_max": r1, "bbox_col_max": c1, "model": review.model, "reviewed_at": _iso(review.at),
+                "region_id": _cell(review.region_id), "frame": review.frame, "bbox_row_min": r0, "bbox_col_min": c0,
+                "bbox_row_max": r1, "bbox_col_max": c1, "model": _cell(review.model), "reviewed_at": _iso(review.at),
             })
         text = buffer.getvalue()
         if out is not None:
@@ -467,3 +473,28 @@ class Worklist:
                            "reviewer": r.reviewer, "at": _iso(r.at)} for r in reviews]
         return out
 
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a leading formula character gets a ``'`` before it."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _relative(path: str | None, base: Path | None) -> object:
+    """``path`` relative to ``base`` where it lies under it; else its file name (a storage key, already
+    relative, is kept). Never an absolute path."""
+    if not path:
+        return ""
+    candidate = Path(path)
+    if not candidate.is_absolute():
+        return _cell(candidate.as_posix().lstrip("/"))
+    if base is not None:
+        try:
+            return _cell(candidate.resolve().relative_to(base.resolve()).as_posix())
+        except ValueError:
+            pass
+    return _cell(candidate.name)
