@@ -84,6 +84,13 @@ class Settings(BaseSettings):
                                        "DICOM outputs after a study is answered; default screen_workers")
     dicom_max_associations: int = Field(16, ge=1, le=1000,
                                         description="Concurrent DICOM associations accepted; more are rejected")
+    dicom_max_associations_per_address: int = Field(
+        8, ge=1, le=1000, description="Concurrent DICOM connections accepted from one peer address (pending or "
+        "associated); more are closed at once")
+    dicom_idle_seconds: float = Field(
+        5.0, gt=0, le=300, description="A DICOM connection must send its first byte within this long, and its "
+        "whole association request within this long again, or it is closed (until then it holds no association "
+        "slot)")
     dicom_tls_cert: Path | None = Field(None, description="PEM certificate: the DICOM receiver speaks TLS only")
     dicom_tls_key: Path | None = Field(None, description="PEM private key of dicom_tls_cert")
     dicom_tls_ca: Path | None = Field(None, description="PEM CA bundle: callers must present a certificate it signed")

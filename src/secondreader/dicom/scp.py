@@ -37,6 +37,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ..errors import InfrastructureError
 from ..quarantine import Quarantine
+from .guard import GuardedServer
 from .status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
 
 __all__ = ["Receiver", "server_ssl_context", "start_receiver"]
@@ -170,9 +171,12 @@ def server_ssl_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSL
 
 def start_receiver(host: str, port: int, ae_title: str, allowed_aes: Sequence[str], receive: Receive, *,
                    max_associations: int = 16, ssl_context: ssl.SSLContext | None = None,
-                   quarantine: Quarantine | None = None, max_dataset_bytes: int | None = None) -> Receiver:
+                   quarantine: Quarantine | None = None, max_dataset_bytes: int | None = None,
+                   max_per_address: int = 8, idle_seconds: float = 5.0) -> Receiver:
     """Start the SCP in background threads (``port`` 0 picks a free one); a C-STORE data set over
-    ``max_dataset_bytes`` aborts its association (see the module's notes)."""
+    ``max_dataset_bytes`` aborts its association (see the module's notes). The transport is bounded
+    by :mod:`.guard`: PDU lengths checked at their header, at most ``max_per_address`` connections
+    per peer address, ``idle_seconds`` for the first byte and again for the association request."""
     if max_associations < 1:
         raise ValueError(f"max_associations must be at least 1, not {max_associations}")
     _config.LOG_REQUEST_IDENTIFIERS = False
@@ -195,8 +199,10 @@ def start_receiver(host: str, port: int, ae_title: str, allowed_aes: Sequence[st
     handlers: Any = [(evt.EVT_C_STORE, _handle_store, [receive, quarantine, guard])]
     if guard is not None:
         handlers.append((evt.EVT_PDU_RECV, guard))
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
-    assert server is not None
+    server = ae.make_server((host, port), evt_handlers=handlers, ssl_context=ssl_context, server_class=GuardedServer,
+                            max_per_address=max_per_address, idle_seconds=idle_seconds)
+    ae._servers.append(server)  # as AE.start_server does: the server's shutdown() takes it out again
+    threading.Thread(target=server.serve_forever, name="dicom-receiver", daemon=True).start()
     logger.info("DICOM receiver %s listening on port %d%s (at most %d associations)", ae_title,
                 server.server_address[1], " with TLS" if ssl_context is not None else "", max_associations)
     return Receiver(server, ae)

@@ -134,7 +134,9 @@ class SecondReader:
         self.receiver = start_receiver(settings.host, settings.dicom_port, settings.dicom_ae_title, allowed,
                                        self.core.receive, max_associations=settings.dicom_max_associations,
                                        ssl_context=tls, quarantine=self.core.quarantine,
-                                       max_dataset_bytes=settings.max_upload_bytes())
+                                       max_dataset_bytes=settings.max_upload_bytes(),
+                                       max_per_address=settings.dicom_max_associations_per_address,
+                                       idle_seconds=settings.dicom_idle_seconds)
         # First reads over HL7 v2 (ORU^R01 over MLLP), into the same worklist as POST /v1/reports.
         self.hl7 = Hl7Listener(settings.host, settings.hl7_port, self._first_read)
         self.hl7.start()
