@@ -1,8 +1,13 @@
 """secondreader: an AI second reader for chest radiographs.
 
-Subpackages: ``dicom`` (reading, eligibility, pixels), ``model`` (cards, networks, predictors),
-``explain`` (heatmaps, regions), ``scoring`` (calibration, priority), ``outputs`` (overlays),
-``training`` (the training pipeline). ``pipeline.run_study`` composes them.
+Subpackages: ``dicom`` (reading, eligibility, pixels, the receiver and senders), ``model`` (cards,
+scopes and modes, networks, predictors), ``explain`` (heatmaps, regions), ``scoring`` (calibration,
+priority), ``outputs`` (overlays, SC/SEG/SR), ``reports`` (first reads: labeler, HL7, FHIR),
+``worklist`` (routing, reviews), ``store`` (the job and worklist store), ``service`` (the BentoML
+service), ``audit`` (retrospective audits), ``training`` (the recipes that make ``models/``);
+``vocabulary`` holds the finding codes. ``pipeline`` composes the screening steps; the CLI, the
+service, the DICOM receiver and the audit all call it. The five contracts (CLI, study result, HTTP,
+DICOM outputs, settings) are in ``docs/contracts.md``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The one code path from DICOM inputs to study results; the CLI (and later the service, the
-receiver and the audit) call it. This is the only module that knows the order of the steps:
+"""The one code path from DICOM inputs to study results; the CLI, the service, the DICOM receiver
+and the audit all call it. This is the only module that knows the order of the steps:
 
 read header → eligibility → decode (Modality LUT, VOI) → window/invert → crop/resize/normalise →
 predict (+ GradCAM) → calibrate → heatmap on the source grid → regions → priority → overlays and
