@@ -39,13 +39,13 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from secondreader.audit.summary import Rate
 from secondreader.config import Settings, default_models_dir
 from secondreader.dicom.io import iter_inputs
 from secondreader.model.card import find_bundles, load_card
 from secondreader.model.dense import load_predictor
 from secondreader.model.modes import site_modes
 from secondreader.pipeline import ScreeningOptions, screen_inputs
+from secondreader.stats import Rate
 from secondreader.training.realdata import load_nih, nih_split
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -27,8 +27,8 @@ import pandas as pd
 import pytest
 
 from secondreader.audit.run import AuditConfig, AuditOutcome, run_audit
-from secondreader.audit.summary import wilson_interval
 from secondreader.model.card import load_card
+from secondreader.stats import wilson_interval
 
 from .. import conftest
 from ..conftest import CANARY_ID, CANARY_NAME, ROOT

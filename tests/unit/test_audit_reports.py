@@ -10,10 +10,11 @@ import pytest
 
 from secondreader.audit.checkpoint import Checkpoint, CheckpointMismatchError
 from secondreader.audit.reports import UNKNOWN, assessable_codes, load_reports
-from secondreader.audit.summary import summarise, wilson_interval
+from secondreader.audit.summary import summarise
 from secondreader.errors import InvalidInputError
 from secondreader.reports.firstread import interpret
 from secondreader.reports.labeler import Label
+from secondreader.stats import wilson_interval
 
 from ..conftest import CANARY_NAME
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..audit.summary import wilson_interval
 from ..model.card import load_card
 from ..model.dense import DensePredictor
 from ..model.predictor import TorchPredictor
 from ..scoring.calibration import CALIBRATION_METHODS
+from ..stats import wilson_interval
 from .config import OperatingPointConfig, load_config
 from .data import Split, load_manifest, load_medmnist
 from .metrics import binary_metrics

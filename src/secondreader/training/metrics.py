@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from ..audit.summary import Rate
+from ..stats import Rate
 
 __all__ = ["BinaryMetrics", "DecisionRates", "auroc", "binary_metrics", "bootstrap_auroc", "decision_rates",
            "expected_calibration_error", "threshold_for_sensitivity", "youden_threshold"]

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from monai.utils import set_determinism
 
-from ..audit.summary import Rate
 from ..model.dense import build_dense_network
 from ..preprocessing import InputSpec
+from ..stats import Rate
 from .config import CalibrationConfig, LesionConfig, OperatingPointConfig, RealNoduleConfig, TrainConfig, run_digest
 from .froc import ImageDetections, froc_threshold
 from .lesions import (
