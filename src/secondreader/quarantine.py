@@ -9,7 +9,9 @@ zip member, a C-STORE'd data set, an HTTP upload); ``<sha256>.json`` next to it 
 The sidecar holds no patient data: no file name (a sender may put a patient's name in one), no
 header value, only the reason, which by contract never carries patient data either. Files are named
 by their content hash, so the same bad file sent twice is kept once (``count`` goes up). Nothing is
-written when the quarantine is over its size budget: the failure is still answered and logged.
+written when the quarantine is over its budget, in bytes or in entries (a flood of tiny failures
+must not fill the file system's inodes): the failure is still answered and logged. A file is kept
+by streaming it (hashed, then copied in chunks), never read whole into memory.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +34,9 @@ CHANNELS = frozenset({"cli", "http", "stow", "dicom", "job"})
 
 #: Default budget for the quarantine folder (bytes of originals kept).
 DEFAULT_MAX_BYTES = 10 * 1024**3
+#: Default budget for the quarantine folder (originals kept; each has a sidecar too).
+DEFAULT_MAX_FILES = 10_000
+_CHUNK = 1024 * 1024
 
 
 class Quarantine:
@@ -42,20 +48,32 @@ class Quarantine:
         The quarantine folder (created on first use).
     max_bytes
         Stop keeping new originals once the folder holds this many bytes.
+    max_files
+        ... or this many originals.
     """
 
-    def __init__(self, root: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, root: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_files: int = DEFAULT_MAX_FILES) -> None:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, not {max_bytes}")
+        if max_files < 0:
+            raise ValueError(f"max_files must be >= 0, not {max_files}")
         self.root = Path(root)
         self.max_bytes = max_bytes
+        self.max_files = max_files
         self._lock = threading.Lock()
         self._used: int | None = None
+        self._files: int | None = None
 
     def _usage(self) -> int:
         if self._used is None:
-            self._used = sum(p.stat().st_size for p in self.root.glob("*.bin")) if self.root.is_dir() else 0
+            kept = list(self.root.glob("*.bin")) if self.root.is_dir() else []
+            self._used = sum(p.stat().st_size for p in kept)
+            self._files = len(kept)
         return self._used
+
+    def _count(self) -> int:
+        self._usage()
+        return self._files or 0
 
     def keep(self, data: bytes | Path, *, reason: str, channel: str, kind: str = "file") -> Path | None:
         """Keep ``data`` (bytes, or a file to copy) with ``reason``; returns the kept file, or None
@@ -63,11 +81,13 @@ class Quarantine:
         if channel not in CHANNELS:
             raise ValueError(f"channel must be one of {sorted(CHANNELS)}, not {channel!r}")
         try:
-            payload = data.read_bytes() if isinstance(data, Path) else bytes(data)
+            if isinstance(data, Path):
+                digest, size = _hash_file(data)
+            else:
+                digest, size = hashlib.sha256(data).hexdigest(), len(data)
         except OSError as exc:
             logger.warning("quarantine: the failed input cannot be read (%s)", type(exc).__name__)
             return None
-        digest = hashlib.sha256(payload).hexdigest()
         target = self.root / f"{digest}.bin"
         sidecar = self.root / f"{digest}.json"
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -75,16 +95,17 @@ class Quarantine:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
                 if not target.exists():
-                    if self._usage() + len(payload) > self.max_bytes:
-                        logger.warning("quarantine is full (%d MiB): a failed input was not kept",
-                                       self.max_bytes // 1024**2)
+                    if self._usage() + size > self.max_bytes or self._count() >= self.max_files:
+                        logger.warning("quarantine is full (%d MiB or %d entries): a failed input was not kept",
+                                       self.max_bytes // 1024**2, self.max_files)
                         return None
-                    _write_durably(target, payload)
-                    self._used = self._usage() + len(payload)
-                    meta = {"sha256": digest, "size": len(payload), "reason": reason, "channel": channel,
+                    _write_durably(target, data)
+                    self._used = self._usage() + size
+                    self._files = self._count() + 1
+                    meta = {"sha256": digest, "size": size, "reason": reason, "channel": channel,
                             "kind": kind, "first_seen": now, "last_seen": now, "count": 1}
                 else:
-                    meta = _read_meta(sidecar) or {"sha256": digest, "size": len(payload), "reason": reason,
+                    meta = _read_meta(sidecar) or {"sha256": digest, "size": size, "reason": reason,
                                                    "channel": channel, "kind": kind, "first_seen": now, "count": 0}
                     count = meta.get("count", 0)
                     meta["count"] = (count if isinstance(count, int) else 0) + 1
@@ -111,10 +132,23 @@ def _read_meta(path: Path) -> dict[str, object] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _write_durably(path: Path, data: bytes | Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as fh:
-        fh.write(data)
+        if isinstance(data, Path):
+            with open(data, "rb") as source:
+                shutil.copyfileobj(source, fh, _CHUNK)
+        else:
+            fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)

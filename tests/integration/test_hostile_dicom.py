@@ -102,7 +102,6 @@ def test_over_long_pdus_are_refused_at_their_header(receiver: tuple[int, subproc
     sent.append(_flood(raw, struct.pack(">BBL", 0x04, 0, 300 * MIB), 64 * MIB))
     assoc.abort()
     growth = _peak_rss(proc.pid) - before
-    print(f"receiver peak RSS growth under the PDU floods: {growth / MIB:.1f} MiB; bytes accepted: {sent}")
     assert growth < PEAK_GROWTH_LIMIT, f"peak RSS grew {growth / MIB:.0f} MiB"
     assert all(n < 64 * MIB for n in sent), sent  # closed before the flood was through
     assert proc.poll() is None and _echo(port) == 0  # still up and serving

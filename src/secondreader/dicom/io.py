@@ -35,6 +35,16 @@ MAX_FILE_BYTES = 2 * 1024**3
 MAX_ZIP_TOTAL_BYTES = 8 * 1024**3
 MAX_ZIP_RATIO = 200
 MAX_ZIP_MEMBERS = 100_000
+#: The budget of uncompressed bytes of one archive, from its own size: DICOM deflates 1.5-10x, so
+#: an archive that would unpack to more than this many times its size (plus a floor for small
+#: archives) is refused before any member is read: a 15 MB upload cannot cost gigabytes.
+MAX_ZIP_EXPANSION = 32
+ZIP_BUDGET_FLOOR_BYTES = 64 * 1024**2
+
+
+def zip_budget(archive_bytes: int) -> int:
+    """Uncompressed bytes an archive of ``archive_bytes`` may unpack to."""
+    return min(MAX_ZIP_TOTAL_BYTES, MAX_ZIP_EXPANSION * archive_bytes + ZIP_BUDGET_FLOOR_BYTES)
 
 #: What pydicom raises on malformed or truncated values, when parsing or (lazily) converting them.
 HEADER_ERRORS: tuple[type[BaseException], ...] = (
@@ -93,12 +103,7 @@ def _zip_members(path: Path) -> Iterator[InputFile | InputProblem]:
         if len(infos) > MAX_ZIP_MEMBERS:
             yield InputProblem(path.name, f"zip archive has over {MAX_ZIP_MEMBERS} members", path)
             return
-        total = sum(info.file_size for info in infos)
-        if total > MAX_ZIP_TOTAL_BYTES:
-            yield InputProblem(
-                path.name, f"zip archive unpacks to {total / 1024**3:.1f} GiB, over the limit", path
-            )
-            return
+        readable: list[tuple[str, zipfile.ZipInfo]] = []
         for info in sorted(infos, key=lambda i: i.filename):
             name = os.path.basename(info.filename.replace("\\", "/")) or "unnamed"
             if name.startswith(".") or info.filename.startswith("__MACOSX/"):
@@ -109,6 +114,18 @@ def _zip_members(path: Path) -> Iterator[InputFile | InputProblem]:
             if info.flag_bits & 0x1:
                 yield InputProblem(name, "zip member is encrypted", path)
                 continue
+            readable.append((name, info))
+        # what would be read, against the archive's budget, before any member is read
+        total = sum(info.file_size for _, info in readable)
+        budget = zip_budget(path.stat().st_size)
+        if total > budget:
+            yield InputProblem(
+                path.name, f"zip archive unpacks to {total / 1024**2:.0f} MiB, over its budget of "
+                f"{budget / 1024**2:.0f} MiB ({MAX_ZIP_EXPANSION} times its size, at least "
+                f"{ZIP_BUDGET_FLOOR_BYTES // 1024**2} MiB)", path
+            )
+            return
+        for name, info in readable:
             yield InputFile(source=name, path=path, member=info.filename, size=info.file_size)
 
 

@@ -7,6 +7,8 @@ no detail. Nothing a client sends is echoed back in an error.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import re
 from collections.abc import AsyncGenerator, Callable
@@ -72,22 +74,71 @@ async def _read_uploads(request: Request, limit: int) -> list[Upload]:
     raise InvalidInputError("Content-Type must be multipart/form-data, application/dicom or application/zip")
 
 
-def _multipart_related(content_type: str, body: bytes) -> list[bytes]:
-    """The application/dicom parts of a multipart/related body (RFC 2387)."""
-    from email import policy
-    from email.parser import BytesParser
+#: Parts accepted in one STOW-RS request: each may end in the quarantine, so a flood of tiny parts
+#: is refused before any is read (a larger study is sent in several requests).
+MAX_STOW_PARTS = 1_000
+_BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]{1,200})"|([^;\s"]{1,200}))', re.IGNORECASE)
 
-    message = BytesParser(policy=policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
-    if not message.is_multipart():
+
+class _TooManyParts(Exception):
+    pass
+
+
+def _part_spans(content_type: str, body: bytes, max_parts: int) -> list[tuple[int, int]]:
+    """Where each part of a multipart body lies (RFC 2046), found without copying the body;
+    raises _TooManyParts past ``max_parts``."""
+    match = _BOUNDARY.search(content_type)
+    if match is None:
         return []
-    parts = []
-    for part in message.iter_parts():
-        if part.get_content_type() in ("application/dicom", "application/octet-stream"):
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes) and payload:
-                parts.append(payload)
-    return parts
+    delimiter = b"--" + (match.group(1) or match.group(2)).encode("latin-1")
+    spans: list[tuple[int, int]] = []
+    at = body.find(delimiter)
+    if at < 0 or (at > 0 and body[at - 1:at] != b"\n"):
+        return []
+    while True:
+        after = at + len(delimiter)
+        if body[after:after + 2] == b"--":
+            return spans  # the close delimiter
+        line_end = body.find(b"\n", after)
+        if line_end < 0:
+            return spans
+        start = line_end + 1
+        nxt = body.find(b"\n" + delimiter, start)
+        if nxt < 0:
+            return spans  # no closing delimiter: the unterminated part is dropped
+        end = nxt - 1 if nxt > start and body[nxt - 1:nxt] == b"\r" else nxt
+        if len(spans) >= max_parts:
+            raise _TooManyParts
+        spans.append((start, end))
+        at = nxt + 1
+
+
+def _dicom_part(body: bytes, span: tuple[int, int]) -> bytes | None:
+    """The payload of one part when it is application/dicom (or octet-stream), else None. Only this
+    part is copied out of the body."""
+    start, end = span
+    limit = min(end, start + 65536)  # part headers are short
+    if body.startswith(b"\r\n", start) or body.startswith(b"\n", start):
+        head_end, gap = start, (2 if body.startswith(b"\r\n", start) else 1)
+    else:
+        found = [(at, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (at := body.find(sep, start, limit)) >= 0]
+        if not found:
+            return None
+        head_end, gap = min(found)
+    headers: dict[str, str] = {}
+    for line in body[start:head_end].decode("latin-1").splitlines():
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    media = headers.get("content-type", "text/plain").split(";")[0].strip().lower()
+    if media not in ("application/dicom", "application/octet-stream"):
+        return None
+    payload = body[head_end + gap:end]
+    if headers.get("content-transfer-encoding", "").lower() == "base64":
+        try:
+            payload = base64.b64decode(payload)
+        except (binascii.Error, ValueError):
+            return None
+    return payload or None
 
 
 def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: Callable[[], int]) -> Starlette:
@@ -162,12 +213,19 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
             body = b"".join([chunk async for chunk in _limited(request, limit)])
         except _TooLarge:
             return _error(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
-        parts = _multipart_related(content_type, body)
-        if not parts:
-            return _error(400, "bad request", "no DICOM part in the multipart body")
+        try:
+            spans = _part_spans(content_type, body, MAX_STOW_PARTS)
+        except _TooManyParts:
+            return _error(413, "payload too large", f"a STOW-RS request is limited to {MAX_STOW_PARTS} parts; "
+                                                    "send the study in several requests")
         service = get_service()
         referenced, failed = [], []
-        for part in parts:
+        dicom_parts = 0
+        for span in spans:
+            part = _dicom_part(body, span)  # one part's copy at a time, never the whole body parsed
+            if part is None:
+                continue
+            dicom_parts += 1
             try:
                 dicom = read_dataset(part)
                 ds = dicom.dataset
@@ -186,6 +244,8 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
                 continue
             referenced.append({"00081150": {"vr": "UI", "Value": [sop_class]},
                                "00081155": {"vr": "UI", "Value": [sop]}})
+        if not dicom_parts:
+            return _error(400, "bad request", "no DICOM part in the multipart body")
         answer: dict[str, Any] = {"00081199": {"vr": "SQ", "Value": referenced}}
         if failed:
             answer["00081198"] = {"vr": "SQ", "Value": failed}
