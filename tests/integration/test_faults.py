@@ -4,8 +4,8 @@
   being received over DICOM and screened, then started again: every instance it acknowledged is
   screened and its results delivered at least once, and because output UIDs are deterministic the
   receiving PACS (a pynetdicom Storage SCP of the test's own) ends with exactly one copy of each.
-- The PACS is down while studies are screened, then comes back: everything is delivered, in the
-  order it was queued, once.
+- The PACS is down while studies are screened, then comes back: everything is delivered, once
+  each (a failed object delays itself, never the others: the order among them may change).
 - A PostgreSQL cluster of the test's own (another port) is stopped while the receiver runs: C-STORE
   answers Out of Resources (0xA7xx), never Success; when it is back the receiver and the service
   recover and every acknowledged study is screened.
@@ -230,7 +230,7 @@ def test_kill_9_while_receiving_and_screening_loses_nothing_and_duplicates_nothi
 
 # -- PACS down, then back ------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pynetdicom's refused sockets
-def test_pacs_down_then_back_delivers_everything_in_order_once(tmp_path: Path, pneumonia_predictor) -> None:  # type: ignore[no-untyped-def]
+def test_pacs_down_then_back_delivers_everything_once(tmp_path: Path, pneumonia_predictor) -> None:  # type: ignore[no-untyped-def]
     from secondreader.store.models import Outbox
 
     port = _free_port()
@@ -253,7 +253,8 @@ def test_pacs_down_then_back_delivers_everything_in_order_once(tmp_path: Path, p
         with store.engine.connect() as connection:
             queued = [Path(p) for p in connection.execute(select(Outbox.path).order_by(Outbox.id)).scalars()]
         expected = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in queued]
-        assert [sop for _, _, sop in back.received] == expected, "delivered in queue order, each once"
+        received = [sop for _, _, sop in back.received]
+        assert sorted(received) == sorted(expected) and len(set(received)) == len(expected), "each once"
     finally:
         receiver.stop()
         core.close()

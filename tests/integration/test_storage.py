@@ -173,3 +173,23 @@ def test_uploads_are_refused_when_the_storage_is_down(tmp_path: Path, store: Sto
         assert store.unfinished_jobs() == []  # nothing recorded that is not kept
     finally:
         pod.close()
+
+
+def test_a_c_store_is_answered_out_of_resources_while_the_storage_is_down(tmp_path: Path, store: Store,
+                                                                         pneumonia_predictor) -> None:  # type: ignore[no-untyped-def]
+    from secondreader.dicom.scp import start_receiver
+    from secondreader.dicom.status import OUT_OF_RESOURCES
+
+    from .test_receiver import _send
+
+    down = S3Storage("s3://down", endpoint_url="http://127.0.0.1:1", create_bucket=False, max_attempts=1,
+                     read_timeout=2)
+    pod = ScreeningService(store, [pneumonia_predictor], home=tmp_path, max_image_pixels=64_000_000, storage=down)
+    receiver = start_receiver("127.0.0.1", 0, "SECONDREADER", ["*"], pod.receive)
+    try:
+        ds = make_cxr_dataset(64, 64)
+        assert _send(receiver.port, [ds]) == [OUT_OF_RESOURCES]  # never Success for what is not kept
+        assert store.queue_stable_studies(0) == []  # and nothing recorded
+    finally:
+        receiver.stop()
+        pod.close()

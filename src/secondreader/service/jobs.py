@@ -21,6 +21,7 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -111,14 +112,12 @@ class JobQueue:
         (the stable-study watcher)."""
         def loop() -> None:
             renew_every = self.lease_seconds / 3
-            last_renewal = 0.0
-            clock = 0.0
+            last_renewal = time.monotonic()
             while not self._stop.wait(self.poll_seconds):
-                clock += self.poll_seconds
                 try:
-                    if clock - last_renewal >= renew_every:
+                    if time.monotonic() - last_renewal >= renew_every:
+                        last_renewal = time.monotonic()
                         self.renew()
-                        last_renewal = clock
                     if not self._closing.is_set():
                         if on_tick is not None:
                             on_tick()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from ..errors import PacsError, StorageError
@@ -50,7 +51,13 @@ class OutboxDelivery:
             items = self.store.claim_outbox(self.worker, limit=self.batch, lease_seconds=self.lease_seconds)
             if not items:
                 return sent
-            for item in items:
+            claimed_at = time.monotonic()
+            for index, item in enumerate(items):
+                if time.monotonic() - claimed_at > self.lease_seconds / 2:
+                    # a slow PACS: give the rest back before their lease lapses, rather than risk
+                    # another replica sending them too
+                    self.store.outbox_release([i.id for i in items[index:]], self.worker)
+                    break
                 sent += self._deliver(item)
 
     def _deliver(self, item: OutboxItem) -> int:

@@ -428,6 +428,14 @@ class Store:
                 if rows:
                     return [OutboxItem(r.id, r.study_instance_uid, r.path, r.destination, r.attempts) for r in rows]
 
+    def outbox_release(self, item_ids: list[int], worker: str) -> None:
+        """Give claimed rows back unsent (due again at once, for any worker)."""
+        if not item_ids:
+            return
+        with self._session("release outbox rows") as s:
+            s.execute(update(Outbox).where(Outbox.id.in_(item_ids), Outbox.claimed_by == worker,
+                                           Outbox.status == "pending").values(lease_until=None))
+
     def outbox_sent(self, item_id: int, worker: str) -> None:
         with self._session("update the outbox") as s:
             s.execute(update(Outbox).where(Outbox.id == item_id)
