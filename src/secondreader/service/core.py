@@ -23,6 +23,7 @@ in between is unfinished, so whoever takes it over screens it again and writes t
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import threading
 import time
@@ -238,6 +239,8 @@ class ScreeningService:
                     self.worklist.record_artifacts(uid, written.artifacts(), encode_ms=written.encode_ms)
                     if self.pacs_destination and dicom_refs:  # results reach the PACS once stored
                         self.store.enqueue_outbox(uid, dicom_refs, self.pacs_destination)
+                    if self.storage.shared:  # the bucket holds them now; this pod's disk need not
+                        shutil.rmtree(self.artifacts / uid, ignore_errors=True)
                 finally:
                     self._outputs_written([uid])
             self._finish(job_id, "done", study_uids=study_uids, unreadable=unreadable)
@@ -349,6 +352,10 @@ class ScreeningService:
                 pending = self._outputs_pending.get(study_uid)
             if pending is not None:
                 pending.wait(timeout=wait)
+        if self.storage.shared:
+            # the encoders' folder is scratch (emptied once the bucket holds a study's outputs):
+            # served from a cache of what the bucket holds
+            path = self.home / "cache" / "artifacts" / relative
         if not path.is_file() and self.storage.shared:
             # written by another replica: fetched from the storage, after waiting for it while the
             # study's outputs are still being written there

@@ -105,7 +105,7 @@ class Storage(ABC):
         StorageError
             When any of the three fails.
         """
-        key = f"probe/{uuid.uuid4().hex}"
+        key = f".probe-{uuid.uuid4().hex}"
         try:
             ref = self.put(key, b"probe")
             if self.read(ref) != b"probe":
