@@ -23,7 +23,8 @@ import torch
 
 from secondreader.preprocessing import InputSpec
 from secondreader.training.config import load_config
-from secondreader.training.localisation import build_pool, fit_dense_network, load_backgrounds
+from secondreader.training.dense.data import build_pool, load_backgrounds
+from secondreader.training.dense.fit import fit_dense_network
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training" / "configs" / "cxr-nodule.yaml"

@@ -21,10 +21,10 @@ import torch
 import yaml
 from monai.networks.nets import UNet
 
+from secondreader.training.common import training_memory_format
 from secondreader.training.config import load_config
-from secondreader.training.localisation import dense_loss
+from secondreader.training.dense.fit import dense_loss
 from secondreader.training.losses import Loss, describe_loss
-from secondreader.training.train import training_memory_format
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "cxr-nodule.yaml"
 

@@ -1,5 +1,5 @@
 """Speed of the percentile stretch's quantiles in a cxr-nodule training batch (16 pictures of
-256 x 256, the 0.5th and 99.5th percentiles of each): ``secondreader.training.localisation._quantiles``
+256 x 256, the 0.5th and 99.5th percentiles of each): ``secondreader.training.dense.inputs._quantiles``
 (one ``numpy.partition`` per row) against two ``torch.kthvalue`` calls per quantile (what it
 replaced; the same values bit for bit) and ``torch.quantile`` (which sorts every row); then a whole
 batch's preparation (intensity augmentation, stretch, crops, as ``cxr-nodule.yaml`` configures them,
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from secondreader.preprocessing import InputSpec
-from secondreader.training import localisation
 from secondreader.training.config import load_config
+from secondreader.training.dense import augment, inputs
+from secondreader.training.dense.inputs import _quantiles
 from secondreader.training.lesions import Nodule
-from secondreader.training.localisation import _quantiles
 
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "cxr-nodule.yaml"
 
@@ -88,13 +88,13 @@ def main() -> None:
 
     def prepare(quantiles: Callable[[torch.Tensor, tuple[float, ...]], list[torch.Tensor]]) -> Callable[[], object]:
         def run() -> object:
-            localisation._quantiles = quantiles  # type: ignore[assignment]
+            inputs._quantiles = quantiles  # type: ignore[assignment]
             try:
-                x = localisation._augment_intensity(pictures, lc, g)
-                x = localisation.standardise(x, spec, points=localisation._stretch_points(args.batch, lc, g))
-                return localisation._crops(x, target, weight, nodules, lc, g)
+                x = augment._augment_intensity(pictures, lc, g)
+                x = inputs.standardise(x, spec, points=augment._stretch_points(args.batch, lc, g))
+                return augment._crops(x, target, weight, nodules, lc, g)
             finally:
-                localisation._quantiles = _quantiles
+                inputs._quantiles = _quantiles
         return run
 
     table(f"a cxr-nodule batch's preparation ({args.batch} pictures of {args.side} px), one thread",

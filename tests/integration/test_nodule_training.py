@@ -20,8 +20,8 @@ from secondreader.model.card import load_card
 from secondreader.model.dense import DensePredictor, load_predictor
 from secondreader.preprocessing import InputSpec
 from secondreader.training.config import CalibrationConfig, TrainConfig, load_config
+from secondreader.training.dense.data import build_pool, build_test_set, load_backgrounds
 from secondreader.training.lesions import lung_mask, square_picture
-from secondreader.training.localisation import build_pool, build_test_set, load_backgrounds
 from secondreader.training.losses import LossConfig
 from secondreader.training.train import train
 
@@ -319,7 +319,7 @@ def test_an_interrupted_run_continues_every_fit_from_its_last_epoch(shared_data:
                                                      "fold-nih-00027426-000.pt"]
     assert all(torch.load(p, weights_only=True)["epoch"] == 1 for p in fits.iterdir())
     cut.schedule.workers = 1  # the digest leaves the workers out: they do not change the weights
-    with caplog.at_level(logging.INFO, logger="secondreader.training.localisation"):
+    with caplog.at_level(logging.INFO, logger="secondreader.training.dense"):
         resumed = train(cut, resume=True)["secondreader"]
     assert sorted(r.getMessage() for r in caplog.records if "resumed after" in r.getMessage()) == [
         "fit final: resumed after epoch 1", "fit fold-nih-00000001-000: resumed after epoch 1",

@@ -15,7 +15,6 @@ from secondreader.model.card import load_card
 from secondreader.model.dense import (
     DensePredictor,
     MapRecipe,
-    build_dense_network,
     dense_regions,
     load_predictor,
     map_peaks,
@@ -23,6 +22,7 @@ from secondreader.model.dense import (
     smoothed_logits,
     study_logits,
 )
+from secondreader.model.network import build_network
 from secondreader.model.predictor import TorchPredictor
 
 NETWORK = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [4, 8], "strides": [2],
@@ -31,7 +31,7 @@ NETWORK = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [
 
 def write_dense_bundle(folder: Path, *, region_threshold: float = 0.6, flip_average: bool = False) -> Path:
     torch.manual_seed(0)
-    network = build_dense_network("UNet", NETWORK)
+    network = build_network("UNet", NETWORK, dense=True)
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
     torch.save(network.state_dict(), folder / "models" / "model.pt")
@@ -105,7 +105,7 @@ def test_a_dense_bundle_reloads_into_a_dense_predictor(tmp_path: Path) -> None:
 
 def test_flip_averaged_maps_are_mirror_symmetric_and_served_as_the_card_says(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    network = build_dense_network("UNet", {**NETWORK, "norm": "batch"})
+    network = build_network("UNet", {**NETWORK, "norm": "batch"}, dense=True)
     network.train()
     for _ in range(3):  # batch statistics that are not the identity
         network(torch.randn(4, 1, 32, 32) * 2 + 1)

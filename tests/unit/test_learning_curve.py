@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from secondreader.training.config import BackgroundConfig, LesionConfig
+from secondreader.training.dense.data import build_pool, fit_members, pictures_per_background
 from secondreader.training.lesions import RealBackground, generated_chest
-from secondreader.training.localisation import build_pool, fit_members, pictures_per_background
 
 
 def _lesions(n_real: int = 6, **kw: object) -> LesionConfig:

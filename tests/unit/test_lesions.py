@@ -9,6 +9,7 @@ import torch
 from scipy import ndimage
 
 from secondreader.preprocessing import InputSpec, model_input_transform
+from secondreader.training.dense.inputs import _quantiles, standardise
 from secondreader.training.lesions import (
     Nodule,
     augment_geometry,
@@ -23,7 +24,6 @@ from secondreader.training.lesions import (
     place_nodules,
     square_picture,
 )
-from secondreader.training.localisation import _quantiles, standardise
 
 from ..factories import chest_phantom
 
@@ -226,7 +226,7 @@ def test_stretch_jitter_is_what_a_tighter_field_of_view_does_to_the_served_stret
 
 def test_stretch_points_are_drawn_only_when_configured() -> None:
     from secondreader.training.config import LesionConfig
-    from secondreader.training.localisation import _stretch_points
+    from secondreader.training.dense.augment import _stretch_points
 
     base = LesionConfig(backgrounds=[])
     g = torch.Generator().manual_seed(1)

@@ -11,16 +11,10 @@ import torch
 from secondreader.model.dense import DensePredictor, MapRecipe, load_predictor
 from secondreader.preprocessing import InputSpec
 from secondreader.training.config import LesionConfig
+from secondreader.training.dense.data import EvalSet, Pool
+from secondreader.training.dense.evaluate import Scored, predict_maps, score_set, sensitivity_by_band
+from secondreader.training.dense.fit import mine_hard_negatives
 from secondreader.training.lesions import Nodule, augment_geometry, discs
-from secondreader.training.localisation import (
-    EvalSet,
-    Pool,
-    Scored,
-    mine_hard_negatives,
-    predict_maps,
-    score_set,
-    sensitivity_by_band,
-)
 from secondreader.training.modelcard_dense import _band_table
 
 from .test_dense import write_dense_bundle

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from secondreader.training.common import calibrate_on_validation
 from secondreader.training.config import OperatingPointConfig
 from secondreader.training.metrics import (
     auroc,
@@ -13,7 +14,6 @@ from secondreader.training.metrics import (
     threshold_for_sensitivity,
     youden_threshold,
 )
-from secondreader.training.train import calibrate_on_validation
 
 
 def _brute_auroc(s: np.ndarray, y: np.ndarray) -> float:

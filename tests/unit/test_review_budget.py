@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
+from secondreader.training.common import calibrate_on_validation, scope_and_mode
 from secondreader.training.config import OperatingPointConfig, load_config
-from secondreader.training.train import calibrate_on_validation, scope_and_mode
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from secondreader.config import Settings
+from secondreader.training.common import bundle_header
 from secondreader.training.config import TrainConfig, load_config, run_digest
 from secondreader.training.modelcard import versions_section
-from secondreader.training.train import bundle_header
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "cxr-nodule-simulated.yaml"
 

@@ -48,7 +48,7 @@ def test_probability_out_of_range_is_rejected() -> None:
 
 
 def test_device_uid_is_derived_from_name_version_and_weights() -> None:
-    from secondreader.training.train import device_uid_for
+    from secondreader.training.common import device_uid_for
 
     uid = device_uid_for("cxr-pneumonia", "1.0.0", "ab" * 32)
     assert uid == device_uid_for("cxr-pneumonia", "1.0.0", "ab" * 32)
@@ -67,7 +67,7 @@ def test_findings_of_a_model_that_missed_its_targets_do_not_route() -> None:
 
 
 def test_the_routing_gate_follows_the_held_out_targets() -> None:
-    from secondreader.training.localisation import routing_gate
+    from secondreader.training.dense.bundle import routing_gate
 
     missed = routing_gate({"test": {"study": {"auroc": 0.6}, "froc": {"sensitivity": {"1.0": 0.2}}}})
     assert missed["enabled"] is False and "AUROC 0.600" in missed["reason"]

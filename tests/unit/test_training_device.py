@@ -11,9 +11,9 @@ import yaml
 
 from secondreader.cli import main
 from secondreader.errors import ModelError
-from secondreader.model.dense import build_dense_network
+from secondreader.model.network import build_network
+from secondreader.training.common import to_layout, training_device, training_hardware, training_memory_format
 from secondreader.training.config import load_config
-from secondreader.training.train import to_layout, training_device, training_hardware, training_memory_format
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "cxr-pneumonia.yaml"
 NODULE = CONFIG.with_name("cxr-nodule-simulated.yaml")
@@ -63,7 +63,7 @@ def test_a_channels_last_step_computes_what_the_default_layout_does() -> None:
     results = []
     for channels_last in (False, True):
         torch.manual_seed(1)
-        network = build_dense_network(cfg.network.class_, cfg.network.args)
+        network = build_network(cfg.network.class_, cfg.network.args, dense=True)
         layout = training_memory_format(channels_last)
         to_layout(network, layout)
         out = network(x.to(memory_format=layout))

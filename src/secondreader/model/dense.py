@@ -8,7 +8,7 @@ other finding), so confident maps do not tie at a probability of 1.0. Regions
 are the parts of the map over the card's ``region_floor`` that peak at or over its
 ``region_threshold``. :func:`load_predictor` picks the right predictor for any bundle.
 
-Training (:mod:`secondreader.training.localisation`) uses :class:`MapRecipe`, :func:`study_logits`
+Training (:mod:`secondreader.training.dense`) uses :class:`MapRecipe`, :func:`study_logits`
 and :func:`map_peaks` too, so the evaluated scores are the served scores (the served heatmap is
 the sigmoid of :meth:`MapRecipe.logits`; :func:`probability_maps` is that for a card without
 ``flip_average``, from raw logits).
@@ -22,9 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import monai.networks.nets as nets
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,22 +31,13 @@ from skimage.feature import peak_local_max
 from ..errors import ModelError
 from ..explain.regions import Region, extract_regions
 from .card import ModelCard, load_card
+from .network import build_network
 from .predictor import Precision, Prediction, Predictor, TorchPredictor, load_weights, resolve_device
 
-__all__ = ["DENSE_NETWORKS", "DensePredictor", "MapRecipe", "build_dense_network", "dense_regions", "load_predictor",
-           "map_peaks", "predictor_for", "probability_maps", "smoothed_logits", "study_logits"]
+__all__ = ["DensePredictor", "MapRecipe", "dense_regions", "gaussian_smooth", "load_predictor", "map_peaks",
+           "predictor_for", "probability_maps", "smoothed_logits", "study_logits"]
 
 logger = logging.getLogger(__name__)
-
-#: MONAI classes a dense card may name (an allow-list: a card is data, not code to import).
-DENSE_NETWORKS = ("UNet", "BasicUNet", "AttentionUnet", "FlexibleUNet")
-
-
-def build_dense_network(network_class: str, args: dict[str, Any]) -> torch.nn.Module:
-    if network_class not in DENSE_NETWORKS:
-        raise ValueError(f"dense network class must be one of {DENSE_NETWORKS}, not {network_class!r}")
-    module: torch.nn.Module = getattr(nets, network_class)(**args)
-    return module
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -58,20 +47,29 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
+def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """float (N, 1, H, W) images, each smoothed by a Gaussian of ``sigma`` pixels (separable: rows,
+    then columns; radius ceil(3 sigma), at least 1; reflect padding); same shape. The package's one
+    Gaussian: the served maps (:func:`smoothed_logits`) and training's blur augmentation use it.
+
+    Not MONAI's ``GaussianFilter``: that pads with zeros and truncates at another radius (the served
+    maps' borders would move by up to half a logit), and even its ``separable_filtering`` with this
+    kernel and reflect padding differs in the last bits, which changes what a seeded fit produces."""
+    k = _gaussian_kernel(sigma).to(x.device)
+    r = k.numel() // 2
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+
 def smoothed_logits(logit_maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """float (N, C, H, W) logits, each channel smoothed by a Gaussian of ``sigma`` pixels
-    (separable, reflect padding); float32, same shape. Scores are taken here, before the sigmoid:
+    (:func:`gaussian_smooth`); float32, same shape. Scores are taken here, before the sigmoid:
     a confident network's probabilities saturate at 1.0 and would tie, its logits do not."""
     x = logit_maps.float()
     if sigma <= 0:
         return x
-    k = _gaussian_kernel(sigma).to(x.device)
     n, c, h, w = x.shape
-    r = k.numel() // 2
-    x = x.reshape(n * c, 1, h, w)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-    return x.reshape(n, c, h, w)
+    return gaussian_smooth(x.reshape(n * c, 1, h, w), sigma).reshape(n, c, h, w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +143,7 @@ class DensePredictor:
         self.card = card
         self.device = resolve_device(device)
         try:
-            network = build_dense_network(card.network_class, card.network_args)
+            network = build_network(card.network_class, card.network_args, dense=True)
         except (TypeError, ValueError) as exc:
             raise ModelError(f"model {card.ref}: cannot build its network ({exc})") from None
         load_weights(network, card)

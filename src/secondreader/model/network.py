@@ -1,4 +1,4 @@
-"""Build the MONAI network a model card names. No I/O."""
+"""Build the MONAI network a model card (or a training config) names. No I/O."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ from typing import Any
 import monai.networks.nets as nets
 import torch
 
-__all__ = ["ALLOWED_NETWORKS", "build_network"]
+__all__ = ["ALLOWED_NETWORKS", "DENSE_NETWORKS", "build_network"]
 
-#: MONAI classes a card may name (an allow-list: a card is data, not code to import).
+#: MONAI classes a card may name (an allow-list: a card is data, not code to import): classifiers ...
 ALLOWED_NETWORKS = ("ResNet", "DenseNet", "DenseNet121", "EfficientNetBN", "SEResNet50")
+#: ... and dense networks (a logit per pixel and finding: localisation models).
+DENSE_NETWORKS = ("UNet", "BasicUNet", "AttentionUnet", "FlexibleUNet")
 
 
-def build_network(network_class: str, args: dict[str, Any]) -> torch.nn.Module:
-    if network_class not in ALLOWED_NETWORKS:
-        raise ValueError(f"network class must be one of {ALLOWED_NETWORKS}, not {network_class!r}")
-    cls = getattr(nets, network_class)
-    module: torch.nn.Module = cls(**args)
+def build_network(network_class: str, args: dict[str, Any], *, dense: bool = False) -> torch.nn.Module:
+    """A new (untrained) ``network_class`` built with ``args``: a classifier from
+    :data:`ALLOWED_NETWORKS`, or with ``dense`` a dense network from :data:`DENSE_NETWORKS`.
+    Any other class is refused (ValueError)."""
+    allowed = DENSE_NETWORKS if dense else ALLOWED_NETWORKS
+    if network_class not in allowed:
+        raise ValueError(f"{'dense ' if dense else ''}network class must be one of {allowed}, not {network_class!r}")
+    module: torch.nn.Module = getattr(nets, network_class)(**args)
     return module

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..dicom.io import InputFile, iter_inputs
 
-__all__ = ["BOX_COLUMNS", "Split", "load_manifest", "load_medmnist", "load_splits", "read_manifest_rows"]
+__all__ = ["BOX_COLUMNS", "Split", "load_manifest", "load_medmnist", "read_manifest_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -274,15 +274,3 @@ def load_manifest(path: Path, *, finding: str, size: tuple[int, int], limit: int
                            labels=np.asarray([y for _, y, _ in chosen], dtype=np.int64),
                            masks=masks if annotated.any() else None, annotated=annotated if annotated.any() else None)
     return out
-
-
-def load_splits(kind: str, path: Path, *, finding: str, limit: int | None = None, size: int = 28) -> dict[str, Split]:
-    if kind == "medmnist_npz":
-        return load_medmnist(path, limit=limit)
-    if kind == "manifest":
-        return load_manifest(path, finding=finding, size=(size, size), limit=limit)
-    if kind == "nih_pneumonia":
-        from .realdata import load_nih_splits
-
-        return load_nih_splits(path, size, limit=limit)[0]
-    raise ValueError(f"unknown data kind {kind!r}")

@@ -24,16 +24,18 @@ from ..model.dense import DensePredictor
 from ..model.predictor import TorchPredictor
 from ..scoring.calibration import CALIBRATION_METHODS
 from ..stats import wilson_interval
+from .common import calibrate_on_validation
 from .config import OperatingPointConfig, load_config
 from .data import Split, load_manifest, load_medmnist
 from .metrics import binary_metrics
-from .train import calibrate_on_validation, predict_inputs, predict_logits
+from .train import predict_inputs, predict_logits
 
 if TYPE_CHECKING:
     from ..preprocessing import InputSpec
     from .config import LesionConfig
+    from .dense.data import EvalSet
+    from .dense.evaluate import Scored
     from .lesions import RealBackground
-    from .localisation import EvalSet, Scored
 
 __all__ = ["evaluate_bundle", "evaluate_dense_bundle", "heatmap_peak", "saliency_pointing", "train_serve_gap"]
 
@@ -125,14 +127,8 @@ def saliency_pointing(predictor: TorchPredictor, split: Split, *, batch: int = 6
 def evaluate_dense_bundle(bundle: Path, config: Path) -> dict[str, Any]:
     """A localisation bundle's generated-chest test recomputed, and its figures on the test images of
     the real backgrounds it trained on (each with the FROC's sensitivity by nodule contrast and size)."""
-    from .localisation import (
-        Calibration,
-        background_test_set,
-        generated_test_set,
-        load_backgrounds,
-        localisation_metrics,
-        score_set,
-    )
+    from .dense.data import background_test_set, generated_test_set, load_backgrounds
+    from .dense.evaluate import Calibration, localisation_metrics, score_set
 
     card = load_card(bundle)
     if card.saliency.method != "dense":
@@ -184,7 +180,8 @@ def train_serve_gap(score: Callable[[EvalSet], Scored], lc: LesionConfig, backgr
     higher largest logit on served negatives is false regions that training never showed it."""
     import numpy as np
 
-    from .localisation import build_pool, pool_eval_set, standardise
+    from .dense.data import build_pool, pool_eval_set
+    from .dense.inputs import standardise
 
     plain = lc.model_copy(update={"positive_fraction": 1e-9, "distractor_fraction": 0.0})
     pool = build_pool([background], plain, per_background=count, generated=0, seed=seed, stream=77)

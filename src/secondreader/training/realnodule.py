@@ -1,6 +1,6 @@
 """A nodule localiser trained and measured on REAL nodules: JSRT (``data.kind: jsrt``).
 
-The recipe is the dense one of :mod:`~secondreader.training.localisation` (the same U-Net fit, map,
+The recipe is the dense one of :mod:`~secondreader.training.dense` (the same U-Net fit, map,
 peaks, calibration and served predictor); what changes is the data and the test:
 
 - training pictures are augmented JSRT films with their real nodule as the target, plus JSRT normal
@@ -32,10 +32,33 @@ import numpy as np
 import torch
 from monai.utils import set_determinism
 
-from ..model.dense import build_dense_network
+from ..model.network import build_network
 from ..preprocessing import InputSpec
 from ..stats import Rate
+from .common import (
+    device_uid_for,
+    init_source,
+    scope_and_mode,
+    state_dict_bytes,
+    training_device,
+    training_hardware,
+    write_bundle_weights,
+)
 from .config import CalibrationConfig, LesionConfig, OperatingPointConfig, RealNoduleConfig, TrainConfig, run_digest
+from .dense.bundle import dense_metadata
+from .dense.data import EvalSet, Pool, insert_a_nodules, load_pool, save_pool
+from .dense.evaluate import (
+    Calibration,
+    Scored,
+    cal_scores,
+    calibrate,
+    localisation_metrics,
+    pool_folds,
+    predict_maps,
+    score_set,
+)
+from .dense.fit import fit_dense_network, map_recipe
+from .dense.inputs import dense_input_spec, standardise
 from .froc import ImageDetections, froc_threshold
 from .lesions import (
     Nodule,
@@ -47,36 +70,8 @@ from .lesions import (
     lung_mask,
     square_picture,
 )
-from .localisation import (
-    Calibration,
-    EvalSet,
-    Pool,
-    Scored,
-    _cal_scores,
-    _insert_a,
-    _load_pool,
-    _pool_folds,
-    _save_pool,
-    calibrate,
-    dense_input_spec,
-    dense_metadata,
-    fit_dense_network,
-    map_recipe,
-    predict_maps,
-    score_set,
-    standardise,
-)
 from .plots import reliability_png
 from .realdata import JSRT_MM_PER_PX, JsrtFilm, jsrt_folds, load_jsrt, load_nih, nih_split
-from .train import (
-    _state_dict_bytes,
-    device_uid_for,
-    init_source,
-    scope_and_mode,
-    training_device,
-    training_hardware,
-    write_bundle_weights,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +137,7 @@ def build_real_pool(films: list[JsrtFilm], normals: list[tuple[str, np.ndarray, 
                     nodules = [Nodule(float(rows.mean()), float(cols.mean()), max(0.5, math.sqrt(len(rows) / math.pi)),
                                       0.0, "A")]
             elif rng.random() < rc.insert_fraction and lung.any():
-                nodules, target = _insert_a(out, lung, rng, lc)
+                nodules, target = insert_a_nodules(out, lung, rng, lc)
             pool.images[k] = out
             pool.targets[k] = target
             pool.groups[k] = max(group, -1)
@@ -172,7 +167,7 @@ def _init_worker(cfg: TrainConfig, films: list[JsrtFilm], folds: np.ndarray, spe
     torch.set_num_threads(cfg.schedule.threads)
     set_determinism(seed=cfg.seed)
     torch.use_deterministic_algorithms(False)
-    _WORKER.update(cfg=cfg, films=films, folds=folds, spec=spec, pool=_load_pool(Path(pool_dir)), digest=digest)
+    _WORKER.update(cfg=cfg, films=films, folds=folds, spec=spec, pool=load_pool(Path(pool_dir)), digest=digest)
 
 
 def _fit(fold: int | None) -> dict[str, Any]:
@@ -198,7 +193,7 @@ def _fit(fold: int | None) -> dict[str, Any]:
     state: dict[str, Any] = {"config": _WORKER["digest"], "calibration": cal.to_json(),
                              "validation": val.to_json(), "validation_films": [f.id for f in val_films]}
     if fold is None:
-        state["weights"] = _state_dict_bytes(network).hex()
+        state["weights"] = state_dict_bytes(network).hex()
     else:
         test_films = [f for i, f in enumerate(films) if folds[i] == fold]
         scored = score_set(network, film_eval_set(test_films), spec, lc, recipe).to_json()
@@ -229,9 +224,10 @@ def fit_digest(cfg: TrainConfig, films: list[JsrtFilm], normals: list[tuple[str,
 
 
 #: The package's modules a real-nodule fit and its scoring run (besides this module's fit functions).
-_FIT_MODULES = ("training/localisation.py", "training/lesions.py", "training/losses.py", "training/realdata.py",
-                "training/froc.py", "model/dense.py", "model/network.py", "preprocessing.py",
-                "scoring/calibration.py")
+_FIT_MODULES = ("training/dense/data.py", "training/dense/inputs.py", "training/dense/augment.py",
+                "training/dense/fit.py", "training/dense/evaluate.py", "training/common.py", "training/lesions.py",
+                "training/losses.py", "training/realdata.py", "training/froc.py", "model/dense.py", "model/network.py",
+                "preprocessing.py", "scoring/calibration.py")
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -253,7 +249,7 @@ def real_nodule_breakdown(states: list[dict[str, Any]], films: dict[str, JsrtFil
         cal = Calibration.from_json(state["calibration"])
         scored = Scored.from_json(state["test"])
         for film_id, im in zip(state["films"], scored.images, strict=True):
-            cal_im = ImageDetections(_cal_scores(im.lesion_scores, cal), _cal_scores(im.false_scores, cal))
+            cal_im = ImageDetections(cal_scores(im.lesion_scores, cal), cal_scores(im.false_scores, cal))
             images.append(cal_im)
             meta.append(films[film_id])
             at_op_false.append(int((cal_im.false_scores >= cal.operating_point).sum()))
@@ -296,7 +292,7 @@ def validation_films(val: Scored, cal: Calibration, films: list[JsrtFilm]) -> li
         row: dict[str, Any] = {"id": film.id, "nodule": film.nodule is not None, "probability": round(float(prob), 4),
                                "flagged": bool(prob >= cal.operating_point)}
         if film.nodule is not None:
-            hit = _cal_scores(im.lesion_scores, cal)
+            hit = cal_scores(im.lesion_scores, cal)
             row.update(subtlety=film.subtlety, diameter_mm=film.diameter_mm,
                        found=bool(hit.size and hit[0] >= cal.operating_point))
         out.append(row)
@@ -376,7 +372,7 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
     import multiprocessing
 
     if todo:
-        _save_pool(pool, pool_dir)
+        save_pool(pool, pool_dir)
         try:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=_init_worker, initargs=args) as executor:
@@ -394,7 +390,7 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
     # now (a new rule re-scores the folds without refitting them)
     ordered = [{**states[f], "calibration": calibrate(Scored.from_json(states[f]["validation"]), cfg).to_json()}
                for f in range(rc.folds)]
-    pooled, per_fold = _pool_folds(ordered, seed=cfg.seed, side=side)
+    pooled, per_fold = pool_folds(ordered, seed=cfg.seed, side=side)
     pooled["method"] = (f"{rc.folds}-fold cross-validation over the JSRT films (stratified by nodule): each fold's "
                         f"model trained on {rc.folds - 2} folds, calibrated on the next, tested on its own; REAL "
                         "nodules (JSRT's centre and radius)")
@@ -412,13 +408,11 @@ def train_real_nodules(cfg: TrainConfig, *, config_path: Path | None = None, res
         return {"folds": summary}
     assert final is not None
     weights = bytes.fromhex(final["weights"])
-    network = build_dense_network(cfg.network.class_, cfg.network.args)
+    network = build_network(cfg.network.class_, cfg.network.args, dense=True)
     network.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     network.eval()
     val = Scored.from_json(final["validation"])
     cal = calibrate(val, cfg)
-    from .localisation import localisation_metrics
-
     metrics["validation"] = localisation_metrics(val, cal, seed=cfg.seed)
     metrics["validation"]["films"] = validation_films(val, cal, [by_id[i] for i in final["validation_films"]])
     review = nih_review_rate(network, cal, rc, lc, spec, cfg)
