@@ -53,6 +53,9 @@ def routing_gate(metrics: dict[str, Any]) -> dict[str, Any]:
 def dense_metadata(cfg: TrainConfig, spec: InputSpec, cal: Calibration, metrics: dict[str, Any], device_uid: str,
                    weights_sha256: str, config_path: Path | None, seconds: float,
                    folds_reused: Sequence[str], hardware: dict[str, str]) -> dict[str, Any]:
+    """The bundle's ``configs/metadata.json``: the MONAI fields, the served map recipe and region
+    thresholds, the finding's calibration and operating points, ``metrics``, :func:`routing_gate`'s
+    verdict on them, and how the model was trained."""
     lc = cfg.lesions
     assert lc is not None
     code, side = cfg.data.finding, lc.input_size

@@ -121,7 +121,10 @@ def _nodule_count(rng: np.random.Generator, lc: LesionConfig) -> int:
 
 
 def insert_a_nodules(picture: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-              lc: LesionConfig) -> tuple[list[Nodule], np.ndarray]:
+                     lc: LesionConfig) -> tuple[list[Nodule], np.ndarray]:
+    """Insert 0-``max_nodules`` model-A nodules into ``picture`` (in place) inside ``mask``, as many
+    as ``rng`` draws (none in ``1 - positive_fraction`` of pictures); their list and their footprint
+    (bool, the picture's shape)."""
     nodules, target = [], np.zeros(picture.shape, dtype=bool)
     for row, col, radius in place_nodules(rng, mask, _nodule_count(rng, lc), diameter_fraction=lc.diameter_fraction):
         nodule, footprint = insert_model_a(picture, rng, row, col, radius, contrast=lc.contrast)
@@ -289,12 +292,14 @@ def background_test_set(lc: LesionConfig, backgrounds: Sequence[RealBackground],
 
 
 def as_mask(members: np.ndarray, n: int) -> np.ndarray:
+    """Indices ``members`` of ``n`` pictures as a bool mask (n,)."""
     keep = np.zeros(n, bool)
     keep[members] = True
     return keep
 
 
 def eval_members(pool: Pool, members: np.ndarray) -> EvalSet:
+    """:func:`pool_eval_set` of the pool's pictures ``members`` (indices)."""
     return pool_eval_set(pool, as_mask(members, len(pool)))
 
 
@@ -308,6 +313,8 @@ def pool_eval_set(pool: Pool, keep: np.ndarray) -> EvalSet:
 
 
 def save_pool(pool: Pool, folder: Path) -> None:
+    """Write ``pool`` to ``folder`` (its arrays as ``.npy`` files, its nodules as JSON) for
+    :func:`load_pool` in worker processes."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("images", "targets", "weights", "groups"):
         np.save(folder / f"{name}.npy", getattr(pool, name))
@@ -315,6 +322,7 @@ def save_pool(pool: Pool, folder: Path) -> None:
 
 
 def load_pool(folder: Path) -> Pool:
+    """The pool :func:`save_pool` wrote to ``folder``, its pictures, targets and weights memory-mapped."""
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("images", "targets", "weights")}
     nodules = [[Nodule(*n) for n in ns] for ns in json.loads((folder / "nodules.json").read_text())]
     return Pool(arrays["images"], arrays["targets"], arrays["weights"], np.load(folder / "groups.npy"), nodules)

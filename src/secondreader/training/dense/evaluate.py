@@ -136,6 +136,7 @@ class Calibration:
 
 
 def calibrate(val: Scored, cfg: TrainConfig) -> Calibration:
+    """Calibration and operating points of the config's rule, fitted on validation's study logits."""
     calibrator, _p, op, urgent = calibrate_on_validation(val.logits, val.labels, cfg.operating_point,
                                                         cfg.calibration.method)
     return Calibration(calibrator, op, urgent)
