@@ -13,9 +13,12 @@ import hmac
 import logging
 import logging.config
 import re
+import sys
+import threading
 import warnings
 
-__all__ = ["PhiRedactingFilter", "configure_logging", "redact", "redact_report_text", "set_secret", "study_key"]
+__all__ = ["PhiRedactingFilter", "configure_logging", "install_redaction", "redact", "redact_report_text",
+           "set_secret", "study_key"]
 
 _secret: bytes = b"secondreader-unset-secret"
 
@@ -134,6 +137,62 @@ class PhiRedactingFilter(logging.Filter):
         return True
 
 
+#: Loggers whose own filter rewrites the record's arguments first (it then redacts): the access log.
+_REDACTED_BY_THEIR_FILTER = frozenset({"uvicorn.access"})
+_installed = False
+
+
+def install_redaction() -> None:
+    """Redact every log record when it is made, whichever handler prints it: BentoML's, uvicorn's
+    and any library's own handlers (on stdout or stderr) never see a UID, a name, a path or a
+    traceback. Uncaught exceptions, in the main thread or any other, are logged by type only instead
+    of printing their traceback. Idempotent; entry points call it through :func:`configure_logging`."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    make_record = logging.getLogRecordFactory()
+    phi = PhiRedactingFilter()
+
+    def redacted_record(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        if record.name not in _REDACTED_BY_THEIR_FILTER:
+            phi.filter(record)
+        record.stack_info = None
+        return record
+
+    logging.setLogRecordFactory(redacted_record)
+
+    def log_uncaught(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        logging.getLogger("secondreader").critical("uncaught %s (traceback not printed: it may hold "
+                                                   "identifiers)", kind.__name__)
+
+    def log_uncaught_in_thread(hook: threading.ExceptHookArgs) -> None:
+        if hook.exc_type is SystemExit:
+            return
+        logging.getLogger("secondreader").error("uncaught %s in a thread (traceback not printed: it may hold "
+                                                "identifiers)", hook.exc_type.__name__)
+
+    sys.excepthook = log_uncaught
+    threading.excepthook = log_uncaught_in_thread
+    # handlers made before this (BentoML's, uvicorn's) get the filter too, for records made elsewhere
+    for logger in [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values()
+                                          if isinstance(v, logging.Logger))]:
+        for handler in logger.handlers:
+            if not any(isinstance(f, PhiRedactingFilter) for f in handler.filters):
+                handler.addFilter(phi if logger.name not in _REDACTED_BY_THEIR_FILTER else _TracebackFilter())
+
+
+class _TracebackFilter(logging.Filter):
+    """Drops a record's traceback (the access log's own filter handles its text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Log to stderr through the redacting filter (stdout is reserved for results)."""
     import pydicom  # noqa: F401 - pydicom sets its logger's level on import; ours must come after
@@ -158,6 +217,7 @@ def configure_logging(level: str = "INFO") -> None:
         }
     )
     logging.captureWarnings(True)
+    install_redaction()
     # The DICOM libraries' warnings quote header values (names, IDs). The read paths catch them, but
     # warnings.catch_warnings() swaps one process-global filter list, which the service's screening
     # threads race on; so they are also ignored process-wide, never printed.
