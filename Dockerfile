@@ -28,7 +28,8 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 COPY serving ./serving
 COPY models ./models
-RUN pip install . \
+# the s3 extra: replicas keep their spool and artefacts in an S3 bucket (serving/kubernetes/)
+RUN pip install '.[s3]' \
  && useradd --system --uid 10001 --home-dir /var/lib/secondreader --create-home secondreader
 USER secondreader
 EXPOSE 3000
