@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Rebuild the viewer from viewer/src (npm ci, then vite build) into a temporary folder, and fail if
+# the bundle shipped in src/secondreader/viewer/static differs: viewer/src and what users run cannot
+# drift apart. The build is reproducible (content-hashed file names, no timestamps), so any
+# difference is a change to viewer/ that was not rebuilt, or a hand edit of the bundle.
+set -euo pipefail
+cd "$(dirname "$0")/../viewer"
+npm ci --no-audit --no-fund --prefer-offline --loglevel=error
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+npx vite build --outDir "$out/static" --emptyOutDir --logLevel error
+if ! diff -rq "$out/static" ../src/secondreader/viewer/static; then
+  echo "viewer: the shipped bundle is not what viewer/src builds to; run (cd viewer && npm ci && npm run build) and commit src/secondreader/viewer/static" >&2
+  exit 1
+fi
+echo "viewer: the shipped bundle is what viewer/src builds to"
