@@ -125,7 +125,6 @@ class ScreeningService:
                                      lease_seconds=self.leases.lease_seconds)
         self._stop = threading.Event()
         self._delivery: threading.Thread | None = None
-        self._background = False
         self.ready = True
 
     # -- submitting ---------------------------------------------------------------------------
@@ -313,7 +312,11 @@ class ScreeningService:
             elif remaining > 0:
                 time.sleep(min(remaining, poll))
             record = self.job(job_id)
-            if record is None or record.status in ("done", "failed") or deadline - time.monotonic() <= 0:
+            if record is None or record.status in ("done", "failed"):
+                with self._lock:  # answered by another replica: this one's event is never set
+                    self._events.pop(job_id, None)
+                return record
+            if deadline - time.monotonic() <= 0:
                 return record
 
     def job(self, job_id: str) -> JobRecord | None:
@@ -405,7 +408,6 @@ class ScreeningService:
                 self.jobs.enqueue(job.id)
 
         self.jobs.start(on_tick=queue_stable)
-        self._background = True
 
         def deliver() -> None:
             last_figures = 0.0
