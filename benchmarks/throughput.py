@@ -60,9 +60,9 @@ from pydicom.encaps import generate_frames
 
 from secondreader.dicom import gpu_decode
 from secondreader.dicom.io import InputFile
+from secondreader.model.batcher import BatchingPredictor
 from secondreader.model.predictor import Predictor, TorchPredictor, resolve_device
 from secondreader.pipeline import ScreeningOptions, screen_inputs
-from secondreader.service.batcher import BatchingPredictor
 
 WORKERS = 4  # the service's screening threads (service/bento.py)
 

@@ -18,44 +18,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import __version__
-from .config import Settings
-from .errors import ModelError, SecondReaderError
+from .config import Settings, is_loopback
+from .dicom.samples import sample_paths
+from .errors import SecondReaderError
 from .logsafe import configure_logging, set_secret
 
 __all__ = ["main"]
 
 logger = logging.getLogger("secondreader.cli")
 
-#: Sample studies shipped by the pydicom-data package (MIT): a real adult chest CR (RG1) in two
-#: encodings, a CR of an extremity (RG3) and a CT slice, to show screened and ineligible results.
-SAMPLE_FILES = ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG3_UNCR.dcm", "CT_small.dcm")
-
-
-def sample_paths() -> list[Path]:
-    try:
-        from pydicom.data import get_testdata_file
-    except ImportError:  # pragma: no cover - pydicom is a dependency
-        return []
-    paths = []
-    for name in SAMPLE_FILES:
-        found = get_testdata_file(name)
-        if found:
-            paths.append(Path(str(found)))
-    return paths
-
-
-def _model_dirs(models_dir: Path, names: Sequence[str]) -> list[Path]:
-    if names:
-        return [models_dir / name for name in names]
-    from .model.card import find_bundles
-
-    found = find_bundles(models_dir)
-    if not found:
-        raise ModelError(f"no model bundles under {models_dir.name}/ (set SECONDREADER_MODELS_DIR)")
-    return found
-
-
 def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
+    from .model.card import bundle_dirs
     from .model.dense import load_predictor
     from .pipeline import ScreeningOptions, screen_paths
 
@@ -71,7 +44,7 @@ def _cmd_screen(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     models_dir = args.models_dir or settings.models_dir
     predictors = [load_predictor(d, device=args.device or settings.device)
-                  for d in _model_dirs(models_dir, args.model)]
+                  for d in bundle_dirs(models_dir, args.model)]
     from .model.modes import site_modes
     from .quarantine import Quarantine
 
@@ -254,17 +227,6 @@ def _cmd_export_reviews(args: argparse.Namespace, settings: Settings) -> int:
     sys.stderr.write(f"{rows} verdict(s) written to {args.out}; fine-tune with data.kind: manifest "
                      "(see training/README.md)\n")
     return 0
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

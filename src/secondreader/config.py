@@ -15,7 +15,20 @@ if TYPE_CHECKING:
     from .model.modes import ModelMode
     from .outputs.provenance import SeriesSettings
 
-__all__ = ["Settings", "default_models_dir"]
+__all__ = ["Settings", "default_models_dir", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address or host name is this machine only (``localhost``, 127.0.0.0/8, ::1):
+    the defaults that are safe there (no API key, any calling AE title) are refused elsewhere."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_models_dir() -> Path:

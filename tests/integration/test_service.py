@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from secondreader.model.batcher import BatchingPredictor
 from secondreader.service.auth import ApiKeyMiddleware
-from secondreader.service.batcher import BatchingPredictor
 from secondreader.service.core import ScreeningService
 from secondreader.service.http import build_app
 from secondreader.store import Store

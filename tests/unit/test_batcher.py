@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from secondreader.model.batcher import BatchingPredictor
 from secondreader.model.predictor import Prediction
-from secondreader.service.batcher import BatchingPredictor
 
 
 class SlowEcho:

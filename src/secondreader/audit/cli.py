@@ -61,7 +61,7 @@ def add_parser(sub: Any) -> None:
 
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
-    from ..cli import _model_dirs
+    from ..model.card import bundle_dirs
     from .run import AuditConfig, run_audit
 
     date_range = None
@@ -80,7 +80,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         config = AuditConfig(
             archive=list(args.archive), reports=args.reports, out_dir=args.out,
-            model_dirs=_model_dirs(args.models_dir or settings.models_dir, args.model), engine=args.engine,
+            model_dirs=bundle_dirs(args.models_dir or settings.models_dir, args.model), engine=args.engine,
             device=args.device or settings.device, workers=args.workers,
             include_accession=args.include_accession_numbers, pictures=not args.no_pictures, date_range=date_range,
             accessions=accessions, ray_address=args.ray_address, ray_temp_dir=args.ray_temp_dir, limit=args.limit,

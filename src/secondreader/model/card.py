@@ -30,8 +30,8 @@ from ..preprocessing import InputSpec
 from ..scoring.calibration import Calibrator
 from .modes import ModelMode
 
-__all__ = ["FindingSpec", "ModelCard", "ModelMode", "ModelScope", "SaliencySpec", "find_bundles", "load_card",
-           "parse_mode", "parse_scope"]
+__all__ = ["FindingSpec", "ModelCard", "ModelMode", "ModelScope", "SaliencySpec", "bundle_dirs", "find_bundles",
+           "load_card", "parse_mode", "parse_scope"]
 
 
 #: Views a scope may name: the frontal and oblique View Position terms (a lateral view never).
@@ -402,3 +402,14 @@ def load_card(bundle_dir: Path) -> ModelCard:
 def find_bundles(models_dir: Path) -> list[Path]:
     """The bundle folders under ``models_dir`` (those with a ``configs/metadata.json``), sorted."""
     return sorted(p.parent.parent for p in Path(models_dir).glob("*/configs/metadata.json"))
+
+
+def bundle_dirs(models_dir: Path, names: Sequence[str] = ()) -> list[Path]:
+    """The bundles a command runs: the ones ``names`` names under ``models_dir``, or every bundle
+    there; a folder without any is a :class:`ModelError` that says which setting to set."""
+    if names:
+        return [Path(models_dir) / name for name in names]
+    found = find_bundles(models_dir)
+    if not found:
+        raise ModelError(f"no model bundles under {Path(models_dir).name}/ (set SECONDREADER_MODELS_DIR)")
+    return found

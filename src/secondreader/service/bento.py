@@ -18,12 +18,13 @@ from pathlib import Path
 import bentoml
 
 with bentoml.importing():
-    from secondreader.cli import is_loopback, sample_paths
-    from secondreader.config import Settings
+    from secondreader.config import Settings, is_loopback
     from secondreader.dicom import gpu_decode
+    from secondreader.dicom.samples import sample_paths
     from secondreader.dicom.scp import server_ssl_context, start_receiver
     from secondreader.errors import ModelError
     from secondreader.logsafe import configure_logging, set_secret
+    from secondreader.model.batcher import BatchingPredictor
     from secondreader.model.card import load_card
     from secondreader.model.dense import predictor_for
     from secondreader.model.modes import site_modes
@@ -32,7 +33,6 @@ with bentoml.importing():
     from secondreader.service import metrics
     from secondreader.service.access import install_access_log_filter
     from secondreader.service.auth import ApiKeyMiddleware, FailedAuthLimiter, TrustedProxies, parse_keys
-    from secondreader.service.batcher import BatchingPredictor
     from secondreader.service.core import Leases, ScreeningService, Upload
     from secondreader.service.http import build_app
     from secondreader.service.modelstore import import_bundles, shipped_tag
@@ -109,7 +109,8 @@ class SecondReader:
         for tag in import_bundles(Path(settings.models_dir)):
             predictor = predictor_for(load_card(Path(bentoml.models.get(tag).path)), device=settings.device,
                                       precision=settings.precision, compile=settings.compile_models)
-            predictors.append(BatchingPredictor(predictor, max_batch=32, max_wait_ms=10.0))
+            predictors.append(BatchingPredictor(predictor, max_batch=32, max_wait_ms=10.0,
+                                                on_batch=metrics.batch_size))
         # each model's mode at this site: SECONDREADER_MODEL_MODES over the card's default (unknown
         # names are warned about, bad modes stopped the start already, in Settings)
         modes = site_modes([p.card for p in predictors], settings.resolved_model_modes())

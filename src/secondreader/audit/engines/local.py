@@ -2,7 +2,7 @@
 model runs in the main process, batched across the workers' studies.
 
 Each worker screens with a :class:`RemotePredictor`, which ships the (small) model-input tensor to the
-main process and waits for the predictions. There a :class:`~secondreader.service.batcher.BatchingPredictor`
+main process and waits for the predictions. There a :class:`~secondreader.model.batcher.BatchingPredictor`
 merges the concurrent requests into one model call. A worker that dies (a decoder crash) costs only
 its current study, which gets a failed row, and is replaced.
 """
@@ -26,10 +26,10 @@ import torch
 
 from ...errors import ModelError
 from ...logsafe import configure_logging, set_secret
+from ...model.batcher import BatchingPredictor
 from ...model.card import ModelCard
 from ...model.dense import load_predictor
 from ...model.predictor import Prediction
-from ...service.batcher import BatchingPredictor
 from ..archive import StudyTask
 from ..stage import StageOptions, StudyAuditor, failed_row
 from . import EngineSpec, EngineStats, OnResult

@@ -2,7 +2,7 @@
 hold the model (one GPU each when the cluster has GPUs), on ``ray.init(address=...)`` or a local Ray.
 
 Each actor screens the studies of its batch in a few threads, so the model (behind a
-:class:`~secondreader.service.batcher.BatchingPredictor`) sees batches across studies while other
+:class:`~secondreader.model.batcher.BatchingPredictor`) sees batches across studies while other
 studies decode. Folder and zip archives must be readable at the same path on every node (a shared
 file system); a DICOMweb archive needs nothing shared.
 
@@ -51,8 +51,8 @@ class StudyAuditorActor:
         import torch
 
         from ...logsafe import configure_logging, set_secret
+        from ...model.batcher import BatchingPredictor
         from ...model.dense import load_predictor
-        from ...service.batcher import BatchingPredictor
         from ..stage import StudyAuditor
 
         configure_logging(log_level)

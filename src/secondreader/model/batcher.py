@@ -16,14 +16,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
 
-from ..model.card import ModelCard
-from ..model.predictor import Prediction, Predictor
-from . import metrics
+from .card import ModelCard
+from .predictor import Prediction, Predictor
 
 __all__ = ["BatchStats", "BatchingPredictor"]
 
@@ -53,7 +53,7 @@ class BatchingPredictor:
     """Wraps a predictor with a background thread that merges concurrent ``predict`` calls."""
 
     def __init__(self, inner: Predictor, *, max_batch: int = 32, max_wait_ms: float = 10.0,
-                 adaptive: bool = False) -> None:
+                 adaptive: bool = False, on_batch: Callable[[str, int], None] | None = None) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
         self.inner = inner
@@ -61,6 +61,7 @@ class BatchingPredictor:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.adaptive = adaptive
+        self.on_batch = on_batch  # told (model name, batch size) after each batch: the service's metrics
         self.stats = BatchStats()
         self._inside = 0  # callers between entering predict and getting their answer
         self._inside_lock = threading.Lock()
@@ -126,7 +127,8 @@ class BatchingPredictor:
             self.stats.batches += 1
             self.stats.images += len(outputs)
             self.stats.sizes.append(len(outputs))
-            metrics.batch_size(self.card.name, len(outputs))
+            if self.on_batch is not None:
+                self.on_batch(self.card.name, len(outputs))
             start = 0
             for r in members:
                 n = r.batch.shape[0]
