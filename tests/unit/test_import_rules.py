@@ -21,10 +21,22 @@ FORBIDDEN: tuple[tuple[str, str], ...] = (
     ("secondreader.training", "secondreader.audit"),
     ("secondreader.training", "secondreader.service"),
     ("secondreader.training", "secondreader.cli"),
+    # the CLI is the top: nothing imports it (the service and the audit take their helpers from
+    # config, dicom and model)
+    *((f"secondreader.{p}", "secondreader.cli") for p in (
+        "service", "audit", "model", "dicom", "outputs", "reports", "worklist", "store", "pipeline", "explain",
+        "scoring", "preprocessing", "config", "stats", "vocabulary")),
+    # the service is above the pipeline's layers, the audit and the worklist
+    *((f"secondreader.{p}", "secondreader.service") for p in (
+        "audit", "model", "dicom", "outputs", "reports", "worklist", "store", "pipeline", "explain", "scoring")),
+    # models, DICOM handling and outputs know nothing of the audit, the worklist or the store
+    *((f"secondreader.{p}", f"secondreader.{q}") for p in ("model", "dicom", "outputs", "explain", "scoring")
+      for q in ("audit", "worklist", "store", "training")),
 )
 
 #: Packages whose modules must not import each other in a cycle.
-ACYCLIC: tuple[str, ...] = ("secondreader.training",)
+ACYCLIC: tuple[str, ...] = tuple(f"secondreader.{p}" for p in (
+    "training", "model", "dicom", "service", "outputs", "reports", "audit", "worklist"))
 
 
 def _module_name(path: Path) -> str:

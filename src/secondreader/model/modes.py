@@ -21,12 +21,9 @@ import re
 from collections.abc import Iterable, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import yaml
-
-if TYPE_CHECKING:
-    from .card import ModelCard
 
 __all__ = ["ModelMode", "parse_model_modes", "site_modes"]
 
@@ -108,7 +105,19 @@ def parse_model_modes(value: str | None) -> dict[str, ModelMode]:
     return _mapping(data.items(), f"{where} ({path.name})")
 
 
-def site_modes(cards: Iterable[ModelCard], overrides: Mapping[str, ModelMode]) -> dict[str, ModelMode]:
+class _Card(Protocol):
+    """What :func:`site_modes` reads of a model card (:class:`.card.ModelCard` has it; the card
+    module imports this one, so the card is described here rather than imported)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def ref(self) -> str: ...
+    @property
+    def default_mode(self) -> ModelMode: ...
+
+
+def site_modes(cards: Iterable[_Card], overrides: Mapping[str, ModelMode]) -> dict[str, ModelMode]:
     """Each model's mode at this site: the setting's, else its card's default. A name in the
     setting that matches no loaded model is warned about (a typo would otherwise go unnoticed),
     never fatal."""
