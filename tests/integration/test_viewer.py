@@ -368,3 +368,55 @@ def test_a_radiologist_reviews_the_discordant_study_in_chromium(
     assert dicom_auth and all(a == f"Bearer {KEY}" for a in dicom_auth), dicom_auth
     assert not problems, problems
     assert {p.name for p in shots.iterdir()} >= {"worklist.png", "study.png", "verdict.png"}
+
+
+def test_every_frame_of_a_multi_frame_image_is_viewable(chromium: str, service: str, tmp_path: Path) -> None:
+    """Issue 30 (leftover): the page showed frame 1 only. A two-frame radiograph: the frame chooser
+    appears, frame 2's pixels, heatmap layer and regions are shown, and a region on frame 2 opens it."""
+    from playwright.sync_api import sync_playwright
+
+    from ..factories import make_cxr_dataset, to_bytes
+
+    ds = make_cxr_dataset(512, 512, frames=2, lesion_at=(250, 300))
+    ds.PatientAge = "004Y"  # inside cxr-pneumonia's scope
+    screened = httpx.post(f"{service}/v1/screen?wait=300", content=to_bytes(ds), timeout=330,
+                          headers={**_auth(), "Content-Type": "application/dicom"})
+    assert screened.status_code == 200, screened.text
+    (result,) = screened.json()["studies"]
+    assert result["status"] == "screened", result
+    assert any(h.endswith("-frame2.png") for h in result["artifacts"]["heatmaps"]), result["artifacts"]
+    uid = result["study_instance_uid"]
+    layers: list[str] = []
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.on("request", lambda r: layers.append(r.url.rsplit("/", 1)[1]) if ".layer.png" in r.url else None)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            page.goto(f"{service}/viewer/")
+            page.fill("#api-key", KEY)
+            page.press("#api-key", "Enter")
+            row = page.locator(f'#worklist tr[data-uid="{uid}"]')
+            row.wait_for()
+            row.click()
+            page.wait_for_selector('#viewport[data-rendered="true"]', timeout=60_000)
+            page.wait_for_selector('#overlay[data-layer="loaded"]', timeout=30_000)
+            assert page.locator("label.frame").is_visible()
+            assert page.locator("#frame option").count() == 2
+            first = _grey(page.locator("#viewport").screenshot())
+            page.select_option("#frame", "2")
+            page.wait_for_function("document.getElementById('frame').value === '2'")
+            page.wait_for_selector('#viewport[data-rendered="true"]', timeout=60_000)
+            page.wait_for_selector('#overlay[data-layer="loaded"]', timeout=30_000)
+            page.wait_for_function("document.getElementById('viewport-message').textContent === ''")
+            second = _grey(page.locator("#viewport").screenshot())
+            assert second.std() > 5 and first.shape == second.shape
+            assert "pneumonia-frame2.layer.png" in layers and "pneumonia.layer.png" in layers
+            # a region on frame 1 brings frame 1 back
+            on_first = next(r for r in result["regions"] if r["frame"] == 1)
+            page.locator(f'#regions .region[data-region="{on_first["id"]}"]').click()
+            page.wait_for_function("document.getElementById('frame').value === '1'")
+        finally:
+            browser.close()
+    assert not problems, problems

@@ -105,8 +105,10 @@ export const api = {
     const response = await request(path, { raw: true });
     return createImageBitmap(await response.blob());
   },
-  /** The wadouri: image id of an instance (the loader adds the Authorization header). */
-  dicomImageId(uid, sop) {
-    return `wadouri:${new URL(`${studyPath(uid)}/instances/${encodeURIComponent(sop)}/dicom`, API_BASE).href}`;
+  /** The Cornerstone image ID of one frame (1-based; the loader's ``frame`` parameter, which it
+   * strips from the URL it fetches: every frame shares one download). */
+  dicomImageId(uid, sop, frame = 1) {
+    const url = new URL(`${studyPath(uid)}/instances/${encodeURIComponent(sop)}/dicom`, API_BASE).href;
+    return `wadouri:${url}${frame > 1 ? `?frame=${frame}` : ''}`;
   },
 };

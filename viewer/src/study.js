@@ -8,20 +8,29 @@ import { ImageView } from './imaging.js';
 
 const REVIEWER_KEY = 'secondreader.reviewer';
 
-/** Finding codes with a heatmap for each SOP Instance UID (frame 1), from artifacts.heatmaps. */
+/** Finding codes with a heatmap for each SOP Instance UID and frame (1-based), from
+ * artifacts.heatmaps: ``<code>.png`` is frame 1, ``<code>-frame<N>.png`` frame N. */
 function heatmapsBySop(result) {
   const bySop = new Map();
   for (const path of result.artifacts?.heatmaps || []) {
     const parts = path.split('/');
     if (parts.length < 2) continue;
     const name = parts[parts.length - 1];
-    const match = /^([a-z0-9_-]+)\.png$/.exec(name);
-    if (!match || match[1].includes('-frame')) continue;
+    const match = /^([a-z0-9_]+(?:-[a-z0-9_]+)*?)(?:-frame(\d+))?\.png$/.exec(name);
+    if (!match) continue;
     const sop = parts[parts.length - 2];
-    if (!bySop.has(sop)) bySop.set(sop, []);
-    bySop.get(sop).push(match[1]);
+    const frame = match[2] ? Number(match[2]) : 1;
+    if (!bySop.has(sop)) bySop.set(sop, new Map());
+    const frames = bySop.get(sop);
+    if (!frames.has(frame)) frames.set(frame, []);
+    frames.get(frame).push(match[1]);
   }
   return bySop;
+}
+
+/** The heatmap name of ``code`` on ``frame`` (what the API serves under /heatmaps/). */
+function heatmapName(code, frame) {
+  return frame > 1 ? `${code}-frame${frame}` : code;
 }
 
 /** Text split into plain runs and marked runs, one per evidence sentence found in it. */
@@ -91,10 +100,13 @@ export class StudyView {
     this.opacityValue = document.getElementById('heat-opacity-value');
     this.findingSelect = document.getElementById('heat-finding');
     this.instanceSelect = document.getElementById('instance');
+    this.frameSelect = document.getElementById('frame');
+    this.frame = 1;
     this.toggle.addEventListener('change', () => this.applyOverlay());
     this.opacity.addEventListener('input', () => this.applyOverlay());
     this.findingSelect.addEventListener('change', () => this.loadLayer());
     this.instanceSelect.addEventListener('change', () => this.openInstance(this.instanceSelect.value));
+    this.frameSelect.addEventListener('change', () => this.openFrame(Number(this.frameSelect.value)));
     document.getElementById('reset').addEventListener('click', () => this.image.reset());
     for (const button of document.querySelectorAll('[data-tool]')) {
       button.addEventListener('click', () => this.setTool(button.dataset.tool));
@@ -145,9 +157,23 @@ export class StudyView {
     await this.openInstance(screened[0].sop_instance_uid);
   }
 
-  async openInstance(sop) {
+  async openInstance(sop, frame = undefined) {
     this.sop = sop;
-    const codes = heatmapsBySop(this.result).get(sop) || [];
+    const frames = [...(heatmapsBySop(this.result).get(sop)?.keys() || [])].sort((x, y) => x - y);
+    const inRegions = (this.result.regions || []).filter((r) => r.sop_instance_uid === sop).map((r) => r.frame ?? 1);
+    const all = [...new Set([1, ...frames, ...inRegions])].sort((x, y) => x - y);
+    this.frameSelect.replaceChildren(...all.map((f) => el('option', {
+      text: `${f} of ${all.length}`, attrs: { value: String(f) } })));
+    this.frameSelect.closest('label').hidden = all.length < 2;
+    await this.openFrame(all.includes(frame) ? frame : all[0]);
+  }
+
+  /** One frame of the current instance: its pixels, its heatmap layers and its regions. */
+  async openFrame(frame) {
+    const sop = this.sop;
+    this.frame = frame;
+    this.frameSelect.value = String(frame);
+    const codes = [...(heatmapsBySop(this.result).get(sop)?.get(frame) || [])];
     const positives = new Set((this.result.findings || []).filter((f) => f.positive).map((f) => f.code));
     codes.sort((x, y) => Number(positives.has(y)) - Number(positives.has(x)));
     this.findingSelect.replaceChildren(...codes.map((code) => el('option', { text: code, attrs: { value: code } })));
@@ -155,7 +181,7 @@ export class StudyView {
     this.image.setLayer(null);
     this.message.textContent = 'Loading image…';
     try {
-      await this.image.open(api.dicomImageId(this.uid, sop));
+      await this.image.open(api.dicomImageId(this.uid, sop, frame));
       this.message.textContent = '';
     } catch (error) {
       this.message.textContent = `The image could not be loaded (${error?.status ? `HTTP ${error.status}` : 'decoding failed'}).`;
@@ -171,8 +197,9 @@ export class StudyView {
       return;
     }
     try {
-      const bitmap = await api.heatmapLayer(this.uid, this.sop, code);
-      if (this.findingSelect.value === code) this.image.setLayer(bitmap);
+      const frame = this.frame;
+      const bitmap = await api.heatmapLayer(this.uid, this.sop, heatmapName(code, frame));
+      if (this.findingSelect.value === code && this.frame === frame) this.image.setLayer(bitmap);
     } catch (error) {
       this.image.setLayer(null);
     }
@@ -182,7 +209,7 @@ export class StudyView {
 
   showRegions() {
     this.image.setRegions(
-      (this.result?.regions || []).filter((r) => r.sop_instance_uid === this.sop && (r.frame ?? 1) === 1),
+      (this.result?.regions || []).filter((r) => r.sop_instance_uid === this.sop && (r.frame ?? 1) === this.frame),
       this.selected,
     );
   }
@@ -230,7 +257,7 @@ export class StudyView {
           el('span', { className: 'id', text: region.id }),
           el('span', { text: `score ${Number(region.score).toFixed(2)}` }),
         ]),
-        el('div', { className: 'meta', text: `${this.imageLabel(region.sop_instance_uid)}${region.finding} · rows ${region.bbox[0]}–${region.bbox[2]}, `
+        el('div', { className: 'meta', text: `${this.imageLabel(region.sop_instance_uid)}${this.frameLabel(region)}${region.finding} · rows ${region.bbox[0]}–${region.bbox[2]}, `
           + `columns ${region.bbox[1]}–${region.bbox[3]}${region.area_mm2 != null ? ` · ${Math.round(region.area_mm2)} mm²` : ''}` }),
         el('div', { className: 'verdicts', attrs: { role: 'group', 'aria-label': `Verdict for ${region.id}` } },
           VERDICTS.map((v) => {
@@ -251,6 +278,13 @@ export class StudyView {
       item.addEventListener('click', () => this.select(region.id));
       return item;
     }));
+  }
+
+  /** "frame 2 · " when the region's instance has regions on several frames, else nothing. */
+  frameLabel(region) {
+    const frames = new Set((this.result?.regions || [])
+      .filter((r) => r.sop_instance_uid === region.sop_instance_uid).map((r) => r.frame ?? 1));
+    return frames.size > 1 || (region.frame ?? 1) > 1 ? `frame ${region.frame ?? 1} · ` : '';
   }
 
   /** "image 2 · " when the study has several screened images, else nothing. */
@@ -361,7 +395,11 @@ export class StudyView {
     const region = (this.result?.regions || []).find((r) => r.id === regionId);
     if (region && region.sop_instance_uid !== this.sop) {
       this.instanceSelect.value = region.sop_instance_uid;
-      this.openInstance(region.sop_instance_uid);
+      this.openInstance(region.sop_instance_uid, region.frame ?? 1);
+      return;
+    }
+    if (region && (region.frame ?? 1) !== this.frame) {
+      this.openFrame(region.frame ?? 1);
       return;
     }
     this.showRegions();
