@@ -31,7 +31,7 @@ def _order(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def audit_table(rows: Sequence[dict[str, Any]], codes: Sequence[str], *, include_accession: bool) -> pd.DataFrame:
-    """One row per study (highest priority score first); columns as documented in the README."""
+    """One row per study (highest priority score first); columns as documented in docs/audit.md."""
     records = []
     for row in _order(rows):
         record: dict[str, Any] = {
