@@ -40,7 +40,7 @@ INELIGIBLE = [
     (r"^(JPEG-lossy|JPEG-LL|JPEG2000|JPEGExtended_1s_1f_u_16_12)\.?", "not a chest radiograph: Modality NM"),
     (r"^(SC_rgb|JPEGBaseline|image_dfl)", "not a chest radiograph: Modality OT"),
     (r"^GDCMJ2K_TextGBR", "not a chest radiograph: Modality missing"),
-    (r"^OsirixFake", "not a chest radiograph: Modality SC"),
+    (r"^OsirixFake", "not a chest radiograph: Modality (not a defined term)"),  # SC is no Modality term
     (r"^report_dfl", "not an image: Enhanced SR Storage"),
     (r"^wave_dfl", "not an image: Hemodynamic Waveform Storage"),
     (r"^rtdose", "not a projection radiograph object: RT Dose Storage"),
