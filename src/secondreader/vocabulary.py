@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 
 __all__ = ["PRIVATE_SCHEME", "FINDINGS", "FindingTerm", "coding_scheme_identification", "display_name",
-           "finding_for_snomed", "private_code", "term"]
+           "finding_for_coding", "finding_for_snomed", "private_code", "term"]
 
 #: The private coding scheme of codes with no standard concept (PS3.16 8.2: a "99" prefix).
 PRIVATE_SCHEME = "99SECONDREADER"
@@ -96,6 +96,19 @@ def finding_for_snomed(code: str) -> str | None:
         if code in finding.accepted:
             return finding.code
     return None
+
+
+#: How senders name SNOMED CT: FHIR's system URI, HL7 v2 coding-system names (table 0396) and its OID.
+_SNOMED_SYSTEMS = frozenset({"HTTP://SNOMED.INFO/SCT", "SCT", "SNM", "SNOMED", "SNOMEDCT", "SNOMED CT",
+                             "2.16.840.1.113883.6.96", "URN:OID:2.16.840.1.113883.6.96"})  # upper case
+
+
+def finding_for_coding(system: str, code: str) -> str | None:
+    """The finding a coded value names (FHIR ``coding``, HL7 CE/CWE), or None: only SNOMED CT codes
+    are read, so another system's code with the same digits names nothing."""
+    if system.strip().upper() not in _SNOMED_SYSTEMS:
+        return None
+    return finding_for_snomed(code)
 
 
 def coding_scheme_identification() -> Dataset:

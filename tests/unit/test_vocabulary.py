@@ -14,6 +14,7 @@ from secondreader.vocabulary import (
     PRIVATE_SCHEME,
     FindingTerm,
     coding_scheme_identification,
+    finding_for_coding,
     finding_for_snomed,
     term,
 )
@@ -28,6 +29,13 @@ from .test_first_reads import ORU, _fhir
 ])
 def test_common_snomed_codes_name_their_finding(code: str, finding: str | None) -> None:
     assert finding_for_snomed(code) == finding
+
+
+def test_only_snomed_codings_name_a_finding() -> None:
+    assert finding_for_coding("http://snomed.info/sct", "27925004") == "nodule"
+    assert finding_for_coding(" SNOMED CT ", "233604007") == "pneumonia"
+    assert finding_for_coding("http://loinc.org", "27925004") is None
+    assert finding_for_coding("", "27925004") is None
 
 
 def test_outputs_write_the_vocabularys_concepts() -> None:

@@ -49,7 +49,6 @@ from .provenance import MANUFACTURER, Provenance, output_uid, sanitised_source
 
 __all__ = ["RegionOutput", "build_outputs", "finding_concept", "sc_title"]
 
-_PRIORITY = CodedConcept("PRIORITY", PRIVATE_SCHEME, "Second-review priority score")
 _PERCENT = CodedConcept("%", "UCUM", "percent")
 _CHEST_XRAY = CodedConcept("399208008", "SCT", "Plain chest X-ray")
 _NOT_APPLICABLE = CodedConcept("385432009", "SCT", "Not applicable")
@@ -362,7 +361,7 @@ def _qualitative_evaluations(findings: Sequence[FindingResult], priority: Priori
         items.append(hd.sr.TextContentItem(name=_COMMENT, value=text[:1024],
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     items.append(hd.sr.TextContentItem(
-        name=_COMMENT, value=f"{_PRIORITY.meaning}: {priority.score} ({priority.route.value})",
+        name=_COMMENT, value=f"Second-review priority score: {priority.score} ({priority.route.value})",
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import InvalidReportError
-from ..vocabulary import finding_for_snomed
+from ..vocabulary import finding_for_coding
 from .firstread import ReportIn
 from .labeler import Label
 
@@ -91,7 +91,8 @@ def report_from_fhir(body: object) -> ReportIn:
     for concept in _list(body.get("conclusionCode")):
         codings = _list(concept.get("coding")) if isinstance(concept, Mapping) else []
         for coding in codings:
-            finding = finding_for_snomed(str(coding.get("code"))) if isinstance(coding, Mapping) else None
+            finding = (finding_for_coding(str(coding.get("system", "")), str(coding.get("code", "")))
+                       if isinstance(coding, Mapping) else None)
             if finding is not None:
                 labels[finding] = Label.PRESENT
     return ReportIn(study_uid, accession, "\n".join(parts), labels, "fhir")

@@ -25,7 +25,7 @@ import hl7
 from hl7.mllp import start_hl7_server
 
 from ..errors import InvalidReportError, SecondReaderError
-from ..vocabulary import finding_for_snomed
+from ..vocabulary import finding_for_coding
 from .firstread import ReportIn
 from .labeler import Label
 
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 _TEXT_TYPES = {"TX", "FT", "ST", "CF"}
 _CODED_TYPES = {"CE", "CWE", "CNE"}
-_SNOMED_SYSTEMS = {"SCT", "SNM", "SNOMED", "SNOMEDCT", "SNOMED CT", "2.16.840.1.113883.6.96"}
 _STUDY_UID_CODES = {"113014", "STUDY INSTANCE UID", "STUDYINSTANCEUID"}
 _MLLP_FRAME = str.maketrans({"\x0b": None, "\x1c": None})
 _MAX_MESSAGE_CHARS = 1_000_000
@@ -153,11 +152,9 @@ def _coded_finding(value: str) -> str | None:
     """The finding a coded OBX value (``code^text^system``, repetitions by ``~``) names, if any."""
     for repetition in value.split("~"):
         parts = repetition.split("^")
-        system = parts[2].strip().upper() if len(parts) > 2 else ""
-        if system in _SNOMED_SYSTEMS:
-            finding = finding_for_snomed(parts[0])
-            if finding is not None:
-                return finding
+        finding = finding_for_coding(parts[2], parts[0]) if len(parts) > 2 else None
+        if finding is not None:
+            return finding
     return None
 
 
