@@ -65,6 +65,16 @@ def test_csv_bad_rows_are_counted_not_fatal(tmp_path: Path) -> None:
     assert "study_instance_uid or an accession_number" in index.problems[1].reason
 
 
+def test_a_csv_row_cut_at_an_unquoted_comma_is_a_problem_not_a_shorter_report(tmp_path: Path) -> None:
+    """Found trying the audit as a user: "No pneumonia, effusions, nodules or masses." unquoted was
+    read as "No pneumonia" alone, and the nodule it negates as not mentioned."""
+    path = _csv(tmp_path, "study_instance_uid,report_text\n1.2.3,No pneumonia, effusions, nodules or masses.\n"
+                          '1.2.4,"No pneumonia, effusions, nodules or masses."\n')
+    index = load_reports(path, CODES)
+    assert len(index) == 1 and [p.where for p in index.problems] == ["row 2"]
+    assert "more cells than the header" in index.problems[0].reason
+
+
 @pytest.mark.parametrize("header, message", [
     ("report_text\nhello\n", "study_instance_uid or an accession_number column"),
     ("study_instance_uid,comment\n1.2.3,x\n", "report_text column or a label column"),

@@ -125,6 +125,10 @@ def _csv_reports(lines: Iterable[str], codes: Sequence[str]) -> ReportIndex:
     index = ReportIndex()
     for number, row in enumerate(reader, start=2):  # row 1 is the header
         try:
+            if row.get(None):  # DictReader's key for cells past the header
+                # a report cut at an unquoted comma would be read as saying less than it does
+                raise InvalidInputError("the row has more cells than the header: quote report text that "
+                                        "holds commas")
             text = (row.get("report_text") or "").strip()
             # With text, a blank label cell leaves that finding to the text; without, blank means
             # not mentioned (the CheXpert convention).
