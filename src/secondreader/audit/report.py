@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 
 from ..outputs.overlay import BANNER
-from .summary import AuditSummary, Rate
+from ..stats import Rate
+from .summary import AuditSummary
 
 __all__ = ["audit_table", "write_outputs"]
 

@@ -7,10 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# the intervals live in secondreader.stats; named here too for the modules that import them from the audit
-from ..stats import Rate, wilson_interval
-
-__all__ = ["AuditSummary", "Rate", "summarise", "wilson_interval"]
+from ..stats import Rate
 
 
 @dataclass(slots=True)

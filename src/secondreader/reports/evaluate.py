@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..audit.summary import wilson_interval
+from ..stats import wilson_interval
 from .labeler import Label, Mention, mentions
 
 __all__ = ["MESH_FINDINGS", "NORMAL_MESH", "TARGETS", "OpenIReport", "evaluate", "format_text", "part_of",

@@ -304,7 +304,7 @@ class Worklist:
         flagged (for a shadow model: would have flagged) and how many were outside its scope, over
         the latest result of every screened study (received in the last ``days``, if given). A
         site reads a shadow model's rate before it goes live."""
-        from ..audit.summary import wilson_interval
+        from ..stats import wilson_interval
 
         since = utcnow() - timedelta(days=days) if days is not None else None
         groups: dict[tuple[str, str, str], dict[str, Any]] = {}
