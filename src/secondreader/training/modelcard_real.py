@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .modelcard import describe_calibration, scope_text
+from .modelcard import describe_calibration, scope_text, versions_section
 from .modelcard_dense import _froc_row, _study_row
 
 __all__ = ["write_real_nodule_card"]
@@ -23,6 +23,14 @@ def _band_rows(bands: dict[str, dict[str, Any]], unit: str) -> str:
 def _mean(metrics: dict[str, Any], key: str) -> float:
     folds = metrics.get("folds", [])
     return sum(f[key] for f in folds) / len(folds) if folds else float("nan")
+
+
+def _simulated_versions_note(meta: dict[str, Any]) -> str:
+    """Where the changelog reaches back to the 1.x models, say that their figures are simulated."""
+    if not any(v.startswith("1.") for v in meta.get("changelog", {})):
+        return ""
+    return ("\nThe 1.x figures are on simulated nodules (insertion model B in held-out real backgrounds), not "
+            "on real lesions; their record is `training/cxr-nodule-1.x.md`.\n")
 
 
 def write_real_nodule_card(path: Path, meta: dict[str, Any]) -> None:
@@ -151,5 +159,5 @@ Not for: {prov.get('not_for', '')}
 Reproduce: `{prov.get('reproduce', '')}`. The five fold fits took {sum(f['seconds'] for f in
 metrics.get('folds', [])) / 60:.0f} min summed over the fits, two running at a time, one thread each, on
 {sr['training'].get('machine', sr['training'].get('device', 'cpu'))}; the final fit about as long as one fold.
-"""
+{versions_section(meta)}{_simulated_versions_note(meta)}"""
     path.write_text(text)
