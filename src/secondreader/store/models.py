@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -184,6 +184,33 @@ class FirstReadRow(Base):
     text: Mapped[str] = mapped_column(Text)
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Hl7Message(Base):
+    """An HL7 v2 message received over MLLP, once per sending source and message control ID (0006):
+    the UNIQUE key that makes a resend, to any replica and after any restart, answered again with
+    ``ack_code``/``ack_text`` instead of stored twice. ``ack_code`` is NULL while a listener is
+    handling the message (its claim holds until ``claim_until``). Keeps no field values beyond the
+    key (sending application MSH-3, facility MSH-4, control ID MSH-10, or ``sha256:<digest>`` of a
+    message without one): the first read it carried is a ``first_reads`` row, and a message that
+    could not be used is kept as this row with its reason (``ack_text``, which never quotes a value)
+    and ``digest`` (SHA-256 of the message), not its text."""
+
+    __tablename__ = "hl7_messages"
+    __table_args__ = (UniqueConstraint("sending_application", "sending_facility", "control_id",
+                                       name="uq_hl7_messages_source_control_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sending_application: Mapped[str] = mapped_column(String(64))
+    sending_facility: Mapped[str] = mapped_column(String(64))
+    control_id: Mapped[str] = mapped_column(String(200))
+    digest: Mapped[str] = mapped_column(String(64))
+    ack_code: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    ack_text: Mapped[str] = mapped_column(String(80), default="")
+    claim: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    claim_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Review(Base):

@@ -13,19 +13,31 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import and_, create_engine, delete, event, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import StoreConflictError, StoreError
-from .models import InboundInstance, InboundStudy, Instance, Job, Outbox, Result, SharedSetting, Study, utcnow
+from .models import (
+    Hl7Message,
+    InboundInstance,
+    InboundStudy,
+    Instance,
+    Job,
+    Outbox,
+    Result,
+    SharedSetting,
+    Study,
+    utcnow,
+)
 
-__all__ = ["JOB_STATES", "JobRecord", "OutboxItem", "Store", "write_result"]
+__all__ = ["JOB_STATES", "Hl7Claim", "JobRecord", "OutboxItem", "Store", "write_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +74,17 @@ class OutboxItem:
     path: str
     destination: str
     attempts: int
+
+
+class Hl7Claim(NamedTuple):
+    """What :meth:`Store.claim_hl7_message` found: ``claim`` (a token) when this caller is to handle
+    the message; ``ack_code``/``ack_text`` when it was answered before; neither while another
+    listener handles it. ``same_content`` is False when the earlier message under this key differed."""
+
+    claim: str | None
+    ack_code: str | None
+    ack_text: str
+    same_content: bool
 
 
 def _job_record(job: Job) -> JobRecord:
@@ -494,6 +517,72 @@ class Store:
             rows = s.execute(select(Job.status, func.count(Job.id)).where(Job.status.in_(("queued", "running")))
                              .group_by(Job.status))
             return {status: int(count) for status, count in rows}
+
+    # -- HL7 messages: each once per (sending application, facility, control ID), whichever replica
+    # -- receives it and however often it is resent (a UNIQUE key decides, not memory) ------------
+    def claim_hl7_message(self, key: tuple[str, str, str], digest: str, *,
+                          claim_seconds: float = DEFAULT_LEASE_SECONDS) -> Hl7Claim:
+        """Record the HL7 message ``key`` (MSH-3, MSH-4, MSH-10) as being handled, unless it is known.
+        The row is added by an insert that ignores a duplicate key, so of listeners racing on one
+        message (threads, replicas) exactly one gets the claim; the others see it handled, or
+        answered. A claim held over ``claim_seconds`` without an answer (its listener stopped) is
+        taken over. ``digest`` (SHA-256 of the message) tells a resend from a reused control ID."""
+        application, facility, control = key
+        where = and_(Hl7Message.sending_application == application, Hl7Message.sending_facility == facility,
+                     Hl7Message.control_id == control)
+
+        def claim(s: Session) -> Hl7Claim:
+            token, now = uuid.uuid4().hex, utcnow()
+            values = {"sending_application": application, "sending_facility": facility, "control_id": control,
+                      "digest": digest, "ack_text": "", "claim": token, "claim_until": _lease(claim_seconds),
+                      "received_at": now}
+            if self._insert_new(s, values):
+                return Hl7Claim(token, None, "", True)
+            row = s.scalars(select(Hl7Message).where(where)).one_or_none()
+            if row is None:  # released (its first try failed) between the insert and the read
+                raise StoreConflictError("store conflict while trying to record an HL7 message")
+            if row.ack_code is not None:
+                return Hl7Claim(None, row.ack_code, row.ack_text, row.digest == digest)
+            taken = s.execute(update(Hl7Message)
+                              .where(Hl7Message.id == row.id, Hl7Message.ack_code.is_(None),
+                                     or_(Hl7Message.claim_until.is_(None), Hl7Message.claim_until < now))
+                              .values(claim=token, claim_until=_lease(claim_seconds), digest=digest)
+                              .execution_options(synchronize_session=False))
+            if cast(CursorResult[Any], taken).rowcount:
+                logger.warning("HL7 message claim lapsed unanswered; handling the message again")
+                return Hl7Claim(token, None, "", True)
+            return Hl7Claim(None, None, "", row.digest == digest)
+
+        return self.retrying("record an HL7 message", claim)
+
+    def _insert_new(self, s: Session, values: dict[str, Any]) -> bool:
+        """Insert an ``hl7_messages`` row unless its key is taken (then nothing): False when taken."""
+        keys = ["sending_application", "sending_facility", "control_id"]
+        if self.backend in ("postgresql", "sqlite"):
+            dialect = postgresql if self.backend == "postgresql" else sqlite
+            stmt = (dialect.insert(Hl7Message).values(**values).on_conflict_do_nothing(index_elements=keys)
+                    .returning(Hl7Message.id))  # no row back when ignored (a rowcount may read -1)
+            return s.execute(stmt).first() is not None
+        try:  # another backend: the UNIQUE constraint, inside a savepoint
+            with s.begin_nested():
+                s.add(Hl7Message(**values))
+            return True
+        except IntegrityError:
+            return False
+
+    def answer_hl7_message(self, claim: str, code: str, text: str = "") -> bool:
+        """Record the ACK the claimed message got (a resend gets it again); False when the claim was
+        taken over meanwhile."""
+        with self._session("record an HL7 answer") as s:
+            done = s.execute(update(Hl7Message).where(Hl7Message.claim == claim, Hl7Message.ack_code.is_(None))
+                             .values(ack_code=code, ack_text=text[:80], answered_at=utcnow(), claim=None,
+                                     claim_until=None))
+            return bool(cast(CursorResult[Any], done).rowcount)
+
+    def release_hl7_message(self, claim: str) -> None:
+        """Forget a claimed message that was not recorded (answered AE): its resend is tried again."""
+        with self._session("release an HL7 message") as s:
+            s.execute(delete(Hl7Message).where(Hl7Message.claim == claim, Hl7Message.ack_code.is_(None)))
 
     # -- settings shared by the replicas ----------------------------------------------------------
     def shared_setting(self, name: str, make: Callable[[], str]) -> str:
