@@ -8,11 +8,17 @@ A coded OBX (CE, CWE or CNE) whose value is a SNOMED CT code the vocabulary acce
 
 Segment separators are normalised to ``\\r`` before parsing: a message split by ``\\n`` would
 otherwise parse as a single segment.
+
+A message is known by its key (:func:`message_key`): sending application MSH-3, sending facility
+MSH-4 and message control ID MSH-10. The listener answers a resend of a known message with the ACK
+the message got the first time and stores nothing again; with a :class:`MessageLedger` (the store)
+that holds across restarts and across replicas sharing the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import threading
@@ -20,6 +26,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import hl7
 from hl7.mllp import start_hl7_server
@@ -29,16 +36,21 @@ from ..vocabulary import finding_for_coding
 from .firstread import ReportIn
 from .labeler import Label
 
-__all__ = ["Hl7Listener", "ack", "parse_message", "report_from_oru", "split_messages"]
+__all__ = ["Hl7Listener", "MessageLedger", "ack", "message_key", "parse_message", "report_from_oru",
+           "split_messages"]
 
 logger = logging.getLogger(__name__)
+# The hl7 package logs the values it cannot unescape (an OBX's text, a whole segment) under a logger
+# named by its file: patient data must never reach the logs, so that logger is off.
+logging.getLogger(hl7.util.__file__).disabled = True
 
 _TEXT_TYPES = {"TX", "FT", "ST", "CF"}
 _CODED_TYPES = {"CE", "CWE", "CNE"}
 _STUDY_UID_CODES = {"113014", "STUDY INSTANCE UID", "STUDYINSTANCEUID"}
 _MLLP_FRAME = str.maketrans({"\x0b": None, "\x1c": None})
 _MAX_MESSAGE_CHARS = 1_000_000
-_ANSWERED_KEPT = 10_000  # control IDs remembered, so a resend is answered again and not stored twice
+_ANSWERED_KEPT = 10_000  # keys remembered in memory: a cheap first check before the ledger
+_WAIT_POLL_SECONDS = 0.05
 
 
 def _normalise(text: str) -> str:
@@ -179,6 +191,31 @@ def control_id(message: hl7.Message | None) -> str:
     return _token(fields[10], 199) if len(fields) > 10 else ""
 
 
+def message_key(text: str) -> tuple[str, str, str]:
+    """The key a message is stored once under: (sending application MSH-3, sending facility MSH-4,
+    message control ID MSH-10), each the first component stripped of separators and control
+    characters (:func:`_token`), read from the first segment whether or not the message parses.
+
+    A message without a control ID (MSH-10 empty or absent, or no MSH at all) is keyed on
+    ``sha256:`` and the SHA-256 of its text (segment separators normalised): HL7 requires MSH-10, so
+    such a message is answered AR, but a resend of the same text is still known (same AR, no second
+    row), while any other message without one is a message of its own. The key holds no patient data
+    (MSH-3/4/10 identify systems and messages), but it is never logged: field values are not echoed.
+    """
+    text = _normalise(text[:_MAX_MESSAGE_CHARS + 1])
+    first = text.split("\r", 1)[0]
+    fields = ["MSH", first[3], *first[4:].split(first[3])] if first.startswith("MSH") and len(first) > 3 else []
+
+    def token(index: int, size: int) -> str:
+        return _token(fields[index], size) if len(fields) > index else ""
+
+    return token(3, 64), token(4, 64), token(10, 199) or f"sha256:{_digest(text)}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(_normalise(text).encode("utf-8", errors="replace")).hexdigest()
+
+
 def ack(message: hl7.Message | None, code: str, text: str = "") -> bytes:
     """An ACK (``AA``) or NAK (``AE``/``AR``) for ``message``, as bytes ready for MLLP framing.
     ``text`` (never patient data) goes to MSA-3. Built from whatever MSH fields are present, so a
@@ -211,13 +248,48 @@ def _escape(text: str) -> str:
 Handler = Callable[[ReportIn], None]
 
 
+class Claim(Protocol):
+    """What a :class:`MessageLedger` says of a message: claimed for this caller, answered before
+    (``ack_code``), or being handled elsewhere (neither)."""
+
+    @property
+    def claim(self) -> str | None: ...
+    @property
+    def ack_code(self) -> str | None: ...
+    @property
+    def ack_text(self) -> str: ...
+    @property
+    def same_content(self) -> bool: ...
+
+
+class MessageLedger(Protocol):
+    """Where each message is recorded once by its key, with the ACK it got (the store: a UNIQUE key
+    on the table ``hl7_messages``, see :meth:`secondreader.store.Store.claim_hl7_message`)."""
+
+    def claim_hl7_message(self, key: tuple[str, str, str], digest: str, *, claim_seconds: float) -> Claim: ...
+
+    def answer_hl7_message(self, claim: str, code: str, text: str = "") -> bool: ...
+
+    def release_hl7_message(self, claim: str) -> None: ...
+
+
 class Hl7Listener:
     """An MLLP listener: each ORU^R01 becomes a first read passed to ``handler``; the sender gets
     ``AA`` when it was recorded, ``AR`` for a message we cannot use (with the reason), ``AE`` when
-    recording it failed (the sender should retry). Runs its own event loop in a thread."""
+    recording it failed (the sender should retry). Runs its own event loop in a thread.
 
-    def __init__(self, host: str, port: int, handler: Handler) -> None:
+    Each message is handled once per key (:func:`message_key`), used or not: a resend gets the ACK
+    code and text the first send got, and ``handler`` is not called again. With ``ledger`` (the
+    store) the ledger decides, across restarts and replicas: a message is claimed there before
+    ``handler`` runs and its ACK recorded after; a resend arriving while another listener handles
+    the message waits up to ``wait_seconds`` for that answer (else AE: retry); a claim left
+    unanswered for ``claim_seconds`` (its listener died) is taken over. An AE is not recorded: the
+    sender's retry is tried again. Without a ledger, keys are remembered in this process only."""
+
+    def __init__(self, host: str, port: int, handler: Handler, *, ledger: MessageLedger | None = None,
+                 claim_seconds: float = 60.0, wait_seconds: float = 10.0) -> None:
         self.host, self.port, self.handler = host, port, handler
+        self.ledger, self.claim_seconds, self.wait_seconds = ledger, claim_seconds, wait_seconds
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="hl7-listener", daemon=True)
@@ -263,8 +335,7 @@ class Hl7Listener:
             writer.close()
 
     def _handle(self, block: bytes) -> bytes:
-        """The ACK for one frame; never raises. A message already answered (same sending application,
-        facility and control ID, MSH-3/4/10) gets its earlier answer again and is not stored twice."""
+        """The ACK for one frame; never raises."""
         try:
             return self._answer(block)
         except Exception as exc:  # noqa: BLE001 - boundary: every frame gets an answer
@@ -272,30 +343,65 @@ class Hl7Listener:
             return ack(None, "AE", "message not handled; retry")
 
     def _answer(self, block: bytes) -> bytes:
+        text = block.decode("utf-8", errors="replace")
         message: hl7.Message | None = None
+        report: ReportIn | None = None
         try:
-            message = parse_message(block.decode("utf-8", errors="replace"))
+            message = parse_message(text)
             report = report_from_oru(message)
         except InvalidReportError as exc:
-            logger.warning("HL7 message rejected: %s", exc)
-            return ack(message, "AR", str(exc))
-        fields = msh_fields(message)
-        key = (control_id(message), *(_token(fields[i], 64) if len(fields) > i else "" for i in (3, 4)))
-        if not key[0]:
-            logger.warning("HL7 message rejected: no message control ID (MSH-10)")
-            return ack(message, "AR", "message control ID (MSH-10) is missing")
-        with self._lock:  # one message at a time: a resend racing its original must not store twice
+            rejection = str(exc)
+        else:
+            rejection = "" if control_id(message) else "message control ID (MSH-10) is missing"
+        key = message_key(text)
+        with self._lock:
             answered = self._answered.get(key)
             if answered is not None:
                 self._answered.move_to_end(key)
                 logger.info("HL7 message resent; answered again without storing it")
                 return ack(message, *answered)
-            answer = self._record(report)
-            if answer[0] != "AE":  # an AE asks the sender to retry: its resend must be tried again
-                self._answered[key] = answer
-                while len(self._answered) > _ANSWERED_KEPT:
-                    self._answered.popitem(last=False)
-        return ack(message, *answer)
+            if self.ledger is None:  # one message at a time: a resend racing its original is not stored twice
+                return ack(message, *self._remember(key, self._first_answer(report, rejection)))
+        return ack(message, *self._answer_once(self.ledger, key, _digest(text), report, rejection))
+
+    def _answer_once(self, ledger: MessageLedger, key: tuple[str, str, str], digest: str,
+                     report: ReportIn | None, rejection: str) -> tuple[str, str]:
+        """The answer to a message, handled once by whichever listener claims it in ``ledger``."""
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            found = ledger.claim_hl7_message(key, digest, claim_seconds=self.claim_seconds)
+            if found.ack_code is not None:
+                if not found.same_content:
+                    logger.warning("HL7 message control ID reused for a different message; answered as the first")
+                logger.info("HL7 message resent; answered again without storing it")
+                with self._lock:
+                    return self._remember(key, (found.ack_code, found.ack_text))
+            if found.claim is not None:
+                claim = found.claim
+                break
+            if time.monotonic() >= deadline:
+                logger.warning("HL7 message still being handled by another listener; the sender is asked to retry")
+                return "AE", "message is being handled; retry"
+            time.sleep(_WAIT_POLL_SECONDS)
+        try:
+            answer = self._first_answer(report, rejection)
+        except BaseException:
+            _quietly(lambda: ledger.release_hl7_message(claim), "released")
+            raise
+        if answer[0] == "AE":  # not recorded: the sender's retry is tried again
+            _quietly(lambda: ledger.release_hl7_message(claim), "released")
+            return answer
+        # The first read is recorded: the sender hears so even if the ACK cannot be noted (the claim
+        # then lapses, and only a resend after that would be handled again).
+        _quietly(lambda: ledger.answer_hl7_message(claim, *answer), "answered")
+        with self._lock:
+            return self._remember(key, answer)
+
+    def _first_answer(self, report: ReportIn | None, rejection: str) -> tuple[str, str]:
+        if rejection or report is None:
+            logger.warning("HL7 message rejected: %s", rejection)
+            return "AR", rejection
+        return self._record(report)
 
     def _record(self, report: ReportIn) -> tuple[str, str]:
         try:
@@ -310,6 +416,15 @@ class Hl7Listener:
             return "AE", "first read not recorded; retry"
         return "AA", ""
 
+    def _remember(self, key: tuple[str, str, str], answer: tuple[str, str]) -> tuple[str, str]:
+        """Keep ``answer`` for ``key`` in memory (the caller holds the lock); an AE is not kept."""
+        if answer[0] != "AE":  # an AE asks the sender to retry: its resend must be tried again
+            self._answered[key] = answer
+            self._answered.move_to_end(key)
+            while len(self._answered) > _ANSWERED_KEPT:
+                self._answered.popitem(last=False)
+        return answer
+
     def stop(self) -> None:
         if self._server is not None:
             server = self._server
@@ -323,3 +438,11 @@ class Hl7Listener:
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+def _quietly(step: Callable[[], object], what: str) -> None:
+    """A ledger step after the answer is settled: a failure is logged (its type only), not raised."""
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - the sender's answer stands; the claim lapses in time
+        logger.error("HL7 message could not be %s in the store (%s)", what, type(exc).__name__)

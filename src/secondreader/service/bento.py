@@ -138,8 +138,9 @@ class SecondReader:
                                        max_dataset_bytes=settings.max_upload_bytes(),
                                        max_per_address=settings.dicom_max_associations_per_address,
                                        idle_seconds=settings.dicom_idle_seconds)
-        # First reads over HL7 v2 (ORU^R01 over MLLP), into the same worklist as POST /v1/reports.
-        self.hl7 = Hl7Listener(settings.host, settings.hl7_port, self._first_read)
+        # First reads over HL7 v2 (ORU^R01 over MLLP), into the same worklist as POST /v1/reports;
+        # each message once per sending source and control ID, in the store every replica shares.
+        self.hl7 = Hl7Listener(settings.host, settings.hl7_port, self._first_read, ledger=self.core.store)
         self.hl7.start()
         if os.environ.get("SECONDREADER_SCREEN_SAMPLES") == "1":
             threading.Thread(target=self._screen_samples, daemon=True).start()
