@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import InvalidInputError
+from ..fileio import atomic_path
 
 __all__ = ["Checkpoint", "CheckpointMismatchError"]
 
@@ -50,9 +51,8 @@ class Checkpoint:
                     f"the output folder holds an audit made with other {', '.join(different)}: "
                     "use another --out, or --fresh to start over")
         else:
-            tmp = self.meta_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            tmp.replace(self.meta_path)
+            with atomic_path(self.meta_path) as tmp:
+                tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         self._load()
 
     def reload(self) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ..fileio import atomic_path
 from ..outputs.overlay import BANNER
 from ..stats import Rate
 from .summary import AuditSummary
@@ -92,9 +92,8 @@ def _columns(codes: Sequence[str]) -> list[str]:
 
 
 def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def write_outputs(out_dir: Path, rows: Sequence[dict[str, Any]], summary: AuditSummary, codes: Sequence[str], *,

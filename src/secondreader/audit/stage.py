@@ -34,6 +34,7 @@ from PIL import Image
 
 from ..dicom.io import InputFile, InputProblem
 from ..errors import InfrastructureError, SecondReaderError
+from ..fileio import atomic_path
 from ..logsafe import redact_report_text, study_key
 from ..model.modes import ModelMode
 from ..model.predictor import Predictor
@@ -225,9 +226,7 @@ class StudyAuditor:
                 return False
             image = Image.fromarray((frame.clip(0, 1) * 255).astype("uint8"), mode="L")
             image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".png.tmp")
-            image.save(tmp, format="PNG")
-            tmp.replace(target)
+            with atomic_path(target) as tmp:
+                image.save(tmp, format="PNG")
             return True
         return False

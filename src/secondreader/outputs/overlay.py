@@ -6,7 +6,6 @@ screenshot of it cannot pass for the original image.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import OutputEncodingError
 from ..explain.regions import Region
+from ..fileio import atomic_path
 
 __all__ = ["BANNER", "LAYER_MAX_SIDE", "absolute_heat", "heat_colormap", "render_layer", "render_overlay",
            "write_png"]
@@ -180,13 +180,8 @@ def _legend(image: Image.Image, draw: ImageDraw.ImageDraw, *, absolute: bool = F
 
 def write_png(image: Image.Image, path: Path) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # unique per writer: two jobs screening the same study write the same files at once
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             image.save(tmp, format="PNG", compress_level=1)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise OutputEncodingError(f"could not write overlay PNG ({exc.strerror or type(exc).__name__})") from None

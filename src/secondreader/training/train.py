@@ -21,6 +21,7 @@ from monai.transforms import Compose, RandAdjustContrast, RandAffine, Randomizab
 from monai.utils import set_determinism
 from rich.progress import TextColumn
 
+from ..fileio import atomic_path
 from ..model.network import build_network
 from ..preprocessing import InputSpec, model_input_transform
 from ..scoring.calibration import Calibrator
@@ -263,12 +264,11 @@ def train(cfg: TrainConfig, *, config_path: Path | None = None, resume: bool = F
             history.append({"epoch": epoch + 1, "loss": round(total / len(order), 5), "val_auroc": round(val_auc, 5)})
             progress.update(task, status=f"epoch {epoch + 1} loss {total / len(order):.4f} val AUROC {val_auc:.4f}")
             logger.info("epoch %d loss %.4f val_auroc %.4f", epoch + 1, total / len(order), val_auc)
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"epoch": epoch + 1, "config": digest, "model": network.state_dict(),
-                        "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-                        "generator": generator.get_state(), "history": history,
-                        "augment": [_rng_state(t) for t in _randomizables(augment)]}, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"epoch": epoch + 1, "config": digest, "model": network.state_dict(),
+                            "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                            "generator": generator.get_state(), "history": history,
+                            "augment": [_rng_state(t) for t in _randomizables(augment)]}, tmp)
             if stop_after_epochs is not None and epoch + 1 >= stop_after_epochs and epoch + 1 < cfg.schedule.epochs:
                 logger.info("stopping after epoch %d as asked; resume with --resume", epoch + 1)
                 return {}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...fileio import atomic_path
 from ...model.dense import MapRecipe, map_peaks
 from ...model.network import build_network
 from ...preprocessing import InputSpec
@@ -172,9 +173,8 @@ class FitCheckpoints:
 
 
 def _save_fit(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def fit_dense_network(cfg: TrainConfig, pool: Pool, members: np.ndarray, spec: InputSpec, seed: int,
