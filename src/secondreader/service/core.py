@@ -44,6 +44,7 @@ from ..outputs.provenance import SeriesSettings
 from ..pipeline import ScreeningOptions, screen_paths
 from ..quarantine import Quarantine
 from ..results import DeferredOutputs, WrittenOutputs
+from ..schema import JobView, served
 from ..store import JobRecord, Store
 from ..store.models import Instance
 from ..worklist import RoutingRules, Worklist
@@ -332,7 +333,8 @@ class ScreeningService:
         return record
 
     def job_view(self, job: JobRecord) -> dict[str, Any]:
-        """``{"status", "studies"}`` as contract 3 answers ``GET /v1/jobs/{id}``."""
+        """``{"job_id", "status", "studies"}`` as contract 3 answers ``GET /v1/jobs/{id}``, through
+        contract 2's typed :class:`~secondreader.schema.JobView`."""
         studies: list[dict[str, Any]] = []
         if job.status == "done":
             for uid in job.study_uids:
@@ -343,7 +345,7 @@ class ScreeningService:
         view: dict[str, Any] = {"job_id": job.id, "status": job.status, "studies": studies}
         if job.error:
             view["reason"] = job.error
-        return view
+        return served(JobView, view)  # contract 2's typed models: ResultContractError (a 500) if broken
 
     def heatmap(self, study_uid: str, sop_uid: str, finding: str, *, wait: float = 30.0) -> Path | None:
         """An overlay's file; while the study's outputs are being written here, after waiting up to

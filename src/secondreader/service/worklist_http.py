@@ -2,7 +2,9 @@
 model's flag rate by mode, a study with its state and reviews, radiologists' verdicts, the source
 images for the viewer and the verdicts exported as a training manifest.
 
-Who did it (the audit log's ``actor``) is the API key's fingerprint, never the key itself.
+Who did it (the audit log's ``actor``) is the API key's fingerprint, never the key itself. Results
+go out through contract 2's typed models (:func:`secondreader.schema.served`): one that breaks the
+contract is a 500, logged with where it breaks and never a value from it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..errors import InfrastructureError, InvalidInputError, InvalidReportError
 from ..reports.fhir import report_from_fhir
 from ..reports.firstread import MAX_REPORT_CHARS, ReportIn, report_from_json
 from ..reports.hl7 import parse_message, report_from_oru
+from ..schema import ReportAnswer, StoredResult, StudyView, WorklistPage, served
 from ..worklist import FIRST_READ_VERDICT
 from .core import ScreeningService
 from .validation import is_uid, loads_json, strict_int, strict_number
@@ -88,8 +91,8 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
                                  "reason": "no images for this study yet; the first read is kept and applied "
                                            "when they arrive"}, status_code=202)
         if len(outcome.studies) == 1:
-            return JSONResponse(outcome.studies[0])
-        return JSONResponse({"studies": outcome.studies})
+            return JSONResponse(served(StoredResult, outcome.studies[0]))
+        return JSONResponse(served(ReportAnswer, {"studies": outcome.studies}))
 
     async def worklist(request: Request) -> Response:
         state = request.query_params.get("state") or None
@@ -105,7 +108,7 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
                                               "or failed; route urgent, review or none")
         except InfrastructureError as exc:
             return _error(503, "unavailable", str(exc))
-        return JSONResponse({"items": items})
+        return JSONResponse(served(WorklistPage, {"items": items}))
 
     async def rates(request: Request) -> Response:
         try:
@@ -127,7 +130,7 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
         found = await asyncio.to_thread(get_service().worklist.study, uid, actor=actor_of(request))
         if found is None:
             return _error(404, "not found", "no result for this study")
-        return JSONResponse(found)
+        return JSONResponse(served(StudyView, found))
 
     async def reviews(request: Request) -> Response:
         uid = request.path_params["study_uid"]
@@ -152,7 +155,7 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
             return _error(503, "unavailable", str(exc))
         if updated is None:
             return _error(404, "not found", "no result for this study")
-        return JSONResponse(updated)
+        return JSONResponse(served(StudyView, updated))
 
     async def instance(request: Request) -> Response:
         uid, sop = request.path_params["study_uid"], request.path_params["sop_uid"]
