@@ -1,4 +1,8 @@
+// @ts-check
 // The /v1 API with the API key from sessionStorage in the Authorization header, never in a URL.
+// What it answers is typed by result.d.ts, generated from contract 2's JSON Schema (npm run types).
+/** @typedef {import('./result').StudyView} StudyView */
+/** @typedef {import('./result').WorklistPage} WorklistPage */
 const KEY_NAME = 'secondreader.apiKey';
 
 // The API lives beside the viewer: /viewer/ -> /v1/ (works behind a path prefix too).
@@ -33,7 +37,13 @@ export function setUnauthorizedHandler(handler) {
   onUnauthorized = handler;
 }
 
+/**
+ * @param {string} path relative to API_BASE
+ * @param {{ method?: string, json?: unknown, raw?: boolean, key?: string }} [options]
+ * @returns {Promise<any>} the parsed JSON body (the Response itself when ``raw``)
+ */
 async function request(path, { method = 'GET', json, raw = false, key } = {}) {
+  /** @type {Record<string, string>} */
   const headers = key ? { Authorization: `Bearer ${key}` } : authHeaders();
   if (json !== undefined) headers['Content-Type'] = 'application/json';
   const response = await fetch(new URL(path, API_BASE), {
@@ -77,6 +87,7 @@ export const api = {
       throw error;
     }
   },
+  /** @returns {Promise<WorklistPage>} */
   worklist({ state = '', route = '' } = {}) {
     const query = new URLSearchParams();
     if (state) query.set('state', state);
@@ -84,16 +95,19 @@ export const api = {
     const suffix = query.toString() ? `?${query}` : '';
     return request(`worklist${suffix}`);
   },
+  /** @returns {Promise<StudyView>} */
   study(uid) {
     return request(studyPath(uid));
   },
+  /** @returns {Promise<StudyView>} the study with the verdict recorded */
   review(uid, { regionId, verdict, reviewer }) {
     return request(`${studyPath(uid)}/reviews`, {
       method: 'POST',
       json: { region_id: regionId, verdict, reviewer },
     });
   },
-  /** "The labeler was wrong": what the first read really says about a finding. */
+  /** "The labeler was wrong": what the first read really says about a finding.
+   * @returns {Promise<StudyView>} the study compared and routed again */
   correctFirstRead(uid, { finding, label, reviewer }) {
     return request(`${studyPath(uid)}/reviews`, {
       method: 'POST',

@@ -1,5 +1,14 @@
+// @ts-check
 // Small formatting helpers; every text goes into the DOM through textContent, never innerHTML.
 
+/** @typedef {import('./result').Finding} Finding */
+
+/**
+ * @param {string} tag
+ * @param {{ className?: string, text?: unknown, attrs?: Record<string, unknown> }} [options]
+ * @param {Array<Node | string | null | undefined>} [children]
+ * @returns {HTMLElement}
+ */
 export function el(tag, { className, text, attrs } = {}, children = []) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -30,13 +39,15 @@ export function routeBadge(route) {
 export function scoreCell(score) {
   const value = Math.max(0, Math.min(100, Number(score) || 0));
   const bar = el('span', { className: 'bar', attrs: { 'aria-hidden': 'true' } }, [el('span')]);
-  bar.firstChild.style.width = `${value}%`;
+  /** @type {HTMLElement} */ (bar.firstChild).style.width = `${value}%`;
   return el('span', { className: 'score', attrs: { title: `priority score ${value} of 100` } }, [
     el('span', { text: value }),
     bar,
   ]);
 }
 
+/** A finding as a short text (a study's finding, or a worklist row's).
+ * @param {Pick<Finding, 'code' | 'probability' | 'positive' | 'applicable'>} finding */
 export function findingText(finding) {
   // outside the model's scope: not computed, neither positive nor negative
   if (finding.applicable === false) return `${finding.code} n/a`;

@@ -1,3 +1,4 @@
+// @ts-check
 // The study view: image + heatmap layer + regions, the first read with the discordant sentence
 // highlighted, and a verdict per region.
 import { api } from './api.js';
@@ -6,10 +7,18 @@ import {
 } from './format.js';
 import { ImageView } from './imaging.js';
 
+// Contract 2, as result.d.ts types it (generated from the JSON Schema: npm run types).
+/** @typedef {import('./result').StudyView} Study a study as GET /v1/studies/{uid} answers */
+/** @typedef {import('./result').StudyResult} StudyResult */
+/** @typedef {import('./result').Finding} Finding */
+/** @typedef {import('./result').Region} Region */
+/** @typedef {import('./result').FirstRead} FirstRead */
+
 const REVIEWER_KEY = 'secondreader.reviewer';
 
 /** Finding codes with a heatmap for each SOP Instance UID and frame (1-based), from
  * artifacts.heatmaps: ``<code>.png`` is frame 1, ``<code>-frame<N>.png`` frame N. */
+/** @param {StudyResult} result @returns {Map<string, Map<number, string[]>>} */
 function heatmapsBySop(result) {
   const bySop = new Map();
   for (const path of result.artifacts?.heatmaps || []) {
@@ -33,7 +42,12 @@ function heatmapName(code, frame) {
   return frame > 1 ? `${code}-frame${frame}` : code;
 }
 
-/** Text split into plain runs and marked runs, one per evidence sentence found in it. */
+/** Text split into plain runs and marked runs, one per evidence sentence found in it.
+ * @param {string} text
+ * @param {FirstRead['evidence']} evidence
+ * @param {FirstRead['labels']} labels
+ * @param {string[]} discordant
+ * @returns {Node[]} */
 function markedReport(text, evidence, labels, discordant) {
   const ranges = [];
   for (const [code, sentence] of Object.entries(evidence || {})) {
@@ -66,6 +80,7 @@ function markedReport(text, evidence, labels, discordant) {
 
 // Why a finding takes no part in the priority: its model does not apply to this study (outside its
 // scope), runs in shadow at this site, or (results from before modes) missed its targets.
+/** @param {Finding} f */
 function findingBadge(f) {
   if (f.applicable === false) {
     return el('span', { className: 'badge not-applicable', text: ' not applicable',
@@ -84,23 +99,25 @@ function findingBadge(f) {
 
 export class StudyView {
   constructor() {
-    this.image = new ImageView(document.getElementById('viewport'), document.getElementById('overlay'));
+    this.image = new ImageView(document.getElementById('viewport'),
+      /** @type {HTMLCanvasElement} */ (document.getElementById('overlay')));
+    /** @type {Study | null} */
     this.result = null;
     this.uid = null;
     this.sop = null;
     this.selected = null;
     this.message = document.getElementById('viewport-message');
-    this.reviewer = document.getElementById('reviewer');
+    this.reviewer = /** @type {HTMLInputElement} */ (document.getElementById('reviewer'));
     this.reviewer.value = window.sessionStorage.getItem(REVIEWER_KEY) || '';
     this.reviewer.addEventListener('change', () => {
       window.sessionStorage.setItem(REVIEWER_KEY, this.reviewer.value.trim());
     });
-    this.toggle = document.getElementById('heat-toggle');
-    this.opacity = document.getElementById('heat-opacity');
+    this.toggle = /** @type {HTMLInputElement} */ (document.getElementById('heat-toggle'));
+    this.opacity = /** @type {HTMLInputElement} */ (document.getElementById('heat-opacity'));
     this.opacityValue = document.getElementById('heat-opacity-value');
-    this.findingSelect = document.getElementById('heat-finding');
-    this.instanceSelect = document.getElementById('instance');
-    this.frameSelect = document.getElementById('frame');
+    this.findingSelect = /** @type {HTMLSelectElement} */ (document.getElementById('heat-finding'));
+    this.instanceSelect = /** @type {HTMLSelectElement} */ (document.getElementById('instance'));
+    this.frameSelect = /** @type {HTMLSelectElement} */ (document.getElementById('frame'));
     this.frame = 1;
     this.toggle.addEventListener('change', () => this.applyOverlay());
     this.opacity.addEventListener('input', () => this.applyOverlay());
@@ -108,7 +125,7 @@ export class StudyView {
     this.instanceSelect.addEventListener('change', () => this.openInstance(this.instanceSelect.value));
     this.frameSelect.addEventListener('change', () => this.openFrame(Number(this.frameSelect.value)));
     document.getElementById('reset').addEventListener('click', () => this.image.reset());
-    for (const button of document.querySelectorAll('[data-tool]')) {
+    for (const button of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll('[data-tool]'))) {
       button.addEventListener('click', () => this.setTool(button.dataset.tool));
     }
     drawLegend(document.getElementById('legend-bar'));
@@ -116,7 +133,7 @@ export class StudyView {
 
   setTool(name) {
     this.image.setPrimaryTool(name);
-    for (const button of document.querySelectorAll('[data-tool]')) {
+    for (const button of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll('[data-tool]'))) {
       button.setAttribute('aria-pressed', String(button.dataset.tool === name));
     }
   }
@@ -216,7 +233,7 @@ export class StudyView {
 
   renderSummary() {
     const r = this.result;
-    const priority = r.priority || {};
+    const priority = r.priority || /** @type {Partial<Study['priority']>} */ ({});
     const summary = document.getElementById('study-summary');
     summary.replaceChildren(
       el('span', { text: `score ${priority.score ?? 0}` }),
@@ -280,7 +297,8 @@ export class StudyView {
     }));
   }
 
-  /** "frame 2 · " when the region's instance has regions on several frames, else nothing. */
+  /** "frame 2 · " when the region's instance has regions on several frames, else nothing.
+   * @param {Region} region */
   frameLabel(region) {
     const frames = new Set((this.result?.regions || [])
       .filter((r) => r.sop_instance_uid === region.sop_instance_uid).map((r) => r.frame ?? 1));
@@ -295,7 +313,7 @@ export class StudyView {
   }
 
   renderReport() {
-    const firstRead = this.result.first_read || {};
+    const firstRead = this.result.first_read || /** @type {Partial<FirstRead>} */ ({});
     const discordant = firstRead.discordant || [];
     const status = document.getElementById('first-read-status');
     const parts = [el('span', { text: `Status: ${firstRead.status || 'none'}` })];
@@ -312,9 +330,10 @@ export class StudyView {
   }
 
   /** Per finding: the AI's call, what the report says (the label in effect, where it comes from and
-   * the sentence it was read from), and buttons to overrule a mis-read ("the labeler was wrong"). */
+   * the sentence it was read from), and buttons to overrule a mis-read ("the labeler was wrong").
+   * @param {Partial<FirstRead>} firstRead */
   renderFirstReadTable(firstRead) {
-    const table = document.getElementById('first-read-table');
+    const table = /** @type {HTMLTableElement} */ (document.getElementById('first-read-table'));
     const labels = firstRead.labels || {};
     const discordant = firstRead.discordant || [];
     const findings = new Map((this.result.findings || []).map((f) => [f.code, f]));
@@ -389,7 +408,7 @@ export class StudyView {
 
   select(regionId) {
     this.selected = regionId;
-    for (const item of document.querySelectorAll('#regions .region')) {
+    for (const item of /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll('#regions .region'))) {
       item.setAttribute('aria-current', String(item.dataset.region === regionId));
     }
     const region = (this.result?.regions || []).find((r) => r.id === regionId);

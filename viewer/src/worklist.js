@@ -1,6 +1,9 @@
+// @ts-check
 // The worklist: highest priority first, filters by state and route, keyboard navigation.
 import { api } from './api.js';
 import { el, findingText, routeBadge, ruleText, scoreCell, waiting } from './format.js';
+
+/** @typedef {import('./result').WorklistItem} WorklistItem */
 
 const KNOWN_STATES = ['new', 'screened', 'awaiting_review', 'reviewed', 'ineligible', 'failed'];
 
@@ -8,8 +11,8 @@ export class Worklist {
   constructor({ onOpen }) {
     this.onOpen = onOpen;
     this.table = document.querySelector('#worklist tbody');
-    this.stateFilter = document.getElementById('filter-state');
-    this.routeFilter = document.getElementById('filter-route');
+    this.stateFilter = /** @type {HTMLSelectElement} */ (document.getElementById('filter-state'));
+    this.routeFilter = /** @type {HTMLSelectElement} */ (document.getElementById('filter-route'));
     this.status = document.getElementById('worklist-status');
     this.empty = document.getElementById('worklist-empty');
     this.knownStates = new Set();
@@ -41,13 +44,14 @@ export class Worklist {
     }
   }
 
+  /** @param {WorklistItem[]} items the rows, in the order shown */
   render(items) {
-    const focusedUid = document.activeElement?.dataset?.uid;
+    const focusedUid = /** @type {HTMLElement | null} */ (document.activeElement)?.dataset?.uid;
     this.table.replaceChildren();
     for (const item of items) {
       this.addStateOption(item.state);
-      const priority = item.priority || {};
-      const firstRead = item.first_read || {};
+      const priority = item.priority || /** @type {Partial<WorklistItem['priority']>} */ ({});
+      const firstRead = item.first_read || /** @type {Partial<WorklistItem['first_read']>} */ ({});
       const discordant = firstRead.discordant || [];
       const positives = (item.findings || []).filter((f) => f.positive && f.routes !== false);
       const row = el('tr', { attrs: { tabindex: '0', 'data-uid': item.study_instance_uid,
