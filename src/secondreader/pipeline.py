@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +27,16 @@ from pydicom.dataset import Dataset
 
 from .dicom.eligibility import Eligibility, evaluate
 from .dicom.instance import CxrInstance
-from .dicom.io import InputFile, InputProblem, iter_inputs, read_dataset
+from .dicom.io import (
+    MAX_FILE_BYTES,
+    DicomFile,
+    InputFile,
+    InputProblem,
+    StagedInput,
+    drop_deferred,
+    iter_inputs,
+    read_dataset,
+)
 from .dicom.pixels import decode_display
 from .errors import CorruptPixelDataError, OutputEncodingError, ProcessingError, SecondReaderError
 from .explain.heatmap import heatmap_on_source
@@ -69,11 +79,21 @@ class ScreeningOptions:
     #: Each model's mode at this site, by model name (``SECONDREADER_MODEL_MODES``); a model not
     #: named runs in its card's default mode.
     modes: Mapping[str, ModelMode] = field(default_factory=dict)
+    #: Where zip members are unpacked while their study is screened (removed after it). None: a
+    #: ``scratch`` folder beside the quarantine (so that a failing member is moved into it, not
+    #: copied), or the system's temporary folder when there is no quarantine.
+    scratch_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.predictors:
             raise ValueError("at least one predictor is needed")
         check_shared_findings([p.card for p in self.running()])
+
+    def scratch(self) -> Path | None:
+        """The folder zip members are unpacked into (None: the system's temporary folder)."""
+        if self.scratch_dir is not None:
+            return self.scratch_dir
+        return self.quarantine.root.parent / "scratch" if self.quarantine is not None else None
 
     def mode_of(self, card: ModelCard) -> ModelMode:
         return ModelMode(self.modes.get(card.name, card.default_mode))
@@ -88,15 +108,27 @@ class ScreeningOptions:
                  "mode": self.mode_of(p.card).value} for p in self.predictors]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class ParsedInput:
-    """Pass 1 over one input: its header facts and eligibility, or why it could not be read."""
+    """Pass 1 over one input: its header facts and eligibility, or why it could not be read.
+
+    ``staged`` is the file the input is read from (a zip member's scratch copy, removed by
+    :meth:`release`, or when the object is collected); ``dicom`` its header as read, the pixel data
+    left in the file until it is decoded (None once decoded, or when not kept)."""
 
     source: str
     input: InputFile | None
     instance: CxrInstance | None = None
     eligibility: Eligibility | None = None
     error: str | None = None
+    staged: StagedInput | None = None
+    dicom: DicomFile | None = None
+
+    def release(self) -> None:
+        """Forget the header and remove the scratch copy (if any): nothing more is read."""
+        self.dicom = None
+        if self.staged is not None:
+            self.staged.remove()
 
 
 @dataclass(slots=True)
@@ -114,18 +146,29 @@ class _Frame:
     out_of_scope: dict[str, str] = field(default_factory=dict)
 
 
-def parse_input(item: InputFile | InputProblem) -> ParsedInput:
-    """Read one input's header and decide its eligibility (no pixel is decoded)."""
+def parse_input(item: InputFile | InputProblem, *, scratch: Path | None = None) -> ParsedInput:
+    """Read one input's header and decide its eligibility (no pixel is read).
+
+    A zip member is first unpacked into a file in ``scratch`` (the system's temporary folder when
+    None), which the result holds until :meth:`ParsedInput.release`; a plain file is read where
+    it lies. The header is kept (``dicom``) for the decoding, which reads the pixel data alone."""
     if isinstance(item, InputProblem):
         return ParsedInput(source=item.source, input=None, error=item.reason)
+    parsed = ParsedInput(source=item.source, input=item)
     try:
-        dicom = read_dataset(item.read())
+        parsed.staged = item.stage(scratch)
+        if parsed.staged.temporary:
+            weakref.finalize(parsed, parsed.staged.remove)
+        dicom = read_dataset(parsed.staged.path)
         instance = CxrInstance.from_dataset(dicom.dataset, pixel_data_truncated=dicom.truncated)
     except SecondReaderError as exc:
-        return ParsedInput(source=item.source, input=item, error=str(exc))
+        parsed.error = str(exc)
+        return parsed
     except OSError as exc:
-        return ParsedInput(source=item.source, input=item, error=f"file cannot be read ({exc.strerror or 'I/O error'})")
-    return ParsedInput(source=item.source, input=item, instance=instance, eligibility=evaluate(instance))
+        parsed.error = f"file cannot be read ({exc.strerror or 'I/O error'})"
+        return parsed
+    parsed.dicom, parsed.instance, parsed.eligibility = dicom, instance, evaluate(instance)
+    return parsed
 
 
 def _unreadable_result(parsed: ParsedInput) -> StudyResult:
@@ -160,12 +203,21 @@ def scope_reasons(instance: CxrInstance | None, predictors: Sequence[Predictor])
 
 
 def _decode_frames(parsed: ParsedInput, max_pixels: int) -> list[_Frame]:
-    """Decode one instance to its frames in display units (not yet windowed)."""
+    """Decode one instance to its frames in display units (not yet windowed), from the header
+    :func:`parse_input` read: only the pixel data is read now, once."""
     assert parsed.input is not None and parsed.instance is not None
-    dicom = read_dataset(parsed.input.read())
+    dicom, parsed.dicom = parsed.dicom, None
+    if dicom is None:  # the header was not kept: read it again
+        if parsed.staged is None:
+            parsed.staged = parsed.input.stage()
+            if parsed.staged.temporary:
+                weakref.finalize(parsed, parsed.staged.remove)
+        dicom = read_dataset(parsed.staged.path)
     if dicom.truncated:
         raise CorruptPixelDataError("file is truncated: it ends inside the pixel data")
     image = decode_display(dicom.dataset, parsed.instance, max_pixels=max_pixels)
+    # the header outlives the file (the outputs are written from it later): nothing left unread in it
+    drop_deferred(dicom.dataset)
     sop = parsed.instance.sop_instance_uid or ""
     return [
         _Frame(sop, index + 1, frame, parsed.instance.pixel_spacing_mm, windowed=image.windowed, invert=image.invert,
@@ -592,47 +644,76 @@ def _join_reasons(reasons: Iterable[str | None]) -> str:
     return "; ".join(unique) if unique else "no instance could be screened"
 
 
+#: Headers kept from parsing to decoding, across the studies of one run (each a few tens of KiB);
+#: past this, an input's header is read again when it is decoded.
+MAX_HEADERS_KEPT = 2_000
+
+
 def screen_inputs(items: Iterable[InputFile | InputProblem], options: ScreeningOptions) -> Iterator[StudyResult]:
     """Group inputs into studies by Study Instance UID and screen each one.
 
     Files without a readable Study Instance UID are yielded at once as their own failed results;
-    studies follow in order of first appearance.
+    studies follow in order of first appearance. Scratch copies of zip members are removed once
+    their study is screened (or failed), and whatever happens to the run.
     """
     studies: dict[str, list[ParsedInput]] = {}
-    for item in items:
-        parsed = parse_input(item)
-        if parsed.instance is None or parsed.instance.study_instance_uid is None:
-            logger.warning("input without a readable study: %s", parsed.error or "no Study Instance UID")
-            unreadable = _unreadable_result(parsed)
-            _quarantine_failed(item, unreadable.reason or "unreadable input", options)
-            yield unreadable
-            continue
-        studies.setdefault(parsed.instance.study_instance_uid, []).append(parsed)
-    for study_uid, members in studies.items():
-        result = _run_study_safely(study_uid, members, options)
-        # run_study answers one instance entry per member, in order.
-        for member, outcome in zip(members, result.instances, strict=False):
-            if outcome.status is InstanceStatus.FAILED and member.input is not None:
-                _quarantine_failed(member.input, outcome.reason or "failed", options)
-        yield result
+    scratch = options.scratch()
+    kept = 0
+    try:
+        for item in items:
+            parsed = parse_input(item, scratch=scratch)
+            if parsed.instance is None or parsed.instance.study_instance_uid is None:
+                logger.warning("input without a readable study: %s", parsed.error or "no Study Instance UID")
+                unreadable = _unreadable_result(parsed)
+                try:
+                    _quarantine_failed(item, unreadable.reason or "unreadable input", options, parsed.staged)
+                finally:
+                    parsed.release()
+                yield unreadable
+                continue
+            if kept >= MAX_HEADERS_KEPT:
+                parsed.dicom = None
+            kept += 1
+            studies.setdefault(parsed.instance.study_instance_uid, []).append(parsed)
+        while studies:
+            study_uid = next(iter(studies))
+            members = studies[study_uid]
+            try:
+                result = _run_study_safely(study_uid, members, options)
+                # run_study answers one instance entry per member, in order.
+                for member, outcome in zip(members, result.instances, strict=False):
+                    if outcome.status is InstanceStatus.FAILED and member.input is not None:
+                        _quarantine_failed(member.input, outcome.reason or "failed", options, member.staged)
+            finally:
+                del studies[study_uid]
+                for member in members:
+                    member.release()
+            yield result
+    finally:
+        for members in studies.values():
+            for member in members:
+                member.release()
 
 
-def _quarantine_failed(item: InputFile | InputProblem, reason: str, options: ScreeningOptions) -> None:
-    """Keep the original bytes of a failed input (a file, a zip member, or the zip it was in)."""
+def _quarantine_failed(item: InputFile | InputProblem, reason: str, options: ScreeningOptions,
+                       staged: StagedInput | None = None) -> None:
+    """Keep the original bytes of a failed input (a file, a zip member, or the zip it was in),
+    streamed: a zip member's scratch copy (``staged``) is moved into the quarantine, a file copied
+    in chunks, never read whole."""
     if options.quarantine is None:
         return
+    channel = options.quarantine_channel
     if isinstance(item, InputProblem):
         if item.origin is not None and item.origin.is_file():
-            options.quarantine.keep(item.origin, reason=reason, channel=options.quarantine_channel, kind="zip")
+            options.quarantine.keep(item.origin, reason=reason, channel=channel, kind="zip")
         return
-    try:
-        data = item.read()
-    except (OSError, SecondReaderError):
-        if item.member is not None and item.path.is_file():  # an unreadable member: keep its zip
-            options.quarantine.keep(item.path, reason=reason, channel=options.quarantine_channel, kind="zip")
-        return
-    options.quarantine.keep(data, reason=reason, channel=options.quarantine_channel,
-                            kind="zip member" if item.member is not None else "file")
+    if item.member is None:
+        if item.size <= MAX_FILE_BYTES:  # one over the limit was never read: it is not copied either
+            options.quarantine.keep(item.path, reason=reason, channel=channel, kind="file")
+    elif staged is not None and staged.temporary and staged.path.is_file():
+        options.quarantine.keep(staged.path, reason=reason, channel=channel, kind="zip member", move=True)
+    elif item.path.is_file():  # a member that could not be unpacked: keep its zip
+        options.quarantine.keep(item.path, reason=reason, channel=channel, kind="zip")
 
 
 def _run_study_safely(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:

@@ -11,19 +11,25 @@ header value, only the reason, which by contract never carries patient data eith
 by their content hash, so the same bad file sent twice is kept once (``count`` goes up). Nothing is
 written when the quarantine is over its budget, in bytes or in entries (a flood of tiny failures
 must not fill the file system's inodes): the failure is still answered and logged. A file is kept
-by streaming it (hashed, then copied in chunks), never read whole into memory.
+by streaming it (hashed, then copied in chunks), never read whole into memory; a scratch file of the
+caller's own (an unpacked zip member, a STOW-RS part) is moved in instead (``move``), with no copy
+where it lies on the quarantine's file system.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["CHANNELS", "Quarantine"]
 
@@ -75,16 +81,30 @@ class Quarantine:
         self._usage()
         return self._files or 0
 
-    def keep(self, data: bytes | Path, *, reason: str, channel: str, kind: str = "file") -> Path | None:
-        """Keep ``data`` (bytes, or a file to copy) with ``reason``; returns the kept file, or None
-        when it could not be kept (over budget, disk error: logged, never raised)."""
+    def keep(self, data: bytes | Path | BinaryIO, *, reason: str, channel: str, kind: str = "file",
+             move: bool = False) -> Path | None:
+        """Keep ``data`` (bytes, a file to copy, or an open binary file read from its start) with
+        ``reason``; returns the kept file, or None when it could not be kept (over budget, disk
+        error: logged, never raised). ``move``: ``data`` is a file of the caller's that it no longer
+        needs: it is moved in (copied only across file systems), and is gone afterwards either way."""
         if channel not in CHANNELS:
             raise ValueError(f"channel must be one of {sorted(CHANNELS)}, not {channel!r}")
+        kept = self._keep(data, reason=reason, channel=channel, kind=kind, move=move)
+        if move and isinstance(data, Path):  # kept, a duplicate, or not kept: gone either way
+            with contextlib.suppress(OSError):
+                data.unlink(missing_ok=True)
+        return kept
+
+    def _keep(self, data: bytes | Path | BinaryIO, *, reason: str, channel: str, kind: str,
+              move: bool) -> Path | None:
         try:
             if isinstance(data, Path):
                 digest, size = _hash_file(data)
-            else:
+            elif isinstance(data, bytes):
                 digest, size = hashlib.sha256(data).hexdigest(), len(data)
+            else:
+                data.seek(0)
+                digest, size = _hash_stream(data)
         except OSError as exc:
             logger.warning("quarantine: the failed input cannot be read (%s)", type(exc).__name__)
             return None
@@ -99,7 +119,7 @@ class Quarantine:
                         logger.warning("quarantine is full (%d MiB or %d entries): a failed input was not kept",
                                        self.max_bytes // 1024**2, self.max_files)
                         return None
-                    _write_durably(target, data)
+                    _write_durably(target, data, move=move)
                     self._used = self._usage() + size
                     self._files = self._count() + 1
                     meta = {"sha256": digest, "size": size, "reason": reason, "channel": channel,
@@ -133,22 +153,45 @@ def _read_meta(path: Path) -> dict[str, object] | None:
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
     with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+        return _hash_stream(fh)
+
+
+def _hash_stream(fh: BinaryIO) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    while chunk := fh.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
     return digest.hexdigest(), size
 
 
-def _write_durably(path: Path, data: bytes | Path) -> None:
+@contextlib.contextmanager
+def _source(data: Path | BinaryIO) -> Iterator[BinaryIO]:
+    if isinstance(data, Path):
+        with open(data, "rb") as fh:
+            yield fh
+    else:
+        data.seek(0)
+        yield data
+
+
+def _write_durably(path: Path, data: bytes | Path | BinaryIO, *, move: bool = False) -> None:
+    if move and isinstance(data, Path):
+        with open(data, "rb+") as fh:
+            os.fsync(fh.fileno())
+        try:
+            os.replace(data, path)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as fh:
-        if isinstance(data, Path):
-            with open(data, "rb") as source:
-                shutil.copyfileobj(source, fh, _CHUNK)
-        else:
+        if isinstance(data, bytes):
             fh.write(data)
+        else:
+            with _source(data) as source:
+                shutil.copyfileobj(source, fh, _CHUNK)
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)

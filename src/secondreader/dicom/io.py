@@ -2,6 +2,11 @@
 
 Nothing here puts a path, a patient attribute or a library's exception text into an error message:
 messages say what is wrong with the *file* (``source`` is its name only and travels separately).
+
+A zip member is never held whole in memory: :meth:`InputFile.stage` unpacks it in fixed-size chunks
+into one scratch file, counting the bytes that really come out against the budget of the upload it
+came in (the sizes its headers declare are only used to refuse it early), and pydicom reads that file.
+A plain file is read where it lies.
 """
 
 from __future__ import annotations
@@ -11,25 +16,27 @@ import io
 import logging
 import os
 import struct
+import tempfile
 import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from ..errors import InvalidInputError, NotDicomError
 
-__all__ = ["DicomFile", "InputFile", "InputProblem", "iter_inputs", "pydicom_warnings_caught", "read_dataset",
-           "sniff_non_dicom"]
+__all__ = ["DicomFile", "InputFile", "InputProblem", "StagedInput", "ZipBudget", "drop_deferred", "iter_inputs",
+           "pydicom_warnings_caught", "read_dataset", "sniff_non_dicom"]
 
 logger = logging.getLogger(__name__)
 
-#: Largest single input read into memory (bytes); larger files fail without being read.
+#: Largest single input read (bytes); larger files fail without being read.
 MAX_FILE_BYTES = 2 * 1024**3
 #: Zip safety limits: total uncompressed size and compression ratio of any member.
 MAX_ZIP_TOTAL_BYTES = 8 * 1024**3
@@ -40,6 +47,11 @@ MAX_ZIP_MEMBERS = 100_000
 #: archives) is refused before any member is read: a 15 MB upload cannot cost gigabytes.
 MAX_ZIP_EXPANSION = 32
 ZIP_BUDGET_FLOOR_BYTES = 64 * 1024**2
+#: Zip members are unpacked in chunks of this many bytes.
+UNPACK_CHUNK_BYTES = 1024 * 1024
+#: Values longer than this are not read with the header: pydicom reads them from the file when
+#: they are used (the pixel data, when the pixels are decoded).
+DEFER_BYTES = 64 * 1024
 
 
 def zip_budget(archive_bytes: int) -> int:
@@ -52,34 +64,103 @@ HEADER_ERRORS: tuple[type[BaseException], ...] = (
     AttributeError, MemoryError, BytesLengthException, InvalidDicomError,
 )
 
+#: What unpacking a corrupt member raises: a CRC or size mismatch (a member inflating past its
+#: declared size stops there), a bad deflate stream, an unsupported compression or encryption.
+_UNPACK_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError,
+)
+
+
+class ZipBudget:
+    """The uncompressed bytes the zips of one upload (all the archives one input root holds) may
+    unpack to, counted as they really come out of the decompressor."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, count: int) -> None:
+        """Count ``count`` more unpacked bytes; past the limit, the member being unpacked is refused."""
+        self.used += count
+        if self.used > self.limit:
+            raise InvalidInputError(f"zip archive unpacks past its budget of {self.limit / 1024**2:.0f} MiB")
+
+
+@dataclass(frozen=True, slots=True)
+class StagedInput:
+    """A file pydicom can read: the input itself, or (``temporary``) the scratch copy of a zip
+    member, which its owner removes (:meth:`remove`)."""
+
+    path: Path
+    temporary: bool = False
+
+    def remove(self) -> None:
+        if self.temporary:
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
+
 
 @dataclass(frozen=True, slots=True)
 class InputFile:
-    """One input: its display name and how to get its bytes.
+    """One input: its display name and where its bytes are.
 
     ``source`` is the file name only (never a folder path); for zip members it is the member's
-    base name. ``data`` is read lazily by :meth:`read`.
+    base name. ``budget`` is the running budget of the upload a zip member belongs to (a fresh one
+    from the archive's size when none). Bytes are never read whole: :meth:`stage` gives a file.
     """
 
     source: str
     path: Path
     member: str | None = None
     size: int = 0
+    budget: ZipBudget | None = field(default=None, compare=False, repr=False)
 
-    def read(self) -> bytes:
+    def stage(self, scratch: Path | None = None) -> StagedInput:
+        """A file holding this input's bytes: the file itself, or a zip member unpacked in chunks into
+        a new file in ``scratch`` (the system's temporary folder when None), which the caller removes.
+
+        Raises
+        ------
+        InvalidInputError
+            The input is over the size limit, the member is corrupt, or unpacking it went past the
+            upload's budget (the partial file is removed then).
+        OSError
+            The archive or the scratch folder cannot be read or written.
+        """
         if self.size > MAX_FILE_BYTES:
             raise InvalidInputError(
                 f"file is {self.size / 1024**2:.0f} MiB, over the {MAX_FILE_BYTES // 1024**2} MiB limit"
             )
         if self.member is None:
-            return self.path.read_bytes()
+            return StagedInput(self.path)
+        budget = self.budget if self.budget is not None else ZipBudget(zip_budget(self.path.stat().st_size))
+        if scratch is not None:
+            scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="member-", suffix=".dcm", dir=scratch)
+        target = Path(name)
         try:
-            with zipfile.ZipFile(self.path) as archive:
-                return archive.read(self.member)
-        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError):
-            # CRC or size mismatch (a member inflating past its declared size stops there), bad
-            # deflate stream, unsupported compression or encryption.
-            raise InvalidInputError("zip member is corrupt or cannot be unpacked") from None
+            with open(fd, "wb") as out:
+                _unpack(self.path, self.member, out, budget)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return StagedInput(target, temporary=True)
+
+
+def _unpack(archive_path: Path, member: str, out: io.BufferedWriter, budget: ZipBudget) -> None:
+    """Copy ``member`` of the archive into ``out`` in fixed-size chunks, counting every byte that
+    comes out against ``budget`` and the single-file limit (never the sizes the headers declare)."""
+    written = 0
+    try:
+        with zipfile.ZipFile(archive_path) as archive, archive.open(member) as source:
+            while chunk := source.read(UNPACK_CHUNK_BYTES):
+                written += len(chunk)
+                if written > MAX_FILE_BYTES:
+                    raise InvalidInputError(f"zip member unpacks past the {MAX_FILE_BYTES // 1024**2} MiB file limit")
+                budget.take(len(chunk))
+                out.write(chunk)
+    except _UNPACK_ERRORS:
+        raise InvalidInputError("zip member is corrupt or cannot be unpacked") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +173,7 @@ class InputProblem:
     origin: Path | None = None
 
 
-def _zip_members(path: Path) -> Iterator[InputFile | InputProblem]:
+def _zip_members(path: Path, budget: ZipBudget | None = None) -> Iterator[InputFile | InputProblem]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
@@ -115,25 +196,33 @@ def _zip_members(path: Path) -> Iterator[InputFile | InputProblem]:
                 yield InputProblem(name, "zip member is encrypted", path)
                 continue
             readable.append((name, info))
-        # what would be read, against the archive's budget, before any member is read
+        # what the headers say would be read, against the archive's budget, before any member is
+        # read (the bytes that really come out are counted against the upload's budget as they come)
         total = sum(info.file_size for _, info in readable)
-        budget = zip_budget(path.stat().st_size)
-        if total > budget:
+        size = path.stat().st_size
+        limit = zip_budget(size)
+        if total > limit:
             yield InputProblem(
                 path.name, f"zip archive unpacks to {total / 1024**2:.0f} MiB, over its budget of "
-                f"{budget / 1024**2:.0f} MiB ({MAX_ZIP_EXPANSION} times its size, at least "
+                f"{limit / 1024**2:.0f} MiB ({MAX_ZIP_EXPANSION} times its size, at least "
                 f"{ZIP_BUDGET_FLOOR_BYTES // 1024**2} MiB)", path
             )
             return
+        if budget is None:
+            budget = ZipBudget(limit)
         for name, info in readable:
-            yield InputFile(source=name, path=path, member=info.filename, size=info.file_size)
+            yield InputFile(source=name, path=path, member=info.filename, size=info.file_size, budget=budget)
 
 
 def iter_inputs(paths: list[Path]) -> Iterator[InputFile | InputProblem]:
     """Expand files, folders (recursively, sorted) and zips into inputs, in a stable order. Hidden
     files and everything under a hidden folder inside a given folder are passed over: ``.git``,
     a virtual environment, and secondreader's own ``.secondreader`` home (its key and quarantined
-    copies) when a user screens the folder they ran it in."""
+    copies) when a user screens the folder they ran it in.
+
+    Each path given is one upload: the zips it holds share one budget of unpacked bytes, the
+    :func:`zip_budget` of their sizes together (each zip is also held to its own budget, checked on
+    its headers before any member is read)."""
     for root in paths:
         if not root.exists():
             yield InputProblem(root.name, "no such file or folder")
@@ -143,11 +232,12 @@ def iter_inputs(paths: list[Path]) -> Iterator[InputFile | InputProblem]:
                            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
         else:
             files = [root]
+        files = [p for p in files if not p.name.startswith(".")]
+        zips = {p for p in files if zipfile.is_zipfile(p)}
+        budget = ZipBudget(zip_budget(sum(p.stat().st_size for p in zips))) if zips else None
         for path in files:
-            if path.name.startswith("."):
-                continue
-            if zipfile.is_zipfile(path):
-                yield from _zip_members(path)
+            if path in zips:
+                yield from _zip_members(path, budget)
             else:
                 yield InputFile(source=path.name, path=path, size=path.stat().st_size)
 
@@ -199,31 +289,47 @@ class DicomFile:
     truncated: bool = False
 
 
-def read_dataset(data: bytes) -> DicomFile:
-    """Parse a DICOM Part 10 file held in memory (pixel data kept encoded, not decoded).
+def read_dataset(source: bytes | Path) -> DicomFile:
+    """Parse a DICOM Part 10 file, held in memory or (a path) read from disk, pixel data kept encoded.
 
-    pydicom's warnings are caught, not shown: the one that matters (the file ends before an
-    encapsulated value does) sets ``truncated``.
+    From a path, values longer than :data:`DEFER_BYTES` (the pixel data) are not read with the
+    header: pydicom reads each from the file when it is first used, so the file must stay there
+    until then. pydicom's warnings are caught, not shown: the one that matters (the file ends
+    before an encapsulated value does) sets ``truncated``.
 
     Raises
     ------
     NotDicomError
         With a reason a PACS administrator understands: not DICOM (and what it looks like
         instead), no File Meta Information, header truncated or malformed.
+    OSError
+        The file cannot be read.
     """
-    if len(data) == 0:
+    if isinstance(source, Path):
+        with open(source, "rb") as fh:
+            head = fh.read(1024)
+        target: bytes | str = str(source.absolute())
+        defer: int | None = DEFER_BYTES
+    else:
+        head, target, defer = source[:1024], source, None
+    if len(head) == 0:
         raise NotDicomError("file is empty")
-    if len(data) < 132 or data[128:132] != b"DICM":
-        kind = sniff_non_dicom(data)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        kind = sniff_non_dicom(head)
         if kind:
             raise NotDicomError(f"not a DICOM file: it is {kind}")
         raise NotDicomError(
             "not a DICOM Part 10 file: no 'DICM' marker after the 128-byte preamble "
             "(File Meta Information missing, or not DICOM at all)"
         )
+
+    def parse(stop_before_pixels: bool) -> FileDataset:
+        fp = io.BytesIO(target) if isinstance(target, bytes) else target
+        return pydicom.dcmread(fp, force=False, defer_size=defer, stop_before_pixels=stop_before_pixels)
+
     try:
         with pydicom_warnings_caught() as caught:
-            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+            ds = parse(False)
     except InvalidDicomError:
         raise NotDicomError("DICOM File Meta Information is malformed") from None
     except RecursionError:
@@ -236,7 +342,7 @@ def read_dataset(data: bytes) -> DicomFile:
         # data; the header before it is intact, so read that alone.
         try:
             with pydicom_warnings_caught():
-                ds = pydicom.dcmread(io.BytesIO(data), force=False, stop_before_pixels=True)
+                ds = parse(True)
         except HEADER_ERRORS + (RecursionError,):
             raise NotDicomError("DICOM file is truncated") from None
     meta = ds.file_meta
@@ -245,3 +351,12 @@ def read_dataset(data: bytes) -> DicomFile:
     if "SOPClassUID" not in ds and "MediaStorageSOPClassUID" not in meta:
         raise NotDicomError("DICOM header has no SOP Class UID: not a DICOM object")
     return DicomFile(ds, truncated=truncated)
+
+
+def drop_deferred(ds: FileDataset) -> None:
+    """Remove the values of ``ds`` that are still in its file, unread (see :func:`read_dataset`), so
+    that it can outlive the file: what was used (the pixel data, once decoded) stays."""
+    raw = ds._dict  # noqa: SLF001 - pydicom keeps unread (deferred) values as raw elements there
+    for tag in [tag for tag, elem in raw.items()
+                if isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0]:
+        del ds[tag]
