@@ -142,12 +142,14 @@ class ScreeningService:
         if not uploads:
             raise InvalidInputError("the upload holds no files")
         if not any(has_dicom(u) for u in uploads):
-            kinds = sorted({(sniff_non_dicom(u.data[:1024]) or "a file of another kind") if u.data else "an empty file"
-                            for u in uploads})
+            heads = [u.head(1024) for u in uploads]
+            kinds = sorted({(sniff_non_dicom(head) or "a file of another kind") if head else "an empty file"
+                            for head in heads})
             reason = ("nothing in the upload is DICOM (no Part 10 file, no zip holding one): "
                       + ", ".join(kinds))
             for upload in uploads:
-                self.quarantine.keep(upload.data, reason=reason, channel="http", kind="upload")
+                self.quarantine.keep(upload.content, reason=reason, channel="http", kind="upload",
+                                     move=upload.path is not None)
             raise InvalidInputError(reason)
         folder = self.spool.write_upload(uploads)
         try:
@@ -393,10 +395,11 @@ class ScreeningService:
         return (path, member) if path.is_file() else None
 
     # -- DICOM in, results out ---------------------------------------------------------------
-    def receive(self, data: bytes, ds: Dataset, calling_ae: str = "") -> bool:
-        """A C-STORE'd (or STOW-RS'd) instance, ``data`` its Part 10 bytes and ``ds`` their parsed
-        header: kept durably in the spool, then recorded (:class:`InboundAssembly`). Returns False
-        for an instance already received, and for secondreader's own results coming back."""
+    def receive(self, data: bytes | Path, ds: Dataset, calling_ae: str = "") -> bool:
+        """A C-STORE'd (or STOW-RS'd) instance, ``data`` its Part 10 bytes (or a file of the
+        caller's holding them, moved into the spool) and ``ds`` their parsed header: kept durably in
+        the spool, then recorded (:class:`InboundAssembly`). Returns False for an instance already
+        received, and for secondreader's own results coming back."""
         return self.inbound.receive(data, ds)
 
     def start_background(self, *, stable_seconds: float, interval: float | None = None) -> None:

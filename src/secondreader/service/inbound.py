@@ -12,6 +12,7 @@ study receiving again, and it is screened again, with everything, after the job 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
@@ -31,8 +32,9 @@ class InboundAssembly:
         self.store = store
         self.spool = spool
 
-    def receive(self, data: bytes, ds: Dataset) -> bool:
-        """Keep one instance (``data`` its Part 10 bytes, ``ds`` their parsed header). Returns
+    def receive(self, data: bytes | Path, ds: Dataset) -> bool:
+        """Keep one instance (``data`` its Part 10 bytes, or a file of the caller's holding them,
+        moved into the spool; ``ds`` their parsed header). Returns
         False for an instance already received, and for secondreader's own results coming back.
 
         Raises

@@ -4,10 +4,16 @@ bucket) before anyone hears Success, and staged into a local working folder when
 Keys: ``spool/<job>/<index>/<name>`` for an HTTP upload, ``spool/inbound/<study digest>/<SOP
 digest>.dcm`` for a received instance (one folder per study, whichever replica received it, so a
 study whose instances reached several replicas is screened once, with all of them).
+
+Large inputs never pass through memory: a request body is streamed into a file in an ``incoming``
+folder of the local working folder (:meth:`Spool.incoming`), and that file is moved into a local
+spool (renamed: written once) or put into a bucket from the file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -15,23 +21,54 @@ import re
 import shutil
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from .storage import Storage
+from ..errors import StorageError
+from ..fileio import atomic_path, fsync_folder
+from .storage import LocalStorage, Storage
 
 __all__ = ["Spool", "Upload", "has_dicom", "safe_name", "uid_digest"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+_CHUNK = 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Upload:
-    """One uploaded file: the client's file name (reduced to a safe base name) and its bytes."""
+    """One uploaded file: the client's file name (reduced to a safe base name) and its bytes, held
+    (``data``), or in a file of the caller's that the spool takes (``path``: moved in), or in an open
+    binary file (``file``: copied from its start)."""
 
     name: str
-    data: bytes
+    data: bytes = b""
+    path: Path | None = None
+    file: BinaryIO | None = None
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[BinaryIO]:
+        """The bytes as a binary file, at its start."""
+        if self.path is not None:
+            with open(self.path, "rb") as fh:
+                yield fh
+        elif self.file is not None:
+            self.file.seek(0)
+            yield self.file
+        else:
+            yield io.BytesIO(self.data)
+
+    def head(self, size: int) -> bytes:
+        with self.open() as fh:
+            return fh.read(size)
+
+    @property
+    def content(self) -> bytes | Path | BinaryIO:
+        """What :meth:`Quarantine.keep` takes."""
+        return self.path if self.path is not None else self.file if self.file is not None else self.data
 
 
 def safe_name(name: str | None, index: int) -> str:
@@ -46,20 +83,22 @@ def _is_dicom(head: bytes) -> bool:
 
 
 def has_dicom(upload: Upload) -> bool:
-    """Whether the upload is a DICOM Part 10 file, or a zip holding at least one."""
-    if _is_dicom(upload.data[:132]):
+    """Whether the upload is a DICOM Part 10 file, or a zip holding at least one (read from where
+    it lies: the head of each member only)."""
+    head = upload.head(132)
+    if _is_dicom(head):
         return True
-    if upload.data[:4] != b"PK\x03\x04":
+    if head[:4] != b"PK\x03\x04":
         return False
     try:
-        with zipfile.ZipFile(io.BytesIO(upload.data)) as archive:
+        with upload.open() as fh, zipfile.ZipFile(fh) as archive:
             for info in archive.infolist()[:10_000]:
                 if info.is_dir() or info.file_size < 132:
                     continue
                 with archive.open(info) as member:
                     if _is_dicom(member.read(132)):
                         return True
-    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError):
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError, ValueError):
         return False
     return False
 
@@ -88,17 +127,99 @@ class Spool:
         folder = f"spool/{uuid.uuid4().hex}"
         try:
             for index, upload in enumerate(uploads):
-                self.storage.put(f"{folder}/{index:04d}/{safe_name(upload.name, index)}", upload.data)
+                key = f"{folder}/{index:04d}/{safe_name(upload.name, index)}"
+                if upload.path is not None:
+                    self.put_file(key, upload.path)
+                elif upload.file is not None:
+                    self._put_stream(key, upload.file)
+                else:
+                    self.storage.put(key, upload.data)
         except BaseException:
             self.storage.delete(self.storage.ref(folder))
             raise
         return self.storage.ref(folder)
 
-    def write_instance(self, study_uid: str, sop_uid: str, data: bytes) -> str:
-        """Write a received instance durably into its study's folder; returns the folder's ref."""
+    def write_instance(self, study_uid: str, sop_uid: str, data: bytes | Path) -> str:
+        """Write a received instance (its bytes, or a file of the caller's, moved in) durably into
+        its study's folder; returns the folder's ref."""
         folder = f"spool/inbound/{uid_digest(study_uid)}"
-        self.storage.put(f"{folder}/{uid_digest(sop_uid)}.dcm", data)
+        key = f"{folder}/{uid_digest(sop_uid)}.dcm"
+        if isinstance(data, Path):
+            self.put_file(key, data)
+        else:
+            self.storage.put(key, data)
         return self.storage.ref(folder)
+
+    def incoming(self) -> Path:
+        """A new local folder for the files of one request as they arrive (remove it with
+        :meth:`discard` once the request is answered: what the spool took is no longer there)."""
+        folder = self.workdir / "incoming" / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return folder
+
+    @staticmethod
+    def discard(folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def put_file(self, key: str, path: Path) -> str:
+        """Move the local file ``path`` (the caller's, which it no longer needs) to ``key`` durably:
+        renamed into a local storage (copied in chunks only across file systems), put into a
+        bucket from the file, never read whole. Returns its ref.
+
+        Raises
+        ------
+        StorageError
+            When it could not be written (nothing may then be acknowledged).
+        """
+        if not isinstance(self.storage, LocalStorage):
+            ref = self.storage.put_file(key, path)
+            path.unlink(missing_ok=True)
+            return ref
+        target = self.storage.path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            try:
+                os.replace(path, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                with open(path, "rb") as fh:
+                    self._copy_durably(fh, target)
+                path.unlink(missing_ok=True)
+            _fsync_folders(target.parent, self.storage.root)
+        except OSError as exc:
+            raise StorageError(f"storage write failed ({type(exc).__name__})") from None
+        return str(target)
+
+    def _put_stream(self, key: str, source: BinaryIO) -> str:
+        """Copy an open binary file (from its start) to ``key`` durably, in chunks; returns its ref."""
+        source.seek(0)
+        if not isinstance(self.storage, LocalStorage):
+            folder = self.incoming()
+            try:
+                local = folder / "upload"
+                with open(local, "wb") as out:
+                    shutil.copyfileobj(source, out, _CHUNK)
+                return self.storage.put_file(key, local)
+            except OSError as exc:
+                raise StorageError(f"storage write failed ({type(exc).__name__})") from None
+            finally:
+                self.discard(folder)
+        target = self.storage.path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._copy_durably(source, target)
+            _fsync_folders(target.parent, self.storage.root)
+        except OSError as exc:
+            raise StorageError(f"storage write failed ({type(exc).__name__})") from None
+        return str(target)
+
+    @staticmethod
+    def _copy_durably(source: BinaryIO, target: Path) -> None:
+        with atomic_path(target, durable=True) as tmp, open(tmp, "wb") as out:
+            shutil.copyfileobj(source, out, _CHUNK)
 
     def stage(self, job_id: str, ref: str) -> Path:
         """A local folder with the job's files (see :meth:`Storage.stage`)."""
@@ -115,3 +236,12 @@ class Spool:
 
     def remove(self, ref: str) -> None:
         self.storage.delete(ref)
+
+
+def _fsync_folders(folder: Path, root: Path) -> None:
+    """fsync ``folder`` and each parent up to ``root`` (new folders' entries must last too)."""
+    while True:
+        fsync_folder(folder)
+        if folder == root or root not in folder.parents:
+            return
+        folder = folder.parent
