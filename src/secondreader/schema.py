@@ -260,7 +260,7 @@ class StudyView(StoredResult):
     waited (``priority`` then includes any escalation for waiting) and its reviews."""
 
     state: State
-    waiting_seconds: int = Field(ge=0)
+    waiting_seconds: int = Field(description="Since the study was received (replicas' clocks may differ a little).")
     reviews: list[Review]
 
 
@@ -308,7 +308,7 @@ class WorklistItem(_Contract):
     status: StudyStatus
     priority: Priority
     ai_priority: Priority
-    waiting_seconds: int = Field(ge=0)
+    waiting_seconds: int = Field(description="Since the study was received (replicas' clocks may differ a little).")
     received_at: str
     first_read: WorklistFirstRead
     findings: list[WorklistFinding]

@@ -360,6 +360,9 @@ export interface StudyView {
   ai_priority: Priority;
   first_read_corrections?: CorrectionEntry[];
   state: 'new' | 'screened' | 'awaiting_review' | 'reviewed' | 'ineligible' | 'failed';
+  /**
+   * Since the study was received (replicas' clocks may differ a little).
+   */
   waiting_seconds: number;
   reviews: Review[];
 }
@@ -455,6 +458,9 @@ export interface WorklistItem {
   status: 'screened' | 'ineligible' | 'failed';
   priority: Priority;
   ai_priority: Priority;
+  /**
+   * Since the study was received (replicas' clocks may differ a little).
+   */
   waiting_seconds: number;
   received_at: string;
   first_read: WorklistFirstRead;
