@@ -286,11 +286,15 @@ class ReportAnswer(_Contract):
 
 
 class WorklistFirstRead(_Contract):
+    """The first read's status and the discordant finding codes."""
+
     status: FirstReadStatus
     discordant: list[str]
 
 
 class WorklistFinding(_Contract):
+    """A finding as the worklist summarises it."""
+
     code: str
     probability: Probability | None
     positive: bool
@@ -323,6 +327,8 @@ class WorklistPage(_Contract):
 
 
 class AuditFinding(_Contract):
+    """A finding as the audit row keeps it (by code)."""
+
     probability: Probability | None
     positive: bool
     model: str
@@ -332,11 +338,15 @@ class AuditFinding(_Contract):
 
 
 class AuditImages(_Contract):
+    """A discordant finding's pictures, relative to the audit's output folder (no thumbnail: "")."""
+
     overlay: str
     thumbnail: str
 
 
 class BadFile(_Contract):
+    """An instance of the study that could not be screened, and why."""
+
     source: str
     reason: str | None
 

@@ -23,6 +23,7 @@ from secondreader.reports.labeler import Label
 from secondreader.results import ARTIFACT_STATUSES, InstanceResult, InstanceStatus, RegionResult, StudyResult
 from secondreader.scoring.priority import FINDING_MODES, FindingResult, Priority, Route, StudyStatus
 from secondreader.service.http import build_app
+from secondreader.worklist import VERDICTS
 from secondreader.worklist.states import State
 
 from ..contract import assert_study_result, validator
@@ -49,6 +50,7 @@ def test_the_committed_schema_is_what_the_models_generate() -> None:
     (schema.ArtifactStatus, list(ARTIFACT_STATUSES)),
     (schema.Label, [label.value for label in Label]),
     (schema.State, [s.value for s in State]),
+    (schema.Verdict, list(VERDICTS)),
 ])
 def test_the_schemas_vocabularies_are_the_codes(literal: Any, values: list[str]) -> None:
     assert sorted(get_args(literal)) == sorted(values)

@@ -226,6 +226,8 @@ export interface ModelRef {
   mode: 'live' | 'shadow' | 'off';
 }
 /**
+ * A finding as the audit row keeps it (by code).
+ *
  * This interface was referenced by `StudyResult`'s JSON-Schema
  * via the `definition` "AuditFinding".
  */
@@ -238,6 +240,8 @@ export interface AuditFinding {
   routes: boolean;
 }
 /**
+ * A discordant finding's pictures, relative to the audit's output folder (no thumbnail: "").
+ *
  * This interface was referenced by `StudyResult`'s JSON-Schema
  * via the `definition` "AuditImages".
  */
@@ -293,6 +297,8 @@ export interface AuditRow {
   clock?: [number, number];
 }
 /**
+ * An instance of the study that could not be screened, and why.
+ *
  * This interface was referenced by `StudyResult`'s JSON-Schema
  * via the `definition` "BadFile".
  */
@@ -423,6 +429,8 @@ export interface StoredResult {
   first_read_corrections?: CorrectionEntry[];
 }
 /**
+ * A finding as the worklist summarises it.
+ *
  * This interface was referenced by `StudyResult`'s JSON-Schema
  * via the `definition` "WorklistFinding".
  */
@@ -435,6 +443,8 @@ export interface WorklistFinding {
   applicable: boolean;
 }
 /**
+ * The first read's status and the discordant finding codes.
+ *
  * This interface was referenced by `StudyResult`'s JSON-Schema
  * via the `definition` "WorklistFirstRead".
  */
