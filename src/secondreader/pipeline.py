@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -41,6 +40,7 @@ from .dicom.pixels import decode_display
 from .errors import CorruptPixelDataError, OutputEncodingError, ProcessingError, SecondReaderError
 from .explain.heatmap import heatmap_on_source
 from .explain.regions import Region, extract_regions
+from .fileio import atomic_path
 from .logsafe import study_key
 from .model.card import ModelCard, check_shared_findings
 from .model.dense import dense_regions
@@ -408,14 +408,8 @@ def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[Fi
                                 regions=mine, priority=priority, provenance=provenance, instance_number=number)
         for kind, dataset in outputs.items():
             relative = _dicom_path(study_uid, frame, kind)
-            target = out_dir / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # concurrent writers of one study
-            try:
+            with atomic_path(out_dir / relative) as tmp:  # concurrent writers of one study each write their own
                 dataset.save_as(tmp, enforce_file_format=True)
-                tmp.replace(target)
-            finally:
-                tmp.unlink(missing_ok=True)
             written.append(relative.as_posix())
     return written
 

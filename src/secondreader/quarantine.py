@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from .fileio import atomic_path
+
 __all__ = ["CHANNELS", "Quarantine"]
 
 logger = logging.getLogger(__name__)
@@ -185,13 +187,9 @@ def _write_durably(path: Path, data: bytes | Path | BinaryIO, *, move: bool = Fa
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as fh:
         if isinstance(data, bytes):
             fh.write(data)
         else:
             with _source(data) as source:
                 shutil.copyfileobj(source, fh, _CHUNK)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)

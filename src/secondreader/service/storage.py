@@ -19,15 +19,15 @@ back the folder itself.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import StorageError
+from ..fileio import atomic_path, fsync_folder, write_bytes_atomic
 
 __all__ = ["LocalStorage", "S3Storage", "Storage", "open_storage"]
 
@@ -89,11 +89,7 @@ class Storage(ABC):
 
     def fetch(self, ref: str, target: Path) -> Path:
         """A local file with the object's bytes: ``ref`` itself for local storage, else ``target``."""
-        data = self.read(ref)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        write_bytes_atomic(target, self.read(ref))
         return target
 
     def check(self) -> None:
@@ -134,34 +130,32 @@ class LocalStorage(Storage):
         return self.root / _checked_key(key)
 
     def put(self, key: str, data: bytes) -> str:
+        return self._write(key, lambda fh: fh.write(data))
+
+    def put_file(self, key: str, path: Path) -> str:
+        """Copied in 1 MiB chunks, never held whole (an upload may be gigabytes)."""
+        target = self.path(key)
+        if Path(path).absolute() == target:
+            return str(target)
+        with open(path, "rb") as source:  # a missing source is FileNotFoundError, not a storage failure
+            return self._write(key, lambda fh: shutil.copyfileobj(source, fh, 1 << 20))
+
+    def _write(self, key: str, write: Callable[[BinaryIO], object]) -> str:
+        """``write`` into a new file at ``key``, whole or not at all, fsync'd with every folder up to
+        the root (new folders' entries must last too)."""
         target = self.path(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(target)
+            with atomic_path(target, durable=True) as tmp, open(tmp, "wb") as fh:
+                write(fh)
             self._fsync_parents(target.parent)
         except OSError as exc:
             raise StorageError(f"storage write failed ({type(exc).__name__})") from None
         return str(target)
 
-    def put_file(self, key: str, path: Path) -> str:
-        target = self.path(key)
-        if Path(path).absolute() == target:
-            return str(target)
-        return self.put(key, Path(path).read_bytes())
-
     def _fsync_parents(self, folder: Path) -> None:
         """fsync ``folder`` and each parent up to the root (new folders' entries must last too)."""
         while True:
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_folder(folder)
             if folder == self.root or self.root not in folder.parents:
                 return
             folder = folder.parent
@@ -271,6 +265,17 @@ class S3Storage(Storage):
             raise FileNotFoundError("no such object") from None
         except Exception as exc:  # noqa: BLE001 - reachability, not absence
             raise StorageError(f"storage read failed ({type(exc).__name__})") from None
+
+    def fetch(self, ref: str, target: Path) -> Path:
+        """Downloaded in chunks by s3fs into a temporary beside ``target``, renamed when whole."""
+        try:
+            with atomic_path(target) as tmp:
+                self.fs.get_file(self._path(ref), str(tmp))
+        except FileNotFoundError:
+            raise FileNotFoundError("no such object") from None
+        except Exception as exc:  # noqa: BLE001 - reachability, not absence
+            raise StorageError(f"storage read failed ({type(exc).__name__})") from None
+        return target
 
     def _keys(self, ref: str) -> list[str]:
         try:
