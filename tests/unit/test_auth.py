@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from secondreader.logsafe import set_secret, study_key
 from secondreader.service.access import AccessLogFilter, pseudonymous_path
-from secondreader.service.auth import ApiKeyMiddleware, FailedAuthLimiter
+from secondreader.service.auth import ApiKeyMiddleware, FailedAuthLimiter, bearer_token
 
 KEY = "right-key-0123456789"
 
@@ -47,6 +47,20 @@ def test_keys_and_open_paths() -> None:
     assert client.get("/v1/x", headers={"Authorization": f"Bearer {KEY[:-1]}"}).status_code == 401
     assert client.get("/v1/x").status_code == 401
     assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(("header", "token"), [
+    ("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("BEARER abc", "abc"), (b"Bearer abc", "abc"),
+    ("Basic abc", ""), ("Bearer", ""), ("Bearerabc", ""), ("", ""), (None, ""), ("abc", ""),
+])
+def test_one_bearer_parser_for_the_middleware_and_the_review_log(header: str | bytes | None, token: str) -> None:
+    assert bearer_token(header) == token
+
+
+def test_a_lower_case_scheme_passes_the_key_check_and_another_scheme_does_not() -> None:
+    client = TestClient(_app(FailedAuthLimiter()))
+    assert client.get("/v1/x", headers={"Authorization": f"bearer {KEY}"}).status_code == 200
+    assert client.get("/v1/x", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
 
 
 def test_failed_attempts_get_429_per_address_until_the_window_passes() -> None:

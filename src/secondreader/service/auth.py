@@ -20,7 +20,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["OPEN_PATHS", "OPEN_PREFIXES", "ApiKeyMiddleware", "FailedAuthLimiter", "TrustedProxies", "parse_keys"]
+__all__ = ["OPEN_PATHS", "OPEN_PREFIXES", "ApiKeyMiddleware", "FailedAuthLimiter", "TrustedProxies", "bearer_token",
+           "parse_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,14 @@ ASGIApp = Callable[..., Any]
 
 def parse_keys(raw: str | None) -> tuple[str, ...]:
     return tuple(k.strip() for k in (raw or "").split(",") if k.strip())
+
+
+def bearer_token(header: bytes | str | None) -> str:
+    """The key in an ``Authorization: Bearer KEY`` header (the scheme case-insensitive, RFC 6750), or
+    "" when the header is absent, empty or of another scheme."""
+    raw = header.decode("latin-1") if isinstance(header, bytes) else (header or "")
+    scheme, _, token = raw.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 class TrustedProxies:
@@ -172,9 +181,8 @@ class ApiKeyMiddleware:
                                                  "attempts from this address; try again later"},
                                [(b"retry-after", str(int(wait) + 1).encode())])
             return
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() == b"bearer" and token and self._valid(token.strip()):
+        token = bearer_token(dict(scope.get("headers") or []).get(b"authorization"))
+        if token and self._valid(token.encode("latin-1")):
             await self.app(scope, receive, send)
             return
         self.limiter.failed(client)

@@ -38,7 +38,7 @@ from .spool import Spool
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
-from .validation import is_uid, strict_int, strict_number
+from .validation import error_response, is_uid, strict_int, strict_number
 from .worklist_http import worklist_routes
 
 __all__ = ["build_app"]
@@ -50,10 +50,6 @@ _FINDING = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 class _TooLarge(Exception):
     pass
-
-
-def _error(status: int, error: str, reason: str) -> JSONResponse:
-    return JSONResponse({"error": error, "reason": reason}, status_code=status)
 
 
 async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
@@ -293,9 +289,9 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         try:
             length = strict_int(request.headers.get("content-length"), "Content-Length", low=0, high=2**62, default=0)
         except InvalidInputError as exc:
-            return _error(400, "bad request", str(exc))
+            return error_response(400, "bad request", str(exc))
         if length > limit:
-            return _error(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
+            return error_response(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
         try:
             strict_number(request.query_params.get("wait"), "wait", low=0, high=600)
             wait = wait_seconds(request.query_params.get("wait"))
@@ -304,47 +300,47 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
                 job_id = await asyncio.to_thread(service.submit, uploads)
             job = await asyncio.to_thread(service.wait, job_id, wait)
         except _TooLarge:
-            return _error(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
+            return error_response(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
         except MultiPartException:
-            return _error(400, "bad request", "the multipart body is malformed")
+            return error_response(400, "bad request", "the multipart body is malformed")
         except InvalidInputError as exc:
-            return _error(400, "bad request", str(exc))
+            return error_response(400, "bad request", str(exc))
         except InfrastructureError as exc:
-            return _error(503, "unavailable", str(exc))
+            return error_response(503, "unavailable", str(exc))
         if job is None or job.status in ("queued", "running"):
             return JSONResponse({"job_id": job_id, "status_url": f"/v1/jobs/{job_id}"}, status_code=202)
         view = service.job_view(job)
         if job.status == "failed":
-            return _error(500, "screening failed", view.get("reason", "internal error"))
+            return error_response(500, "screening failed", view.get("reason", "internal error"))
         return JSONResponse({"studies": view["studies"]})
 
     async def job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         if not re.fullmatch(r"[0-9a-f]{32}", job_id):
-            return _error(404, "not found", "no such job")
+            return error_response(404, "not found", "no such job")
         service = get_service()
         record = await asyncio.to_thread(service.job, job_id)
         if record is None:
-            return _error(404, "not found", "no such job")
+            return error_response(404, "not found", "no such job")
         return JSONResponse(service.job_view(record))
 
     async def heatmap(request: Request) -> Response:
         uid, sop, finding = (request.path_params[k] for k in ("study_uid", "sop_uid", "finding"))
         if not (is_uid(uid) and is_uid(sop) and _FINDING.fullmatch(finding)):
-            return _error(400, "bad request", "UIDs must be DICOM UIDs and the finding a finding code")
+            return error_response(400, "bad request", "UIDs must be DICOM UIDs and the finding a finding code")
         path = await asyncio.to_thread(get_service().heatmap, uid, sop, finding)
         if path is None:
-            return _error(404, "not found", "no heatmap for this instance and finding")
+            return error_response(404, "not found", "no heatmap for this instance and finding")
         return FileResponse(path, media_type="image/png")
 
     async def heatmap_layer(request: Request) -> Response:
         """The heatmap alone as a transparent RGBA layer over the source grid (the viewer's overlay)."""
         uid, sop, finding = (request.path_params[k] for k in ("study_uid", "sop_uid", "finding"))
         if not (is_uid(uid) and is_uid(sop) and _FINDING.fullmatch(finding)):
-            return _error(400, "bad request", "UIDs must be DICOM UIDs and the finding a finding code")
+            return error_response(400, "bad request", "UIDs must be DICOM UIDs and the finding a finding code")
         path = await asyncio.to_thread(get_service().heatmap, uid, sop, f"{finding}.layer")
         if path is None:
-            return _error(404, "not found", "no heatmap layer for this instance and finding")
+            return error_response(404, "not found", "no heatmap layer for this instance and finding")
         return FileResponse(path, media_type="image/png")
 
     async def stow(request: Request) -> Response:
@@ -352,22 +348,23 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         limit = max_upload_bytes()
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/related"):
-            return _error(415, "unsupported media type", "STOW-RS takes multipart/related; type=\"application/dicom\"")
+            return error_response(415, "unsupported media type",
+                                  "STOW-RS takes multipart/related; type=\"application/dicom\"")
         match = _BOUNDARY.search(content_type)
         if match is None:
-            return _error(400, "bad request", "no DICOM part in the multipart body")
+            return error_response(400, "bad request", "no DICOM part in the multipart body")
         service = get_service()
         folder = await asyncio.to_thread(service.spool.incoming)
         try:
             try:
                 parts = await _stow_parts(request, limit, match.group(1) or match.group(2), folder)
             except _TooLarge:
-                return _error(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
+                return error_response(413, "payload too large", f"uploads are limited to {limit // 1024**2} MiB")
             except _TooManyParts:
-                return _error(413, "payload too large", f"a STOW-RS request is limited to {MAX_STOW_PARTS} parts; "
-                                                        "send the study in several requests")
+                return error_response(413, "payload too large", f"a STOW-RS request is limited to {MAX_STOW_PARTS} "
+                                      "parts; send the study in several requests")
             except FormParserError:
-                return _error(400, "bad request", "the multipart body is malformed")
+                return error_response(400, "bad request", "the multipart body is malformed")
             referenced, failed = [], []
             for path in parts:  # one part at a time, each from its own file
                 done, refused = await asyncio.to_thread(_take_part, service, path)
@@ -379,7 +376,7 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
             await asyncio.to_thread(Spool.discard, folder)
         dicom_parts = len(parts)
         if not dicom_parts:
-            return _error(400, "bad request", "no DICOM part in the multipart body")
+            return error_response(400, "bad request", "no DICOM part in the multipart body")
         answer: dict[str, Any] = {"00081199": {"vr": "SQ", "Value": referenced}}
         if failed:
             answer["00081198"] = {"vr": "SQ", "Value": failed}
@@ -391,13 +388,13 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         with its reason) and the counts of every status."""
         status = request.query_params.get("status", "dead")
         if status not in ("pending", "sent", "dead"):
-            return _error(400, "bad request", "status must be pending, sent or dead")
+            return error_response(400, "bad request", "status must be pending, sent or dead")
         service = get_service()
         try:
             items = await asyncio.to_thread(service.store.outbox_rows, status)
             counts = await asyncio.to_thread(service.store.outbox_counts)
         except InfrastructureError as exc:
-            return _error(503, "unavailable", str(exc))
+            return error_response(503, "unavailable", str(exc))
         return JSONResponse({"status": status, "counts": counts, "items": items})
 
     async def outbox_retry(request: Request) -> Response:
@@ -405,22 +402,22 @@ def build_app(get_service: Callable[[], ScreeningService], *, max_upload_bytes: 
         try:
             item_id = strict_int(request.path_params["item_id"], "item_id", low=0, high=2**62)
         except InvalidInputError:
-            return _error(404, "not found", "no such outbox row")
+            return error_response(404, "not found", "no such outbox row")
         try:
             requeued = await asyncio.to_thread(get_service().store.outbox_requeue, item_id)
         except InfrastructureError as exc:
-            return _error(503, "unavailable", str(exc))
+            return error_response(503, "unavailable", str(exc))
         if not requeued:
-            return _error(404, "not found", "no dead-lettered outbox row with this id")
+            return error_response(404, "not found", "no dead-lettered outbox row with this id")
         return JSONResponse({"id": item_id, "status": "pending"})
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
-        return _error(status, "not found" if status == 404 else "bad request", "no such route or method")
+        return error_response(status, "not found" if status == 404 else "bad request", "no such route or method")
 
     async def internal(request: Request, exc: Exception) -> Response:
         logger.error("unhandled %s on %s", type(exc).__name__, request.url.path.split("/")[2:3])
-        return _error(500, "internal error", "an internal error occurred; the upload was kept")
+        return error_response(500, "internal error", "an internal error occurred; the upload was kept")
 
     routes = [
         Route("/screen", screen, methods=["POST"]),

@@ -3,7 +3,7 @@ headers, and JSON bodies with a bounded nesting depth.
 
 Every route uses these, so that malformed input is a 400 (never a 500 from ``int("²")``, a file name
 too long for the file system, or a RecursionError) and the messages name the parameter, never its
-value.
+value; and every route answers a problem the same way (:func:`error_response`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import json
 import re
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 from ..errors import InvalidInputError
 
-__all__ = ["MAX_JSON_DEPTH", "MAX_UID_CHARS", "is_uid", "json_depth", "loads_json", "strict_int", "strict_number"]
+__all__ = ["MAX_JSON_DEPTH", "MAX_UID_CHARS", "error_response", "is_uid", "json_depth", "loads_json", "strict_int",
+           "strict_number"]
 
 MAX_UID_CHARS = 64  # PS3.5 §9.1: digits and dots, at most 64 characters
 MAX_JSON_DEPTH = 32  # a first read, a FHIR DiagnosticReport or a verdict needs far less
@@ -24,6 +27,12 @@ _INT = re.compile(r"[0-9]{1,18}", re.ASCII)
 _NUMBER = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?", re.ASCII)
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
+
+
+def error_response(status: int, error: str, reason: str) -> JSONResponse:
+    """The answer every route gives a request it cannot serve (contract 3): ``{"error": <the status's
+    name>, "reason": <what is wrong, naming the parameter, never echoing the client's value>}``."""
+    return JSONResponse({"error": error, "reason": reason}, status_code=status)
 
 
 def is_uid(value: object) -> bool:

@@ -26,27 +26,19 @@ from ..reports.firstread import MAX_REPORT_CHARS, ReportIn, report_from_json
 from ..reports.hl7 import parse_message, report_from_oru
 from ..schema import ReportAnswer, StoredResult, StudyView, WorklistPage, served
 from ..worklist import FIRST_READ_VERDICT
+from .auth import bearer_token
 from .core import ScreeningService
-from .validation import is_uid, loads_json, strict_int, strict_number
+from .validation import error_response, is_uid, loads_json, strict_int, strict_number
 
 __all__ = ["actor_of", "worklist_routes"]
 
 _MAX_REPORT_BYTES = 4 * MAX_REPORT_CHARS
 
 
-def _error(status: int, error: str, reason: str) -> JSONResponse:
-    return JSONResponse({"error": error, "reason": reason}, status_code=status)
-
-
 def actor_of(request: Request) -> str:
     """``key:<fingerprint>`` of the request's API key (``anonymous`` where none is configured)."""
-    header = request.headers.get("authorization", "")
-    key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    key = bearer_token(request.headers.get("authorization"))
     return f"key:{hashlib.sha256(key.encode()).hexdigest()[:12]}" if key else "anonymous"
-
-
-def _uid_ok(uid: str) -> bool:
-    return is_uid(uid)
 
 
 async def _body(request: Request) -> bytes:
@@ -83,9 +75,9 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
             report = _parse_report(request.headers.get("content-type", ""), await _body(request))
             outcome = await asyncio.to_thread(get_service().worklist.add_report, report, actor=actor_of(request))
         except InvalidInputError as exc:
-            return _error(400, "bad request", str(exc))
+            return error_response(400, "bad request", str(exc))
         except InfrastructureError as exc:
-            return _error(503, "unavailable", str(exc))
+            return error_response(503, "unavailable", str(exc))
         if not outcome.studies:
             return JSONResponse({"status": "pending",
                                  "reason": "no images for this study yet; the first read is kept and applied "
@@ -100,14 +92,14 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
         try:
             limit = strict_int(request.query_params.get("limit"), "limit", low=1, high=5000, default=500)
         except InvalidInputError:
-            return _error(400, "bad request", "limit must be a number from 1 to 5000")
+            return error_response(400, "bad request", "limit must be a number from 1 to 5000")
         try:
             items = await asyncio.to_thread(get_service().worklist.items, state=state, route=route, limit=limit)
         except ValueError:
-            return _error(400, "bad request", "state must be new, screened, awaiting_review, reviewed, ineligible "
-                                              "or failed; route urgent, review or none")
+            return error_response(400, "bad request", "state must be new, screened, awaiting_review, reviewed, "
+                                  "ineligible or failed; route urgent, review or none")
         except InfrastructureError as exc:
-            return _error(503, "unavailable", str(exc))
+            return error_response(503, "unavailable", str(exc))
         return JSONResponse(served(WorklistPage, {"items": items}))
 
     async def rates(request: Request) -> Response:
@@ -116,32 +108,32 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
         except InvalidInputError:
             days = 0.0
         if days is not None and days <= 0:
-            return _error(400, "bad request", "days must be a number of days, more than 0")
+            return error_response(400, "bad request", "days must be a number of days, more than 0")
         try:
             summary = await asyncio.to_thread(get_service().worklist.flag_rates, days=days)
         except InfrastructureError as exc:
-            return _error(503, "unavailable", str(exc))
+            return error_response(503, "unavailable", str(exc))
         return JSONResponse(summary)
 
     async def study(request: Request) -> Response:
         uid = request.path_params["study_uid"]
-        if not _uid_ok(uid):
-            return _error(400, "bad request", "study UID must be a DICOM UID (digits and dots)")
+        if not is_uid(uid):
+            return error_response(400, "bad request", "study UID must be a DICOM UID (digits and dots)")
         found = await asyncio.to_thread(get_service().worklist.study, uid, actor=actor_of(request))
         if found is None:
-            return _error(404, "not found", "no result for this study")
+            return error_response(404, "not found", "no result for this study")
         return JSONResponse(served(StudyView, found))
 
     async def reviews(request: Request) -> Response:
         uid = request.path_params["study_uid"]
-        if not _uid_ok(uid):
-            return _error(400, "bad request", "study UID must be a DICOM UID (digits and dots)")
+        if not is_uid(uid):
+            return error_response(400, "bad request", "study UID must be a DICOM UID (digits and dots)")
         try:
             body: Any = loads_json((await _body(request)).decode("utf-8", errors="replace"))
         except InvalidInputError:
-            return _error(400, "bad request", "the body must be a JSON object {region_id, verdict, reviewer}")
+            return error_response(400, "bad request", "the body must be a JSON object {region_id, verdict, reviewer}")
         if not isinstance(body, dict):
-            return _error(400, "bad request", "the body must be a JSON object {region_id, verdict, reviewer}")
+            return error_response(400, "bad request", "the body must be a JSON object {region_id, verdict, reviewer}")
         try:
             if body.get("verdict") == FIRST_READ_VERDICT:  # on the first read: {finding, label, reviewer}
                 updated = await asyncio.to_thread(get_service().worklist.correct_first_read, uid, body.get("finding"),
@@ -150,20 +142,20 @@ def worklist_routes(get_service: Callable[[], ScreeningService]) -> list[Route]:
                 updated = await asyncio.to_thread(get_service().worklist.add_review, uid, body.get("region_id"),
                                                   body.get("verdict"), body.get("reviewer"), actor=actor_of(request))
         except InvalidInputError as exc:
-            return _error(400, "bad request", str(exc))
+            return error_response(400, "bad request", str(exc))
         except InfrastructureError as exc:
-            return _error(503, "unavailable", str(exc))
+            return error_response(503, "unavailable", str(exc))
         if updated is None:
-            return _error(404, "not found", "no result for this study")
+            return error_response(404, "not found", "no result for this study")
         return JSONResponse(served(StudyView, updated))
 
     async def instance(request: Request) -> Response:
         uid, sop = request.path_params["study_uid"], request.path_params["sop_uid"]
-        if not (_uid_ok(uid) and _uid_ok(sop)):
-            return _error(400, "bad request", "UIDs must be DICOM UIDs (digits and dots)")
+        if not (is_uid(uid) and is_uid(sop)):
+            return error_response(400, "bad request", "UIDs must be DICOM UIDs (digits and dots)")
         found = await asyncio.to_thread(get_service().instance_source, uid, sop)
         if found is None:
-            return _error(404, "not found", "this instance's file is not kept here")
+            return error_response(404, "not found", "this instance's file is not kept here")
         source, member = found  # a local file, or its bytes from the shared storage
         if member is None:
             if isinstance(source, bytes):
