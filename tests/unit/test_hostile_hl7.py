@@ -86,3 +86,21 @@ def test_a_truncated_frame_is_closed_with_a_logged_reason(caplog: pytest.LogCapt
     finally:
         listener.stop()
     assert "closed inside a frame" in caplog.text
+
+
+def test_a_message_the_parser_refuses_is_answered_with_its_own_control_id() -> None:
+    """MSA-2 is how a sender matches an answer to what it sent: a message the parser refuses (its
+    encoding characters repeat one) is answered AR naming its MSH-10, to its MSH-3/4, as it stood."""
+    refused = f"MSH|^^\\&|RIS|HOSP|SR|HOSP|20261128||ORU^R01|CTRL-UNP-7|P|2.5\rPID|1||X||{CANARY_NAME}"
+    with pytest.raises(Exception):  # noqa: B017 - whichever error: the point is that it does not parse
+        parse_message(refused)
+    listener = Hl7Listener("127.0.0.1", 0, lambda report: None)
+    listener.start()
+    try:
+        (reply,) = _exchange(listener.port, [_mllp(refused)])
+    finally:
+        listener.stop()
+    msh, msa = reply.strip(b"\x0b\x1c\r").split(b"\r")[:2]
+    assert msa.startswith(b"MSA|AR|CTRL-UNP-7|")
+    assert msh.split(b"|")[4:6] == [b"RIS", b"HOSP"]
+    assert CANARY_NAME.encode() not in reply

@@ -170,15 +170,19 @@ def _coded_finding(value: str) -> str | None:
     return None
 
 
-def msh_fields(message: hl7.Message | None) -> list[str]:
+def msh_fields(message: hl7.Message | str | None) -> list[str]:
     """The raw MSH fields, HL7-numbered (index 1 is the field separator, 3 the sending application,
-    10 the control ID); a short MSH gives a short list, never an error."""
+    10 the control ID); a short MSH gives a short list, never an error. ``message`` may be the raw
+    text of a message the parser refused: its first segment is read as it stands."""
     if message is None:
         return []
-    try:
-        text = str(message.segment("MSH"))
-    except Exception:  # noqa: BLE001 - hl7 raises KeyError/IndexError on a malformed message
-        return []
+    if isinstance(message, str):
+        text = _normalise(message[:_MAX_MESSAGE_CHARS]).split("\r", 1)[0]
+    else:
+        try:
+            text = str(message.segment("MSH"))
+        except Exception:  # noqa: BLE001 - hl7 raises KeyError/IndexError on a malformed message
+            return []
     if not text.startswith("MSH") or len(text) < 4:
         return []
     separator = text[3]
@@ -216,11 +220,12 @@ def _digest(text: str) -> str:
     return hashlib.sha256(_normalise(text).encode("utf-8", errors="replace")).hexdigest()
 
 
-def ack(message: hl7.Message | None, code: str, text: str = "") -> bytes:
-    """An ACK (``AA``) or NAK (``AE``/``AR``) for ``message``, as bytes ready for MLLP framing.
-    ``text`` (never patient data) goes to MSA-3. Built from whatever MSH fields are present, so a
-    short or malformed MSH still gets an answer; the sender's fields are echoed only where HL7 needs
-    them (MSH-5/6, MSA-2), stripped of separators."""
+def ack(message: hl7.Message | str | None, code: str, text: str = "") -> bytes:
+    """An ACK (``AA``) or NAK (``AE``/``AR``) for ``message`` (parsed, or the raw text of one the
+    parser refused), as bytes ready for MLLP framing. ``text`` (never patient data) goes to MSA-3.
+    Built from whatever MSH fields are present, so a short or malformed MSH still gets an answer that
+    names its control ID (MSA-2) for the sender to match; the sender's fields are echoed only where
+    HL7 needs them (MSH-5/6, MSA-2), stripped of separators."""
     fields = msh_fields(message)
 
     def field(index: int, default: str = "", size: int = 64) -> str:
@@ -354,15 +359,16 @@ class Hl7Listener:
         else:
             rejection = "" if control_id(message) else "message control ID (MSH-10) is missing"
         key = message_key(text)
+        reply_to = message if message is not None else text  # a refused message's MSH, as it stands
         with self._lock:
             answered = self._answered.get(key)
             if answered is not None:
                 self._answered.move_to_end(key)
                 logger.info("HL7 message resent; answered again without storing it")
-                return ack(message, *answered)
+                return ack(reply_to, *answered)
             if self.ledger is None:  # one message at a time: a resend racing its original is not stored twice
-                return ack(message, *self._remember(key, self._first_answer(report, rejection)))
-        return ack(message, *self._answer_once(self.ledger, key, _digest(text), report, rejection))
+                return ack(reply_to, *self._remember(key, self._first_answer(report, rejection)))
+        return ack(reply_to, *self._answer_once(self.ledger, key, _digest(text), report, rejection))
 
     def _answer_once(self, ledger: MessageLedger, key: tuple[str, str, str], digest: str,
                      report: ReportIn | None, rejection: str) -> tuple[str, str]:
