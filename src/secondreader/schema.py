@@ -6,7 +6,8 @@ null where it may be null, the closed vocabularies), and the forms built from it
 worklist keeps it (:class:`StoredResult`), as the HTTP API shows a study (:class:`StudyView`), a
 worklist row (:class:`WorklistItem`) and an audit row (:class:`AuditRow`). The HTTP layer sends
 results through them (:func:`served`), so a result that breaks the contract is an error there, not
-a surprise in the viewer.
+a surprise in the viewer; the store and the worklist parse a result through them (:func:`parsed`)
+as it comes in and as it is read back, and read it by attribute.
 
 A key that a producer leaves out when it holds nothing (``source`` of a result with a study UID,
 ``rules`` of an instance without any, the first read's report text where no report came) is
@@ -39,7 +40,7 @@ from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 from .errors import ProcessingError
 
 __all__ = ["AuditRow", "FirstRead", "JobView", "ReportAnswer", "ResultContractError", "StoredResult", "StudyResult",
-           "StudyView", "WorklistItem", "WorklistPage", "result_schema", "served"]
+           "StudyView", "WorklistItem", "WorklistPage", "parsed", "result_schema", "served"]
 
 logger = logging.getLogger(__name__)
 
@@ -425,7 +426,7 @@ _PARTS: tuple[type[_Contract], ...] = (Instance, Priority, Finding, Region, Firs
 #: The contract's own keys and model names: a validation error's location shows only these.
 _KNOWN_KEYS = frozenset(name for model in (*MODELS, *_PARTS) for name in (*model.model_fields, model.__name__))
 
-M = TypeVar("M", bound=_Contract)
+M = TypeVar("M", bound=BaseModel)
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -434,17 +435,23 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) if isinstance(part, int) or part in _KNOWN_KEYS else "*" for part in loc) or "(root)"
 
 
-def served(model: type[M], data: Any) -> dict[str, Any]:
-    """``data`` as ``model`` serves it (validated, and as JSON-able values), or ResultContractError,
-    logged with where the result breaks the contract and how, never a value from it."""
+def parsed(model: type[M], data: Any, *, use: str = "used") -> M:
+    """``data`` as a ``model`` (validated), or ResultContractError, logged with where the result
+    breaks the contract and how, never a value from it (``use``: what is not done with it then)."""
     try:
-        return model.model_validate(data).model_dump(mode="json")
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = sorted({f"{_where(e['loc'])}: {e['type']}" for e in exc.errors(include_input=False,
                                                                                  include_url=False)})
         shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-        logger.error("a %s breaks contract 2 and is not served: %s", model.__name__, shown)
+        logger.error("a %s breaks contract 2 and is not %s: %s", model.__name__, use, shown)
         raise ResultContractError(f"a {model.__name__} breaks contract 2 ({len(problems)} problem(s))") from None
+
+
+def served(model: type[M], data: Any) -> dict[str, Any]:
+    """``data`` as ``model`` serves it (validated, and as JSON-able values), or ResultContractError
+    (see :func:`parsed`)."""
+    return parsed(model, data, use="served").model_dump(mode="json")
 
 
 def main() -> None:
