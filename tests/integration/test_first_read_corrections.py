@@ -37,9 +37,11 @@ def _result(uid: str) -> dict[str, Any]:
                      {"code": "nodule", "probability": 0.1, "positive": False, "operating_point": 0.5,
                       "model": "cxr-nodule@1.0.0"}],
         "regions": [{"id": "pneumonia-1", "finding": "pneumonia", "score": 0.9, "sop_instance_uid": sop, "frame": 1,
-                     "bbox": [10, 10, 20, 30], "centroid": [15, 20], "area_mm2": 12.0}],
+                     "bbox": [10, 10, 20, 30], "centroid": [15.0, 20.0], "area_mm2": 12.0, "area_px": 200}],
         "first_read": {"status": "none", "labels": {}, "discordant": []},
-        "artifacts": {"heatmaps": [], "dicom": []}, "timing_ms": {},
+        "artifacts": {"heatmaps": [], "dicom": [], "status": "none"},
+        "timing_ms": {"load": 1.0, "preprocess": 1.0, "inference": 1.0, "postprocess": 1.0, "encode": 0.0,
+                      "total": 4.0},
     }
 
 

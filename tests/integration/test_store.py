@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
+from secondreader import schema
 from secondreader.errors import StoreError
 from secondreader.store import Store
+
+from ..unit.test_result_schema import UID, _screened
 
 
 def _result(uid: str, score: int, sops: list[str]) -> dict:  # type: ignore[type-arg]
@@ -21,7 +25,9 @@ def _result(uid: str, score: int, sops: list[str]) -> dict:  # type: ignore[type
         "findings": [{"code": "pneumonia", "probability": score / 100, "positive": score >= 50,
                       "operating_point": 0.5, "model": "cxr-pneumonia@1.0.0"}],
         "regions": [], "first_read": {"status": "none", "labels": {}, "discordant": []},
-        "artifacts": {"heatmaps": [], "dicom": []}, "timing_ms": {},
+        "artifacts": {"heatmaps": [], "dicom": [], "status": "none"},
+        "timing_ms": {"load": 1.0, "preprocess": 1.0, "inference": 1.0, "postprocess": 1.0, "encode": 0.0,
+                      "total": 4.0},
     }
 
 
@@ -40,6 +46,39 @@ def test_results_survive_a_new_store_object_and_replace_the_latest(store: Store)
     assert again.results_count("1.2.3") == 2
     assert again.get_study("9.9.9") is None
     again.engine.dispose()
+
+
+def _kept(store: Store, uid: str) -> list[str]:
+    """The study's latest result and its history entries, as the database holds them (JSON text)."""
+    with store.engine.connect() as c:
+        rows = [c.execute(text("select result from studies where study_instance_uid = :u"), {"u": uid}).scalar_one(),
+                *c.execute(text("select result from results where study_instance_uid = :u order by id"),
+                           {"u": uid}).scalars()]
+    return [json.dumps(r if isinstance(r, dict) else json.loads(r)) for r in rows]
+
+
+@pytest.mark.parametrize("form", ["pipeline", "typed", "json"])
+def test_a_result_is_taken_typed_and_kept_as_its_producer_wrote_it(store: Store, form: str) -> None:
+    """The pipeline's result, contract 2's typed model or its JSON: the same JSON is kept, byte for
+    byte, and read back typed (a result saved outside the worklist: its AI priority is its own)."""
+    produced = _screened()
+    data = json.loads(json.dumps(produced.to_json()))
+    given = {"pipeline": produced, "typed": schema.StudyResult.model_validate(data), "json": data}[form]
+    store.save_result(given)
+    assert _kept(store, UID) == [json.dumps(data)] * 2
+    typed = store.study_result(UID)
+    assert isinstance(typed, schema.StoredResult) and typed.ai_priority == typed.priority
+    assert typed.findings[0].probability == data["findings"][0]["probability"] and typed.regions[0].id == "nodule-1"
+    assert store.study_result("9.9.9") is None
+
+
+def test_a_result_that_breaks_the_contract_is_not_kept(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    data = _screened().to_json()
+    data["findings"][0]["probability"] = 1.5
+    with pytest.raises(schema.ResultContractError):
+        store.save_result(data)
+    assert store.get_study(UID) is None
+    assert "findings.0.probability" in caplog.text and "1.5" not in caplog.text
 
 
 def test_jobs_lifecycle_and_restart_recovery(store: Store, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import text
 
+from secondreader import schema
 from secondreader.errors import InvalidInputError
 from secondreader.reports.firstread import ReportIn
 from secondreader.reports.labeler import Label
@@ -25,6 +26,7 @@ from secondreader.worklist.routing import RoutingRules
 from secondreader.worklist.states import InvalidTransition, State, check_transition
 
 from ..conftest import CANARY_NAME
+from ..unit.test_result_schema import UID, _screened
 
 
 def _uid() -> str:
@@ -51,10 +53,12 @@ def _result(uid: str, probability: float, *, urgent: bool = False, regions: int 
             {"code": "nodule", "probability": 0.1, "positive": False, "operating_point": 0.5,
              "model": "cxr-nodule@1.0.0"}],
         "regions": [{"id": f"pneumonia-{i + 1}", "finding": "pneumonia", "score": probability, "sop_instance_uid": sop,
-                     "frame": 1, "bbox": [10 * i, 10, 10 * i + 8, 30], "centroid": [10 * i + 4, 20],
-                     "area_mm2": 12.0} for i in range(regions if status == "screened" else 0)],
+                     "frame": 1, "bbox": [10 * i, 10, 10 * i + 8, 30], "centroid": [10.0 * i + 4, 20.0],
+                     "area_mm2": 12.0, "area_px": 160} for i in range(regions if status == "screened" else 0)],
         "first_read": {"status": "none", "labels": {}, "discordant": []},
-        "artifacts": {"heatmaps": [], "dicom": []}, "timing_ms": {},
+        "artifacts": {"heatmaps": [], "dicom": [], "status": "none"},
+        "timing_ms": {"load": 1.0, "preprocess": 1.0, "inference": 1.0, "postprocess": 1.0, "encode": 0.0,
+                      "total": 4.0},
     }
 
 
@@ -76,6 +80,30 @@ def test_ai_positive_without_a_report_awaits_review_with_provisional_triage(stor
     negative = _uid()
     assert worklist.record_result(_result(negative, 0.2))["priority"]["rule"] == "ai-negative"
     assert worklist.study(negative)["state"] == "screened"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("form", ["pipeline", "typed"])
+def test_the_worklist_takes_the_typed_result(store: Store, form: str) -> None:
+    """The pipeline's result (its accession number matches the first read) or contract 2's typed
+    model: kept as the pipeline wrote it, plus the AI's priority, byte for byte."""
+    produced = _screened()
+    produced.accession_number = "ACC-TYPED"
+    data = json.loads(json.dumps(produced.to_json()))
+    worklist = Worklist(store)
+    if form == "pipeline":
+        worklist.record_result(produced)
+    else:
+        worklist.record_result(schema.StudyResult.model_validate(data), accession_number="ACC-TYPED")
+    with store.engine.connect() as c:
+        kept = c.execute(text("select result from results where study_instance_uid = :u"), {"u": UID}).scalar_one()
+    kept = kept if isinstance(kept, dict) else json.loads(kept)
+    assert json.dumps(kept) == json.dumps({**data, "ai_priority": data["priority"]})
+    (study,) = worklist.add_report(ReportIn(None, "ACC-TYPED", "No nodule. No effusion."), actor="t").studies
+    assert study["first_read"]["discordant"] == ["nodule"] and study["priority"]["rule"] == "discordant-urgent"
+    (item,) = worklist.items()
+    assert item["ai_priority"] == data["priority"] and item["regions"] == 1
+    assert [(f["code"], f["mode"], f["applicable"]) for f in item["findings"]] == [
+        ("nodule", "live", True), ("pneumonia", "live", False), ("effusion", "shadow", True)]
 
 
 def test_a_report_before_the_images_is_kept_and_applied_when_they_arrive(store: Store) -> None:
@@ -293,7 +321,7 @@ def test_findings_that_do_not_route_neither_discord_nor_hold_up_the_review(store
     result["findings"][1].update(probability=0.95, positive=True, routes=False)  # an unvalidated nodule model
     result["regions"].append({"id": "nodule-1", "finding": "nodule", "score": 0.95,
                               "sop_instance_uid": uid + ".1", "frame": 1, "bbox": [1, 1, 5, 5],
-                              "centroid": [3, 3], "area_mm2": 1.0})
+                              "centroid": [3.0, 3.0], "area_mm2": 1.0, "area_px": 16})
     worklist.record_result(result)
     (study,) = worklist.add_report(ReportIn(uid, None, "Right basal consolidation."), actor="t").studies
     assert study["first_read"]["discordant"] == [] and study["priority"]["rule"] == "concordant"

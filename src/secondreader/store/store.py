@@ -2,18 +2,22 @@
 
 Every method is one short transaction. Database failures surface as ``StoreError`` with a message
 that names the operation, never a value.
+
+Study results cross this boundary typed (contract 2's :mod:`secondreader.schema` models): a result
+coming in is parsed once (:func:`kept_result`) and read by attribute, while the JSON kept for it is
+what its producer wrote, byte for byte; a result read back is parsed once (:func:`stored_result`).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
@@ -24,6 +28,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import StoreConflictError, StoreError
+from ..schema import StoredResult, StudyResult, parsed
 from .models import (
     Hl7Message,
     InboundInstance,
@@ -37,7 +42,15 @@ from .models import (
     utcnow,
 )
 
-__all__ = ["JOB_STATES", "Hl7Claim", "JobRecord", "OutboxItem", "Store", "write_result"]
+if TYPE_CHECKING:
+    from ..results import StudyResult as PipelineResult
+
+    #: A study result as the store and the worklist take it: contract 2's typed model, the
+    #: pipeline's value object, or its JSON (a mapping, validated into the model on the way in).
+    ResultInput = StudyResult | PipelineResult | Mapping[str, Any]
+
+__all__ = ["JOB_STATES", "Hl7Claim", "JobRecord", "KeptResult", "OutboxItem", "Store", "kept_result", "stored_result",
+           "write_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -321,14 +334,22 @@ class Store:
             return [_job_record(j) for j in rows]
 
     # -- results ------------------------------------------------------------------------------
-    def save_result(self, result: dict[str, Any]) -> None:
+    def save_result(self, result: ResultInput) -> None:
         """Store a study result (contract 2) as the study's latest, plus its instances and history."""
-        self.retrying("save a result", lambda s: write_result(s, result))
+        kept = kept_result(result)
+        self.retrying("save a result", lambda s: write_result(s, kept))
 
     def get_study(self, study_uid: str) -> dict[str, Any] | None:
+        """The study's latest result as kept (its JSON)."""
         with self._session("read a study") as s:
             study = s.get(Study, study_uid)
             return None if study is None else dict(study.result)
+
+    def study_result(self, study_uid: str) -> StoredResult | None:
+        """The study's latest result, typed (:func:`stored_result`)."""
+        with self._session("read a study") as s:
+            study = s.get(Study, study_uid)
+            return None if study is None else stored_result(study.result)
 
     def results_count(self, study_uid: str) -> int:
         with self._session("count results") as s:
@@ -612,37 +633,67 @@ def _is_conflict(exc: SQLAlchemyError) -> bool:
     return False
 
 
-def write_result(s: Session, result: dict[str, Any], *, job_id: str | None = None) -> Study:
-    """Write ``result`` as its study's latest (and into the history) inside session ``s``. A result
-    of ``job_id`` replaces that job's earlier history entry for the study, if any: a job run again
-    after the service was killed mid-way computes the same screening once more, not a new one."""
-    uid = result.get("study_instance_uid")
+@dataclass(frozen=True, slots=True)
+class KeptResult:
+    """A study result at the store's boundary, parsed once: ``result``, contract 2's typed model
+    (read by attribute), and ``data``, the JSON kept for it: what its producer wrote, byte for byte
+    (``to_json()`` of the pipeline's result, the mapping given, or the typed model's own dump)."""
+
+    result: StudyResult
+    data: dict[str, Any]
+
+
+def kept_result(result: ResultInput) -> KeptResult:
+    """``result`` typed, with the JSON to keep for it; ResultContractError (logged with where, never
+    a value) when it breaks contract 2."""
+    if isinstance(result, StudyResult):
+        return KeptResult(result, result.model_dump(mode="json"))
+    data = dict(result) if isinstance(result, Mapping) else result.to_json()
+    return KeptResult(parsed(StudyResult, data, use="stored"), data)
+
+
+def stored_result(data: Mapping[str, Any]) -> StoredResult:
+    """A kept result (a study's latest, or a history entry), typed: parsed once, here. One kept
+    before the worklist routed it (before migration 0003, or saved by :meth:`Store.save_result`)
+    has no ``ai_priority``: the AI's priority is then its ``priority``. Older findings' mode,
+    routes and scope take the model's defaults (live, routing, applicable)."""
+    if "ai_priority" not in data:
+        data = {**data, "ai_priority": data["priority"]}
+    return parsed(StoredResult, data, use="read")
+
+
+def write_result(s: Session, kept: KeptResult, *, job_id: str | None = None) -> Study:
+    """Write ``kept`` (its JSON) as its study's latest (and into the history) inside session ``s``.
+    A result of ``job_id`` replaces that job's earlier history entry for the study, if any: a job
+    run again after the service was killed mid-way computes the same screening once more, not a
+    new one."""
+    result = kept.result
+    uid = result.study_instance_uid
     if not uid:
         raise ValueError("only results with a Study Instance UID are stored")
-    priority = result["priority"]
-    models = ",".join(sorted({f["model"] for f in result.get("findings", [])}))
+    models = ",".join(sorted({f.model for f in result.findings}))
     study = s.get(Study, uid)
     if study is None:
         study = Study(study_instance_uid=uid)
         s.add(study)
-    study.status = result["status"]
-    study.priority_score = int(priority["score"])
-    study.route = priority["route"]
-    study.rule = priority["rule"]
-    study.result = result
+    study.status = result.status
+    study.priority_score = result.priority.score
+    study.route = result.priority.route
+    study.rule = result.priority.rule
+    study.result = kept.data
     s.flush()
-    for inst in result.get("instances", []):
-        sop = inst.get("sop_instance_uid")
-        if not sop or inst["status"] == "duplicate":
+    for inst in result.instances:
+        sop = inst.sop_instance_uid
+        if not sop or inst.status == "duplicate":
             continue
         row = s.get(Instance, sop)
         if row is None:
             row = Instance(sop_instance_uid=sop, study_instance_uid=uid)
             s.add(row)
-        row.source, row.status, row.reason = inst["source"], inst["status"], inst.get("reason")
+        row.source, row.status, row.reason = inst.source, inst.status, inst.reason
     if job_id is not None:  # removed and added again: the newest entry stays the one with the highest id
         s.execute(delete(Result).where(Result.study_instance_uid == uid, Result.job_id == job_id))
-    s.add(Result(study_instance_uid=uid, models=models, result=result, job_id=job_id))
+    s.add(Result(study_instance_uid=uid, models=models, result=kept.data, job_id=job_id))
     return study
 
 

@@ -4,6 +4,12 @@ Every change to a study (a new result, a first read, a verdict) happens in one t
 locks the study's row, so a report arriving while its images are being screened is never lost or
 applied twice. The study's result JSON (contract 2) is kept up to date: ``priority`` is the routed
 priority, ``ai_priority`` the AI's alone, ``first_read`` the report compared with the findings.
+
+Results come in typed (:data:`secondreader.store.store.ResultInput`: contract 2's model, the
+pipeline's value object, or its JSON, validated on the way in) and a kept result is read back
+through the store's boundary (:func:`~secondreader.store.store.stored_result`): fields are read by
+attribute. What is written into a kept result's JSON is only the keys that change, so the rest of
+it stays as its producer wrote it.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
@@ -25,11 +32,18 @@ from ..errors import InvalidInputError, InvalidReportError
 from ..logsafe import study_key
 from ..reports.firstread import Correction, FirstRead, ReportIn, interpret
 from ..reports.labeler import FINDING_TERMS, Label
+from ..schema import Artifacts, CorrectionEntry, StudyStatus, WorklistFinding, WorklistFirstRead, WorklistItem, parsed
+from ..schema import Finding as ResultFinding
+from ..schema import Priority as PriorityJson
+from ..schema import State as StateName
 from ..scoring.priority import Priority, Route
 from ..store.models import AuditEvent, Finding, FirstReadRow, Instance, RegionRow, Result, Review, Study, utcnow
-from ..store.store import Store, write_result
+from ..store.store import KeptResult, Store, kept_result, stored_result, write_result
 from .routing import RoutingRules, Situation, load_rules
 from .states import State, check_transition
+
+if TYPE_CHECKING:
+    from ..store.store import ResultInput
 
 __all__ = ["FIRST_READ_VERDICT", "VERDICTS", "Worklist"]
 
@@ -52,6 +66,19 @@ def _iso(moment: datetime) -> str:
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _priority_json(priority: Priority) -> PriorityJson:
+    return PriorityJson(score=priority.score, route=priority.route.value, rule=priority.rule)
+
+
+class _KeptFindings(BaseModel):
+    """Only the findings of a kept result, typed (the flag rates read every screened study's: the
+    rest of each result is not parsed)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    findings: list[ResultFinding]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,24 +107,28 @@ class Worklist:
         self.rules = rules or load_rules()
 
     # -- results ------------------------------------------------------------------------------
-    def record_result(self, result: Mapping[str, Any], *, accession_number: str | None = None,
+    def record_result(self, result: ResultInput, *, accession_number: str | None = None,
                       files: Mapping[str, tuple[str, str | None]] | None = None,
                       actor: str = "screening", job_id: str | None = None) -> dict[str, Any]:
         """Store a new result for its study, route it with the latest first read, and return it (a
-        result of ``job_id`` replaces that job's earlier history entry: see :func:`write_result`)."""
-        data = dict(result)
-        uid = data.get("study_instance_uid")
+        result of ``job_id`` replaces that job's earlier history entry: see :func:`write_result`).
+        ``result``: contract 2's typed model, the pipeline's result (its accession number is the
+        default of ``accession_number``) or its JSON; ResultContractError when it breaks contract 2."""
+        kept = kept_result(result)
+        typed = kept.result
+        uid = typed.study_instance_uid
         if not uid:
             raise ValueError("only results with a Study Instance UID go on the worklist")
-        data["ai_priority"] = dict(data["priority"])
+        if accession_number is None:
+            accession_number = getattr(result, "accession_number", None)
+        data = {**kept.data, "ai_priority": typed.priority.model_dump(mode="json")}
 
         def save(s: Session) -> dict[str, Any]:
             existing = self._lock(s, uid)
-            if existing is not None and existing.result.get("ai_priority") is None:
-                existing.result = {**existing.result, "ai_priority": dict(existing.result["priority"])}
-            if existing is not None and existing.result.get(_CORRECTIONS):
-                data[_CORRECTIONS] = list(existing.result[_CORRECTIONS])  # a re-screen keeps them
-            study = write_result(s, data, job_id=job_id)
+            corrections = stored_result(existing.result).first_read_corrections if existing is not None else []
+            if corrections:  # a re-screen keeps them
+                data[_CORRECTIONS] = [c.model_dump(mode="json") for c in corrections]
+            study = write_result(s, KeptResult(typed, data), job_id=job_id)
             if accession_number:
                 study.accession_number = accession_number[:64]
             for sop, (path, member) in (files or {}).items():
@@ -106,15 +137,15 @@ class Worklist:
                     row.path, row.member = path, member
             s.execute(delete(Finding).where(Finding.study_instance_uid == uid))
             s.execute(delete(RegionRow).where(RegionRow.study_instance_uid == uid))
-            for f in data.get("findings", []):
-                if f.get("probability") is None:  # not applicable to this study: nothing was computed
+            for f in typed.findings:
+                if f.probability is None:  # not applicable to this study: nothing was computed
                     continue
-                s.add(Finding(study_instance_uid=uid, code=f["code"], probability=f["probability"],
-                              positive=f["positive"], operating_point=f["operating_point"], model=f["model"]))
-            for r in data.get("regions", []):
-                s.add(RegionRow(study_instance_uid=uid, region_id=r["id"], finding=r["finding"], score=r["score"],
-                                sop_instance_uid=r["sop_instance_uid"], frame=r["frame"], bbox=list(r["bbox"]),
-                                centroid=list(r["centroid"]), area_mm2=r.get("area_mm2")))
+                s.add(Finding(study_instance_uid=uid, code=f.code, probability=f.probability,
+                              positive=f.positive, operating_point=f.operating_point, model=f.model))
+            for r in typed.regions:
+                s.add(RegionRow(study_instance_uid=uid, region_id=r.id, finding=r.finding, score=r.score,
+                                sop_instance_uid=r.sop_instance_uid, frame=r.frame, bbox=list(r.bbox),
+                                centroid=list(r.centroid), area_mm2=r.area_mm2))
             self._route(s, study, self._latest_first_read(s, uid, study.accession_number))
             s.add(AuditEvent(actor=actor, action="screened", study_key=study_key(uid),
                              detail={"status": study.status, "route": study.route, "rule": study.rule}))
@@ -123,9 +154,10 @@ class Worklist:
         # two results of a study not stored yet can race (a PACS re-sends it while it is screened)
         return self.store.retrying("save a result", save)
 
-    def record_artifacts(self, study_uid: str, artifacts: Mapping[str, Any], *, encode_ms: float) -> None:
+    def record_artifacts(self, study_uid: str, artifacts: Artifacts | Mapping[str, Any], *, encode_ms: float) -> None:
         """The files a study's outputs were written to, once written (``artifacts`` of contract 2, with
         its ``status``), into its latest result and that result's history entry."""
+        written = parsed(Artifacts, artifacts, use="recorded").model_dump(mode="json")
         with self.store.transaction("record written outputs") as s:
             study = self._lock(s, study_uid)
             if study is None:
@@ -135,8 +167,8 @@ class Worklist:
             for row in (study, latest):
                 if row is None:
                     continue
-                timing = {**row.result.get("timing_ms", {}), "encode": round(encode_ms, 1)}
-                row.result = {**row.result, "artifacts": dict(artifacts), "timing_ms": timing}
+                timing = stored_result(row.result).timing_ms.model_copy(update={"encode": round(encode_ms, 1)})
+                row.result = {**row.result, "artifacts": dict(written), "timing_ms": timing.model_dump(mode="json")}
 
     # -- first reads --------------------------------------------------------------------------
     def add_report(self, report: ReportIn, *, actor: str) -> ReportOutcome:
@@ -191,13 +223,14 @@ class Worklist:
                                                        RegionRow.region_id == region_id)).first()
             if region is None:
                 raise InvalidInputError("region_id is not one of this study's regions")
-            model = next((f["model"] for f in study.result.get("findings", []) if f["code"] == region.finding), "")
+            findings = stored_result(study.result).findings
+            model = next((f.model for f in findings if f.code == region.finding), "")
             s.add(Review(study_instance_uid=study_uid, region_id=region_id, finding=region.finding, verdict=verdict,
                          reviewer=reviewer.strip(), sop_instance_uid=region.sop_instance_uid, frame=region.frame,
                          bbox=list(region.bbox), model=model, at=utcnow()))
             s.flush()
             reviewed = set(s.scalars(select(Review.region_id).where(Review.study_instance_uid == study_uid)))
-            routing = {f["code"] for f in study.result.get("findings", []) if f.get("routes", True)}
+            routing = {f.code for f in findings if f.routes}
             regions = set(s.scalars(select(RegionRow.region_id).where(RegionRow.study_instance_uid == study_uid,
                                                                       RegionRow.finding.in_(routing))))
             if regions <= reviewed and study.state == State.AWAITING_REVIEW.value:
@@ -233,16 +266,18 @@ class Worklist:
             if study is None:
                 return None
             row = self._latest_first_read(s, study_uid, study.accession_number)
-            first_read = study.result.get("first_read") or _NO_FIRST_READ
-            if row is None or first_read.get("status", "none") == "none":
+            stored = stored_result(study.result)
+            first_read = stored.first_read
+            if row is None or first_read.status == "none":
                 raise InvalidInputError("this study has no first read to correct")
-            if not isinstance(finding, str) or finding not in first_read.get("labels", {}):
+            if not isinstance(finding, str) or finding not in first_read.labels:
                 raise InvalidInputError("finding must be one of the first read's labelled findings: "
-                                        f"{', '.join(sorted(first_read.get('labels', {})))}")
-            read = first_read.get("labeler", {}).get(finding) or first_read["labels"][finding]
-            entry = {"finding": finding, "label": corrected.value, "labeler_label": read,
-                     "reviewer": reviewer.strip(), "at": _iso(utcnow()), "first_read_id": row.id}
-            study.result = {**study.result, _CORRECTIONS: [*study.result.get(_CORRECTIONS, []), entry]}
+                                        f"{', '.join(sorted(first_read.labels))}")
+            read = first_read.labeler.get(finding) or first_read.labels[finding]
+            entry = CorrectionEntry(finding=finding, label=corrected.value, labeler_label=read,
+                                    reviewer=reviewer.strip(), at=_iso(utcnow()), first_read_id=row.id)
+            corrections = [c.model_dump(mode="json") for c in [*stored.first_read_corrections, entry]]
+            study.result = {**study.result, _CORRECTIONS: corrections}
             self._route(s, study, row)
             s.add(AuditEvent(actor=reviewer.strip()[:128], action="first_read_review", study_key=study_key(study_uid),
                              detail={"finding": finding, "verdict": FIRST_READ_VERDICT, "labeler_label": read,
@@ -273,31 +308,14 @@ class Worklist:
                 stmt = stmt.where(Study.state == state)
             rows = list(s.scalars(stmt.order_by(Study.priority_score.desc(), Study.created_at).limit(10 * limit)))
             now = utcnow()
-            items = []
+            routed = []
             for study in rows:
                 priority, waited = self._effective(study, now)
-                if route is not None and priority.route.value != route:
-                    continue
-                result = study.result
-                first_read = result.get("first_read") or _NO_FIRST_READ
-                items.append({
-                    "study_instance_uid": study.study_instance_uid,
-                    "study_key": study_key(study.study_instance_uid),
-                    "state": study.state,
-                    "status": study.status,
-                    "priority": {"score": priority.score, "route": priority.route.value, "rule": priority.rule},
-                    "ai_priority": result.get("ai_priority", result["priority"]),
-                    "waiting_seconds": int(waited),
-                    "received_at": _iso(study.created_at),
-                    "first_read": {"status": first_read["status"], "discordant": list(first_read["discordant"])},
-                    "findings": [{"code": f["code"], "probability": f["probability"], "positive": f["positive"],
-                                  "routes": f.get("routes", True), "mode": f.get("mode", "live"),
-                                  "applicable": f.get("applicable", True)} for f in result.get("findings", [])],
-                    "regions": len(result.get("regions", [])),
-                    "modality": result.get("modality"),
-                })
-            items.sort(key=lambda i: (-i["priority"]["score"], i["received_at"]))
-            return items[:limit]
+                if route is None or priority.route.value == route:
+                    routed.append((study, priority, waited, _iso(study.created_at)))
+            routed.sort(key=lambda r: (-r[1].score, r[3]))
+            return [self._item(study, priority, waited, received)
+                    for study, priority, waited, received in routed[:limit]]
 
     def flag_rates(self, *, days: float | None = None) -> dict[str, Any]:
         """Per model, finding and mode: how many screened studies the model applied to, how many it
@@ -315,17 +333,17 @@ class Worklist:
                 stmt = stmt.where(Study.created_at >= since)
             for result in s.scalars(stmt.execution_options(yield_per=500)):
                 screened += 1
-                for f in result.get("findings", []):
-                    name, _, version = str(f.get("model", "")).partition("@")
-                    group = groups.setdefault((name, str(f.get("code")), str(f.get("mode", "live"))), {
-                        "model": name, "finding": str(f.get("code")), "mode": str(f.get("mode", "live")),
+                for f in parsed(_KeptFindings, result, use="read").findings:
+                    name, _, version = f.model.partition("@")
+                    group = groups.setdefault((name, f.code, f.mode), {
+                        "model": name, "finding": f.code, "mode": f.mode,
                         "versions": set(), "screened": 0, "flagged": 0, "not_applicable": 0})
                     group["versions"].add(version)
-                    if f.get("applicable", True) is False:
+                    if not f.applicable:
                         group["not_applicable"] += 1
                         continue
                     group["screened"] += 1
-                    group["flagged"] += int(bool(f.get("positive")))
+                    group["flagged"] += int(f.positive)
         rates = []
         for key in sorted(groups):
             group = groups[key]
@@ -408,31 +426,30 @@ class Worklist:
         return s.scalars(stmt.limit(1)).first()
 
     def _route(self, s: Session, study: Study, row: FirstReadRow | None) -> None:
-        result = dict(study.result)
-        ai = result.get("ai_priority") or result["priority"]
-        ai_priority = Priority(int(ai["score"]), Route(ai["route"]), str(ai["rule"]))
-        findings = result.get("findings", [])
+        stored = stored_result(study.result)
+        ai = stored.ai_priority
+        ai_priority = Priority(ai.score, Route(ai.route), ai.rule)
+        findings = stored.findings
         # a study without findings (failed, ineligible) still shows what its report says
-        codes = [f["code"] for f in findings] or sorted(FINDING_TERMS)
+        codes = [f.code for f in findings] or sorted(FINDING_TERMS)
         first_read: FirstRead | None = None
         if row is not None:
             report = ReportIn(row.study_instance_uid, row.accession_number, row.text,
                               {k: Label(v) for k, v in (row.labels or {}).items()}, row.source)
             received = _iso(row.received_at)
-            corrections = {c["finding"]: Correction(c["finding"], Label(c["label"]), Label(c["labeler_label"]),
-                                                    c["reviewer"], c["at"])
-                           for c in result.get(_CORRECTIONS, []) if c.get("first_read_id") == row.id}
+            corrections = {c.finding: Correction(c.finding, Label(c.label), Label(c.labeler_label), c.reviewer, c.at)
+                           for c in stored.first_read_corrections if c.first_read_id == row.id}
             try:
-                first_read = interpret(report, codes, {f["code"] for f in findings
-                                                       if f["positive"] and f.get("routes", True)},
+                first_read = interpret(report, codes, {f.code for f in findings if f.positive and f.routes},
                                        received_at=received, corrections=corrections)
             except InvalidReportError:  # pragma: no cover - validated on the way in
                 first_read = None
         situation = Situation(status=study.status, ai=ai_priority, report=first_read is not None,
                               discordant=bool(first_read and first_read.discordant))
         priority = self.rules.route(situation)
-        result["ai_priority"] = dict(ai)
-        result["priority"] = {"score": priority.score, "route": priority.route.value, "rule": priority.rule}
+        result = dict(study.result)  # only the keys routing decides are written: the rest stays as kept
+        result["ai_priority"] = ai.model_dump(mode="json")
+        result["priority"] = _priority_json(priority).model_dump(mode="json")
         result["first_read"] = first_read.to_json() if first_read else dict(_NO_FIRST_READ)
         study.result = result
         study.priority_score, study.route, study.rule = priority.score, priority.route.value, priority.rule
@@ -472,6 +489,27 @@ class Worklist:
         out["reviews"] = [{"region_id": r.region_id, "finding": r.finding, "verdict": r.verdict,
                            "reviewer": r.reviewer, "at": _iso(r.at)} for r in reviews]
         return out
+
+    @staticmethod
+    def _item(study: Study, priority: Priority, waited: float, received_at: str) -> dict[str, Any]:
+        """The study's worklist row (contract 2's :class:`~secondreader.schema.WorklistItem`)."""
+        result = stored_result(study.result)
+        return WorklistItem(
+            study_instance_uid=study.study_instance_uid,
+            study_key=study_key(study.study_instance_uid),
+            state=cast(StateName, study.state),
+            status=cast(StudyStatus, study.status),
+            priority=_priority_json(priority),
+            ai_priority=result.ai_priority,
+            waiting_seconds=int(waited),
+            received_at=received_at,
+            first_read=WorklistFirstRead(status=result.first_read.status,
+                                         discordant=list(result.first_read.discordant)),
+            findings=[WorklistFinding(code=f.code, probability=f.probability, positive=f.positive, routes=f.routes,
+                                      mode=f.mode, applicable=f.applicable) for f in result.findings],
+            regions=len(result.regions),
+            modality=result.modality,
+        ).model_dump(mode="json")
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
