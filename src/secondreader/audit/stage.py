@@ -2,7 +2,10 @@
 first read → for discordant studies only, a second pass with heatmaps for the report's pictures.
 
 This is the work unit of every engine (worker processes, Ray actors); it never raises for a bad
-study: every outcome is a row. A row is a JSON-able dict (the checkpoint stores it as is):
+study: every outcome is a row. A row is built as contract 2's typed
+:class:`~secondreader.schema.AuditRow`, in one place (:func:`_audit_row`, for a screened study and
+for a task that could not be screened alike), and handed on as its JSON (the checkpoint stores it
+as is):
 
 ``key, study_instance_uid, accession_number, study_month, status, reason, source, priority_score,
 route, rule, findings {code: {probability, positive, model, mode, applicable, routes}},
@@ -28,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from PIL import Image
 
@@ -41,6 +44,8 @@ from ..model.predictor import Predictor
 from ..pipeline import ScreeningOptions, display_frames, parse_input, screen_inputs
 from ..reports.firstread import interpret
 from ..results import InstanceStatus, StudyResult
+from ..schema import AuditFinding, AuditImages, AuditRow, BadFile, FindingMode, Label
+from ..scoring.priority import StudyStatus, prioritise
 from .archive import StudyTask, fetch_study
 from .reports import UNKNOWN, assessable_codes
 
@@ -49,6 +54,9 @@ __all__ = ["StageOptions", "StudyAuditor", "failed_row", "finding_codes"]
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 320
+
+#: A row's label of a finding: the report's, or ``unknown`` (it cannot speak to the finding).
+AuditLabel = Label | Literal["unknown"]
 
 
 def finding_codes(predictors: Sequence[Predictor]) -> tuple[str, ...]:
@@ -69,17 +77,55 @@ class StageOptions:
     modes: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Reconciled:
+    """A study's first read against its findings: each code's label (``unknown``: the report cannot
+    speak to it), the discordant codes and the (masked) report sentence behind each."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    discordant: list[str] = field(default_factory=list)
+    evidence: dict[str, str | None] = field(default_factory=dict)
+
+
+def _audit_row(task: StudyTask, key: str, result: StudyResult, *, own: bool, reconciled: _Reconciled,
+               timing_ms: dict[str, float]) -> AuditRow:
+    """The row of one study result of ``task``: what the archive and the reports file say about the
+    study only where the result is the task's ``own`` study."""
+    report = task.report if own else None
+    return AuditRow(
+        key=key,
+        study_instance_uid=result.study_instance_uid,
+        accession_number=task.accession_number if own else None,
+        study_month=task.study_month if own else None,
+        status=StudyStatus(result.status).value,
+        reason=result.reason,
+        source=result.source,
+        priority_score=result.priority.score,
+        route=result.priority.route.value,
+        rule=result.priority.rule,
+        findings={f.code: AuditFinding(probability=round(f.probability, 4) if f.probability is not None else None,
+                                       positive=f.positive, model=f.model, mode=cast(FindingMode, f.mode),
+                                       applicable=f.applicable, routes=f.routes)
+                  for f in result.findings},
+        report="available" if report is not None else "missing",
+        labels=cast(dict[str, AuditLabel], reconciled.labels),
+        discordant=bool(reconciled.discordant),
+        discordant_findings=reconciled.discordant,
+        evidence=reconciled.evidence,
+        images={},
+        instances=len(result.instances),
+        bad_files=[BadFile(source=i.source, reason=i.reason) for i in result.instances
+                   if i.status is InstanceStatus.FAILED],
+        timing_ms=timing_ms,
+    )
+
+
 def failed_row(task: StudyTask, reason: str) -> dict[str, Any]:
-    """The row of a task that could not be screened at all (fetch failed, a worker crashed)."""
-    return {
-        "key": task.key, "study_instance_uid": task.study_instance_uid,
-        "accession_number": task.accession_number, "study_month": task.study_month,
-        "status": "failed", "reason": reason, "source": None, "priority_score": 50, "route": "review",
-        "rule": "screening-failed", "findings": {},
-        "report": "available" if task.report is not None else "missing", "labels": {}, "discordant": False,
-        "discordant_findings": [], "evidence": {}, "images": {}, "instances": 0,
-        "bad_files": [], "timing_ms": {},
-    }
+    """The row of a task that could not be screened at all (fetch failed, a worker crashed): that
+    of a failed result without instances."""
+    failed = StudyResult(task.study_instance_uid, StudyStatus.FAILED, reason, instances=[],
+                         priority=prioritise(StudyStatus.FAILED, []))
+    return _audit_row(task, task.key, failed, own=True, reconciled=_Reconciled(), timing_ms={}).model_dump(mode="json")
 
 
 class StudyAuditor:
@@ -128,66 +174,42 @@ class StudyAuditor:
             for number, result in enumerate(results):
                 own = result.study_instance_uid is not None and result.study_instance_uid == task.study_instance_uid
                 key = task.key if (own or len(results) == 1) else f"{task.key}/{number}"
-                row = self._row(task, key, result)
-                row["timing_ms"]["fetch"] = fetch_ms
-                if row["discordant"] and self.options.images_dir is not None:
+                row = self._row(task, key, result, own)
+                timing = {**row.timing_ms, "fetch": fetch_ms}
+                images: dict[str, AuditImages] = {}
+                if row.discordant and self.options.images_dir is not None:
                     t0 = time.perf_counter()
-                    row["images"] = self._pictures(items, result.study_instance_uid or "", row["discordant_findings"])
-                    row["timing_ms"]["overlay"] = (time.perf_counter() - t0) * 1000.0
-                row["timing_ms"]["total"] = (time.perf_counter() - t_start) * 1000.0
-                row["clock"] = [round(started_at, 3), round(time.time(), 3)]
-                rows.append(row)
+                    images = self._pictures(items, result.study_instance_uid or "", row.discordant_findings)
+                    timing["overlay"] = (time.perf_counter() - t0) * 1000.0
+                timing["total"] = (time.perf_counter() - t_start) * 1000.0
+                clock = [round(started_at, 3), round(time.time(), 3)]
+                row = row.model_copy(update={"images": images, "timing_ms": timing, "clock": clock})
+                rows.append(row.model_dump(mode="json"))
             return rows
         finally:
             if spool is not None:
                 shutil.rmtree(spool, ignore_errors=True)
 
-    def _row(self, task: StudyTask, key: str, result: StudyResult) -> dict[str, Any]:
+    def _row(self, task: StudyTask, key: str, result: StudyResult, own: bool) -> AuditRow:
         t0 = time.perf_counter()
         positive = [f.code for f in result.findings if f.positive and f.routes]  # live models, in scope
-        labels: dict[str, str] = {}
-        evidence: dict[str, str | None] = {}
-        discordant: list[str] = []
-        own = result.study_instance_uid is not None and result.study_instance_uid == task.study_instance_uid
+        reconciled = _Reconciled()
         report = task.report if own else None
         if report is not None and result.status.value == "screened":
             assessable = assessable_codes(report, self.codes)
             first_read = interpret(report, assessable, positive)
-            labels = {c: first_read.labels[c].value if c in first_read.labels else UNKNOWN for c in self.codes}
             discordant = list(first_read.discordant)
-            evidence = {c: redact_report_text(first_read.evidence[c]) if c in first_read.evidence else None
-                        for c in discordant}
+            reconciled = _Reconciled(
+                labels={c: first_read.labels[c].value if c in first_read.labels else UNKNOWN for c in self.codes},
+                discordant=discordant,
+                evidence={c: redact_report_text(first_read.evidence[c]) if c in first_read.evidence else None
+                          for c in discordant})
         timing = {k: round(v, 1) for k, v in result.timing_ms.items() if k != "total"}
         timing["reconcile"] = (time.perf_counter() - t0) * 1000.0
-        return {
-            "key": key,
-            "study_instance_uid": result.study_instance_uid,
-            "accession_number": task.accession_number if own else None,
-            "study_month": task.study_month if own else None,
-            "status": result.status.value,
-            "reason": result.reason,
-            "source": result.source,
-            "priority_score": result.priority.score,
-            "route": result.priority.route.value,
-            "rule": result.priority.rule,
-            "findings": {f.code: {"probability": round(f.probability, 4) if f.probability is not None else None,
-                                  "positive": f.positive, "model": f.model, "mode": f.mode,
-                                  "applicable": f.applicable, "routes": f.routes}
-                         for f in result.findings},
-            "report": "available" if report is not None else "missing",
-            "labels": labels,
-            "discordant": bool(discordant),
-            "discordant_findings": discordant,
-            "evidence": evidence,
-            "images": {},
-            "instances": len(result.instances),
-            "bad_files": [{"source": i.source, "reason": i.reason} for i in result.instances
-                          if i.status is InstanceStatus.FAILED],
-            "timing_ms": timing,
-        }
+        return _audit_row(task, key, result, own=own, reconciled=reconciled, timing_ms=timing)
 
     def _pictures(self, items: Sequence[InputFile | InputProblem], study_uid: str,
-                  codes: Sequence[str]) -> dict[str, dict[str, str]]:
+                  codes: Sequence[str]) -> dict[str, AuditImages]:
         """Second pass with heatmaps (discordant studies only): per discordant code, the overlay
         of the image where the finding scored highest and a plain thumbnail of that image."""
         assert self.options.images_dir is not None
@@ -197,7 +219,7 @@ class StudyAuditor:
         result = next((r for r in screen_inputs(items, explained) if r.study_instance_uid == study_uid), None)
         if result is None:
             return {}
-        pictures: dict[str, dict[str, str]] = {}
+        pictures: dict[str, AuditImages] = {}
         for code in codes:
             regions = [r for r in result.regions if r.region.finding == code]
             overlays = [h for h in result.heatmaps if h.endswith(f"/{code}.png")]
@@ -209,8 +231,8 @@ class StudyAuditor:
             overlay = overlays[0]
             sop = overlay.split("/")[1]
             thumbnail = self._thumbnail(items, sop, images_dir / study_uid / sop / "thumbnail.png")
-            pictures[code] = {"overlay": f"images/{overlay}",
-                              "thumbnail": f"images/{study_uid}/{sop}/thumbnail.png" if thumbnail else ""}
+            pictures[code] = AuditImages(overlay=f"images/{overlay}",
+                                         thumbnail=f"images/{study_uid}/{sop}/thumbnail.png" if thumbnail else "")
         return pictures
 
     def _thumbnail(self, items: Sequence[InputFile | InputProblem], sop: str, target: Path) -> bool:
