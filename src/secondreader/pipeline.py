@@ -2,8 +2,10 @@
 and the audit all call it. This is the only module that knows the order of the steps:
 
 read header → eligibility → decode (Modality LUT, VOI) → window/invert → crop/resize/normalise →
-predict (+ GradCAM) → calibrate → heatmap on the source grid → regions → priority → overlays and
-DICOM outputs (written before the result, or by the caller after it: ``defer_outputs``).
+predict (+ GradCAM) → calibrate → heatmap on the source grid → regions → priority
+(:func:`screen_study`, which writes no file), then the overlays and DICOM outputs, which
+:mod:`secondreader.outputs.writer` writes before the result is returned, or the caller after it
+(``defer_outputs``); a failed input's bytes go to the quarantine.
 
 Each model runs in its mode at the site (``live``, ``shadow``; ``off`` models do not run) and only
 on the instances inside its scope (ages, views, modalities, body parts from the header): a model
@@ -19,6 +21,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,35 +30,33 @@ from pydicom.dataset import Dataset
 from .dicom.eligibility import Eligibility, evaluate
 from .dicom.instance import CxrInstance
 from .dicom.io import (
-    MAX_FILE_BYTES,
     DicomFile,
     InputFile,
     InputProblem,
     StagedInput,
     drop_deferred,
     iter_inputs,
+    quarantine_input,
     read_dataset,
 )
 from .dicom.pixels import decode_display
-from .errors import CorruptPixelDataError, OutputEncodingError, ProcessingError, SecondReaderError
+from .errors import CorruptPixelDataError, ProcessingError, SecondReaderError
 from .explain.heatmap import heatmap_on_source
 from .explain.regions import Region, extract_regions
-from .fileio import atomic_path
 from .logsafe import study_key
 from .model.card import ModelCard, check_shared_findings
 from .model.dense import dense_regions
 from .model.modes import ModelMode
 from .model.predictor import Predictor
-from .outputs.dicom import RegionOutput, build_outputs
-from .outputs.overlay import render_layer, render_overlay, write_png
-from .outputs.provenance import Provenance, SeriesSettings
+from .outputs.provenance import SeriesSettings
+from .outputs.writer import ScreenedFrame, StudyOutputs
 from .preprocessing import GeometryRecord, prepare_frame, window_frame
 from .quarantine import Quarantine
-from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult, WrittenOutputs
+from .results import InstanceResult, InstanceStatus, RegionResult, StudyResult
 from .scoring.priority import FindingResult, Priority, Route, StudyStatus, finding_score, prioritise
 
-__all__ = ["ParsedInput", "ScreeningOptions", "StudyOutputs", "display_frames", "parse_input", "run_study",
-           "screen_inputs", "screen_paths", "screen_pixels"]
+__all__ = ["ParsedInput", "ScreenedStudy", "ScreeningOptions", "StudyOutputs", "display_frames", "parse_input",
+           "run_study", "screen_inputs", "screen_paths", "screen_pixels", "screen_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,11 @@ class ParsedInput:
             self.staged.remove()
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Frame:
+    """One decoded frame: in display units (``windowed``, ``invert``: what windowing it still needs)
+    until :func:`_prepare` windows it."""
+
     sop_instance_uid: str
     frame: int
     display: np.ndarray
@@ -140,10 +144,17 @@ class _Frame:
     windowed: bool
     invert: bool
     dataset: Dataset | None = None
-    probabilities: dict[str, float] = field(default_factory=dict)
-    heat: dict[str, np.ndarray] = field(default_factory=dict)
     #: Models whose scope leaves this frame's instance out: model reference → the reason.
     out_of_scope: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Scores:
+    """What the models gave one frame: a calibrated probability, and a heatmap on the source grid
+    (when explained), per finding code."""
+
+    probabilities: dict[str, float] = field(default_factory=dict)
+    heat: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def parse_input(item: InputFile | InputProblem, *, scratch: Path | None = None) -> ParsedInput:
@@ -202,9 +213,10 @@ def scope_reasons(instance: CxrInstance | None, predictors: Sequence[Predictor])
     return reasons
 
 
-def _decode_frames(parsed: ParsedInput, max_pixels: int) -> list[_Frame]:
+def _decode_frames(parsed: ParsedInput, max_pixels: int, out_of_scope: dict[str, str] | None = None) -> list[_Frame]:
     """Decode one instance to its frames in display units (not yet windowed), from the header
-    :func:`parse_input` read: only the pixel data is read now, once."""
+    :func:`parse_input` read: only the pixel data is read now, once. ``out_of_scope``: the models
+    whose scope leaves the instance out (see :func:`scope_reasons`)."""
     assert parsed.input is not None and parsed.instance is not None
     dicom, parsed.dicom = parsed.dicom, None
     if dicom is None:  # the header was not kept: read it again
@@ -219,9 +231,10 @@ def _decode_frames(parsed: ParsedInput, max_pixels: int) -> list[_Frame]:
     # the header outlives the file (the outputs are written from it later): nothing left unread in it
     drop_deferred(dicom.dataset)
     sop = parsed.instance.sop_instance_uid or ""
+    scope = out_of_scope if out_of_scope is not None else {}
     return [
         _Frame(sop, index + 1, frame, parsed.instance.pixel_spacing_mm, windowed=image.windowed, invert=image.invert,
-               dataset=dicom.dataset if index == 0 else None)
+               dataset=dicom.dataset if index == 0 else None, out_of_scope=scope)
         for index, frame in enumerate(image.frames)
     ]
 
@@ -238,23 +251,89 @@ def display_frames(parsed: ParsedInput, *, max_pixels: int) -> list[np.ndarray]:
     return [window_frame(f.display, windowed=f.windowed, invert=f.invert) for f in _decode_frames(parsed, max_pixels)]
 
 
-_Batch = tuple[list[_Frame], torch.Tensor, list[GeometryRecord]]
+class _Intake(NamedTuple):
+    """Step 1's answer: one outcome per member (in order), the frames of those to screen, where
+    each screened instance's bytes are, and the seconds spent decoding."""
+
+    instances: list[InstanceResult]
+    frames: list[_Frame]
+    files: dict[str, tuple[str, str | None]]
+    load_s: float
 
 
-def _prepare(frames: list[_Frame], predictors: Sequence[Predictor]) -> list[_Batch | None]:
-    """Window/invert each frame in place, then build each model's input batch from the frames in
-    its scope (``None``: the model applies to none of them and will not run)."""
-    for frame in frames:
-        frame.display = window_frame(frame.display, windowed=frame.windowed, invert=frame.invert)
+def _refusal(parsed: ParsedInput, handled: set[str]) -> InstanceResult | None:
+    """Why a member is not decoded (a SOP Instance UID already screened or refused, ineligible,
+    no SOP Instance UID), or None."""
+    inst, eligibility = parsed.instance, parsed.eligibility
+    assert inst is not None and eligibility is not None
+    sop = inst.sop_instance_uid
+    if sop is not None and sop in handled:
+        return InstanceResult(parsed.source, sop, InstanceStatus.DUPLICATE,
+                              "SOP Instance UID already seen in this study")
+    if not eligibility.ok:
+        return InstanceResult(parsed.source, sop, InstanceStatus.INELIGIBLE, eligibility.reason, eligibility.rule_ids)
+    if sop is None:
+        return InstanceResult(parsed.source, None, InstanceStatus.FAILED, "SOP Instance UID missing")
+    return None
+
+
+def _take_in(members: Sequence[ParsedInput], max_pixels: int, running: Sequence[Predictor]) -> _Intake:
+    """Step 1, decode and eligibility: each member refused (duplicate, ineligible) or decoded to its
+    frames, each frame knowing which models leave its instance out."""
+    instances: list[InstanceResult] = []
+    frames: list[_Frame] = []
+    files: dict[str, tuple[str, str | None]] = {}
+    load_s = 0.0
+    handled: set[str] = set()  # SOP Instance UIDs already screened or refused
+    for parsed in members:
+        refusal = _refusal(parsed, handled)
+        if refusal is not None:
+            instances.append(refusal)
+            if refusal.status is InstanceStatus.INELIGIBLE and refusal.sop_instance_uid:
+                handled.add(refusal.sop_instance_uid)
+            continue
+        assert parsed.instance is not None and parsed.instance.sop_instance_uid is not None
+        sop = parsed.instance.sop_instance_uid
+        out_of_scope = scope_reasons(parsed.instance, running)
+        t0 = time.perf_counter()
+        try:
+            decoded = _decode_frames(parsed, max_pixels, out_of_scope)
+        except SecondReaderError as exc:
+            instances.append(InstanceResult(parsed.source, sop, InstanceStatus.FAILED, str(exc)))
+            continue
+        except OSError as exc:
+            instances.append(InstanceResult(parsed.source, sop, InstanceStatus.FAILED,
+                                            f"file cannot be read ({exc.strerror or 'I/O error'})"))
+            continue
+        finally:
+            load_s += time.perf_counter() - t0
+        frames.extend(decoded)
+        handled.add(sop)
+        instances.append(InstanceResult(parsed.source, sop, InstanceStatus.SCREENED,
+                                        not_applicable=_codes_out_of_scope(out_of_scope, running)))
+        if parsed.input is not None:
+            files[sop] = (str(parsed.input.path), parsed.input.member)
+    return _Intake(instances, frames, files, load_s)
+
+
+#: One model's input: the indices of the frames in its scope, their tensors, their geometry.
+_Batch = tuple[list[int], torch.Tensor, list[GeometryRecord]]
+
+
+def _prepare(frames: Sequence[_Frame], predictors: Sequence[Predictor]) -> tuple[list[_Frame], list[_Batch | None]]:
+    """Step 2: window/invert each frame, then build each model's input batch from the windowed
+    frames in its scope (``None``: the model applies to none of them and will not run)."""
+    windowed = [replace(f, display=window_frame(f.display, windowed=f.windowed, invert=f.invert),
+                        windowed=True, invert=False) for f in frames]
     batches: list[_Batch | None] = []
     for predictor in predictors:
-        mine = [f for f in frames if predictor.card.ref not in f.out_of_scope]
+        mine = [i for i, f in enumerate(windowed) if predictor.card.ref not in f.out_of_scope]
         if not mine:
             batches.append(None)
             continue
-        prepared = [prepare_frame(f.display, predictor.card.input_spec) for f in mine]
+        prepared = [prepare_frame(windowed[i].display, predictor.card.input_spec) for i in mine]
         batches.append((mine, torch.stack([t for t, _ in prepared]), [g for _, g in prepared]))
-    return batches
+    return windowed, batches
 
 
 def _join_scope_reasons(frames: Iterable[_Frame], ref: str) -> str:
@@ -262,15 +341,16 @@ def _join_scope_reasons(frames: Iterable[_Frame], ref: str) -> str:
 
 
 def _predict(
-    frames: list[_Frame],
+    frames: Sequence[_Frame],
     predictors: Sequence[Predictor],
     batches: Sequence[_Batch | None],
     explain: bool,
     modes: Sequence[ModelMode],
-) -> list[FindingResult]:
-    """Run every model over the frames in its scope; fill per-frame probabilities/heat; return
-    the study's findings (not applicable, with the reason, for a model whose scope holds none)."""
+) -> tuple[list[FindingResult], list[_Scores]]:
+    """Step 3: run every model over the frames in its scope. Returns the study's findings (not
+    applicable, with the reason, for a model whose scope holds none), and each frame's scores."""
     findings: list[FindingResult] = []
+    scores = [_Scores() for _ in frames]
     for predictor, batch, mode in zip(predictors, batches, modes, strict=True):
         card = predictor.card
         if batch is None:
@@ -283,22 +363,27 @@ def _predict(
         predictions = predictor.predict(tensor, explain=explain)
         for k, spec in enumerate(card.findings):
             probs = []
-            for frame, geometry, prediction in zip(mine, geometries, predictions, strict=True):
+            for index, geometry, prediction in zip(mine, geometries, predictions, strict=True):
                 p = float(spec.calibration.probability(prediction.logits[k]))
-                frame.probabilities[spec.code] = p
+                scores[index].probabilities[spec.code] = p
                 probs.append(p)
                 if prediction.saliency is not None:
-                    frame.heat[spec.code] = heatmap_on_source(prediction.saliency[k], geometry)
+                    scores[index].heat[spec.code] = heatmap_on_source(prediction.saliency[k], geometry)
             findings.append(
                 FindingResult(spec.code, max(probs), spec.operating_point, spec.urgent_point, card.ref,
                               mode=mode.value)
             )
-    return findings
+    return findings, scores
 
 
-def _regions(frames: list[_Frame], findings: list[FindingResult],
+def _screened_frames(frames: Sequence[_Frame], scores: Sequence[_Scores]) -> list[ScreenedFrame]:
+    return [ScreenedFrame(f.sop_instance_uid, f.frame, f.display, f.spacing_mm, f.dataset, s.probabilities, s.heat,
+                          f.out_of_scope) for f, s in zip(frames, scores, strict=True)]
+
+
+def _regions(frames: Sequence[ScreenedFrame], findings: list[FindingResult],
              predictors: Sequence[Predictor] = ()) -> list[RegionResult]:
-    """Regions of every positive finding, on each frame where that finding is positive. A dense
+    """Step 4: regions of every positive finding, on each frame where that finding is positive. A dense
     model's regions come from its probability map at its card's thresholds; others' from saliency."""
     dense = {spec.code: p.card.saliency for p in predictors for spec in p.card.findings
              if p.card.saliency.method == "dense"}
@@ -328,28 +413,6 @@ def _regions(frames: list[_Frame], findings: list[FindingResult],
     return out
 
 
-def _overlay_path(study_uid: str, frame: _Frame, code: str) -> Path:
-    name = f"{code}.png" if frame.frame == 1 else f"{code}-frame{frame.frame}.png"
-    return Path(study_uid) / frame.sop_instance_uid / name
-
-
-def _write_overlays(study_uid: str, frames: list[_Frame], regions: list[RegionResult], out_dir: Path) -> list[str]:
-    written = []
-    for frame in frames:
-        for code, heat in frame.heat.items():
-            mine = [r.region for r in regions
-                    if r.sop_instance_uid == frame.sop_instance_uid and r.region.frame == frame.frame
-                    and r.region.finding == code]
-            relative = _overlay_path(study_uid, frame, code)
-            title = f"{code} p={frame.probabilities.get(code, 0.0):.2f}"
-            write_png(render_overlay(frame.display, heat, mine, title=title), out_dir / relative)
-            # The same heat as a transparent layer for the viewer's toggleable overlay (not listed
-            # in the result: it is served beside the PNG, at <finding>.layer.png).
-            write_png(render_layer(heat), out_dir / relative.with_suffix(".layer.png"))
-            written.append(relative.as_posix())
-    return written
-
-
 def screen_pixels(display: np.ndarray, predictors: Sequence[Predictor],
                   modes: Mapping[str, ModelMode] | None = None) -> list[FindingResult]:
     """Screen a picture that is already windowed (float32 (rows, cols) in [0, 1], bright bone),
@@ -360,237 +423,108 @@ def screen_pixels(display: np.ndarray, predictors: Sequence[Predictor],
     :attr:`ScreeningOptions.modes`; ``off`` models do not run."""
     options = ScreeningOptions(predictors=predictors, modes=modes or {})
     running = options.running()
-    frames = [_Frame("", 1, np.asarray(display, dtype=np.float32), None, windowed=True, invert=False,
-                     out_of_scope=scope_reasons(None, running))]
-    return merge_shared_findings(_predict(frames, running, _prepare(frames, running), explain=False,
-                                          modes=[options.mode_of(p.card) for p in running]))
+    frames, batches = _prepare([_Frame("", 1, np.asarray(display, dtype=np.float32), None, windowed=True,
+                                       invert=False, out_of_scope=scope_reasons(None, running))], running)
+    findings, _ = _predict(frames, running, batches, explain=False, modes=[options.mode_of(p.card) for p in running])
+    return merge_shared_findings(findings)
 
 
-_DICOM_KINDS = ("sc", "seg", "sr")
+@dataclass(frozen=True, slots=True)
+class ScreenedStudy:
+    """One study screened, nothing written: its result (``artifacts`` "none"; ``timing_ms`` without
+    ``total`` and ``encode``) and the frames its outputs are made of (none unless it was screened)."""
+
+    result: StudyResult
+    frames: list[ScreenedFrame]
 
 
-def _dicom_frames(frames: list[_Frame]) -> list[_Frame]:
-    """The frames that get SC, SEG and SR: the first frame of each single-frame instance."""
-    return [f for f in frames
-            if f.dataset is not None and f.frame == 1 and int(f.dataset.get("NumberOfFrames", 1) or 1) == 1]
+def _model_failed(instances: Sequence[InstanceResult]) -> list[InstanceResult]:
+    """The instances once inference failed: every screened one failed with it."""
+    failed = "the model could not process this image"
+    return [InstanceResult(i.source, i.sop_instance_uid, InstanceStatus.FAILED, failed)
+            if i.status is InstanceStatus.SCREENED else i for i in instances]
 
 
-def _dicom_path(study_uid: str, frame: _Frame, kind: str) -> Path:
-    return Path(study_uid) / frame.sop_instance_uid / f"{kind}.dcm"
+def _study_status(instances: Sequence[InstanceResult]) -> tuple[StudyStatus, str | None]:
+    """Step 5: the study's status (screened when any instance was) and, when not screened, why."""
+    statuses = {i.status for i in instances}
+    if InstanceStatus.SCREENED in statuses:
+        return StudyStatus.SCREENED, None
+    if InstanceStatus.FAILED in statuses:
+        return StudyStatus.FAILED, _join_reasons(i.reason for i in instances if i.status is InstanceStatus.FAILED)
+    return StudyStatus.INELIGIBLE, _join_reasons(i.reason for i in instances if i.status is InstanceStatus.INELIGIBLE)
 
 
-def _instance_finding(frame: _Frame, f: FindingResult) -> FindingResult:
-    """A study finding as it stands on one instance: that instance's probability, or not
-    applicable when the model's scope leaves the instance out (or the whole study)."""
-    if not f.applicable:
-        return f
-    reason = frame.out_of_scope.get(f.model)
-    if reason is not None or f.code not in frame.probabilities:
-        return FindingResult(f.code, None, f.operating_point, f.urgent_point, f.model, mode=f.mode, applicable=False,
-                             not_applicable_reason=reason or "not computed for this image")
-    return FindingResult(f.code, frame.probabilities[f.code], f.operating_point, f.urgent_point, f.model,
-                         mode=f.mode)
-
-
-def _write_dicom_outputs(study_uid: str, frames: list[_Frame], findings: list[FindingResult],
-                         regions: list[RegionResult], priority: Priority, predictors: Sequence[Predictor],
-                         out_dir: Path, series: SeriesSettings) -> list[str]:
-    """SC, SEG and SR for every screened single-frame instance (contract 4); a SEG only where a
-    finding has a heatmap on the instance (none where every model was not applicable to it)."""
-    provenance = Provenance(tuple(p.card for p in predictors), series)
-    written = []
-    for number, frame in enumerate(_dicom_frames(frames), start=1):
-        assert frame.dataset is not None
-        mine = [RegionOutput(r.region_id, r.region, r.score)
-                for r in regions if r.sop_instance_uid == frame.sop_instance_uid]
-        instance_findings = [_instance_finding(frame, f) for f in findings]
-        outputs = build_outputs(frame.dataset, display=frame.display, heats=frame.heat, findings=instance_findings,
-                                regions=mine, priority=priority, provenance=provenance, instance_number=number)
-        for kind, dataset in outputs.items():
-            relative = _dicom_path(study_uid, frame, kind)
-            with atomic_path(out_dir / relative) as tmp:  # concurrent writers of one study each write their own
-                dataset.save_as(tmp, enforce_file_format=True)
-            written.append(relative.as_posix())
-    return written
-
-
-@dataclass(slots=True)
-class StudyOutputs:
-    """A screened study's overlays (PNG) and DICOM outputs (SC, SEG, SR), not yet written.
-
-    :func:`run_study` writes them before it returns, unless ``ScreeningOptions.defer_outputs``: then
-    the result lists the files :meth:`planned` (``artifacts.status`` "pending") and carries this
-    object, and the caller writes them with :meth:`write` after the result is answered (the service
-    does, on its own encoder threads), keeping the encoding off the request path.
-    """
-
-    study_uid: str
-    frames: list[_Frame]
-    findings: list[FindingResult]
-    regions: list[RegionResult]
-    options: ScreeningOptions
-
-    def planned(self) -> tuple[list[str], list[str]]:
-        """The heatmap overlays and DICOM files :meth:`write` writes when nothing fails."""
-        heatmaps = [_overlay_path(self.study_uid, f, code).as_posix() for f in self.frames for code in f.heat]
-        dicom: list[str] = []
-        if self.options.dicom_outputs and self.findings:
-            dicom = [_dicom_path(self.study_uid, f, kind).as_posix()
-                     for f in _dicom_frames(self.frames) for kind in _DICOM_KINDS if kind != "seg" or f.heat]
-        return heatmaps, dicom
-
-    def write(self) -> WrittenOutputs:
-        """Write the overlays, then the DICOM outputs. Never raises for a bad output: what could not
-        be written is left out of the lists, and ``status`` is "failed"."""
-        out_dir = self.options.out_dir
-        assert out_dir is not None
-        t0 = time.perf_counter()
-        heatmaps: list[str] = []
-        dicom: list[str] = []
-        status = "written"
-        try:
-            heatmaps = _write_overlays(self.study_uid, self.frames, self.regions, out_dir)
-        except OutputEncodingError as exc:
-            logger.warning("study %s: overlays not written (%s)", study_key(self.study_uid), exc)
-            status = "failed"
-        if self.options.dicom_outputs and self.findings:
-            try:
-                dicom = _write_dicom_outputs(self.study_uid, self.frames, self.findings, self.regions,
-                                             prioritise(StudyStatus.SCREENED, self.findings),
-                                             self.options.running(), out_dir, self.options.series)
-            except OutputEncodingError as exc:
-                logger.warning("study %s: DICOM outputs not written (%s)", study_key(self.study_uid), exc)
-                status = "failed"
-            except OSError as exc:
-                logger.warning("study %s: DICOM outputs not written (%s)", study_key(self.study_uid),
-                               exc.strerror or type(exc).__name__)
-                status = "failed"
-        return WrittenOutputs(heatmaps, dicom, status, (time.perf_counter() - t0) * 1000.0)
-
-
-def run_study(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:
-    """Screen one study's instances (already parsed, in arrival order)."""
-    t_start = time.perf_counter()
-    timing = {"load": 0.0, "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-    encode_ms = 0.0  # outputs written here (not deferred), in ms
-    instances: list[InstanceResult] = []
-    frames: list[_Frame] = []
+def screen_study(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> ScreenedStudy:
+    """Screen one study's instances (already parsed, in arrival order); no file is written."""
     running = options.running()
-    handled: set[str] = set()  # SOP Instance UIDs already screened or refused
-    files: dict[str, tuple[str, str | None]] = {}
-    for parsed in members:
-        inst = parsed.instance
-        assert inst is not None and parsed.eligibility is not None
-        sop = inst.sop_instance_uid
-        if sop is not None and sop in handled:
-            instances.append(InstanceResult(parsed.source, sop, InstanceStatus.DUPLICATE,
-                                            "SOP Instance UID already seen in this study"))
-            continue
-        if not parsed.eligibility.ok:
-            instances.append(InstanceResult(parsed.source, sop, InstanceStatus.INELIGIBLE,
-                                            parsed.eligibility.reason, parsed.eligibility.rule_ids))
-            if sop:
-                handled.add(sop)
-            continue
-        if sop is None:
-            instances.append(InstanceResult(parsed.source, None, InstanceStatus.FAILED, "SOP Instance UID missing"))
-            continue
-        t0 = time.perf_counter()
-        try:
-            decoded = _decode_frames(parsed, options.max_pixels)
-        except SecondReaderError as exc:
-            instances.append(InstanceResult(parsed.source, sop, InstanceStatus.FAILED, str(exc)))
-            continue
-        except OSError as exc:
-            instances.append(InstanceResult(parsed.source, sop, InstanceStatus.FAILED,
-                                            f"file cannot be read ({exc.strerror or 'I/O error'})"))
-            continue
-        finally:
-            timing["load"] += time.perf_counter() - t0
-        out_of_scope = scope_reasons(inst, running)
-        for frame in decoded:
-            frame.out_of_scope = out_of_scope
-        frames.extend(decoded)
-        handled.add(sop)
-        instances.append(InstanceResult(parsed.source, sop, InstanceStatus.SCREENED,
-                                        not_applicable=_codes_out_of_scope(out_of_scope, running)))
-        if parsed.input is not None:
-            files[sop] = (str(parsed.input.path), parsed.input.member)
-
+    timing = {"load": 0.0, "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}  # seconds
+    instances, frames, files, timing["load"] = _take_in(members, options.max_pixels, running)
     findings: list[FindingResult] = []
     regions: list[RegionResult] = []
-    heatmaps: list[str] = []
-    dicom_files: list[str] = []
-    outputs: StudyOutputs | None = None
-    artifacts_status = "none"
-    status_reason: str | None = None
+    screened: list[ScreenedFrame] = []
     if frames:
         t0 = time.perf_counter()
-        batches = _prepare(frames, running)
+        frames, batches = _prepare(frames, running)
         timing["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
-            findings = merge_shared_findings(_predict(frames, running, batches, options.explain,
-                                                      [options.mode_of(p.card) for p in running]))
+            found, scores = _predict(frames, running, batches, options.explain,
+                                     [options.mode_of(p.card) for p in running])
+            findings, screened = merge_shared_findings(found), _screened_frames(frames, scores)
         except (ProcessingError, RuntimeError) as exc:
             logger.error("study %s: inference failed (%s)", study_key(study_uid), type(exc).__name__)
-            for i, outcome in enumerate(instances):
-                if outcome.status is InstanceStatus.SCREENED:
-                    instances[i] = InstanceResult(outcome.source, outcome.sop_instance_uid, InstanceStatus.FAILED,
-                                                  "the model could not process this image")
-            frames = []
+            instances = _model_failed(instances)
         timing["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        regions = _regions(frames, findings, running) if frames else []
+        regions = _regions(screened, findings, running) if screened else []
         timing["postprocess"] = time.perf_counter() - t0
-        if frames and options.out_dir is not None:
-            outputs = StudyOutputs(study_uid, frames, findings, regions, options)
-            if options.defer_outputs:
-                heatmaps, dicom_files = outputs.planned()
-                artifacts_status = "pending"
-            else:
-                written = outputs.write()
-                heatmaps, dicom_files, artifacts_status = written.heatmaps, written.dicom, written.status
-                encode_ms = written.encode_ms
-                outputs = None
 
-    statuses = {i.status for i in instances}
-    if InstanceStatus.SCREENED in statuses:
-        status = StudyStatus.SCREENED
-    elif InstanceStatus.FAILED in statuses:
-        status = StudyStatus.FAILED
-        status_reason = _join_reasons(i.reason for i in instances if i.status is InstanceStatus.FAILED)
-    else:
-        status = StudyStatus.INELIGIBLE
-        status_reason = _join_reasons(i.reason for i in instances if i.status is InstanceStatus.INELIGIBLE)
+    status, reason = _study_status(instances)
     if status is not StudyStatus.SCREENED:
-        findings, regions, heatmaps, dicom_files, outputs, artifacts_status = [], [], [], [], None, "none"
-    timing["total"] = (time.perf_counter() - t_start) * 1000.0
-    for key in ("load", "preprocess", "inference", "postprocess"):
-        timing[key] *= 1000.0
-    timing["encode"] = encode_ms
+        findings, regions, screened = [], [], []
     result = StudyResult(
         study_instance_uid=study_uid,
         status=status,
-        reason=status_reason,
+        reason=reason,
         instances=instances,
         priority=prioritise(status, findings),
         findings=findings,
         regions=regions,
         models=options.models_json(),
-        heatmaps=heatmaps,
-        dicom=dicom_files,
-        artifacts_status=artifacts_status,
-        outputs=outputs,
-        timing_ms=timing,
+        timing_ms={stage: seconds * 1000.0 for stage, seconds in timing.items()},
         files=files if status is StudyStatus.SCREENED else {},
         modality=next((m.instance.modality for m in members if m.instance is not None and m.instance.modality), None),
         accession_number=next((m.instance.accession_number for m in members
                                if m.instance is not None and m.instance.accession_number), None),
     )
+    return ScreenedStudy(result, screened)
+
+
+def run_study(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:
+    """Screen one study's instances (already parsed, in arrival order: :func:`screen_study`), then
+    have its overlays and DICOM outputs written into ``options.out_dir`` (when set), or, with
+    ``defer_outputs``, listed as planned and left to the caller (``StudyResult.outputs``)."""
+    t_start = time.perf_counter()
+    screened = screen_study(study_uid, members, options)
+    result = screened.result
+    encode_ms = 0.0  # outputs written here (not deferred), in ms
+    if screened.frames and options.out_dir is not None:
+        outputs = StudyOutputs(study_uid, screened.frames, result.findings, result.regions, result.priority,
+                               options.out_dir, models=tuple(p.card for p in options.running()),
+                               series=options.series, dicom_outputs=options.dicom_outputs)
+        if options.defer_outputs:
+            heatmaps, dicom = outputs.planned()
+            result = replace(result, heatmaps=heatmaps, dicom=dicom, artifacts_status="pending", outputs=outputs)
+        else:
+            written = outputs.write()
+            result = replace(result, heatmaps=written.heatmaps, dicom=written.dicom, artifacts_status=written.status)
+            encode_ms = written.encode_ms
+    result.timing_ms["total"] = (time.perf_counter() - t_start) * 1000.0
+    result.timing_ms["encode"] = encode_ms
     logger.info("study %s %s score=%d route=%s rule=%s instances=%d total_ms=%.0f",
-                study_key(study_uid), status.value, result.priority.score, result.priority.route.value,
-                result.priority.rule, len(instances), timing["total"])
+                study_key(study_uid), result.status.value, result.priority.score, result.priority.route.value,
+                result.priority.rule, len(result.instances), result.timing_ms["total"])
     return result
 
 
@@ -660,7 +594,7 @@ def screen_inputs(items: Iterable[InputFile | InputProblem], options: ScreeningO
                 logger.warning("input without a readable study: %s", parsed.error or "no Study Instance UID")
                 unreadable = _unreadable_result(parsed)
                 try:
-                    _quarantine_failed(item, unreadable.reason or "unreadable input", options, parsed.staged)
+                    _keep_failed(item, unreadable.reason or "unreadable input", options, parsed.staged)
                 finally:
                     parsed.release()
                 yield unreadable
@@ -677,7 +611,7 @@ def screen_inputs(items: Iterable[InputFile | InputProblem], options: ScreeningO
                 # run_study answers one instance entry per member, in order.
                 for member, outcome in zip(members, result.instances, strict=False):
                     if outcome.status is InstanceStatus.FAILED and member.input is not None:
-                        _quarantine_failed(member.input, outcome.reason or "failed", options, member.staged)
+                        _keep_failed(member.input, outcome.reason or "failed", options, member.staged)
             finally:
                 del studies[study_uid]
                 for member in members:
@@ -689,25 +623,11 @@ def screen_inputs(items: Iterable[InputFile | InputProblem], options: ScreeningO
                 member.release()
 
 
-def _quarantine_failed(item: InputFile | InputProblem, reason: str, options: ScreeningOptions,
-                       staged: StagedInput | None = None) -> None:
-    """Keep the original bytes of a failed input (a file, a zip member, or the zip it was in),
-    streamed: a zip member's scratch copy (``staged``) is moved into the quarantine, a file copied
-    in chunks, never read whole."""
-    if options.quarantine is None:
-        return
-    channel = options.quarantine_channel
-    if isinstance(item, InputProblem):
-        if item.origin is not None and item.origin.is_file():
-            options.quarantine.keep(item.origin, reason=reason, channel=channel, kind="zip")
-        return
-    if item.member is None:
-        if item.size <= MAX_FILE_BYTES:  # one over the limit was never read: it is not copied either
-            options.quarantine.keep(item.path, reason=reason, channel=channel, kind="file")
-    elif staged is not None and staged.temporary and staged.path.is_file():
-        options.quarantine.keep(staged.path, reason=reason, channel=channel, kind="zip member", move=True)
-    elif item.path.is_file():  # a member that could not be unpacked: keep its zip
-        options.quarantine.keep(item.path, reason=reason, channel=channel, kind="zip")
+def _keep_failed(item: InputFile | InputProblem, reason: str, options: ScreeningOptions,
+                 staged: StagedInput | None = None) -> None:
+    """Quarantine a failed input's original bytes, when the run keeps them."""
+    if options.quarantine is not None:
+        quarantine_input(options.quarantine, item, reason=reason, channel=options.quarantine_channel, staged=staged)
 
 
 def _run_study_safely(study_uid: str, members: Sequence[ParsedInput], options: ScreeningOptions) -> StudyResult:

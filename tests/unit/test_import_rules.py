@@ -29,6 +29,8 @@ FORBIDDEN: tuple[tuple[str, str], ...] = (
     # the service is above the pipeline's layers, the audit and the worklist
     *((f"secondreader.{p}", "secondreader.service") for p in (
         "audit", "model", "dicom", "outputs", "reports", "worklist", "store", "pipeline", "explain", "scoring")),
+    # the outputs are written from explicit values: the writer knows nothing of the pipeline (issue 31)
+    ("secondreader.outputs", "secondreader.pipeline"),
     # models, DICOM handling and outputs know nothing of the audit, the worklist or the store
     *((f"secondreader.{p}", f"secondreader.{q}") for p in ("model", "dicom", "outputs", "explain", "scoring")
       for q in ("audit", "worklist", "store", "training")),

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -31,8 +32,11 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from ..errors import InvalidInputError, NotDicomError
 
+if TYPE_CHECKING:
+    from ..quarantine import Quarantine
+
 __all__ = ["DicomFile", "InputFile", "InputProblem", "StagedInput", "ZipBudget", "drop_deferred", "iter_inputs",
-           "pydicom_warnings_caught", "read_dataset", "sniff_non_dicom"]
+           "pydicom_warnings_caught", "quarantine_input", "read_dataset", "sniff_non_dicom"]
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +244,24 @@ def iter_inputs(paths: list[Path]) -> Iterator[InputFile | InputProblem]:
                 yield from _zip_members(path, budget)
             else:
                 yield InputFile(source=path.name, path=path, size=path.stat().st_size)
+
+
+def quarantine_input(quarantine: Quarantine, item: InputFile | InputProblem, *, reason: str, channel: str,
+                     staged: StagedInput | None = None) -> None:
+    """Keep the original bytes of a failed input (a file, a zip member, or the zip it was in),
+    streamed: a zip member's scratch copy (``staged``) is moved into the quarantine, a file copied
+    in chunks, never read whole."""
+    if isinstance(item, InputProblem):
+        if item.origin is not None and item.origin.is_file():
+            quarantine.keep(item.origin, reason=reason, channel=channel, kind="zip")
+        return
+    if item.member is None:
+        if item.size <= MAX_FILE_BYTES:  # one over the limit was never read: it is not copied either
+            quarantine.keep(item.path, reason=reason, channel=channel, kind="file")
+    elif staged is not None and staged.temporary and staged.path.is_file():
+        quarantine.keep(staged.path, reason=reason, channel=channel, kind="zip member", move=True)
+    elif item.path.is_file():  # a member that could not be unpacked: keep its zip
+        quarantine.keep(item.path, reason=reason, channel=channel, kind="zip")
 
 
 _MAGIC = {

@@ -1,1 +1,2 @@
-"""Artefacts written for people and PACS: PNG overlays (DICOM outputs come later)."""
+"""Artefacts written for people and PACS: PNG overlays and DICOM outputs (SC, SEG, SR), written
+from a screened study by :mod:`~secondreader.outputs.writer`."""
