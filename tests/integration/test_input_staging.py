@@ -214,3 +214,33 @@ def test_a_parsed_member_s_scratch_file_goes_with_it(tmp_path: Path) -> None:
     assert parsed.instance is not None and len(_files(tmp_path / "scratch")) == 1
     del parsed  # a caller that never releases it (training, the audit's thumbnails)
     assert _files(tmp_path / "scratch") == []
+
+
+def test_the_service_removes_scratch_files_a_killed_process_left_at_its_start(tmp_path: Path,
+                                                                             pneumonia_predictor: Any) -> None:
+    """A process killed outright (SIGKILL, out of memory) cannot remove its unpacked members: the
+    next start does, but only those older than a live study's could be (another process may share
+    the folder), and nothing else in the folder."""
+    import os
+    import time
+
+    from secondreader.service.core import ScreeningService
+    from secondreader.store import Store
+
+    home = tmp_path / "home"
+    scratch = home / "scratch"
+    scratch.mkdir(parents=True)
+    stale, fresh, other = scratch / "member-old.dcm", scratch / "member-new.dcm", scratch / "notes.txt"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"x" * 1024)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    os.utime(other, (hours_ago, hours_ago))
+    store = Store(f"sqlite:///{tmp_path / 'sr.db'}")
+    store.migrate()
+    service = ScreeningService(store, [pneumonia_predictor], home=home, max_image_pixels=64_000_000, workers=1)
+    try:
+        assert service.options.scratch() == scratch
+        assert not stale.exists() and fresh.exists() and other.exists()
+    finally:
+        service.close()

@@ -17,6 +17,7 @@ import logging
 import os
 import struct
 import tempfile
+import time
 import warnings
 import zipfile
 import zlib
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from ..quarantine import Quarantine
 
 __all__ = ["DicomFile", "InputFile", "InputProblem", "StagedInput", "ZipBudget", "drop_deferred", "iter_inputs",
-           "pydicom_warnings_caught", "quarantine_input", "read_dataset", "sniff_non_dicom"]
+           "pydicom_warnings_caught", "quarantine_input", "read_dataset", "remove_stale_scratch", "sniff_non_dicom"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,24 @@ class ZipBudget:
         self.used += count
         if self.used > self.limit:
             raise InvalidInputError(f"zip archive unpacks past its budget of {self.limit / 1024**2:.0f} MiB")
+
+
+#: A scratch file older than this is no study's any more: its process was killed before removing it.
+STALE_SCRATCH_SECONDS = 3600.0
+
+
+def remove_stale_scratch(scratch: Path, *, older_than: float = STALE_SCRATCH_SECONDS) -> int:
+    """Remove the unpacked zip members (``member-*.dcm``) that a process killed outright left in
+    ``scratch``, at start-up: those last written more than ``older_than`` seconds ago (a younger one
+    may be a live study's, of another process sharing the folder). Returns how many were removed."""
+    removed = 0
+    cutoff = time.time() - older_than
+    for path in scratch.glob("member-*.dcm") if scratch.is_dir() else ():
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: left as it is
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 @dataclass(frozen=True, slots=True)

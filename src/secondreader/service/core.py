@@ -35,7 +35,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from ..dicom.io import sniff_non_dicom
+from ..dicom.io import remove_stale_scratch, sniff_non_dicom
 from ..errors import InvalidInputError, StorageError
 from ..logsafe import study_key
 from ..model.modes import ModelMode
@@ -106,6 +106,10 @@ class ScreeningService:
                                         out_dir=self.artifacts, series=series or SeriesSettings(),
                                         quarantine=self.quarantine, quarantine_channel="job",
                                         defer_outputs=True, modes=dict(modes or {}))
+        scratch = self.options.scratch()
+        stale = remove_stale_scratch(scratch) if scratch is not None else 0
+        if stale:
+            logger.warning("removed %d unpacked zip member(s) left in scratch by a process that was killed", stale)
         self.jobs = JobQueue(store, self._run_job, worker_id=self.worker_id, workers=workers,
                              lease_seconds=self.leases.lease_seconds, poll_seconds=self.leases.poll_seconds,
                              grace_seconds=self.leases.grace_seconds)
