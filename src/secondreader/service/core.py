@@ -204,8 +204,7 @@ class ScreeningService:
                     deferred.append((uid, result.outputs))
                 files = {sop: (self.spool.local_ref(job_id, job.spool_dir, path), member)
                          for sop, (path, member) in (result.files or {}).items()}
-                self.worklist.record_result(data, accession_number=result.accession_number, files=files,
-                                            job_id=job_id)
+                self.worklist.record_result(result, files=files, job_id=job_id)
                 study_uids.append(uid)
                 logger.info("job %s: study %s %s", job_id[:8], study_key(uid), result.status.value)
             if deferred:
@@ -376,8 +375,8 @@ class ScreeningService:
                     self.storage.fetch(self.storage.ref(f"artifacts/{relative}"), path)
                     break
                 except FileNotFoundError:
-                    result = self.store.get_study(study_uid) or {}
-                    if (result.get("artifacts") or {}).get("status") != "pending" or time.monotonic() > deadline:
+                    kept = self.store.study_result(study_uid)
+                    if kept is None or kept.artifacts.status != "pending" or time.monotonic() > deadline:
                         return None
                     time.sleep(0.25)
         return path if path.is_file() else None
