@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,18 +15,14 @@ from typing import Any
 
 import httpx
 
+from .readiness import free_port
+
 
 def in_private_network_namespace() -> bool:
     """Only loopback in this network namespace (``/proc/net/dev`` is per namespace; sysfs is not)."""
     lines = Path("/proc/net/dev").read_text().splitlines()[2:]
     interfaces = {line.split(":", 1)[0].strip() for line in lines if ":" in line}
     return interfaces <= {"lo"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Orthanc:

@@ -1,12 +1,21 @@
-"""Waiting for a started service to say it is ready (``/readyz``), shared by the tests that start one."""
+"""Starting a service in a test: a free loopback port for it, and waiting for it to say it is ready
+(``/readyz``); shared by the tests that start one."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
 import httpx
 import pytest
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until_ready(base: str, *, timeout: float, stopped: Callable[[], str | None], poll: float = 0.5) -> None:

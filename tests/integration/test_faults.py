@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from secondreader.store import Store
 
 from ..conftest import require
 from ..factories import make_cxr_dataset
-from ..readiness import wait_until_ready
+from ..readiness import free_port, wait_until_ready
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
@@ -91,12 +90,6 @@ class Pacs:
         self.server.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -134,7 +127,7 @@ class Serve:
         self.env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": KEY,
                     "SECONDREADER_DICOM_PORT": str(dicom_port), "SECONDREADER_STUDY_STABLE_SECONDS": "1",
                     "SECONDREADER_PACS_DESTINATION": f"PACS@127.0.0.1:{pacs_port}",
-                    "SECONDREADER_HL7_PORT": str(_free_port())}
+                    "SECONDREADER_HL7_PORT": str(free_port())}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home / "serve.log"
 
@@ -180,8 +173,8 @@ def pacs() -> Iterator[Pacs]:
 
 def test_kill_9_while_receiving_and_screening_loses_nothing_and_duplicates_nothing(tmp_path: Path,
                                                                                    pacs: Pacs) -> None:
-    dicom_port = _free_port()
-    serve = Serve(tmp_path / "home", _free_port(), dicom_port, pacs.port)
+    dicom_port = free_port()
+    serve = Serve(tmp_path / "home", free_port(), dicom_port, pacs.port)
     studies = [make_cxr_dataset(512, 512, lesion_at=(150 + 10 * i, 250)) for i in range(12)]
     acknowledged: list[pydicom.Dataset] = []
     unanswered: list[pydicom.Dataset] = []
@@ -233,7 +226,7 @@ def test_kill_9_while_receiving_and_screening_loses_nothing_and_duplicates_nothi
 def test_pacs_down_then_back_delivers_everything_once(tmp_path: Path, pneumonia_predictor) -> None:  # type: ignore[no-untyped-def]
     from secondreader.store.models import Outbox
 
-    port = _free_port()
+    port = free_port()
     store = Store(f"sqlite:///{tmp_path / 'sr.db'}")
     store.migrate()
     core = ScreeningService(store, [pneumonia_predictor], home=tmp_path, max_image_pixels=64_000_000,
@@ -309,7 +302,7 @@ def postgres() -> Iterator[Postgres]:
     # Not under pytest's tmp folder: the postgres user must be able to reach it.
     root = Path(tempfile.mkdtemp(prefix="secondreader-pg-faults."))
     try:
-        pg = Postgres(root, _free_port())
+        pg = Postgres(root, free_port())
         yield pg
         try:
             pg.stop("immediate")

@@ -33,7 +33,7 @@ import httpx
 import pytest
 
 from ..conftest import CANARY_NAME
-from ..readiness import wait_until_ready
+from ..readiness import free_port, wait_until_ready
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
@@ -41,12 +41,6 @@ KEY = "hostile-serve-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MIB = 1024 * 1024
 UID = "1.2.826.0.1.3680043.8.498.99887766554433221100"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Served:
@@ -87,7 +81,7 @@ def _tree(root: int) -> list[int]:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("hostile-home")
     log = home / "server.log"
-    port, dicom, hl7 = _free_port(), _free_port(), _free_port()
+    port, dicom, hl7 = free_port(), free_port(), free_port()
     env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": KEY,
            "SECONDREADER_DICOM_PORT": str(dicom), "SECONDREADER_HL7_PORT": str(hl7),
            "SECONDREADER_STUDY_STABLE_SECONDS": "1", "SECONDREADER_AUTH_MAX_FAILURES": "3",

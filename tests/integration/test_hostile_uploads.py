@@ -23,29 +23,21 @@ from starlette.testclient import TestClient
 
 from secondreader.dicom.io import InputProblem, iter_inputs, zip_budget
 from secondreader.quarantine import Quarantine
-from secondreader.service.auth import ApiKeyMiddleware
 from secondreader.service.core import ScreeningService
-from secondreader.service.http import MAX_STOW_PARTS, StowParts, build_app
-from secondreader.store import Store
+from secondreader.service.http import MAX_STOW_PARTS, StowParts
 
 from ..factories import make_cxr_dataset, to_bytes
+from .conftest import AUTH, service_client
 
-KEY = "uploads-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory,
          pneumonia_predictor) -> Iterator[tuple[TestClient, ScreeningService]]:  # type: ignore[no-untyped-def]
-    home: Path = tmp_path_factory.mktemp("uploads-home")
-    store = Store(f"sqlite:///{home / 'sr.db'}")
-    store.migrate()
-    core = ScreeningService(store, [pneumonia_predictor], home=home, max_image_pixels=64_000_000, workers=1)
-    app = ApiKeyMiddleware(build_app(lambda: core, max_upload_bytes=lambda: 64 * MIB), keys=[KEY])
-    with TestClient(app, base_url="http://127.0.0.1") as client:
-        yield client, core
-    core.close()
+    with service_client(tmp_path_factory.mktemp("uploads-home"), [pneumonia_predictor], workers=1,
+                        max_upload_bytes=64 * MIB) as pair:
+        yield pair
 
 
 def _amplifying_zip(member_bytes: int) -> bytes:

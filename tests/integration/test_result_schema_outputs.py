@@ -20,20 +20,15 @@ from starlette.testclient import TestClient
 from secondreader.audit.archive import StudyTask
 from secondreader.audit.run import run_audit
 from secondreader.audit.stage import failed_row
-from secondreader.service.auth import ApiKeyMiddleware
-from secondreader.service.core import ScreeningService
-from secondreader.service.http import build_app
-from secondreader.store import Store
 
 from .. import conftest
 from ..contract import assert_schema, assert_study_result
 from ..factories import CT_STORAGE, make_cxr_dataset, with_patient_age, write
+from .conftest import AUTH, service_client
 from .test_audit import build_archive, config
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
-KEY = "schema-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def test_the_cli_writes_results_the_schema_accepts(tmp_path: Path) -> None:
@@ -61,14 +56,8 @@ def test_the_cli_writes_results_the_schema_accepts(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, pneumonia_predictor) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
-    home = tmp_path_factory.mktemp("home")
-    store = Store(f"sqlite:///{home / 'sr.db'}")
-    store.migrate()
-    core = ScreeningService(store, [pneumonia_predictor], home=home, max_image_pixels=64_000_000, workers=2)
-    app = ApiKeyMiddleware(build_app(lambda: core, max_upload_bytes=lambda: 64 * 1024 * 1024), keys=[KEY])
-    with TestClient(app, base_url="http://127.0.0.1") as c:
-        yield c
-    core.close()
+    with service_client(tmp_path_factory.mktemp("home"), [pneumonia_predictor]) as (client, _):
+        yield client
 
 
 def test_the_http_api_answers_what_the_schema_accepts(client: TestClient) -> None:

@@ -16,24 +16,18 @@ import pytest
 
 from ..conftest import CANARY_NAME
 from ..factories import make_cxr_dataset, to_bytes
-from ..readiness import wait_until_ready
+from ..readiness import free_port, wait_until_ready
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
 KEY = "serve-test-key"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     home = tmp_path_factory.mktemp("serve-home")
     log = home / "server.log"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SECONDREADER_HOME": str(home), "SECONDREADER_API_KEYS": KEY,
            "SECONDREADER_DICOM_PORT": "0", "SECONDREADER_STUDY_STABLE_SECONDS": "1",
            "SECONDREADER_HL7_PORT": str(HL7_PORT)}
@@ -125,7 +119,7 @@ def test_stow_rs_with_a_dicomweb_client(server: tuple[str, Path]) -> None:
     assert found.status_code == 200 and found.json()["status"] == "screened"
 
 
-HL7_PORT = _free_port()
+HL7_PORT = free_port()
 
 
 def _mllp(message: str) -> str:

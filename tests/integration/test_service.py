@@ -13,37 +13,33 @@ import pytest
 from starlette.testclient import TestClient
 
 from secondreader.model.batcher import BatchingPredictor
-from secondreader.service.auth import ApiKeyMiddleware
 from secondreader.service.core import ScreeningService
-from secondreader.service.http import build_app
 from secondreader.store import Store
 
 from ..conftest import CANARY_ID, CANARY_NAME
 from ..contract import assert_study_result
 from ..factories import make_cxr_dataset, to_bytes
+from .conftest import AUTH, service_client
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
-KEY = "test-key-123"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory,
+           pneumonia_predictor) -> Iterator[tuple[TestClient, ScreeningService]]:  # type: ignore[no-untyped-def]
+    with service_client(tmp_path_factory.mktemp("home"),
+                        [BatchingPredictor(pneumonia_predictor, max_batch=16, max_wait_ms=250)],
+                        workers=4, max_upload_bytes=8 * 1024 * 1024) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, pneumonia_predictor) -> Iterator[ScreeningService]:  # type: ignore[no-untyped-def]
-    home = tmp_path_factory.mktemp("home")
-    store = Store(f"sqlite:///{home / 'sr.db'}")
-    store.migrate()
-    core = ScreeningService(store, [BatchingPredictor(pneumonia_predictor, max_batch=16, max_wait_ms=250)],
-                            home=home, max_image_pixels=64_000_000, workers=4)
-    yield core
-    core.close()
+def service(served: tuple[TestClient, ScreeningService]) -> ScreeningService:
+    return served[1]
 
 
 @pytest.fixture(scope="module")
-def client(service: ScreeningService) -> Iterator[TestClient]:
-    app = ApiKeyMiddleware(build_app(lambda: service, max_upload_bytes=lambda: 8 * 1024 * 1024), keys=[KEY])
-    with TestClient(app, base_url="http://127.0.0.1") as c:
-        yield c
+def client(served: tuple[TestClient, ScreeningService]) -> TestClient:
+    return served[0]
 
 
 def _chest(**kwargs) -> bytes:  # type: ignore[no-untyped-def]

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from secondreader.dicom.io import zip_budget
 
 from ..conftest import CANARY_ID, CANARY_NAME, ROOT
 from ..factories import make_cxr_dataset, to_bytes
+from ..readiness import free_port
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
@@ -47,12 +47,6 @@ RSS_BOUND = 32 * MIB
 STUDY = "1.2.826.0.1.3680043.8.498.31313131313131"
 #: What each request added to the peak RSS, in MiB (written to $SECONDREADER_UPLOAD_FIGURES if set).
 FIGURES: dict[str, float] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -91,7 +85,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     home = tmp_path_factory.mktemp("streamed-home")
     (home / "tmp").mkdir()
     log = home / "server.log"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TMPDIR": str(home / "tmp"), "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tests.integration.upload_server", "--home", str(home),

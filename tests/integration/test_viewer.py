@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from PIL import Image
 from ..conftest import CANARY_ID, CANARY_NAME, require
 from ..conftest import testdata_file as sample_file
 from ..orthanc import in_private_network_namespace
-from ..readiness import wait_until_ready
+from ..readiness import free_port, wait_until_ready
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
 
@@ -43,12 +42,6 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +59,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
     mp.delenv("SECONDREADER_SCREEN_SAMPLES", raising=False)
     from secondreader.service.bento import SecondReader
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(SecondReader.to_asgi(), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
