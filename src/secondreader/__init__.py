@@ -5,9 +5,12 @@ scopes and modes, networks, predictors), ``explain`` (heatmaps, regions), ``scor
 priority), ``outputs`` (overlays, SC/SEG/SR), ``reports`` (first reads: labeler, HL7, FHIR),
 ``worklist`` (routing, reviews), ``store`` (the job and worklist store), ``service`` (the BentoML
 service), ``audit`` (retrospective audits), ``training`` (the recipes that make ``models/``);
-``vocabulary`` holds the finding codes. ``pipeline`` composes the screening steps; the CLI, the
-service, the DICOM receiver and the audit all call it. The five contracts (CLI, study result, HTTP,
-DICOM outputs, settings) are in ``docs/contracts.md``.
+``vocabulary`` holds the finding codes, ``schema`` types the study result (contract 2; its JSON
+Schema, ``result.schema.json``, is generated from it) and ``fileio`` replaces files atomically.
+``pipeline`` composes the screening steps and writes nothing (``outputs.writer`` does); the CLI,
+the service, the DICOM receiver and the audit all call it. The five contracts (CLI, study result,
+HTTP, DICOM outputs, settings) are in ``docs/contracts.md``; which way imports go is in
+``docs/architecture.md``.
 """
 
 from __future__ import annotations
