@@ -169,12 +169,21 @@ def test_outputs_pass_dciodvfy(screened) -> None:  # type: ignore[no-untyped-def
         assert not warnings, f"{Path(rel).name}: {warnings}"
 
 
+def _dimension_organisations(seg: pydicom.Dataset) -> set[str]:
+    return {str(item.DimensionOrganizationUID)
+            for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence)}
+
+
 def test_uids_are_deterministic_so_a_resend_replaces_itself(screened) -> None:  # type: ignore[no-untyped-def]
     result, out, source, options, path = screened
     first = {k: _load(screened, k).SOPInstanceUID for k in ("sc", "seg", "sr")}
+    first_organisation = _dimension_organisations(_load(screened, "seg"))
     (again,) = list(screen_inputs([InputFile(path.name, path, size=path.stat().st_size)], options))
     second = {k: _load((again.to_json(), out), k).SOPInstanceUID for k in ("sc", "seg", "sr")}
     assert first == second and len(set(first.values())) == 3
+    # the SEG's Dimension Organization UID too (highdicom draws a random one): one object, not two
+    assert _dimension_organisations(_load((again.to_json(), out), "seg")) == first_organisation
+    assert len(first_organisation) == 1 and first_organisation != {first["seg"]}
     card = options.predictors[0].card
     other = type(card)(**{**{f: getattr(card, f) for f in card.__dataclass_fields__}, "version": "1.0.1",
                           "device_uid": "2.25.1"})

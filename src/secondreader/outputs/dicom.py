@@ -250,10 +250,19 @@ def _segmentation(src: Dataset, heats: dict[str, np.ndarray], findings: Sequence
         contributing_equipment=provenance.contributing_equipment(),
     )
     seg.PatientOrientation = list(_orientation(src))
+    _fixed_dimension_organization(seg, output_uid("seg", sop, provenance.models, level="dimension-organization"))
     _pixel_measures(seg, src)
     if any(d.segmented_property_type.scheme_designator == PRIVATE_SCHEME for d in descriptions):
         _declare_private_scheme(seg)
     return _mark(seg, "seg", provenance)
+
+
+def _fixed_dimension_organization(seg: Dataset, uid: str) -> None:
+    """The SEG's Dimension Organization UID, derived like its other UIDs instead of highdicom's
+    random one: a study screened again (another replica after a crash, a re-run) gives the same
+    object under the same SOP Instance UID, not one that differs in this UID alone."""
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = uid
 
 
 def _pixel_measures(seg: Dataset, src: Dataset) -> None:
