@@ -6,13 +6,15 @@ sees the old file or the new one, never half of one, and a crash mid-write leave
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "fsync_folder", "write_bytes_atomic"]
+__all__ = ["atomic_path", "fsync_folder", "fsync_folders", "move_durably", "write_bytes_atomic"]
 
 
 def fsync_folder(folder: Path) -> None:
@@ -22,6 +24,15 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_folders(folder: Path, root: Path) -> None:
+    """fsync ``folder`` and each parent up to ``root`` (new folders' entries must last too)."""
+    while True:
+        fsync_folder(folder)
+        if folder == root or root not in folder.parents:
+            return
+        folder = folder.parent
 
 
 @contextmanager
@@ -58,3 +69,21 @@ def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> Non
     """``path.write_bytes(data)``, whole or not at all (see :func:`atomic_path`)."""
     with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)
+
+
+def move_durably(source: Path, target: Path) -> None:
+    """Move ``source``, a file its owner no longer needs, to ``target`` durably: renamed where both
+    are on one file system (never copied), else copied whole or not at all and then removed; the
+    file and ``target``'s folder are fsynced. ``source`` is gone afterwards."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb+") as fh:
+        os.fsync(fh.fileno())
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        with open(source, "rb") as fh, atomic_path(target, durable=True) as tmp, open(tmp, "wb") as out:
+            shutil.copyfileobj(fh, out, 1 << 20)
+        source.unlink(missing_ok=True)
+    fsync_folder(target.parent)

@@ -19,11 +19,9 @@ where it lies on the quarantine's file system.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from .fileio import atomic_path
+from .fileio import atomic_path, move_durably
 
 __all__ = ["CHANNELS", "Quarantine"]
 
@@ -179,14 +177,8 @@ def _source(data: Path | BinaryIO) -> Iterator[BinaryIO]:
 
 def _write_durably(path: Path, data: bytes | Path | BinaryIO, *, move: bool = False) -> None:
     if move and isinstance(data, Path):
-        with open(data, "rb+") as fh:
-            os.fsync(fh.fileno())
-        try:
-            os.replace(data, path)
-            return
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
+        move_durably(data, path)
+        return
     with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as fh:
         if isinstance(data, bytes):
             fh.write(data)

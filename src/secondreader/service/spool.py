@@ -13,7 +13,6 @@ spool (renamed: written once) or put into a bucket from the file.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import os
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import StorageError
-from ..fileio import atomic_path, fsync_folder
 from .storage import LocalStorage, Storage
 
 __all__ = ["Spool", "Upload", "has_dicom", "safe_name", "uid_digest"]
@@ -162,64 +160,32 @@ class Spool:
         shutil.rmtree(folder, ignore_errors=True)
 
     def put_file(self, key: str, path: Path) -> str:
-        """Move the local file ``path`` (the caller's, which it no longer needs) to ``key`` durably:
-        renamed into a local storage (copied in chunks only across file systems), put into a
-        bucket from the file, never read whole. Returns its ref.
+        """Move the local file ``path`` (the caller's, which it no longer needs) to ``key`` durably
+        (:meth:`Storage.move_file`: renamed into a local storage, put into a bucket from the file,
+        never read whole). Returns its ref.
 
         Raises
         ------
         StorageError
             When it could not be written (nothing may then be acknowledged).
         """
-        if not isinstance(self.storage, LocalStorage):
-            ref = self.storage.put_file(key, path)
-            path.unlink(missing_ok=True)
-            return ref
-        target = self.storage.path(key)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "rb+") as fh:
-                os.fsync(fh.fileno())
-            try:
-                os.replace(path, target)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                with open(path, "rb") as fh:
-                    self._copy_durably(fh, target)
-                path.unlink(missing_ok=True)
-            _fsync_folders(target.parent, self.storage.root)
-        except OSError as exc:
-            raise StorageError(f"storage write failed ({type(exc).__name__})") from None
-        return str(target)
+        return self.storage.move_file(key, path)
 
     def _put_stream(self, key: str, source: BinaryIO) -> str:
         """Copy an open binary file (from its start) to ``key`` durably, in chunks; returns its ref."""
         source.seek(0)
-        if not isinstance(self.storage, LocalStorage):
-            folder = self.incoming()
-            try:
-                local = folder / "upload"
-                with open(local, "wb") as out:
-                    shutil.copyfileobj(source, out, _CHUNK)
-                return self.storage.put_file(key, local)
-            except OSError as exc:
-                raise StorageError(f"storage write failed ({type(exc).__name__})") from None
-            finally:
-                self.discard(folder)
-        target = self.storage.path(key)
+        if isinstance(self.storage, LocalStorage):
+            return self.storage.put_stream(key, source)
+        folder = self.incoming()
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._copy_durably(source, target)
-            _fsync_folders(target.parent, self.storage.root)
+            local = folder / "upload"
+            with open(local, "wb") as out:
+                shutil.copyfileobj(source, out, _CHUNK)
+            return self.storage.put_file(key, local)
         except OSError as exc:
             raise StorageError(f"storage write failed ({type(exc).__name__})") from None
-        return str(target)
-
-    @staticmethod
-    def _copy_durably(source: BinaryIO, target: Path) -> None:
-        with atomic_path(target, durable=True) as tmp, open(tmp, "wb") as out:
-            shutil.copyfileobj(source, out, _CHUNK)
+        finally:
+            self.discard(folder)
 
     def stage(self, job_id: str, ref: str) -> Path:
         """A local folder with the job's files (see :meth:`Storage.stage`)."""
@@ -236,12 +202,3 @@ class Spool:
 
     def remove(self, ref: str) -> None:
         self.storage.delete(ref)
-
-
-def _fsync_folders(folder: Path, root: Path) -> None:
-    """fsync ``folder`` and each parent up to ``root`` (new folders' entries must last too)."""
-    while True:
-        fsync_folder(folder)
-        if folder == root or root not in folder.parents:
-            return
-        folder = folder.parent

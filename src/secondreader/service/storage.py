@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import StorageError
-from ..fileio import atomic_path, fsync_folder, write_bytes_atomic
+from ..fileio import atomic_path, fsync_folders, move_durably, write_bytes_atomic
 
 __all__ = ["LocalStorage", "S3Storage", "Storage", "open_storage"]
 
@@ -57,6 +57,13 @@ class Storage(ABC):
     @abstractmethod
     def put_file(self, key: str, path: Path) -> str:
         """Copy the local file ``path`` to ``key`` durably; returns its ref."""
+
+    def move_file(self, key: str, path: Path) -> str:
+        """Move the local file ``path`` (the caller's, which it no longer needs) to ``key`` durably;
+        returns its ref. ``path`` is gone afterwards."""
+        ref = self.put_file(key, path)
+        path.unlink(missing_ok=True)
+        return ref
 
     @abstractmethod
     def exists(self, ref: str) -> bool:
@@ -140,6 +147,20 @@ class LocalStorage(Storage):
         with open(path, "rb") as source:  # a missing source is FileNotFoundError, not a storage failure
             return self._write(key, lambda fh: shutil.copyfileobj(source, fh, 1 << 20))
 
+    def move_file(self, key: str, path: Path) -> str:
+        """Renamed into place (copied in chunks only across file systems), never read whole."""
+        target = self.path(key)
+        try:
+            move_durably(Path(path), target)
+            fsync_folders(target.parent, self.root)
+        except OSError as exc:
+            raise StorageError(f"storage write failed ({type(exc).__name__})") from None
+        return str(target)
+
+    def put_stream(self, key: str, source: BinaryIO) -> str:
+        """Copy an open binary file, from where it stands, to ``key`` durably in 1 MiB chunks."""
+        return self._write(key, lambda fh: shutil.copyfileobj(source, fh, 1 << 20))
+
     def _write(self, key: str, write: Callable[[BinaryIO], object]) -> str:
         """``write`` into a new file at ``key``, whole or not at all, fsync'd with every folder up to
         the root (new folders' entries must last too)."""
@@ -147,18 +168,10 @@ class LocalStorage(Storage):
         try:
             with atomic_path(target, durable=True) as tmp, open(tmp, "wb") as fh:
                 write(fh)
-            self._fsync_parents(target.parent)
+            fsync_folders(target.parent, self.root)
         except OSError as exc:
             raise StorageError(f"storage write failed ({type(exc).__name__})") from None
         return str(target)
-
-    def _fsync_parents(self, folder: Path) -> None:
-        """fsync ``folder`` and each parent up to the root (new folders' entries must last too)."""
-        while True:
-            fsync_folder(folder)
-            if folder == self.root or self.root not in folder.parents:
-                return
-            folder = folder.parent
 
     def exists(self, ref: str) -> bool:
         return Path(ref).exists()
