@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE
 from sqlalchemy import select
 
 from secondreader.dicom.scp import start_receiver
@@ -37,6 +36,7 @@ from secondreader.store import Store
 
 from ..conftest import require
 from ..factories import make_cxr_dataset
+from ..pacs import Pacs
 from ..readiness import free_port, wait_until_ready
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
@@ -61,33 +61,6 @@ def _descendants(root: int) -> list[int]:
             found.append(child)
             stack.append(child)
     return found[::-1]
-
-
-class Pacs:
-    """A Storage SCP on loopback that keeps every copy it receives, in arrival order."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.received: list[tuple[str, str, str]] = []  # (study, SOP class, SOP instance)
-        self._lock = threading.Lock()
-        ae = AE(ae_title="PACS")
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax)
-        self.server = ae.start_server(("127.0.0.1", port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
-        self.port = int(self.server.server_address[1])
-
-    def _store(self, event) -> int:  # type: ignore[no-untyped-def]
-        ds = event.dataset
-        with self._lock:
-            self.received.append((str(ds.StudyInstanceUID), str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
-        return 0x0000
-
-    def distinct(self) -> set[tuple[str, str, str]]:
-        with self._lock:
-            return set(self.received)
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -246,7 +219,7 @@ def test_pacs_down_then_back_delivers_everything_once(tmp_path: Path, pneumonia_
         with store.engine.connect() as connection:
             queued = [Path(p) for p in connection.execute(select(Outbox.path).order_by(Outbox.id)).scalars()]
         expected = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in queued]
-        received = [sop for _, _, sop in back.received]
+        received = [sop for _, _, sop in back.copies()]
         assert sorted(received) == sorted(expected) and len(set(received)) == len(expected), "each once"
     finally:
         receiver.stop()

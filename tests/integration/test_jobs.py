@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
 from secondreader.service.jobs import JobQueue
@@ -21,6 +20,7 @@ from secondreader.service.storage import LocalStorage
 from secondreader.store import JobRecord, Store
 
 from ..factories import make_cxr_dataset
+from ..pacs import Pacs
 
 
 def _wait(condition: Callable[[], object], timeout: float = 30.0) -> None:
@@ -106,27 +106,9 @@ def test_the_spool_keeps_uploads_under_safe_names(tmp_path: Path) -> None:
     assert spool.stage("job", ref) == Path(ref)  # a local spool is read where it lies
 
 
-class CountingScp:
-    def __init__(self, port: int = 0) -> None:
-        self.received: list[str] = []
-        ae = AE(ae_title="PACS")
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax)
-        self.server = ae.start_server(("127.0.0.1", port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
-        self.port = int(self.server.server_address[1])
-
-    def _store(self, event) -> int:  # type: ignore[no-untyped-def]
-        self.received.append(str(event.dataset.SOPInstanceUID))
-        return 0x0000
-
-    def stop(self) -> None:
-        self.server.shutdown()
-
-
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # refused sockets
 def test_the_outbox_delivers_around_a_failing_and_a_dead_row(store: Store, tmp_path: Path) -> None:
-    pacs = CountingScp()
+    pacs = Pacs()
     storage = LocalStorage(tmp_path)
     good = []
     for i in range(3):
@@ -145,7 +127,7 @@ def test_the_outbox_delivers_around_a_failing_and_a_dead_row(store: Store, tmp_p
     delivery.backoff = lambda attempts: 600.0  # type: ignore[method-assign]
     try:
         assert delivery.deliver_due() == 3
-        assert sorted(pacs.received) == sorted(sop for _, sop in good)
+        assert sorted(sop for _, _, sop in pacs.copies()) == sorted(sop for _, sop in good)
         assert store.outbox_counts() == {"dead": 1, "pending": 1, "sent": 3}
         (dead,) = store.outbox_rows("dead")
         assert "gone" in dead["reason"]

@@ -3,14 +3,13 @@ stands in for the PACS that receives the results (the Orthanc round trip is in t
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from secondreader.dicom.scp import Receiver, start_receiver
@@ -19,30 +18,9 @@ from secondreader.service.core import ScreeningService
 from secondreader.store import Store
 
 from ..factories import make_cxr_dataset
+from ..pacs import Pacs
 
 pytestmark = [pytest.mark.weights, pytest.mark.slow]
-
-
-class FakePacs:
-    """A real Storage SCP on loopback that keeps what it receives (the results' destination)."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.received: list[pydicom.Dataset] = []
-        self._lock = threading.Lock()
-        ae = AE(ae_title="PACS")
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax)
-        self.server = ae.start_server(("127.0.0.1", port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
-        self.port = self.server.server_address[1]
-
-    def _store(self, event) -> int:  # type: ignore[no-untyped-def]
-        with self._lock:
-            self.received.append(event.dataset)
-        return 0x0000
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 def _send(port: int, datasets: list[pydicom.Dataset], calling: str = "MODALITY") -> list[int]:
@@ -67,14 +45,14 @@ def _wait(condition, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.fixture
-def pacs() -> Iterator[FakePacs]:
-    p = FakePacs()
+def pacs() -> Iterator[Pacs]:
+    p = Pacs()
     yield p
     p.stop()
 
 
 @pytest.fixture
-def running(tmp_path: Path, pneumonia_predictor, pacs: FakePacs) -> Iterator[tuple[ScreeningService, Receiver]]:  # type: ignore[no-untyped-def]
+def running(tmp_path: Path, pneumonia_predictor, pacs: Pacs) -> Iterator[tuple[ScreeningService, Receiver]]:  # type: ignore[no-untyped-def]
     store = Store(f"sqlite:///{tmp_path / 'sr.db'}")
     store.migrate()
     core = ScreeningService(store, [pneumonia_predictor], home=tmp_path, max_image_pixels=64_000_000,
@@ -99,7 +77,7 @@ def test_echo_and_allow_list(running) -> None:  # type: ignore[no-untyped-def]
     assert refused.is_rejected
 
 
-def test_study_is_screened_once_stable_and_results_reach_the_pacs(running, pacs: FakePacs) -> None:  # type: ignore[no-untyped-def]
+def test_study_is_screened_once_stable_and_results_reach_the_pacs(running, pacs: Pacs) -> None:  # type: ignore[no-untyped-def]
     core, receiver = running
     chest = make_cxr_dataset(512, 512, lesion_at=(200, 180))
     lateral = make_cxr_dataset(512, 512, study_uid=chest.StudyInstanceUID, view_position="LL")
@@ -127,7 +105,7 @@ def test_study_is_screened_once_stable_and_results_reach_the_pacs(running, pacs:
 # pynetdicom's association threads leave the refused sockets to the garbage collector.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_pacs_down_then_up_delivers_everything(tmp_path: Path, pneumonia_predictor) -> None:  # type: ignore[no-untyped-def]
-    pacs = FakePacs()
+    pacs = Pacs()
     port = pacs.port
     pacs.stop()  # the destination is down
     store = Store(f"sqlite:///{tmp_path / 'sr.db'}")
@@ -142,7 +120,7 @@ def test_pacs_down_then_up_delivers_everything(tmp_path: Path, pneumonia_predict
         _wait(lambda: store.outbox_counts().get("pending", 0) == 3)
         time.sleep(1.0)
         assert store.outbox_counts() == {"pending": 3}
-        back = FakePacs(port)  # the PACS comes back on the same port
+        back = Pacs(port)  # the PACS comes back on the same port
         try:
             _wait(lambda: store.outbox_counts() == {"sent": 3}, timeout=90)
             assert len(back.received) == 3

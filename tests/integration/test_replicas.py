@@ -21,17 +21,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pydicom
 import pytest
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE
 from sqlalchemy import create_engine, select, text
 
 from secondreader.service.storage import S3Storage
@@ -40,6 +38,7 @@ from secondreader.store.models import Job, Outbox
 
 from ..conftest import require
 from ..factories import make_cxr_dataset, to_bytes
+from ..pacs import Pacs
 from ..readiness import wait_until_ready
 from ..s3server import BUCKET, SeaweedS3, free_port
 from .conftest import PG_URL, postgres_store
@@ -49,31 +48,6 @@ pytestmark = [pytest.mark.weights, pytest.mark.slow]
 KEY = "replicas-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LEASE = 6.0
-
-
-class CountingPacs:
-    """A Storage SCP that counts every C-STORE by SOP Instance UID (and keeps each study UID)."""
-
-    def __init__(self) -> None:
-        self.stores: Counter[str] = Counter()
-        self.study_of: dict[str, str] = {}
-        self._lock = threading.Lock()
-        ae = AE(ae_title="PACS")
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax)
-        ae.maximum_associations = 32
-        self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
-        self.port = int(self.server.server_address[1])
-
-    def _store(self, event) -> int:  # type: ignore[no-untyped-def]
-        ds = event.dataset
-        with self._lock:
-            self.stores[str(ds.SOPInstanceUID)] += 1
-            self.study_of[str(ds.SOPInstanceUID)] = str(ds.StudyInstanceUID)
-        return 0x0000
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 class Pod:
@@ -161,7 +135,7 @@ def test_replicas_lose_nothing_acknowledged_and_deliver_each_output_once(
     s3 = SeaweedS3(tmp_path / "seaweed")
     for key, value in s3.env().items():  # this process reads the bucket too
         monkeypatch.setenv(key, value)
-    pacs = CountingPacs()
+    pacs = Pacs(max_associations=32)
     prefix = f"replicas-{uuid.uuid4().hex[:8]}"
     home = tmp_path / "home"  # every pod's home is here, each pod's own folder bind-mounted over it
     home.mkdir()
@@ -260,8 +234,8 @@ def test_replicas_lose_nothing_acknowledged_and_deliver_each_output_once(
         for row in sent_rows:
             ds = pydicom.dcmread(io.BytesIO(storage.read(row.path)), stop_before_pixels=True)
             outputs[str(ds.SOPInstanceUID)] = row.study_instance_uid
-        assert set(pacs.stores) == set(outputs), "the PACS got exactly the outputs the outbox sent"
-        resent = {sop: n for sop, n in pacs.stores.items() if n > 1}
+        assert set(pacs.stores()) == set(outputs), "the PACS got exactly the outputs the outbox sent"
+        resent = {sop: n for sop, n in pacs.stores().items() if n > 1}
         assert all(outputs[sop] in in_flight for sop in resent), "only pod A's in-flight work is sent twice"
         assert set(outputs.values()) == set(sent)  # every study's outputs
 
@@ -288,7 +262,7 @@ def test_replicas_lose_nothing_acknowledged_and_deliver_each_output_once(
             assert source.status_code == 200 and source.content[128:132] == b"DICM"
 
         took = time.monotonic() - started
-        total = sum(pacs.stores.values())
+        total = sum(pacs.stores().values())
         sys.stderr.write(
             f"\nreplica scenario: {len(sent)} studies ({sum(map(len, sent.values()))} instances), "
             f"{len(outputs)} outputs, {total} C-STOREs ({total / len(outputs):.3f} per output; "
