@@ -267,10 +267,12 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                      f"HL7 v2 first reads (MLLP): {host}:{settings.hl7_port}\n")
     command = [sys.executable, "-m", "bentoml", "serve", "secondreader.service.bento:SecondReader",
                "--host", host, "--port", str(port)]
-    try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 0
+    # The process becomes BentoML's server (exec, not a child): a SIGTERM from an operator, systemd or
+    # Kubernetes then reaches the server, which stops its workers and frees the ports. Run as a child,
+    # the CLI died of the SIGTERM and left the server and its workers holding them.
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os.execve(sys.executable, command, env)
 
 
 def _parser() -> argparse.ArgumentParser:
